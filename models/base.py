@@ -1,0 +1,243 @@
+"""The one interface every somnray sleep-staging model implements.
+
+All architectures take the same batch and return the same output, so the trainer, the evaluator
+and the scoring service never branch on the model:
+
+* ``signals``: ``dict[modality -> Tensor (B, L, 3000)]``: 30-s epochs at 100 Hz. A modality the
+  batch has no signal for may be left out of the dict entirely; the model must then never read it.
+* ``present``: ``Tensor (B, L, M)`` bool, columns ordered as ``model.modalities``: whether each
+  modality is usable at each epoch (false for a missing, flat or detached channel).
+* ``labels``: ``Tensor (B, L)`` int64, 0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 ignored.
+
+A model returns a :class:`ModelOutput` (per-epoch logits ``(B, L, 5)`` plus named auxiliary
+tensors) and owns its loss: ``model.loss(output, batch, weights)`` returns a dict of named terms
+whose ``"total"`` entry is what the trainer back-propagates.
+
+Notation used in the model files: ``B`` sequences in a batch, ``L`` epochs a sequence,
+``N = B * L`` flattened epochs, ``M`` modalities, ``T`` tokens an epoch, ``D`` model width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: Sampling rate every model expects, in Hz.
+SFREQ_HZ = 100
+#: Length of one scoring epoch, in seconds.
+EPOCH_S = 30
+#: Samples in one epoch at :data:`SFREQ_HZ`.
+EPOCH_SAMPLES = SFREQ_HZ * EPOCH_S
+#: Number of sleep stages (W, N1, N2, N3, REM).
+N_CLASSES = 5
+#: Label value ignored by every loss and metric (movement, unscored, padding).
+IGNORE_INDEX = -1
+#: Canonical modality names of the data contract.
+KNOWN_MODALITIES = ("eeg", "eog", "emg", "eeg2", "ecg")
+
+
+@dataclass
+class SleepBatch:
+    """A batch in the shared contract (see the module docstring).
+
+    Parameters
+    ----------
+    signals : dict of str to Tensor
+        ``(B, L, 3000)`` float tensor per modality; absent modalities may be omitted.
+    present : Tensor
+        ``(B, L, M)`` bool availability mask, columns ordered as ``modalities``.
+    labels : Tensor or None
+        ``(B, L)`` int64 stage labels with -1 ignored; None at inference.
+    modalities : tuple of str
+        Column order of ``present``.
+    """
+
+    signals: dict[str, Tensor]
+    present: Tensor
+    labels: Tensor | None = None
+    modalities: tuple[str, ...] = ()
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "SleepBatch":
+        """Return a copy on ``device`` (signals optionally cast to ``dtype``)."""
+        signals = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in self.signals.items()}
+        labels = None if self.labels is None else self.labels.to(device)
+        return SleepBatch(signals, self.present.to(device), labels, self.modalities)
+
+
+@dataclass
+class ModelOutput:
+    """What every model's ``forward`` returns.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(B, L, 5)`` per-epoch class scores used for prediction.
+    aux : dict of str to Tensor
+        Named auxiliary outputs (unimodal logits ``logits_<modality>``, embeddings,
+        reconstructions, ...). Which keys exist is documented by each model.
+    """
+
+    logits: Tensor
+    aux: dict[str, Tensor] = field(default_factory=dict)
+
+
+def masked_cross_entropy(logits: Tensor, labels: Tensor, valid: Tensor | None = None,
+                         weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the epochs that carry a label (and are ``valid``).
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``(..., C)`` class scores.
+    labels : Tensor
+        ``(...)`` int labels, :data:`IGNORE_INDEX` ignored.
+    valid : Tensor, optional
+        ``(...)`` bool; epochs where it is false are ignored too (e.g. a missing modality).
+    weight : Tensor, optional
+        ``(C,)`` class weights.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss; exactly zero (with a graph to ``logits``) when no epoch counts, so a batch
+        in which a modality is entirely absent still back-propagates cleanly.
+    """
+    labels = labels.long()
+    if valid is not None:
+        labels = torch.where(valid.bool(), labels, torch.full_like(labels, IGNORE_INDEX))
+    flat_logits = logits.reshape(-1, logits.shape[-1])
+    flat_labels = labels.reshape(-1)
+    if not bool((flat_labels != IGNORE_INDEX).any()):
+        return flat_logits.sum() * 0.0
+    return nn.functional.cross_entropy(flat_logits.float(), flat_labels, weight=weight,
+                                       ignore_index=IGNORE_INDEX)
+
+
+class SleepStagingModel(nn.Module):
+    """Base class: the batch contract, checked in one place, and the loss interface.
+
+    Subclasses implement :meth:`forward_checked` and :meth:`loss`, and set
+    :attr:`default_loss_weights`.
+
+    Parameters
+    ----------
+    modalities : sequence of str
+        Modalities the model consumes, in the column order of the ``present`` mask.
+    """
+
+    #: Loss-term weights used when ``loss`` is called without ``weights``.
+    default_loss_weights: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, modalities: Sequence[str]):
+        super().__init__()
+        modalities = tuple(modalities)
+        if not modalities:
+            raise ValueError("modalities must name at least one modality, got an empty list")
+        if len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must be distinct, got {list(modalities)}")
+        unknown = [m for m in modalities if m not in KNOWN_MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known modalities are {list(KNOWN_MODALITIES)}")
+        self.modalities = modalities
+
+    # -- the contract -------------------------------------------------------------------------
+    def check_inputs(self, signals: Mapping[str, Tensor], present: Tensor) -> tuple[int, int]:
+        """Validate a batch against the contract and return ``(B, L)``.
+
+        Raises
+        ------
+        ValueError
+            With the offending modality, the expected and the received shape.
+        """
+        if present.dim() != 3 or present.shape[-1] != len(self.modalities):
+            raise ValueError(f"present must have shape (B, L, {len(self.modalities)}) for modalities "
+                             f"{list(self.modalities)}, got {tuple(present.shape)}")
+        batch, length = present.shape[:2]
+        extra = [m for m in signals if m not in self.modalities]
+        if extra:
+            raise ValueError(f"signals has modalities {extra} this model does not use; it uses "
+                             f"{list(self.modalities)}")
+        for name, x in signals.items():
+            if tuple(x.shape) != (batch, length, EPOCH_SAMPLES):
+                raise ValueError(f"signals[{name!r}] must have shape ({batch}, {length}, {EPOCH_SAMPLES}) "
+                                 f"(30-s epochs at {SFREQ_HZ} Hz), got {tuple(x.shape)}")
+        return batch, length
+
+    def presence(self, signals: Mapping[str, Tensor], present: Tensor) -> Tensor:
+        """The effective ``(B, L, M)`` mask: a modality with no signal is absent everywhere."""
+        present = present.bool()
+        keep = torch.tensor([m in signals for m in self.modalities], device=present.device)
+        return present & keep
+
+    def forward(self, signals: Mapping[str, Tensor], present: Tensor) -> ModelOutput:
+        """Check the batch, then run the architecture.
+
+        Parameters
+        ----------
+        signals : mapping of str to Tensor
+            ``(B, L, 3000)`` per modality.
+        present : Tensor
+            ``(B, L, M)`` availability mask.
+
+        Returns
+        -------
+        ModelOutput
+        """
+        self.check_inputs(signals, present)
+        return self.forward_checked(dict(signals), self.presence(signals, present))
+
+    def forward_checked(self, signals: dict[str, Tensor], present: Tensor) -> ModelOutput:
+        """Architecture-specific forward on a validated batch (``present`` already effective)."""
+        raise NotImplementedError
+
+    def loss(self, output: ModelOutput, batch: SleepBatch,
+             weights: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+        """Named loss terms and their weighted ``"total"``.
+
+        Parameters
+        ----------
+        output : ModelOutput
+            What :meth:`forward` returned for ``batch``.
+        batch : SleepBatch
+            The batch, with labels.
+        weights : mapping of str to float, optional
+            Overrides of :attr:`default_loss_weights`; unknown keys raise ``ValueError``.
+        """
+        raise NotImplementedError
+
+    def resolve_loss_weights(self, weights: Mapping[str, float] | None) -> dict[str, float]:
+        """Merge ``weights`` into the defaults, refusing names the model does not know."""
+        merged = dict(self.default_loss_weights)
+        for key, value in (weights or {}).items():
+            if key not in merged:
+                raise ValueError(f"unknown loss weight {key!r} for {type(self).__name__}; "
+                                 f"known weights are {sorted(merged)}")
+            merged[key] = float(value)
+        return merged
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Named groups of parameter names, e.g. for freezing in a later training phase.
+
+        The default puts every parameter in ``"all"``; models with phases override it.
+        """
+        return {"all": [name for name, _ in self.named_parameters()]}
+
+    def freeze(self, groups: Sequence[str]) -> list[str]:
+        """Stop gradients for the named parameter groups; return the frozen parameter names."""
+        available = self.parameter_groups()
+        unknown = [g for g in groups if g not in available]
+        if unknown:
+            raise ValueError(f"unknown parameter groups {unknown}; {type(self).__name__} has "
+                             f"{sorted(available)}")
+        names = {n for g in groups for n in available[g]}
+        for name, param in self.named_parameters():
+            if name in names:
+                param.requires_grad_(False)
+        return sorted(names)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameters (optionally only those that require a gradient)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

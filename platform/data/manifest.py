@@ -1,0 +1,115 @@
+"""Cohort manifests: which recordings form a cohort, with their hypnograms and subjects.
+
+A manifest is a CSV (or Parquet) table with one row per recording night:
+
+=================  ========  =================================================================
+column             required  meaning
+=================  ========  =================================================================
+``recording_id``   yes       unique, non-identifying name used for every output
+``subject_id``     yes       subject (splits never put two nights of one subject apart)
+``psg``            yes       URI or path of the EDF/EDF+/BDF file (relative to the manifest)
+``hypnogram``      no        URI or path of the scoring (EDF+ annotations, NSRR XML, CSV/TSV);
+                             empty when the PSG carries EDF+ annotations itself or for scoring
+``profile``        no        cohort profile name or YAML path; defaults to ``--profile``
+``split``          no        fixed split (``train``/``val``/``test``) when the cohort has one
+=================  ========  =================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+from dataclasses import asdict, dataclass
+
+from .errors import ConfigError
+
+REQUIRED_COLUMNS = ("recording_id", "subject_id", "psg")
+OPTIONAL_COLUMNS = ("hypnogram", "profile", "split")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One recording night of a cohort manifest (see the module docstring)."""
+
+    recording_id: str
+    subject_id: str
+    psg: str
+    hypnogram: str | None = None
+    profile: str | None = None
+    split: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        """The entry as a plain dict (for hashing and JSON)."""
+        return asdict(self)
+
+
+def _resolve(ref: str, base: str | None) -> str:
+    # A relative path in a manifest is relative to the manifest's own location, so a cohort
+    # folder can be moved or uploaded to object storage as a whole.
+    if not ref or base is None or "://" in ref or ref.startswith("/"):
+        return ref
+    return posixpath.normpath(posixpath.join(base, ref)) if "://" not in base else f"{base.rstrip('/')}/{ref}"
+
+
+def parse_manifest_csv(text: str, source: str, base: str | None = None) -> list[ManifestEntry]:
+    """Parse manifest CSV ``text``; every problem is reported at once.
+
+    Parameters
+    ----------
+    text : str
+        CSV content with a header row.
+    source : str
+        Name of the manifest, used in error messages.
+    base : str, optional
+        Folder (path or URI) relative references are resolved against.
+
+    Raises
+    ------
+    ConfigError
+        Missing columns, empty required cells, duplicate ids or unknown splits.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ConfigError(source, [f"missing required column(s) {missing}; columns found: {columns}"])
+    errors: list[str] = []
+    entries: list[ManifestEntry] = []
+    seen: dict[str, int] = {}
+    for line_no, raw in enumerate(reader, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        for col in REQUIRED_COLUMNS:
+            if not row.get(col):
+                errors.append(f"line {line_no}: column {col!r} is empty")
+        rid = row.get("recording_id", "")
+        if rid in seen:
+            errors.append(f"line {line_no}: recording_id {rid!r} repeats line {seen[rid]}")
+        seen.setdefault(rid, line_no)
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            errors.append(f"line {line_no}: split {split!r} is not one of {list(SPLITS)}")
+        entries.append(ManifestEntry(
+            recording_id=rid,
+            subject_id=row.get("subject_id", ""),
+            psg=_resolve(row.get("psg", ""), base),
+            hypnogram=_resolve(row.get("hypnogram", ""), base) or None,
+            profile=row.get("profile") or None,
+            split=split,
+        ))
+    if not entries and not errors:
+        errors.append("the manifest has a header but no recordings")
+    if errors:
+        raise ConfigError(source, errors)
+    return entries
+
+
+def format_manifest_csv(entries: list[ManifestEntry]) -> str:
+    """Render entries as manifest CSV text (the inverse of :func:`parse_manifest_csv`)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for e in entries:
+        writer.writerow({k: (v if v is not None else "") for k, v in e.as_dict().items()})
+    return out.getvalue()

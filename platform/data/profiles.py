@@ -1,0 +1,380 @@
+"""Cohort profiles: every per-cohort quirk (channel aliases, derivations, filters, annotation
+format, label map, wake trimming, file pairing) as one validated, frozen object.
+
+A profile is a YAML file.  Three ship with somnray (``sleep-edf``, ``shhs`` and ``generic``, the
+annotated template to copy for a new cohort); any other YAML path works the same way.  Loading
+validates the whole file and reports every problem at once in one :class:`ConfigError`, so a user
+fixes a new profile in one round instead of one error at a time.  See ``docs/profiles.md``.
+
+Nothing below :func:`load_profile` sees the raw mapping: readers and preprocessing take the typed
+objects defined here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "AnnotationSpec",
+    "AvailabilitySpec",
+    "ChannelSpec",
+    "CohortProfile",
+    "PairingSpec",
+    "TrimSpec",
+    "STAGE_NAMES",
+    "list_profiles",
+    "load_profile",
+    "normalize_label",
+]
+
+#: Class index → AASM stage name (the label contract of architecture.md); -1 is "unscored".
+STAGE_NAMES: dict[int, str] = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "REM"}
+
+_PROFILE_PACKAGE = "somnray.data"
+_PROFILE_FOLDER = "profiles"
+
+
+def normalize_label(label: str) -> str:
+    """Reduce an EDF signal label to lower-case letters and digits.
+
+    Sites spell one channel ``EOG(L)``, ``EOG L`` or ``EOGL`` (MATLAB's ``edfread`` even strips the
+    punctuation itself); comparing the reduced forms makes aliases match all of them.
+    """
+    return re.sub(r"[^0-9a-z]", "", label.lower())
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a misspelt option silently ignored is a wrong dataset later.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChannelSpec(_Strict):
+    """How one canonical modality is found (and derived) in a PSG file.
+
+    Parameters
+    ----------
+    aliases : list of str
+        EDF signal labels tried in order; the first present wins.  Matching ignores case, spaces
+        and punctuation (``EOG(L)`` = ``EOG L`` = ``EOGL``).
+    reference : list of str, optional
+        Aliases of a reference channel subtracted from the channel (a bipolar derivation such as
+        SHHS's EOG(L) − EOG(R)).  Both are brought to a common rate before the subtraction.
+    required : bool
+        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
+    band : (float, float), optional
+        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
+        low-pass.  None = no filter.
+    min_sfreq : float, optional
+        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
+        is not the physiological signal the modality stands for: absent with a warning when the
+        channel is optional, a rejection when it is required.
+    """
+
+    aliases: list[str] = Field(min_length=1)
+    reference: list[str] | None = None
+    required: bool = True
+    band: tuple[float, float] | None = None
+    min_sfreq: float | None = Field(default=None, gt=0)
+
+    @field_validator("aliases", "reference")
+    @classmethod
+    def _non_empty_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must list at least one label (or be omitted)")
+        bad = [v for v in value if not normalize_label(v)]
+        if bad:
+            raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
+        return value
+
+    @field_validator("band")
+    @classmethod
+    def _ordered_band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            low, high = value
+            if low < 0 or high <= low:
+                raise ValueError(f"must be (low, high) with 0 <= low < high in Hz, got {list(value)}")
+            if high >= 50:
+                raise ValueError(
+                    f"upper edge {high} Hz is at/above 50 Hz, the Nyquist frequency of the 100-Hz "
+                    "output; lower it (e.g. 45)")
+        return value
+
+
+class AnnotationSpec(_Strict):
+    """Where the scoring is and how its labels map to classes.
+
+    Parameters
+    ----------
+    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"}
+        ``edf_annotations``: a separate EDF+ file of annotations (Sleep-EDF ``*-Hypnogram.edf``);
+        ``embedded``: EDF+ annotations inside the PSG file itself; ``nsrr_xml``: NSRR XML
+        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table.
+    label_map : dict of str to int
+        Every stage label string the source uses → 0 W, 1 N1, 2 N2, 3 N3, 4 REM, or -1
+        (movement/unscored: kept in the sequence, ignored by losses).  Labels are compared after
+        stripping surrounding whitespace; an unlisted label rejects the recording, listing it.
+    ignore : list of str
+        Glob patterns (``fnmatch``) of annotation texts that are not stages (arousals, lights
+        off, ...) and are skipped rather than rejected.
+    event_type : str
+        NSRR XML only: the ``EventType`` of stage events.
+    table_layout : {"events", "epochs"}
+        CSV/TSV only: ``events`` = one row per run (onset, duration, stage columns, seconds from
+        the PSG start); ``epochs`` = one stage per row, each row one consecutive 30-s epoch.
+    onset_column, duration_column, stage_column : str
+        CSV/TSV column names (used when ``header`` is true).
+    header : bool
+        CSV/TSV only: whether the first row names the columns.  Without a header the columns are
+        taken by position: onset, duration, stage (``events``) or stage alone (``epochs``).
+    min_coverage : float
+        Reject the recording when the hypnogram covers less than this fraction of the signal's
+        epochs (usually a PSG paired with the wrong hypnogram).
+    """
+
+    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"]
+    label_map: dict[str, int] = Field(min_length=1)
+    ignore: list[str] = Field(default_factory=list)
+    event_type: str = "Stages|Stages"
+    table_layout: Literal["events", "epochs"] = "events"
+    onset_column: str = "onset"
+    duration_column: str = "duration"
+    stage_column: str = "stage"
+    header: bool = True
+    min_coverage: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("label_map")
+    @classmethod
+    def _classes_in_range(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v not in (-1, 0, 1, 2, 3, 4)}
+        if bad:
+            raise ValueError(
+                f"classes must be 0 W, 1 N1, 2 N2, 3 N3, 4 REM or -1 (unscored); got {bad}")
+        stripped = [k.strip() for k in value]
+        dupes = sorted({k for k in stripped if stripped.count(k) > 1})
+        if dupes:
+            raise ValueError(f"labels {dupes} appear twice once surrounding whitespace is removed")
+        return value
+
+    def lookup(self) -> dict[str, int]:
+        """The label map keyed by whitespace-stripped labels (how readers compare them)."""
+        return {k.strip(): v for k, v in self.label_map.items()}
+
+
+class TrimSpec(_Strict):
+    """Which wake epochs at the ends of the night are dropped (models.md §4.5).
+
+    Parameters
+    ----------
+    rule : {"none", "edges", "shhs_code", "shhs_paper"}
+        ``edges``: keep wake only up to ``edge_minutes`` before the first and after the last sleep
+        epoch (DeepSleepNet/AttnSleep/SleePyCo, used for Sleep-EDF); ``shhs_code``: the rule
+        SleepTransformer's scripts apply (used by CoRe-Sleep and MC²SleepNet on SHHS);
+        ``shhs_paper``: the rule as CoRe-Sleep's paper states it.
+    edge_minutes : float
+        Margin of the ``edges`` rule.
+    """
+
+    rule: Literal["none", "edges", "shhs_code", "shhs_paper"] = "none"
+    edge_minutes: float = Field(default=30.0, ge=0)
+
+
+class PairingSpec(_Strict):
+    """How recordings are discovered in a folder and paired with their hypnograms.
+
+    Parameters
+    ----------
+    psg_glob : str
+        Glob of PSG file names (``*-PSG.edf``).
+    hypnogram_glob : str, optional
+        Glob of hypnogram file names; None when the annotations are embedded in the PSG.
+    key_regex : str
+        Applied (``re.match``) to both file names; group 1 is the key that pairs a PSG with its
+        hypnogram (Sleep-EDF: the first 6 characters, ``SC4ssN``).
+    subject_regex : str
+        Applied to the PSG file name; group 1 is the subject id (splits are subject-wise).
+    recording_id_regex : str, optional
+        Applied to the PSG file name; group 1 is the recording id.  Default: the pairing key.
+    """
+
+    psg_glob: str = Field(min_length=1)
+    hypnogram_glob: str | None = None
+    key_regex: str
+    subject_regex: str
+    recording_id_regex: str | None = None
+
+    @field_validator("key_regex", "subject_regex", "recording_id_regex")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression ({exc})") from None
+        if compiled.groups < 1:
+            raise ValueError(f"needs a capturing group (group 1 is used); got {value!r}")
+        return value
+
+
+class AvailabilitySpec(_Strict):
+    """Thresholds of the per-epoch availability mask (see ``preprocess.availability``).
+
+    Parameters
+    ----------
+    flat_lsb : float
+        An epoch whose standard deviation is below this many quantisation steps of the channel
+        (its EDF physical range over its digital range) is flat: a disconnected or switched-off
+        input.  Counting in steps makes the threshold independent of the channel's units.
+    clip_fraction : float
+        An epoch with more than this fraction of its samples at the channel's physical minimum or
+        maximum is clipped (amplifier saturation).
+    """
+
+    flat_lsb: float = Field(default=1.0, ge=0)
+    clip_fraction: float = Field(default=0.1, gt=0, le=1)
+
+
+class CohortProfile(_Strict):
+    """Everything somnray needs to know about one cohort's files (one YAML file).
+
+    Parameters
+    ----------
+    name : str
+        Profile name (stored with the prepared dataset).
+    description : str
+        What the cohort is and where its conventions come from.
+    channels : dict of str to ChannelSpec
+        Keyed by canonical modality: ``eeg``, ``eog``, ``emg`` (and e.g. ``eeg2``, ``ecg``).
+    annotations : AnnotationSpec
+        Scoring format and label map.
+    trimming : TrimSpec
+        Wake trimming rule.
+    normalization : {"zscore", "robust", "none"}
+        Per-recording, per-modality scaling; statistics come from available epochs only.
+    pairing : PairingSpec
+        File discovery and pairing.
+    require_all_stages : bool
+        Reject recordings lacking any of the five stages (CoRe-Sleep's 5,463 SHHS subset).
+    availability : AvailabilitySpec
+        Flat/clipped epoch thresholds.
+    """
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    channels: dict[str, ChannelSpec] = Field(min_length=1)
+    annotations: AnnotationSpec
+    trimming: TrimSpec = Field(default_factory=TrimSpec)
+    normalization: Literal["zscore", "robust", "none"] = "zscore"
+    pairing: PairingSpec
+    require_all_stages: bool = False
+    availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+
+    @field_validator("channels")
+    @classmethod
+    def _modality_names(cls, value: dict[str, ChannelSpec]) -> dict[str, ChannelSpec]:
+        bad = [k for k in value if not re.fullmatch(r"[a-z][a-z0-9_]*", k)]
+        if bad:
+            raise ValueError(
+                f"modality names {bad} must be lower-case identifiers (eeg, eog, emg, eeg2, ...); "
+                "they become column names")
+        return value
+
+    @model_validator(mode="after")
+    def _one_required(self) -> CohortProfile:
+        if not any(c.required for c in self.channels.values()):
+            raise ValueError("channels: at least one modality must be required, or a recording "
+                             "with none of them would be accepted with no signal at all")
+        return self
+
+    @property
+    def modalities(self) -> list[str]:
+        """Canonical modality names in profile order."""
+        return list(self.channels)
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles shipped with somnray (usable as ``load_profile(name)``)."""
+    folder = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against docs/profiles.md)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        # pydantic adds the tagged-union/type branch to the location (e.g. "function-after[...]");
+        # users only know their own keys.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        got = err.get("input")
+        suffix = ""
+        if err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (str, int, float, bool)):
+            suffix = f" (got {got!r})"
+        lines.append(f"{_format_location(loc)}: {msg}{suffix}")
+    return lines
+
+
+def _resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """Return (source name for messages, YAML text)."""
+    text_name = os.fspath(name_or_path)
+    shipped = list_profiles()
+    if text_name in shipped:
+        ref = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER, f"{text_name}.yaml")
+        return f"profile {text_name!r} ({ref})", ref.read_text(encoding="utf-8")
+    path = Path(text_name).expanduser()
+    if path.is_file():
+        return str(path), path.read_text(encoding="utf-8")
+    raise ConfigError(text_name, [
+        f"no such profile: not a shipped profile name ({', '.join(shipped)}) and no file at this path"])
+
+
+def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
+    """Load and validate a cohort profile.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A shipped profile name (see :func:`list_profiles`) or the path of a YAML file.
+
+    Returns
+    -------
+    CohortProfile
+        The frozen, validated profile.
+
+    Raises
+    ------
+    ConfigError
+        The name is unknown, the YAML does not parse, or the content is invalid; every
+        validation problem is listed as a ``field.path: message`` line.
+    """
+    source, text = _resolve(name_or_path)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
+    try:
+        return CohortProfile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _format_errors(exc)) from None

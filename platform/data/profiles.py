@@ -134,6 +134,8 @@ class AnnotationSpec(_Strict):
         the PSG start); ``epochs`` = one stage per row, each row one consecutive 30-s epoch.
     onset_column, duration_column, stage_column : str
         CSV/TSV column names (used when ``header`` is true).
+    delimiter : str, optional
+        CSV/TSV only: the column separator; default ``,`` for csv and a tab for tsv.
     header : bool
         CSV/TSV only: whether the first row names the columns.  Without a header the columns are
         taken by position: onset, duration, stage (``events``) or stage alone (``epochs``).
@@ -150,6 +152,7 @@ class AnnotationSpec(_Strict):
     onset_column: str = "onset"
     duration_column: str = "duration"
     stage_column: str = "stage"
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     header: bool = True
     min_coverage: float = Field(default=0.5, ge=0, le=1)
 

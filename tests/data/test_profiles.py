@@ -1,0 +1,191 @@
+"""Cohort profiles: the shipped YAMLs load, encode the cohort facts, and bad YAML fails loudly."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+import pytest
+from pydantic import ValidationError
+
+from somnray.data.errors import ConfigError
+from somnray.data.profiles import CohortProfile, list_profiles, load_profile, normalize_label
+
+SHIPPED = ["generic", "shhs", "sleep-edf"]
+
+
+def test_list_profiles_names_the_shipped_yamls():
+    """list_profiles returns exactly the three shipped profiles."""
+    assert list_profiles() == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_loads(name):
+    """Each shipped profile validates into a frozen CohortProfile with eeg and eog required."""
+    profile = load_profile(name)
+    assert isinstance(profile, CohortProfile)
+    assert profile.name == name
+    assert profile.channels["eeg"].required and profile.channels["eog"].required
+    with pytest.raises(ValidationError):
+        profile.name = "changed"  # frozen: a profile cannot drift after validation
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_yaml_opens_with_a_usage_comment(name):
+    """Each shipped YAML starts with a comment saying what it is for and the command to use it."""
+    text = resources.files("somnray.data").joinpath("profiles", f"{name}.yaml").read_text()
+    head = text.splitlines()[:5]
+    assert head[0].startswith("# ")
+    assert any("--profile" in line for line in head)
+
+
+def test_load_profile_accepts_a_path(tmp_path):
+    """A YAML path loads like a shipped name."""
+    text = resources.files("somnray.data").joinpath("profiles", "shhs.yaml").read_text()
+    path = tmp_path / "my-cohort.yaml"
+    path.write_text(text.replace("name: shhs", "name: my-cohort"))
+    assert load_profile(path).name == "my-cohort"
+
+
+def test_sleep_edf_profile_facts():
+    """sleep-edf: Fpz-Cz/EOG unfiltered, 1-Hz EMG rejected by min_sfreq, R&K map, edges trimming."""
+    p = load_profile("sleep-edf")
+    assert p.channels["eeg"].aliases == ["EEG Fpz-Cz"] and p.channels["eeg"].band is None
+    assert p.channels["eog"].aliases == ["EOG horizontal"] and p.channels["eog"].band is None
+    emg = p.channels["emg"]
+    assert not emg.required and emg.min_sfreq == 50
+    assert p.annotations.format == "edf_annotations"
+    assert p.annotations.label_map == {
+        "Sleep stage W": 0, "Sleep stage 1": 1, "Sleep stage 2": 2, "Sleep stage 3": 3,
+        "Sleep stage 4": 3, "Sleep stage R": 4, "Sleep stage ?": -1, "Movement time": -1}
+    assert (p.trimming.rule, p.trimming.edge_minutes) == ("edges", 30)
+
+
+@pytest.mark.parametrize("psg, hyp, key, subject, rec_id", [
+    ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf", "SC4001", "00", "SC4001E0"),
+    ("SC4192E0-PSG.edf", "SC4192EV-Hypnogram.edf", "SC4192", "19", "SC4192E0"),
+    ("ST7022J0-PSG.edf", "ST7022JM-Hypnogram.edf", "ST7022", "02", "ST7022J0"),
+])
+def test_sleep_edf_pairing_regexes(psg, hyp, key, subject, rec_id):
+    """sleep-edf pairs by the first 6 characters; subject = characters 3-4; id = first 8."""
+    pairing = load_profile("sleep-edf").pairing
+    assert re.match(pairing.key_regex, psg).group(1) == key
+    assert re.match(pairing.key_regex, hyp).group(1) == key
+    assert re.match(pairing.subject_regex, psg).group(1) == subject
+    assert re.match(pairing.recording_id_regex, psg).group(1) == rec_id
+
+
+def test_shhs_profile_facts():
+    """shhs: C4-A1 EEG (never the C3-A2 'EEG(sec)'), EOG(L)-EOG(R), bands, NSRR labels, shhs_code."""
+    p = load_profile("shhs")
+    eeg_keys = {normalize_label(a) for a in p.channels["eeg"].aliases}
+    for secondary in ("EEG(sec)", "EEG sec", "EEG2", "EEG 2"):
+        assert normalize_label(secondary) not in eeg_keys
+    assert "eeg" in eeg_keys
+    eog = p.channels["eog"]
+    assert eog.aliases == ["EOG(L)"] and eog.reference == ["EOG(R)"] and eog.band == (0.3, 23.0)
+    assert p.channels["eeg"].band == (0.3, 40.0)
+    assert p.annotations.format == "nsrr_xml"
+    assert p.annotations.label_map["Stage 4 sleep|4"] == 3
+    assert p.annotations.label_map["REM sleep|5"] == 4
+    assert p.annotations.label_map["Unscored|9"] == -1
+    assert p.trimming.rule == "shhs_code"
+    key = p.pairing.key_regex
+    assert re.match(key, "shhs1-200001.edf").group(1) == re.match(key, "shhs1-200001-nsrr.xml").group(1)
+
+
+def test_generic_profile_maps_aasm_and_rk_labels():
+    """generic: AASM and R&K labels map to the five classes, ?/MT to -1."""
+    m = load_profile("generic").annotations.label_map
+    assert [m[k] for k in ("W", "N1", "N2", "N3", "R", "REM", "S3", "S4", "?", "MT")] == \
+        [0, 1, 2, 3, 4, 4, 3, 3, -1, -1]
+
+
+@pytest.mark.parametrize("variant", ["EOG(L)", "EOG L", "EOGL", "eog-l", " EOG (L) "])
+def test_normalize_label_ignores_case_spaces_and_punctuation(variant):
+    """Alias matching treats the spellings sites use for one channel as equal."""
+    assert normalize_label(variant) == "eogl"
+
+
+BROKEN = """\
+name: broken
+description: several mistakes at once
+channels:
+  eeg:
+    aliases: []
+    band: [40, 0.3]
+    requird: true
+annotations:
+  format: xml
+  label_map: {"W": 0, "N1": 7}
+trimming:
+  rule: sometimes
+normalization: zscore
+pairing:
+  psg_glob: "*.edf"
+  key_regex: "no-group"
+  subject_regex: "(["
+colour: blue
+"""
+
+
+def test_malformed_profile_reports_every_error_at_once(tmp_path):
+    """A YAML with several mistakes gives one ConfigError naming the file and listing each one."""
+    path = tmp_path / "broken.yaml"
+    path.write_text(BROKEN)
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    err = info.value
+    assert err.source == str(path)
+    assert str(path) in str(err)
+    joined = "\n".join(err.errors)
+    expected = [
+        "channels.eeg.aliases: List should have at least 1 item",
+        "channels.eeg.band: must be (low, high) with 0 <= low < high in Hz, got [40.0, 0.3]",
+        "channels.eeg.requird: unknown key",
+        "annotations.format: Input should be 'edf_annotations', 'nsrr_xml', 'csv', 'tsv' or 'embedded' (got 'xml')",
+        "annotations.label_map: classes must be 0 W, 1 N1, 2 N2, 3 N3, 4 REM or -1 (unscored); got {'N1': 7}",
+        "trimming.rule: Input should be 'none', 'edges', 'shhs_code' or 'shhs_paper' (got 'sometimes')",
+        "pairing.key_regex: needs a capturing group (group 1 is used); got 'no-group'",
+        "pairing.subject_regex: is not a valid regular expression",
+        "colour: unknown key",
+    ]
+    for line in expected:
+        assert line in joined, f"missing {line!r} in:\n{joined}"
+    assert len(err.errors) == len(expected)
+
+
+def test_missing_keys_are_reported(tmp_path):
+    """Required sections that are absent are named."""
+    path = tmp_path / "empty.yaml"
+    path.write_text("name: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_profile(path)
+    assert "channels: required key is missing" in info.value.errors
+    assert "annotations: required key is missing" in info.value.errors
+    assert "pairing: required key is missing" in info.value.errors
+
+
+def test_yaml_syntax_error_is_a_config_error(tmp_path):
+    """Unparseable YAML is a ConfigError naming the file, not a yaml exception."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_profile(path)
+
+
+def test_unknown_profile_name_lists_the_shipped_ones():
+    """An unknown name says so and lists the shipped profiles."""
+    with pytest.raises(ConfigError) as info:
+        load_profile("sleep-edf-typo")
+    assert info.value.errors == [
+        "no such profile: not a shipped profile name (generic, shhs, sleep-edf) and no file at this path"]
+
+
+def test_profile_without_required_channel_is_rejected(tmp_path):
+    """A profile whose modalities are all optional would accept signal-less recordings."""
+    text = resources.files("somnray.data").joinpath("profiles", "sleep-edf.yaml").read_text()
+    path = tmp_path / "optional.yaml"
+    path.write_text(text.replace("required: true", "required: false"))
+    with pytest.raises(ConfigError, match="at least one modality must be required"):
+        load_profile(path)

@@ -245,7 +245,8 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
         ``file:///abs``, a plain (relative or absolute) path, ``s3://bucket/key`` or any fsspec
         URI.  A StorageLocation is returned as it is (its options updated by ``storage_options``).
     storage_options : mapping, optional
-        fsspec filesystem options; they take precedence over the environment.
+        fsspec filesystem options of remote URIs; they take precedence over the environment.
+        Local paths ignore them (so one mapping can accompany every URI of a run).
 
     Raises
     ------
@@ -253,7 +254,7 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
         Empty or malformed URI, unknown protocol, ``s3://`` without a bucket.
     """
     if isinstance(uri, StorageLocation):
-        if not storage_options:
+        if not storage_options or uri.is_local:
             return uri
         opts = {**uri.storage_options, **storage_options}
         return StorageLocation(uri.uri, uri.protocol, uri.path, opts)
@@ -268,9 +269,11 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
     if m and not m.group("rest").startswith("//"):
         raise ConfigError(raw, [f"malformed URI: expected '{m.group('scheme')}://...' "
                                 f"(two slashes after the protocol)"])
+    # Local paths take no options: one options mapping (say, S3 credentials) can then be passed
+    # with every URI of a run, whatever mix of local and remote locations it names.
     if m is None:
         path = os.path.abspath(os.path.expanduser(text))
-        return StorageLocation(_format_uri("file", path), "file", path, dict(storage_options or {}))
+        return StorageLocation(_format_uri("file", path), "file", path, {})
 
     protocol = m.group("scheme").lower()
     try:
@@ -285,7 +288,7 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
             raise ConfigError(raw, [f"file:// URIs need an absolute path (file:///abs/path); "
                                     f"got host {parts.netloc!r}"])
         path = os.path.abspath(os.path.expanduser(parts.path or "/"))
-        return StorageLocation(_format_uri("file", path), "file", path, dict(storage_options or {}))
+        return StorageLocation(_format_uri("file", path), "file", path, {})
 
     if protocol in S3_PROTOCOLS:
         bucket = parts.netloc

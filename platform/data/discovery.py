@@ -1,0 +1,184 @@
+"""Finding a cohort's recordings: from a manifest (CSV or Parquet) or by pairing files in a folder.
+
+A folder is searched recursively.  PSG and hypnogram file names are matched against the profile's
+``pairing.psg_glob`` / ``pairing.hypnogram_glob`` (``fnmatch``, on the file name), paired by the
+group 1 of ``pairing.key_regex``, and named by ``pairing.subject_regex`` and
+``pairing.recording_id_regex`` (see :class:`somnray.data.profiles.PairingSpec`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import ConfigError
+from .manifest import ManifestEntry, parse_manifest_csv
+from .storage import StorageLocation, resolve
+
+log = logging.getLogger(__name__)
+
+#: Recording ids become file names on every store: keep them portable.
+RECORDING_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def discover(folder_uri: str, profile, storage_options: Mapping[str, Any] | None = None
+             ) -> list[ManifestEntry]:
+    """Pair the PSG and hypnogram files found below ``folder_uri`` by the profile's rules.
+
+    Parameters
+    ----------
+    folder_uri : str
+        Folder (path or URI) searched recursively.
+    profile : CohortProfile
+        Its ``pairing`` section gives the globs and regular expressions.
+    storage_options : mapping, optional
+        Filesystem options.
+
+    Returns
+    -------
+    list of ManifestEntry
+        Sorted by recording id.  A PSG without a hypnogram (when the profile expects separate
+        hypnograms) gets ``hypnogram=None`` and a warning; the pipeline rejects it with a reason.
+
+    Raises
+    ------
+    ConfigError
+        The folder holds no PSG file, names do not match the regular expressions, two files claim
+        one key or recording id.
+    """
+    folder = resolve(folder_uri, storage_options)
+    pairing = profile.pairing
+    files = folder.find()
+    if not files:
+        raise ConfigError(folder.uri, ["no files found (is the path right, and is it a folder?)"])
+    key_re = re.compile(pairing.key_regex)
+    subj_re = re.compile(pairing.subject_regex)
+    rid_re = re.compile(pairing.recording_id_regex or pairing.key_regex)
+
+    psgs: dict[str, StorageLocation] = {}
+    hyps: dict[str, StorageLocation] = {}
+    errors: list[str] = []
+    for loc in files:
+        name = loc.name
+        is_hyp = pairing.hypnogram_glob is not None and fnmatch.fnmatch(name, pairing.hypnogram_glob)
+        is_psg = fnmatch.fnmatch(name, pairing.psg_glob) and not is_hyp
+        if not (is_psg or is_hyp):
+            continue
+        m = key_re.match(name)
+        if m is None:
+            errors.append(f"{loc.uri}: file name does not match pairing.key_regex {pairing.key_regex!r}")
+            continue
+        table = hyps if is_hyp else psgs
+        key = m.group(1)
+        if key in table:
+            errors.append(f"{loc.uri}: pairing key {key!r} is also claimed by {table[key].uri}")
+            continue
+        table[key] = loc
+    if not psgs and not errors:
+        raise ConfigError(folder.uri, [f"no PSG file matches pairing.psg_glob {pairing.psg_glob!r} "
+                                       f"among {len(files)} file(s)"])
+
+    entries: list[ManifestEntry] = []
+    for key, psg in sorted(psgs.items()):
+        sm, rm = subj_re.match(psg.name), rid_re.match(psg.name)
+        if sm is None:
+            errors.append(f"{psg.uri}: file name does not match pairing.subject_regex "
+                          f"{pairing.subject_regex!r}")
+            continue
+        if rm is None:
+            errors.append(f"{psg.uri}: file name does not match pairing.recording_id_regex "
+                          f"{rid_re.pattern!r}")
+            continue
+        hyp = hyps.pop(key, None)
+        if hyp is None and pairing.hypnogram_glob is not None:
+            log.warning("%s: no hypnogram matching %r with pairing key %r; the recording will be "
+                        "rejected", psg.uri, pairing.hypnogram_glob, key)
+        entries.append(ManifestEntry(recording_id=rm.group(1), subject_id=sm.group(1), psg=psg.uri,
+                                     hypnogram=hyp.uri if hyp else None, profile=profile.name))
+    for key, hyp in sorted(hyps.items()):
+        log.warning("%s: hypnogram without a PSG file (pairing key %r); ignored", hyp.uri, key)
+    errors.extend(check_entries(entries))
+    if errors:
+        raise ConfigError(folder.uri, errors)
+    return sorted(entries, key=lambda e: e.recording_id)
+
+
+def check_entries(entries: list[ManifestEntry]) -> list[str]:
+    """Problems that make entries unusable as outputs: unsafe or repeated recording ids."""
+    problems = []
+    seen: dict[str, str] = {}
+    for e in entries:
+        if not RECORDING_ID_RE.match(e.recording_id):
+            problems.append(f"recording_id {e.recording_id!r} ({e.psg}) is not a portable file name: "
+                            "use letters, digits, '.', '_' and '-' only")
+        if e.recording_id in seen:
+            problems.append(f"recording_id {e.recording_id!r} of {e.psg} repeats the one of "
+                            f"{seen[e.recording_id]}")
+        seen.setdefault(e.recording_id, e.psg)
+    return problems
+
+
+def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | None = None
+                  ) -> list[ManifestEntry]:
+    """The recordings of a cohort, from a manifest file or a folder.
+
+    Parameters
+    ----------
+    uri : str
+        A manifest ``.csv`` / ``.parquet`` (relative paths inside resolve against its folder), or a
+        folder of recordings (then ``profile`` is required for pairing).
+    profile : CohortProfile, optional
+        Needed for folders.
+    storage_options : mapping, optional
+        Filesystem options.
+
+    Raises
+    ------
+    ConfigError
+        Missing input, unknown manifest type, malformed manifest (every problem listed).
+    """
+    loc = resolve(uri, storage_options)
+    if not loc.exists():
+        raise ConfigError(loc.uri, ["no such file or folder"])
+    if loc.isdir():
+        if profile is None:
+            raise ConfigError(loc.uri, ["is a folder: a cohort profile is needed to pair its files"])
+        return discover(loc.uri, profile, storage_options)
+    base = loc.parent.uri if not loc.is_local else loc.parent.path
+    name = loc.name.lower()
+    if name.endswith(".csv"):
+        try:
+            text = loc.read_text()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(loc.uri, [f"not a UTF-8 text CSV ({exc})"]) from None
+        entries = parse_manifest_csv(text, source=loc.uri, base=base)
+    elif name.endswith((".parquet", ".pq")):
+        entries = parse_manifest_csv(_parquet_as_csv(loc), source=loc.uri, base=base)
+    else:
+        raise ConfigError(loc.uri, ["unknown manifest type: expected a .csv or .parquet file, "
+                                    "or a folder of recordings"])
+    problems = check_entries(entries)
+    if problems:
+        raise ConfigError(loc.uri, problems)
+    return entries
+
+
+def _parquet_as_csv(loc: StorageLocation) -> str:
+    # Going through CSV text reuses the one manifest validator (columns, empties, duplicates).
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        with loc.open("rb") as f:
+            table = pq.read_table(f)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ConfigError(loc.uri, [f"not a readable Parquet file ({exc})"]) from None
+    table = table.cast(pa.schema([pa.field(n, pa.string()) for n in table.column_names]))
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf, pacsv.WriteOptions(quoting_style="needed"))
+    return buf.getvalue().decode("utf-8")

@@ -16,8 +16,11 @@ from typing import Sequence
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
     "synth",
     "prepare",
+    "split",
+    "bench",
 )
 
 

@@ -1,0 +1,46 @@
+"""``somnray bench``: benchmarks whose results go to ``docs/benchmarks.md``.
+
+Timing targets are measured here, never asserted by timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+BENCHMARKS = ("prepare", "models")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench`` sub-command."""
+    p = sub.add_parser("bench", help="run a benchmark and update docs/benchmarks.md",
+                       description=__doc__)
+    p.add_argument("which", choices=BENCHMARKS + ("all",), help="benchmark to run")
+    p.add_argument("--results", default="bench-results", help="folder for the JSON results")
+    p.add_argument("--docs", default="docs/benchmarks.md",
+                   help="results page to update ('' to leave it alone)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per case (models)")
+    p.add_argument("--nights", type=int, default=8, help="nights per configuration (prepare)")
+    p.add_argument("--hours", type=float, default=8.0, help="length of each synthetic night (prepare)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen benchmark(s), print their tables and save them."""
+    chosen = BENCHMARKS if args.which == "all" else (args.which,)
+    docs = Path(args.docs) if args.docs else None
+    for name in chosen:
+        if name == "models":
+            from . import bench_models
+
+            result = bench_models.run(steps=1 if args.quick else args.steps,
+                                      batch_scale=0.125 if args.quick else 1.0)
+        else:
+            from . import bench_prepare
+
+            result = bench_prepare.run(nights=2 if args.quick else args.nights,
+                                       hours=1.0 if args.quick else args.hours)
+        print(result.markdown())
+        print(f"saved {result.save(args.results, docs)}")
+    return 0

@@ -92,10 +92,14 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None,
                 key_padding_mask: Tensor | None = None,
-                context_padding_mask: Tensor | None = None) -> Tensor:
+                context_padding_mask: Tensor | None = None,
+                cross_mask: Tensor | None = None) -> Tensor:
         """Run the layer on ``x`` ``(B, T, D)``; ``context`` ``(B, Tc, D)`` enables cross-attention.
 
         ``key_padding_mask`` ``(B, T)`` and ``context_padding_mask`` ``(B, Tc)`` mark keys to ignore.
+        ``cross_mask`` ``(B, T)`` bool, optional: tokens where it is false skip the cross-attention
+        sub-layer (their ``h`` passes through unchanged), e.g. CoRe-Sleep epochs at which the other
+        modality, which would provide the query, is absent.
         """
         h = self.norm_sa(x + self.dropout(self.self_attn(x, x, x, key_padding_mask)))
         if context is not None:
@@ -106,7 +110,8 @@ class TransformerLayer(nn.Module):
                 ca = self.cross_attn(context, h, h, key_padding_mask)
             else:
                 ca = self.cross_attn(h, context, context, context_padding_mask)
-            h = self.norm_ca(h + self.dropout(ca))
+            h_ca = self.norm_ca(h + self.dropout(ca))
+            h = h_ca if cross_mask is None else torch.where(cross_mask[..., None], h_ca, h)
         return self.norm_ff(h + self.dropout(self.ffn(h)))
 
 
@@ -122,9 +127,10 @@ class TransformerStack(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor | None = None,
                 key_padding_mask: Tensor | None = None,
-                context_padding_mask: Tensor | None = None) -> Tensor:
+                context_padding_mask: Tensor | None = None,
+                cross_mask: Tensor | None = None) -> Tensor:
         for layer in self.layers:
-            x = layer(x, context, key_padding_mask, context_padding_mask)
+            x = layer(x, context, key_padding_mask, context_padding_mask, cross_mask)
         return x
 
 

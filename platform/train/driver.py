@@ -1,0 +1,203 @@
+"""The training driver: one Ray Train ``TorchTrainer`` per phase of an experiment.
+
+For each phase, in order, the driver
+
+1. resolves the subject-wise split and the training / validation recordings;
+2. computes the training-split statistics the model normalises with (class counts, spectrogram
+   per-bin statistics) on the driver, once;
+3. builds the window datasets (training: reproducible random offsets per pass; validation: every
+   window) and a ``TorchTrainer`` running :func:`somnray.train.loop.train_loop_per_worker` with
+   ``ScalingConfig``, ``RunConfig(storage_path=<run>, name=<phase>)``, a ``FailureConfig`` (worker
+   failures restart the group from the latest checkpoint) and a ``CheckpointConfig`` keeping the
+   best checkpoints by the monitored validation metric (and always the latest);
+4. writes ``<run>/<phase>/phase_result.json`` (best checkpoint, its metrics).
+
+Rerunning the same experiment (same ``storage.uri`` and ``storage.name``) skips finished phases
+and lets Ray Train resume an unfinished one from its latest checkpoint (Ray Train V2 restores a
+run from its storage folder; ``resume_from_checkpoint`` is not supported there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from somnray.data.storage import StorageLocation, resolve
+
+from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
+
+log = logging.getLogger(__name__)
+
+PHASE_RESULT_FILE = "phase_result.json"
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """Outcome of one phase.
+
+    Attributes
+    ----------
+    name : str
+        Phase name.
+    checkpoint_uri : str or None
+        URI of the best checkpoint folder (None if no validation ran).
+    metrics : dict
+        The metrics reported with that checkpoint.
+    """
+
+    name: str
+    checkpoint_uri: str | None
+    metrics: dict[str, Any]
+
+    def checkpoint(self, storage_options: Mapping[str, Any] | None = None):
+        """The best checkpoint as a ``ray.train.Checkpoint`` (None if there is none)."""
+        if self.checkpoint_uri is None:
+            return None
+        from ray.train import Checkpoint
+
+        loc = resolve(self.checkpoint_uri, storage_options)
+        return Checkpoint(loc.path, filesystem=loc.pyarrow_filesystem())
+
+
+def resolve_use_gpu(use_gpu: str | bool) -> bool:
+    """``scaling.use_gpu`` for Ray: ``auto`` means "the cluster has GPUs" (call after ``ray.init``)."""
+    if use_gpu != "auto":
+        return bool(use_gpu)
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _train_passes(phase: PhaseConfig, windows_per_pass: int) -> int:
+    """Passes over the training recordings so that the stream outlasts ``max_steps`` steps.
+
+    The worker loop restarts the stream if it ever runs dry, so this only sizes one stream.
+    """
+    needed = phase.optim.max_steps * phase.optim.batch_size
+    return max(1, min(math.ceil(needed / max(windows_per_pass, 1)) + 1, 1000))
+
+
+def _storage(cfg: ExperimentConfig) -> StorageLocation:
+    loc = resolve(cfg.run_uri)
+    if loc.is_local:
+        # Ray Train needs an absolute local path; create it so the config copy can go there.
+        os.makedirs(loc.path, exist_ok=True)
+    return loc
+
+
+def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None):
+    """The ``TorchTrainer`` of one phase (datasets, statistics and Ray configs resolved).
+
+    Call after ``ray.init``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from somnray.models import create_model
+
+    from .inputs import WindowSpec, compute_training_statistics, resolve_split, window_dataset
+    from .loop import loop_config, train_loop_per_worker
+
+    data_loc = resolve(phase.data.dataset)
+    options = dict(data_loc.storage_options)
+    split = resolve_split(phase.data, options)
+    if not split.train or not split.val:
+        from somnray.data.errors import ConfigError
+
+        raise ConfigError(phase.data.dataset, [f"data.split: the split has {len(split.train)} training and "
+                                               f"{len(split.val)} validation recordings; both must be non-empty"])
+    facts = model_facts(phase.model.name, phase.model.overrides)
+    modalities = phase.modalities(facts.modalities)
+
+    model = create_model(phase.model.name, **phase.model.overrides)
+    stats = compute_training_statistics(model, phase.data.dataset, split.train, modalities,
+                                        seed=phase.seed, storage_options=options)
+    # Labelled epochs / L approximates the windows of one pass (it only sizes the stream).
+    windows_per_pass = int(stats.class_counts.sum()) // phase.data.sequence_length or len(split.train)
+
+    common = dict(dataset_uri=phase.data.dataset, modalities=modalities, length=phase.data.sequence_length,
+                  storage_options=options)
+    train_ds = window_dataset(WindowSpec(mode="train", seed=phase.seed, **common), split.train,
+                              passes=_train_passes(phase, windows_per_pass), shuffle_seed=phase.seed)
+    val_ds = window_dataset(WindowSpec(mode="eval", stride=phase.data.stride, **common), split.val)
+
+    use_gpu = resolve_use_gpu(phase.scaling.use_gpu)
+    resources = {"CPU": phase.scaling.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = phase.scaling.gpus_per_worker
+    env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
+    for name in ("GLOO_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    storage = _storage(cfg)
+    run_config = RunConfig(
+        name=phase.name,
+        storage_path=storage.path,
+        storage_filesystem=None if storage.is_local else storage.pyarrow_filesystem(),
+        failure_config=FailureConfig(max_failures=phase.scaling.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=f"val_{phase.optim.monitor}",
+                                           checkpoint_score_order=phase.optim.monitor_mode),
+        worker_runtime_env={"env_vars": env},
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config(phase, modalities, stats, use_gpu=use_gpu, init_checkpoint=init_checkpoint),
+        scaling_config=ScalingConfig(num_workers=phase.scaling.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=run_config,
+        datasets={"train": train_ds, "val": val_ds},
+    )
+
+
+def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None) -> PhaseResult:
+    """Train one phase to completion (or early stop) and record its best checkpoint."""
+    storage = _storage(cfg)
+    done = storage.join(phase.name, PHASE_RESULT_FILE)
+    if done.exists():
+        doc = json.loads(done.read_text())
+        log.info("phase %s already finished; skipping (delete %s to retrain)", phase.name, done.uri)
+        return PhaseResult(doc["name"], doc["checkpoint_uri"], doc["metrics"])
+
+    result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint).fit()
+    best = result.get_best_checkpoint(metric=f"val_{phase.optim.monitor}", mode=phase.optim.monitor_mode) \
+        if result.best_checkpoints else None
+    metrics: dict[str, Any] = {}
+    uri = None
+    if best is not None:
+        metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), {})
+        uri = storage.with_path(best.path).uri if storage.is_local else f"{storage.protocol}://{best.path}"
+    outcome = PhaseResult(phase.name, uri, {k: v for k, v in metrics.items() if _jsonable(v)})
+    done.write_text(json.dumps(outcome.__dict__, indent=2, default=float))
+    return outcome
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def run_experiment(cfg: ExperimentConfig) -> list[PhaseResult]:
+    """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint.
+
+    The resolved config is written to ``<run>/config.yaml`` first. Call after ``ray.init``.
+    """
+    storage = _storage(cfg)
+    dump_experiment(cfg, storage.join("config.yaml").uri)
+    results: list[PhaseResult] = []
+    for phase in cfg.phases:
+        if phase.logging.tensorboard or phase.logging.mlflow is not None:
+            # Metrics are in the Ray Train checkpoints and phase_result.json; the extra sinks are
+            # not wired yet, and saying so beats silently writing nothing.
+            log.warning("phase %s: logging.tensorboard / logging.mlflow are not implemented yet; "
+                        "metrics are only in the run folder's checkpoints", phase.name)
+        init = None
+        if phase.init_from == "previous":
+            init = results[-1].checkpoint(storage.storage_options)
+            if init is None:
+                raise RuntimeError(f"phase {phase.name!r} starts from the previous phase's best checkpoint, "
+                                   f"but phase {results[-1].name!r} produced none (did it validate?)")
+        results.append(fit_phase(cfg, phase, init_checkpoint=init))
+    return results

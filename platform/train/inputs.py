@@ -1,0 +1,463 @@
+"""The training input pipeline: windows of ``L`` epochs cut from prepared recordings.
+
+A prepared dataset stores one row per recording (its whole epoch sequence, see
+:mod:`somnray.data.schema`); windows are cut at load time, always inside one recording
+(models.md §2.6 item 8), so one stored dataset serves every sequence length.
+
+* Training: each pass over the training recordings starts every recording's window grid at a
+  random offset in ``[0, L)``, so window boundaries differ from pass to pass. The offset comes
+  from ``seed``, the recording's index and the pass number: reproducible, whatever the order in
+  which Ray executes the reads.
+* Evaluation: every window on the grid ``0, stride, 2·stride, ...`` plus one window ending at
+  the last epoch, so every epoch is scored; with ``stride < L`` an epoch is scored several times
+  and :func:`average_window_probabilities` averages them.
+* A recording shorter than ``L`` gives one window padded at the end with label -1 and
+  availability False.
+
+Each window carries ``recording_index`` (position in the sorted recording ids of its part) and
+``start`` (epoch offset in the stored sequence), so predictions map back to epochs and fixed
+per-recording missing masks (seed = base + recording index) can be drawn.
+
+Layers: pure numpy functions (:func:`training_starts`, :func:`evaluation_starts`,
+:func:`cut_windows`, :func:`to_sleep_batch`) unit-tested without Ray; :func:`window_dataset` chains
+them on Ray Data (a small dataset of ``(recording, pass)`` items whose ``map_batches`` reads each
+recording file and emits its windows); the worker iterates its shard with ``iter_torch_batches``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from somnray.data import schema
+from somnray.data.errors import ConfigError
+from somnray.models.base import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, SleepBatch
+
+from .config import DataConfig
+from .missing import MissingSimulator
+
+#: Columns of a window batch besides one signal column per modality.
+WINDOW_COLUMNS = ("present", "labels", "scored", "recording_index", "start", "pass_index")
+
+
+# ------------------------------------------------------------------------------------------------
+# splits
+# ------------------------------------------------------------------------------------------------
+def resolve_split(data: DataConfig, storage_options: Mapping[str, Any] | None = None):
+    """The :class:`~somnray.data.splits.Split` a data section names.
+
+    Raises
+    ------
+    ConfigError
+        Naming the dataset (or split file) and what is wrong: unknown split file, fold out of
+        range, too few subjects.
+    """
+    from somnray.data import splits as sp
+    from somnray.data.pipeline import prepared_entries
+    from somnray.data.storage import join
+
+    cfg = data.split
+    if cfg.name == "manifest":
+        try:
+            return sp.manifest_split(prepared_entries(data.dataset, storage_options))
+        except sp.SplitError as exc:
+            raise ConfigError(data.dataset, [f"data.split: {exc}"]) from None
+    if cfg.name is not None:
+        uri = join(data.dataset, "splits", f"{cfg.name}.json")
+        try:
+            folds = sp.load_splits(uri, storage_options)
+        except FileNotFoundError:
+            raise ConfigError(uri, [f"data.split.name: no split file {cfg.name!r} with this dataset "
+                                    f"(use 'manifest', or write one with somnray.data.splits.save_splits)"]) from None
+        if cfg.fold >= len(folds):
+            raise ConfigError(uri, [f"data.split.fold: {cfg.fold} out of range; the file has {len(folds)} fold(s)"])
+        return folds[cfg.fold]
+    entries = prepared_entries(data.dataset, storage_options)
+    extra = {} if cfg.n_val_subjects is None else {"n_val_subjects": cfg.n_val_subjects}
+    try:
+        if cfg.kind == "kfold":
+            return sp.kfold_split(entries, cfg.n_folds, seed=cfg.seed, **extra)[cfg.fold]
+        return sp.ratio_split(entries, test_fraction=cfg.test_fraction, seed=cfg.seed, **extra)
+    except sp.SplitError as exc:
+        raise ConfigError(data.dataset, [f"data.split: {exc}"]) from None
+
+
+# ------------------------------------------------------------------------------------------------
+# window starts
+# ------------------------------------------------------------------------------------------------
+def training_starts(n_epochs: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """Non-overlapping window starts on a grid shifted by a random offset in ``[0, L)``.
+
+    Every window lies inside the recording; a recording shorter than ``L`` gives one window at 0
+    (padded by :func:`cut_windows`).
+    """
+    if n_epochs <= length:
+        return np.zeros(1 if n_epochs else 0, dtype=np.int64)
+    offset = int(rng.integers(0, min(length, n_epochs - length + 1)))
+    return np.arange(offset, n_epochs - length + 1, length, dtype=np.int64)
+
+
+def evaluation_starts(n_epochs: int, length: int, stride: int | None = None) -> np.ndarray:
+    """Window starts ``0, stride, ...`` plus one window ending at the last epoch (all epochs covered)."""
+    stride = stride or length
+    if n_epochs <= length:
+        return np.zeros(1 if n_epochs else 0, dtype=np.int64)
+    starts = np.arange(0, n_epochs - length + 1, stride, dtype=np.int64)
+    if starts[-1] + length < n_epochs:
+        starts = np.append(starts, n_epochs - length)
+    return starts
+
+
+def pass_rng(seed: int, recording_index: int, pass_index: int) -> np.random.Generator:
+    """Generator of one recording's window offsets in one training pass."""
+    return np.random.default_rng([int(seed), int(recording_index), int(pass_index)])
+
+
+# ------------------------------------------------------------------------------------------------
+# cutting
+# ------------------------------------------------------------------------------------------------
+def cut_windows(arrays: Mapping[str, Any], modalities: Sequence[str], starts: np.ndarray, length: int, *,
+                recording_index: int, pass_index: int = 0) -> dict[str, np.ndarray]:
+    """Cut windows from one recording.
+
+    Parameters
+    ----------
+    arrays : mapping
+        One recording as :func:`somnray.data.schema.row_to_arrays` returns it. A modality it does
+        not hold (no column, or null) is absent in every epoch.
+    modalities : sequence of str
+        Column order of ``present`` (the model's modalities, or the subset read).
+    starts : ndarray
+        Window start epochs.
+    length : int
+        Epochs per window (L).
+    recording_index, pass_index : int
+        Carried into every window.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``<modality>``: ``(W, L, 3000)`` float16 (zeros where absent); ``present``: ``(W, L, M)``
+        bool; ``labels``: ``(W, L)`` int64 (-1 for padding); ``recording_index``, ``start``,
+        ``pass_index``: ``(W,)`` int64.
+    """
+    n = int(arrays["n_epochs"])
+    starts = np.asarray(starts, dtype=np.int64)
+    count = len(starts)
+    # Index matrix (W, L) into the recording; positions past the end are padding.
+    idx = starts[:, None] + np.arange(length)[None, :]
+    inside = idx < n
+    safe = np.where(inside, idx, 0)
+    labels = np.asarray(arrays["labels"], dtype=np.int64)
+    # An epoch is "scored" by the first window (in start order) that covers it.
+    order = np.argsort(starts, kind="stable")
+    ends = np.maximum.accumulate(starts[order] + length) if count else np.zeros(0, np.int64)
+    covered_until = np.empty(count, dtype=np.int64)
+    covered_until[order] = np.concatenate([[0], ends[:-1]]) if count else ends
+    out: dict[str, np.ndarray] = {
+        "labels": np.where(inside, labels[safe] if n else IGNORE_INDEX, IGNORE_INDEX),
+        "scored": inside & (idx >= covered_until[:, None]),
+        "recording_index": np.full(count, recording_index, dtype=np.int64),
+        "start": starts,
+        "pass_index": np.full(count, pass_index, dtype=np.int64),
+    }
+    present = np.zeros((count, length, len(modalities)), dtype=bool)
+    for col, m in enumerate(modalities):
+        sig = arrays.get(m)
+        if sig is None or not n:
+            out[m] = np.zeros((count, length, EPOCH_SAMPLES), dtype=np.float16)
+            continue
+        sig = np.asarray(sig, dtype=np.float16).reshape(n, EPOCH_SAMPLES)
+        avail = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
+        present[..., col] = avail[safe] & inside
+        out[m] = np.where(inside[..., None], sig[safe], np.float16(0))
+    out["present"] = present
+    return out
+
+
+def concat_windows(parts: Sequence[Mapping[str, np.ndarray]], modalities: Sequence[str],
+                   length: int) -> dict[str, np.ndarray]:
+    """Concatenate window dicts (an empty list gives empty arrays of the right shapes)."""
+    if parts:
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    empty = {m: np.zeros((0, length, EPOCH_SAMPLES), np.float16) for m in modalities}
+    empty.update(present=np.zeros((0, length, len(modalities)), bool),
+                 labels=np.zeros((0, length), np.int64), scored=np.zeros((0, length), bool),
+                 recording_index=np.zeros(0, np.int64), start=np.zeros(0, np.int64),
+                 pass_index=np.zeros(0, np.int64))
+    return empty
+
+
+# ------------------------------------------------------------------------------------------------
+# Ray Data
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WindowSpec:
+    """How windows are cut; plain data, shipped to Ray tasks.
+
+    Parameters
+    ----------
+    dataset_uri : str
+        The prepared dataset.
+    modalities : tuple of str
+        Modalities read, in ``present`` column order.
+    length : int
+        Epochs per window.
+    mode : {"train", "eval"}
+        Random-offset grid or every window.
+    stride : int, optional
+        Evaluation stride (default ``length``).
+    seed : int
+        Seed of the training offsets.
+    storage_options : dict
+        Filesystem options resolved on the driver (credentials, endpoint).
+    """
+
+    dataset_uri: str
+    modalities: tuple[str, ...]
+    length: int
+    mode: Literal["train", "eval"] = "eval"
+    stride: int | None = None
+    seed: int = 0
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+def read_windows(items: Mapping[str, np.ndarray], spec: WindowSpec) -> dict[str, np.ndarray]:
+    """``map_batches`` function: ``(recording_id, recording_index, pass_index)`` items → windows."""
+    parts = []
+    columns = ["labels", *spec.modalities, *(schema.available_column(m) for m in spec.modalities)]
+    for rid, index, pass_index in zip(items["recording_id"], items["recording_index"], items["pass_index"]):
+        arrays = _read_recording(spec, str(rid), columns)
+        n = int(arrays["n_epochs"])
+        if spec.mode == "train":
+            starts = training_starts(n, spec.length, pass_rng(spec.seed, int(index), int(pass_index)))
+        else:
+            starts = evaluation_starts(n, spec.length, spec.stride)
+        parts.append(cut_windows(arrays, spec.modalities, starts, spec.length,
+                                 recording_index=int(index), pass_index=int(pass_index)))
+    return concat_windows(parts, spec.modalities, spec.length)
+
+
+def _read_recording(spec: WindowSpec, recording_id: str, columns: Sequence[str]) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    from somnray.data.storage import resolve
+
+    loc = resolve(spec.dataset_uri, spec.storage_options).join("recordings", f"{recording_id}.parquet")
+    wanted = ["recording_id", "subject_id", "cohort", "n_epochs", *columns]
+    with loc.open("rb") as f:
+        parquet = pq.ParquetFile(f)
+        # A modality the dataset lacks entirely has no column: it is absent, not an error.
+        names = set(parquet.schema_arrow.names)
+        table = parquet.read(columns=[c for c in wanted if c in names])
+    if table.num_rows != 1:
+        raise ConfigError(loc.uri, [f"expected one recording row, found {table.num_rows}"])
+    return schema.table_to_arrays(table)[0]
+
+
+def _dataset_columns(spec: WindowSpec) -> list[str]:
+    # Modalities a dataset lacks entirely (no column) are simply absent; asking pyarrow for a
+    # missing column would fail, so only existing columns are requested.
+    import pyarrow.parquet as pq
+
+    from somnray.data.storage import resolve
+
+    ds = resolve(spec.dataset_uri, spec.storage_options)
+    files = ds.join("recordings").find(".parquet")
+    if not files:
+        raise ConfigError(ds.uri, ["no prepared recordings (recordings/*.parquet) found"])
+    with files[0].open("rb") as f:
+        return list(pq.read_schema(f).names)
+
+
+def window_dataset(spec: WindowSpec, recording_ids: Sequence[str], *, passes: int = 1,
+                   shuffle_seed: int | None = None):
+    """A ``ray.data.Dataset`` of windows of ``recording_ids``.
+
+    Parameters
+    ----------
+    spec : WindowSpec
+        How to cut.
+    recording_ids : sequence of str
+        The recordings of one split part; their sorted order defines ``recording_index``.
+    passes : int
+        Training passes laid end to end (each with fresh window offsets); 1 for evaluation.
+    shuffle_seed : int, optional
+        Shuffle the recording order within each pass (training).
+    """
+    import ray
+
+    ids = sorted(recording_ids)
+    if not ids:
+        raise ConfigError(spec.dataset_uri, ["the split part selects no recording"])
+    items = []
+    for p in range(passes):
+        order = np.arange(len(ids))
+        if shuffle_seed is not None:
+            order = np.random.default_rng([shuffle_seed, p]).permutation(len(ids))
+        items += [{"recording_id": ids[i], "recording_index": int(i), "pass_index": p} for i in order]
+    # One recording per task: a night is ~10-25 MB of windows, and small tasks stream evenly.
+    return ray.data.from_items(items, override_num_blocks=min(len(items), 200)).map_batches(
+        read_windows, fn_kwargs={"spec": spec}, batch_size=1, batch_format="numpy")
+
+
+def iter_window_batches(shard, batch_size: int, *, shuffle_buffer: int = 0, seed: int | None = None,
+                        prefetch_batches: int = 2, drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Torch batches of windows from a Ray dataset or a worker's dataset shard."""
+    return shard.iter_torch_batches(
+        batch_size=batch_size, prefetch_batches=prefetch_batches, drop_last=drop_last,
+        local_shuffle_buffer_size=shuffle_buffer or None,
+        local_shuffle_seed=seed if shuffle_buffer else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# batches for the model
+# ------------------------------------------------------------------------------------------------
+def to_sleep_batch(batch: Mapping[str, Any], modalities: Sequence[str], *,
+                   simulator: MissingSimulator | None = None, step: int = 0,
+                   rng: np.random.Generator | None = None, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> SleepBatch:
+    """A window batch (numpy or torch) as the models' :class:`~somnray.models.SleepBatch`.
+
+    The missing-modality ``simulator`` (training) runs on the mask and signals at ``step``.
+    Modalities absent from every window of the batch are left out of ``signals`` (the model
+    then treats them as absent), which saves their front-end computation.
+    """
+    def as_numpy(x: Any) -> np.ndarray:
+        return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    present = as_numpy(batch["present"]).astype(bool)
+    signals = {m: batch[m] for m in modalities}
+    if simulator is not None:
+        if rng is None:
+            raise ValueError("a missing-modality simulator needs an rng")
+        np_signals = {m: as_numpy(v) for m, v in signals.items()} if simulator.cfg.kind == "noisy" else {}
+        present, changed = simulator(present, np_signals, step, rng)
+        signals.update(changed)
+    tensors = {}
+    for col, m in enumerate(modalities):
+        if not present[..., col].any():
+            continue
+        x = signals[m]
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        tensors[m] = x.to(device=device, dtype=dtype)
+    labels = batch["labels"]
+    labels = labels if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels))
+    return SleepBatch(tensors, torch.from_numpy(present).to(device), labels.to(device=device, dtype=torch.long),
+                      tuple(modalities))
+
+
+def average_window_probabilities(probabilities: np.ndarray, recording_index: np.ndarray, start: np.ndarray,
+                                 n_epochs: Mapping[int, int]) -> dict[int, np.ndarray]:
+    """Average overlapping windows' per-epoch class probabilities into one row per epoch.
+
+    Parameters
+    ----------
+    probabilities : ndarray
+        ``(W, L, C)`` window probabilities.
+    recording_index, start : ndarray
+        ``(W,)`` each window's recording and start epoch.
+    n_epochs : mapping of int to int
+        Epochs per recording index.
+
+    Returns
+    -------
+    dict of int to ndarray
+        ``recording_index → (n_epochs, C)``; epochs no window covered are NaN.
+    """
+    _, length, n_cls = probabilities.shape
+    sums = {r: np.zeros((n, n_cls)) for r, n in n_epochs.items()}
+    counts = {r: np.zeros(n) for r, n in n_epochs.items()}
+    for probs, rec, s in zip(probabilities, recording_index, start):
+        rec, s = int(rec), int(s)
+        stop = min(s + length, n_epochs[rec])
+        sums[rec][s:stop] += probs[: stop - s]
+        counts[rec][s:stop] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {r: sums[r] / counts[r][:, None] for r in sums}
+
+
+# ------------------------------------------------------------------------------------------------
+# normalisation statistics (training split only)
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingStatistics:
+    """Statistics of the training split that models normalise with.
+
+    Attributes
+    ----------
+    class_counts : ndarray
+        ``(5,)`` labelled epochs per stage in the training recordings.
+    spectrogram : dict
+        ``modality → (mean, std)`` per-bin log-spectrogram statistics, for models that have
+        ``spectrogram_statistics``; empty otherwise.
+    """
+
+    class_counts: np.ndarray
+    spectrogram: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+
+def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_ids: Sequence[str],
+                                modalities: Sequence[str], *, max_epochs: int = 4096, seed: int = 0,
+                                storage_options: Mapping[str, Any] | None = None) -> TrainingStatistics:
+    """Class counts and (if the model has them) spectrogram statistics of the training recordings.
+
+    Class counts use every training epoch. Spectrogram statistics use up to ``max_epochs``
+    present epochs per modality, drawn uniformly with ``seed`` across the recordings.
+    """
+    from somnray.data.pipeline import iter_prepared
+    from somnray.data.splits import Split
+
+    ids = tuple(sorted(train_ids))
+    split = Split("statistics", "manifest", None, ids, (), (), (), (), ())
+    wants_spec = hasattr(model, "spectrogram_statistics")
+    columns = ["labels"] + ([c for m in modalities for c in (m, schema.available_column(m))] if wants_spec else [])
+    counts = np.zeros(N_CLASSES, dtype=np.int64)
+    pools: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    rng = np.random.default_rng(seed)
+    per_recording = max(1, max_epochs // max(len(ids), 1))
+    for rec in iter_prepared(dataset_uri, split, "train", columns=_existing(dataset_uri, columns, storage_options),
+                             storage_options=storage_options):
+        labels = rec["labels"]
+        counts += np.bincount(labels[labels >= 0].astype(np.int64), minlength=N_CLASSES)[:N_CLASSES]
+        if not wants_spec:
+            continue
+        for m in modalities:
+            sig = rec.get(m)
+            if sig is None:
+                continue
+            usable = np.flatnonzero(rec.get(schema.available_column(m), np.ones(len(sig), bool)))
+            if len(usable):
+                take = rng.choice(usable, size=min(per_recording, len(usable)), replace=False)
+                pools[m].append(np.asarray(sig[np.sort(take)], dtype=np.float32))
+    stats = TrainingStatistics(counts)
+    if wants_spec:
+        epochs = {m: torch.from_numpy(np.concatenate(p)) for m, p in pools.items() if p}
+        if epochs:
+            fn = model.spectrogram_statistics
+            result = fn(epochs)
+            stats.spectrogram = {m: (mean.cpu().numpy(), std.cpu().numpy()) for m, (mean, std) in result.items()}
+    return stats
+
+
+def _existing(dataset_uri: str, columns: Sequence[str], storage_options) -> list[str]:
+    names = set(_dataset_columns(WindowSpec(dataset_uri, (), 1, storage_options=dict(storage_options or {}))))
+    return [c for c in columns if c in names]
+
+
+def apply_training_statistics(model: torch.nn.Module, stats: TrainingStatistics) -> list[str]:
+    """Install the statistics in a model that takes them; return what was set (for the run log)."""
+    done = []
+    if stats.spectrogram and hasattr(model, "set_spectrogram_statistics"):
+        for m, (mean, std) in stats.spectrogram.items():
+            model.set_spectrogram_statistics(m, torch.as_tensor(mean), torch.as_tensor(std))
+            done.append(f"spectrogram statistics of {m}")
+    if hasattr(model, "set_class_weights"):
+        from somnray.models.cimsleepnet import attnsleep_class_weights
+
+        model.set_class_weights(attnsleep_class_weights(stats.class_counts))
+        done.append("class weights")
+    return done

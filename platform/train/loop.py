@@ -1,0 +1,267 @@
+"""The Ray Train worker loop: one phase of DeepSpeed training with validation and checkpoints.
+
+:func:`train_loop_per_worker` runs on every worker. It rebuilds the typed phase config from the
+plain data the driver sends, builds the model and a torch client optimizer, hands both to
+``deepspeed.initialize`` (reusing the process group Ray Train created), and then runs one linear
+loop: micro-batches → missing-modality simulation → forward → model-owned loss → backward →
+step; every ``validate_every`` steps it validates on its shard of the validation windows,
+all-reduces the confusion matrix, and every rank saves a DeepSpeed checkpoint and calls
+``ray.train.report`` (Ray merges the ranks' folders into one checkpoint). Early stopping counts
+validation checks without improvement of the monitored metric.
+
+A checkpoint folder holds:
+
+* ``state/`` — DeepSpeed's engine, optimizer and scheduler state (resume);
+* ``model.pt`` — the full model ``state_dict`` in fp32 (the next phase's ``init_from`` and
+  scoring read this, without DeepSpeed);
+* ``trainer_state.json`` — step, best metric, checks without improvement, phase name.
+
+After a worker failure Ray Train restarts the group and :func:`ray.train.get_checkpoint` returns
+the latest checkpoint; the loop resumes from its step (the data stream restarts from the
+beginning of the shard; window offsets of a pass are reproducible, not its position).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from .config import PhaseConfig
+from .distributed import autocast_dtype, build_deepspeed_config, choose_device, precision_of
+from .inputs import TrainingStatistics, apply_training_statistics, iter_window_batches, to_sleep_batch
+from .metrics import StagingMetrics
+from .missing import MissingSimulator
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+#: DeepSpeed checkpoint tag inside a checkpoint folder.
+STATE_TAG = "state"
+MODEL_FILE = "model.pt"
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class LoopState:
+    """What the loop needs to resume besides the DeepSpeed state."""
+
+    step: int = 0
+    best: float | None = None
+    bad_checks: int = 0
+    stopped_early: bool = False
+
+    def improved(self, value: float, mode: str) -> bool:
+        """Whether ``value`` beats the best so far (and record it)."""
+        better = self.best is None or (value < self.best if mode == "min" else value > self.best)
+        if better:
+            self.best, self.bad_checks = value, 0
+        else:
+            self.bad_checks += 1
+        return better
+
+
+def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: TrainingStatistics, *,
+                use_gpu: bool, init_checkpoint: Any = None) -> dict[str, Any]:
+    """The ``train_loop_config`` the driver passes: plain, picklable data only."""
+    return {
+        "phase": phase.model_dump(mode="json"),
+        "use_gpu": bool(use_gpu),
+        "modalities": list(modalities),
+        "class_counts": stats.class_counts.tolist(),
+        "spectrogram": {m: (mean.tolist(), std.tolist()) for m, (mean, std) in stats.spectrogram.items()},
+        "init_checkpoint": init_checkpoint,
+    }
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def _cycle(make: Any) -> Iterator[Mapping[str, torch.Tensor]]:
+    """Iterate ``make()`` forever (a new pass over the shard when one ends)."""
+    while True:
+        empty = True
+        for batch in make():
+            empty = False
+            yield batch
+        if empty:
+            raise RuntimeError("the training shard yielded no batch: fewer windows than one micro-batch "
+                               "per worker; lower optim.batch_size or use more recordings")
+
+
+def _load_model_file(checkpoint: Any) -> dict[str, torch.Tensor]:
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{checkpoint.path}: no {MODEL_FILE} in the previous phase's checkpoint")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
+    """The fp32 model weights on rank 0 (every rank must call it under ZeRO-3)."""
+    if zero_stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # collective: gathers the shards
+    else:
+        state = engine.module.state_dict()
+    if state is None:
+        return None
+    return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in state.items()}
+
+
+@torch.no_grad()
+def validate(engine: Any, shard: Any, modalities: tuple[str, ...], phase: PhaseConfig, device: torch.device,
+             dtype: torch.dtype, loss_weights: Mapping[str, float]) -> dict[str, float]:
+    """Loss and metrics over the worker's validation shard, all-reduced over workers.
+
+    Each epoch counts once (the window's ``scored`` mask), whatever the evaluation stride.
+    """
+    engine.eval()
+    cm = torch.zeros(5, 5, dtype=torch.float64)
+    loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch losses × scored epochs, scored epochs)
+    micro = max(phase.optim.batch_size // max(phase.scaling.num_workers * phase.optim.grad_accum_steps, 1), 1)
+    for raw in iter_window_batches(shard, micro, prefetch_batches=phase.data.prefetch_batches):
+        batch = to_sleep_batch(raw, modalities, device=device, dtype=dtype)
+        batch.labels = torch.where(raw["scored"].to(device), batch.labels, torch.full_like(batch.labels, -1))
+        output = engine(batch.signals, batch.present)
+        n_scored = int((batch.labels >= 0).sum())
+        if not n_scored:
+            continue
+        total = engine.module.loss(output, batch, loss_weights)["total"]
+        loss_sum += torch.tensor([float(total) * n_scored, n_scored], dtype=torch.float64)
+        keep = batch.labels >= 0
+        pred = output.logits.argmax(-1)[keep].cpu()
+        true = batch.labels[keep].cpu()
+        cm += torch.bincount(true * 5 + pred, minlength=25).reshape(5, 5).double()
+    _all_reduce(cm)
+    _all_reduce(loss_sum)
+    engine.train()
+    metrics = StagingMetrics.from_confusion(cm.long().numpy())
+    out = {f"val_{k}": v for k, v in metrics.as_flat_dict().items()}
+    out["val_loss"] = float(loss_sum[0] / loss_sum[1]) if loss_sum[1] > 0 else float("nan")
+    return out
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train one phase on this worker (Ray Train's ``train_loop_per_worker``).
+
+    Parameters
+    ----------
+    config : dict
+        Built by :func:`loop_config` on the driver.
+    """
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+
+    from somnray.models import create_model
+
+    phase = PhaseConfig.model_validate(config["phase"])  # the typed config, again, on the worker
+    modalities = tuple(config["modalities"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # The driver resolved use_gpu ("auto" → whether the cluster has GPUs); Ray Train then
+    # assigns each worker its GPU and reports it through get_device().
+    device = ray.train.torch.get_device() if config["use_gpu"] else choose_device(False)
+
+    # Same seed on every rank for the initial weights (DeepSpeed also broadcasts rank 0's).
+    _seed_everything(phase.seed)
+    model = create_model(phase.model.name, **phase.model.overrides)
+    stats = TrainingStatistics(np.asarray(config["class_counts"]),
+                               {m: (np.asarray(a), np.asarray(b)) for m, (a, b) in config["spectrogram"].items()})
+    apply_training_statistics(model, stats)
+    if config.get("init_checkpoint") is not None:
+        # The previous phase's best weights; its statistics buffers come with them.
+        model.load_state_dict(_load_model_file(config["init_checkpoint"]))
+    if phase.freeze:
+        model.freeze(phase.freeze)
+    loss_weights = model.resolve_loss_weights(phase.loss_weights)
+
+    ds_config = build_deepspeed_config(phase, world, device)
+    dtype = autocast_dtype(precision_of(ds_config))
+    optimizer = build_optimizer(model.parameters(), phase.optim)
+    scheduler = build_scheduler(optimizer, phase.optim)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+
+    state = LoopState()
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as folder:
+            engine.load_checkpoint(folder, tag=STATE_TAG)
+            state = LoopState(**json.loads((Path(folder) / TRAINER_STATE_FILE).read_text())["loop"])
+        if rank == 0:
+            log.info("resumed %s at step %d", phase.name, state.step)
+    if state.stopped_early or state.step >= phase.optim.max_steps:
+        return
+
+    simulator = MissingSimulator(phase.missing, modalities)
+    # Different ranks (and a resumed run) draw different masks, reproducibly.
+    rng = np.random.default_rng([phase.seed, rank, state.step])
+    _seed_everything(phase.seed + 7919 * (rank + 1) + state.step)
+    micro = ds_config["train_micro_batch_size_per_gpu"]
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    batches = _cycle(lambda: iter_window_batches(
+        train_shard, micro, shuffle_buffer=phase.data.shuffle_buffer, seed=phase.seed + rank,
+        prefetch_batches=phase.data.prefetch_batches, drop_last=True))
+
+    engine.train()
+    running = []
+    while state.step < phase.optim.max_steps:
+        for _ in range(phase.optim.grad_accum_steps):
+            batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
+                                   device=device, dtype=dtype)
+            output = engine(batch.signals, batch.present)
+            losses = engine.module.loss(output, batch, loss_weights)
+            engine.backward(losses["total"])
+            engine.step()  # steps the optimizer and scheduler at the accumulation boundary
+            running.append(float(losses["total"].detach()))
+        state.step += 1
+
+        if state.step % phase.optim.validate_every and state.step < phase.optim.max_steps:
+            continue
+        metrics = validate(engine, val_shard, modalities, phase, device, dtype, loss_weights)
+        metrics.update(step=state.step, train_loss=float(np.mean(running)) if running else float("nan"),
+                       lr=float(engine.get_lr()[0]), missing_rate=simulator.curriculum.rate_at(state.step))
+        running = []
+        monitored = metrics[f"val_{phase.optim.monitor}"]
+        state.improved(monitored, phase.optim.monitor_mode)
+        if phase.optim.patience is not None and state.bad_checks >= phase.optim.patience:
+            state.stopped_early = True
+        metrics.update(best=state.best, stopped_early=float(state.stopped_early))
+        _save_and_report(engine, phase, state, metrics, rank)
+        if state.stopped_early:
+            if rank == 0:
+                log.info("%s: early stop at step %d (%s did not improve for %d checks)", phase.name,
+                         state.step, phase.optim.monitor, phase.optim.patience)
+            break
+
+
+def _save_and_report(engine: Any, phase: PhaseConfig, state: LoopState, metrics: dict[str, float],
+                     rank: int) -> None:
+    import ray.train
+
+    weights = _full_state_dict(engine, phase.deepspeed.zero_stage)
+    with tempfile.TemporaryDirectory(prefix="somnray-ckpt-") as tmp:
+        engine.save_checkpoint(tmp, tag=STATE_TAG)  # every rank writes its shard of the state
+        if rank == 0:
+            if weights is not None:
+                torch.save(weights, os.path.join(tmp, MODEL_FILE))
+            doc = {"phase": phase.name, "loop": state.__dict__, "metrics": metrics}
+            Path(tmp, TRAINER_STATE_FILE).write_text(json.dumps(doc, indent=2, default=float))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

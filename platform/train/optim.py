@@ -1,0 +1,57 @@
+"""Optimizers and learning-rate schedules built from :class:`~somnray.train.config.OptimConfig`.
+
+DeepSpeed receives the optimizer as a torch *client* optimizer (platform-notes: DeepSpeed's
+FusedAdam / DeepSpeedCPUAdam need a long JIT build and do not run everywhere), and the schedule
+as a ``LambdaLR`` stepped once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+from .config import OptimConfig
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The torch optimizer of ``cfg`` over the parameters that require a gradient.
+
+    Raises
+    ------
+    ValueError
+        If no parameter requires a gradient (everything frozen).
+    """
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("no trainable parameters: every parameter group is frozen")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(trainable, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+               amsgrad=cfg.amsgrad)
+
+
+def lr_factor(cfg: OptimConfig, step: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer ``step`` (0-based).
+
+    ``constant``: 1 (after an optional linear warm-up). ``warmup_cosine``: linear warm-up from 0
+    over ``warmup_steps``, then cosine decay to ``min_lr`` at ``max_steps``. ``step``: multiplied
+    by ``step_gamma`` at each of ``step_milestones`` (after the warm-up, if any).
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "warmup_cosine":
+        span = max(cfg.max_steps - cfg.warmup_steps, 1)
+        progress = min((step - cfg.warmup_steps) / span, 1.0)
+        floor = cfg.min_lr / cfg.lr
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "step":
+        return cfg.step_gamma ** sum(step >= m for m in cfg.step_milestones)
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` applying :func:`lr_factor`; call ``step()`` after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step))

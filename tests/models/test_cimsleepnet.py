@@ -378,16 +378,10 @@ def test_overfits_one_batch():
     model = create_model("cimsleepnet_tiny", dropout=0.0).train()
     b = _batch(batch=2, length=8, missing=0.2, seed=1)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    threads = torch.get_num_threads()
-    # Tiny ops: one thread is several times faster than two on a shared, loaded 2-core machine.
-    torch.set_num_threads(1)
-    try:
-        for _ in range(50):
-            opt.zero_grad()
-            model.loss(model(b.signals, b.present), b)["total"].backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    for _ in range(50):
+        opt.zero_grad()
+        model.loss(model(b.signals, b.present), b)["total"].backward()
+        opt.step()
     model.eval()
     with torch.no_grad():
         out = model(b.signals, b.present)

@@ -14,13 +14,6 @@ EEG_EOG = ("eeg", "eog")
 TINY = ["coresleep_tiny", "coresleep_early_tiny", "coresleep_midlate_tiny"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _batch(modalities=EEG_EOG, batch=2, length=5, seed=0, present=None) -> SleepBatch:
     gen = torch.Generator().manual_seed(seed)

@@ -15,13 +15,6 @@ from somnray.models.layers.stft import STFTFrontEnd
 from somnray.models.layers.transformer import TransformerLayer
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # -- STFT --------------------------------------------------------------------------------------
 def test_stft_shapes():

@@ -20,16 +20,6 @@ FULL_PARAMETERS = 6_216_404
 PAPER_PARAMETERS = 5_760_000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run with one intra-op thread: on a shared 2-core machine, thread contention makes the many
-    small ops of the tiny model ~10x slower with two threads than with one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_batch(batch: int = 2, length: int = 5, seed: int = 0, modality: str = "eeg") -> SleepBatch:
     generator = torch.Generator().manual_seed(seed)
     signals = {modality: torch.randn(batch, length, 3000, generator=generator)}
@@ -295,7 +285,7 @@ def test_loss_terms_per_phase_and_total():
     torch.testing.assert_close(terms["total"], terms["raw"] + 2.0 * terms["spec"] + terms["concat"])
 
 
-def test_freeze_epoch_level_keeps_parameters_and_batchnorm_buffers_bit_identical(one_thread):
+def test_freeze_epoch_level_keeps_parameters_and_batchnorm_buffers_bit_identical():
     """After freeze(['epoch_level']) and finetune steps, the epoch level (params + BN buffers) is
     bit-identical while the sequence level and heads have changed."""
     model = tiny()
@@ -396,7 +386,7 @@ def test_augmentation_probability_zero_is_identity():
     assert set(RAW_OPERATIONS) == {"scale", "dc_shift", "noise", "band_stop", "time_shift", "zero_mask"}
 
 
-def test_model_augments_only_in_pretrain_training(one_thread):
+def test_model_augments_only_in_pretrain_training():
     """Seeded pretrain training passes repeat exactly; eval and finetune outputs are augmentation-free."""
     batch = make_batch(2, 3)
     model = tiny(dropout=0.0, head_dropout=0.0)
@@ -423,7 +413,7 @@ def test_clean_sequence_path_option_runs():
 
 # -- training behaviour ----------------------------------------------------------------------------
 
-def test_pretrain_forward_backward_is_finite_and_reaches_every_parameter(one_thread):
+def test_pretrain_forward_backward_is_finite_and_reaches_every_parameter():
     """In pretrain (masking + augmentation + InfoNCE) the loss is finite and every parameter,
     including both mask tokens, gets a finite, non-zero gradient."""
     model = tiny()
@@ -440,7 +430,7 @@ def test_pretrain_forward_backward_is_finite_and_reaches_every_parameter(one_thr
         assert param.grad.abs().sum() > 0, name
 
 
-def test_overfits_one_batch_in_finetune(one_thread):
+def test_overfits_one_batch_in_finetune():
     """mc2sleepnet_tiny reaches 100 % accuracy on one batch (B=2, L=6) within 200 steps, < 20 s."""
     model = tiny(phase="finetune")
     batch = make_batch(2, 6, seed=1)

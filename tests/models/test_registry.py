@@ -19,15 +19,6 @@ from model_cases import CASES  # tests/models is on sys.path (rootdir-relative, 
 MODELS = list_models()
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Small models on a shared 2-core machine: intra-op threading costs far more than it gives
-    # (measured: 2.1 s vs 0.16 s for one full-size CoRe-Sleep step under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _batch(case: dict, seed: int = 0) -> SleepBatch:
     gen = torch.Generator().manual_seed(seed)

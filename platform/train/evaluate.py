@@ -1,0 +1,747 @@
+"""Evaluate trained runs on a prepared dataset under missing-modality scenarios.
+
+:func:`evaluate_run` scores every test recording of a run's split with
+:func:`somnray.models.inference.predict_night` once per scenario (:mod:`somnray.train.scenarios`:
+all modalities, each modality alone, random partial missing at fixed per-recording masks, noisy
+and detached modalities), and reports accuracy, macro-F1, Cohen's κ, per-class F1 and the
+confusion matrix per scenario, in the layout of CoRe-Sleep Table I / MC²SleepNet Table 5. With
+several runs (the folds of a cross-validation, or repeated splits) each run is scored on its own
+split's test part and the report gives both conventions of the literature (models.md §4.7): the
+metrics of the **pooled** predictions and the per-fold **mean ± std**.
+
+Which recordings are scored (said in the report):
+
+1. ``split=`` when given: ``all``, ``manifest`` (the manifest's split column), the name of a split
+   file stored with the dataset (``<dataset>/splits/<name>.json``) or the path/URI of one; run
+   ``i`` of several uses fold ``fold + i`` of a multi-fold file;
+2. otherwise the split recorded in the run's bundle (``model.json`` ``extra.split``), when the
+   bundle was trained on this dataset (same URI or same versioned folder name);
+3. otherwise the manifest's split column, when it names a test part;
+4. otherwise every prepared recording.
+
+Recordings are independent, so the work is distributed per recording: with Ray initialised (or
+``workers > 1``) a Ray Data ``map_batches`` over an actor pool that loads the model once per
+actor; otherwise a plain loop in this process. Both run :func:`score_recording`.
+
+Outputs, through :mod:`somnray.data.storage` (local or ``s3://``), in
+``<run>/evaluation/<dataset>/``: ``report.md``, ``report.json``, ``confusion_<scenario>.png``
+and ``missing_rate.png`` (Acc / MF1 / κ against the missing rate, CIMSleepNet Fig. 4).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from somnray.data import schema
+from somnray.data.errors import ConfigError
+from somnray.data.storage import resolve
+from somnray.models.bundle import BundleInfo
+from somnray.models.inference import predict_night
+
+from .metrics import STAGES, FoldSummary, StagingMetrics, aggregate_folds, compute_metrics, plot_confusion_matrix
+from .missing import DEFAULT_BASE_SEED
+from .scenarios import DEFAULT_CHUNK_EPOCHS, Scenario, apply_scenario, resolve_scenarios
+
+log = logging.getLogger(__name__)
+
+#: Folder of the evaluations inside a run.
+EVALUATION_DIR = "evaluation"
+REPORT_FORMAT = "somnray-evaluation/1"
+#: A run given as an in-memory bundle.
+Bundle = tuple[torch.nn.Module, BundleInfo]
+RunLike = str | Bundle
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring one recording (the same code in-process and in the Ray actors)
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EvalSpec:
+    """How recordings are read and scored; plain data, shipped to the Ray actors.
+
+    Parameters
+    ----------
+    dataset_uri : str
+        The prepared dataset.
+    modalities : tuple of str
+        The model's modalities (``present`` column order).
+    length : int
+        Window length L (the bundle's training sequence length).
+    stride : int, optional
+        Window stride (default L).
+    scenarios : tuple of Scenario
+        Scenarios to score.
+    columns : tuple of str
+        Dataset columns to read (those of ``modalities`` that exist, with labels and masks).
+    base_seed : int
+        Base seed of the fixed per-recording masks and noise.
+    chunk_epochs : int
+        Chunk length of the partial-missing protocol.
+    batch_size : int
+        Windows per forward pass.
+    storage_options : dict
+        Filesystem options resolved on the driver.
+    """
+
+    dataset_uri: str
+    modalities: tuple[str, ...]
+    length: int
+    stride: int | None
+    scenarios: tuple[Scenario, ...]
+    columns: tuple[str, ...]
+    base_seed: int = DEFAULT_BASE_SEED
+    chunk_epochs: int = DEFAULT_CHUNK_EPOCHS
+    batch_size: int = 16
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordingScores:
+    """Predictions of one recording under every scenario.
+
+    Attributes
+    ----------
+    recording_id : str
+        Manifest id.
+    recording_index : int
+        Index in the dataset's sorted recording ids (the seed offset of its masks).
+    labels : ndarray
+        ``(n,)`` int8 stages, -1 ignored.
+    predictions : dict of str to ndarray
+        Scenario name → ``(n,)`` int8 predicted stages. A scenario that left the recording with
+        no input at all (e.g. ``eog_only`` on a night without EOG) has no entry.
+    """
+
+    recording_id: str
+    recording_index: int
+    labels: np.ndarray
+    predictions: dict[str, np.ndarray]
+
+
+def recording_inputs(arrays: Mapping[str, Any], modalities: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Signals (modalities the recording has) and the ``(n, M)`` mask of a prepared recording."""
+    n = int(arrays["n_epochs"])
+    present = np.zeros((n, len(modalities)), dtype=bool)
+    signals = {}
+    for col, m in enumerate(modalities):
+        sig = arrays.get(m)
+        if sig is None:
+            continue
+        signals[m] = np.asarray(sig).reshape(n, schema.EPOCH_SAMPLES)
+        present[:, col] = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
+    return signals, present
+
+
+def score_recording(model: torch.nn.Module, arrays: Mapping[str, Any], spec: EvalSpec,
+                    recording_index: int) -> RecordingScores:
+    """Score one recording (a :func:`somnray.data.schema.row_to_arrays` dict) under every scenario."""
+    signals, present = recording_inputs(arrays, spec.modalities)
+    labels = np.asarray(arrays["labels"], dtype=np.int8)
+    predictions: dict[str, np.ndarray] = {}
+    for scenario in spec.scenarios:
+        sig, mask = apply_scenario(scenario, signals, present, spec.modalities, recording_index,
+                                   base_seed=spec.base_seed, chunk_epochs=spec.chunk_epochs)
+        # Only modalities with at least one usable epoch are passed: the others are absent.
+        sig = {m: x for m, x in sig.items() if mask[:, spec.modalities.index(m)].any()}
+        if not sig or len(labels) == 0:
+            continue
+        probs = predict_night(model, sig, mask, length=spec.length, stride=spec.stride,
+                              batch_size=spec.batch_size)
+        predictions[scenario.name] = probs.argmax(axis=1).astype(np.int8)
+    return RecordingScores(str(arrays["recording_id"]), int(recording_index), labels, predictions)
+
+
+def _read(spec: EvalSpec, recording_id: str) -> dict[str, Any]:
+    return schema.read_recording(spec.dataset_uri, recording_id, spec.storage_options, columns=spec.columns)
+
+
+class RecordingScorer:
+    """``map_batches`` callable: loads the model once per actor, scores the recordings it is sent.
+
+    Parameters
+    ----------
+    payload : tuple or ray.ObjectRef
+        ``(model.json text, state_dict)`` of the bundle (an object reference is fetched).
+    spec : EvalSpec
+        What to score.
+    """
+
+    def __init__(self, payload: Any, spec: EvalSpec):
+        import ray
+
+        from somnray.models import create_model
+
+        if isinstance(payload, ray.ObjectRef):
+            payload = ray.get(payload)
+        info_json, state = payload
+        info = BundleInfo.from_json(info_json)
+        # One actor per CPU: more intra-op threads would only fight the other actors.
+        torch.set_num_threads(1)
+        self.model = create_model(info.model, **info.overrides)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self.spec = spec
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score each ``(recording_id, recording_index)`` of the batch; results pickled per row."""
+        out = []
+        for rid, index in zip(batch["recording_id"], batch["recording_index"]):
+            scores = score_recording(self.model, _read(self.spec, str(rid)), self.spec, int(index))
+            out.append(pickle.dumps(scores, protocol=pickle.HIGHEST_PROTOCOL))
+        return {"recording_id": np.asarray(batch["recording_id"]), "scores": np.array(out, dtype=object)}
+
+
+def _score_local(model: torch.nn.Module, spec: EvalSpec, items: Sequence[tuple[str, int]]) -> list[RecordingScores]:
+    return [score_recording(model, _read(spec, rid), spec, index) for rid, index in items]
+
+
+def _score_ray(model: torch.nn.Module, info: BundleInfo, spec: EvalSpec, items: Sequence[tuple[str, int]],
+               workers: int) -> list[RecordingScores]:
+    import ray
+
+    from somnray.data.pipeline import ensure_ray
+
+    ensure_ray()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = ray.put((info.to_json(), state))
+    size = max(1, min(workers, len(items)))
+    ds = ray.data.from_items([{"recording_id": rid, "recording_index": int(i)} for rid, i in items],
+                             override_num_blocks=len(items))
+    ds = ds.map_batches(RecordingScorer, fn_constructor_kwargs={"payload": payload, "spec": spec},
+                        batch_size=1, batch_format="numpy", num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=size))
+    return [pickle.loads(row["scores"]) for row in ds.iter_rows()]
+
+
+# ------------------------------------------------------------------------------------------------
+# runs, splits, the dataset
+# ------------------------------------------------------------------------------------------------
+def _load_run(run: RunLike, storage_options: Mapping[str, Any] | None) -> tuple[torch.nn.Module, BundleInfo, str | None]:
+    if isinstance(run, tuple):
+        model, info = run
+        return model, info, None
+    from .export import load_run_bundle
+
+    try:
+        model, info = load_run_bundle(str(run), storage_options=storage_options)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(run), [f"no trained model to evaluate: {exc}"]) from None
+    except ValueError as exc:
+        raise ConfigError(str(run), [f"the run's model bundle cannot be loaded: {exc}"]) from None
+    return model, info, resolve(str(run), storage_options).uri
+
+
+def dataset_name(dataset_uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """``<profile>-<version>`` of a prepared dataset (its folder name if the manifest lacks it)."""
+    from somnray.data.pipeline import read_manifest
+
+    manifest = read_manifest(dataset_uri, storage_options)
+    return str(manifest.get("dataset") or resolve(dataset_uri, storage_options).name)
+
+
+def _same_dataset(a: str | None, b: str, storage_options: Mapping[str, Any] | None) -> bool:
+    """Whether two URIs name the same prepared dataset (same place or same versioned folder)."""
+    if not a:
+        return False
+    try:
+        la, lb = resolve(a, storage_options), resolve(b, storage_options)
+    except ConfigError:
+        return False
+    return la.uri.rstrip("/") == lb.uri.rstrip("/") or (la.name == lb.name and "-" in la.name)
+
+
+@dataclass(frozen=True)
+class EvalSelection:
+    """The recordings a run is scored on, and where that choice came from (for the report)."""
+
+    recording_ids: tuple[str, ...]
+    source: str
+    split_name: str | None = None
+    fold: int | None = None
+
+
+def select_test_recordings(dataset_uri: str, info: BundleInfo, split: str | None = None, fold: int = 0,
+                           storage_options: Mapping[str, Any] | None = None) -> EvalSelection:
+    """The recordings to score (see the module docstring for the order of precedence).
+
+    Raises
+    ------
+    ConfigError
+        Unknown split file, fold out of range, or a split whose test part is empty.
+    """
+    from somnray.data import splits as sp
+    from somnray.data.pipeline import prepared_entries
+
+    from .config import DataConfig, SplitConfig
+    from .inputs import resolve_split
+
+    entries = prepared_entries(dataset_uri, storage_options)
+    if not entries:
+        raise ConfigError(dataset_uri, ["no prepared recordings (recordings/*.parquet) found"])
+    every = tuple(sorted(e.recording_id for e in entries))
+
+    def from_split(chosen: sp.Split, source: str) -> EvalSelection:
+        test = tuple(sorted(set(chosen.test) & set(every)))
+        if not test:
+            raise ConfigError(dataset_uri, [f"{source}: the test part selects no prepared recording of "
+                                            f"this dataset"])
+        return EvalSelection(test, source, chosen.name, chosen.fold)
+
+    if split is not None:
+        if split == "all":
+            return EvalSelection(every, "every prepared recording (--split all)")
+        if split == "manifest":
+            try:
+                return from_split(sp.manifest_split(entries), "the manifest's split column")
+            except sp.SplitError as exc:
+                raise ConfigError(dataset_uri, [f"split 'manifest': {exc}"]) from None
+        looks_like_file = split.endswith(".json") or "/" in split or "://" in split
+        uri = split if looks_like_file else resolve(dataset_uri, storage_options).join("splits", f"{split}.json").uri
+        try:
+            folds = sp.load_splits(uri, storage_options)
+        except FileNotFoundError:
+            raise ConfigError(uri, [f"no split file {split!r} (give 'all', 'manifest', a split name "
+                                    f"stored with the dataset, or the path of a split JSON file)"]) from None
+        except sp.SplitError as exc:
+            raise ConfigError(uri, [str(exc)]) from None
+        if not 0 <= fold < len(folds):
+            raise ConfigError(uri, [f"fold {fold} out of range; the file has {len(folds)} fold(s)"])
+        return from_split(folds[fold], f"split file {uri}, fold {fold}")
+
+    recorded = info.extra.get("split")
+    if isinstance(recorded, Mapping) and _same_dataset(info.extra.get("dataset_uri"), dataset_uri, storage_options):
+        try:
+            data = DataConfig(dataset=dataset_uri, split=SplitConfig.model_validate(dict(recorded)),
+                              sequence_length=max(int(info.sequence_length), 1))
+            chosen = resolve_split(data, storage_options)
+            desc = ", ".join(f"{k}={v}" for k, v in sorted(recorded.items()))
+            return from_split(chosen, f"the run's training split ({desc})")
+        except Exception as exc:  # noqa: BLE001 - fall back, and say why in the log
+            log.warning("cannot resolve the run's recorded split %s on %s (%s); falling back to the "
+                        "manifest split", recorded, dataset_uri, exc)
+    try:
+        manifest = sp.manifest_split(entries)
+        if manifest.test:
+            return from_split(manifest, "the manifest's split column (the run records no split for this dataset)")
+    except sp.SplitError:
+        pass
+    return EvalSelection(every, "every prepared recording (no split recorded with the run, none in the manifest)")
+
+
+def _existing_columns(dataset_uri: str, modalities: Sequence[str],
+                      storage_options: Mapping[str, Any] | None) -> tuple[str, ...]:
+    import pyarrow.parquet as pq
+
+    files = resolve(dataset_uri, storage_options).join("recordings").find(".parquet")
+    if not files:
+        raise ConfigError(dataset_uri, ["no prepared recordings (recordings/*.parquet) found"])
+    with files[0].open("rb") as f:
+        names = set(pq.read_schema(f).names)
+    wanted = ["labels", *(c for m in modalities for c in (m, schema.available_column(m)))]
+    # A modality the dataset lacks entirely has no column: it is absent, not an error.
+    return tuple(c for c in wanted if c in names)
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FoldResult:
+    """One run scored on its test recordings.
+
+    Attributes
+    ----------
+    run : str
+        Run URI (``<in-memory bundle>`` for a bundle passed as objects).
+    selection : EvalSelection
+        Which recordings, and why.
+    recordings : tuple of RecordingScores
+        Per-recording predictions, in recording order.
+    metrics : dict of str to StagingMetrics
+        Scenario → metrics of this fold's pooled epochs.
+    """
+
+    run: str
+    selection: EvalSelection
+    recordings: tuple[RecordingScores, ...]
+    metrics: dict[str, StagingMetrics]
+
+    def skipped(self, scenario: str) -> list[str]:
+        """Recordings the scenario left without any input (not scored under it)."""
+        return [r.recording_id for r in self.recordings if scenario not in r.predictions]
+
+
+def _pct(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _kappa(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+@dataclass
+class EvaluationReport:
+    """Per-scenario metrics of one or more runs (folds) on a dataset; see the module docstring."""
+
+    model: str
+    modalities: tuple[str, ...]
+    sequence_length: int
+    stride: int
+    dataset_uri: str
+    dataset: str
+    scenarios: tuple[Scenario, ...]
+    folds: tuple[FoldResult, ...]
+    summaries: dict[str, FoldSummary]
+    base_seed: int = DEFAULT_BASE_SEED
+    chunk_epochs: int = DEFAULT_CHUNK_EPOCHS
+    written: dict[str, str] = field(default_factory=dict)
+
+    # -- access ------------------------------------------------------------------------------
+    def pooled(self, scenario: str) -> StagingMetrics:
+        """Metrics of ``scenario`` on the pooled predictions of every fold."""
+        return self.summaries[scenario].pooled
+
+    def predictions(self, scenario: str) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated ``(labels, predictions)`` of ``scenario`` over folds and recordings."""
+        labels, preds = [], []
+        for fold in self.folds:
+            for rec in fold.recordings:
+                if scenario in rec.predictions:
+                    labels.append(rec.labels)
+                    preds.append(rec.predictions[scenario])
+        if not labels:
+            return np.zeros(0, np.int8), np.zeros(0, np.int8)
+        return np.concatenate(labels), np.concatenate(preds)
+
+    @property
+    def scenario_names(self) -> list[str]:
+        """Scenario names in report order."""
+        return [s.name for s in self.scenarios]
+
+    # -- tables ------------------------------------------------------------------------------
+    def table(self) -> str:
+        """Markdown table of the pooled metrics: rows scenarios; Acc, κ, MF1, per-class F1 (%)."""
+        head = "| Scenario | Epochs | Acc | κ | MF1 | " + " | ".join(STAGES) + " |"
+        rule = "|---|---:|---:|---:|---:|" + "---:|" * len(STAGES)
+        rows = [head, rule]
+        for name in self.scenario_names:
+            m = self.pooled(name)
+            f1 = " | ".join(_pct(v) for v in m.f1)
+            rows.append(f"| {name} | {m.n_epochs} | {_pct(m.accuracy)} | {_kappa(m.kappa)} | "
+                        f"{_pct(m.macro_f1)} | {f1} |")
+        return "\n".join(rows)
+
+    def fold_table(self) -> str:
+        """Markdown table of the per-fold mean ± std (population std, as CoRe-Sleep reports)."""
+        head = "| Scenario | Acc | κ | MF1 | " + " | ".join(STAGES) + " |"
+        rule = "|---|---:|---:|---:|" + "---:|" * len(STAGES)
+        rows = [head, rule]
+        for name in self.scenario_names:
+            s = self.summaries[name]
+
+            def pm(key: str, kappa: bool = False) -> str:
+                mean, std = s.mean.get(key, float("nan")), s.std.get(key, float("nan"))
+                if kappa:
+                    return f"{_kappa(mean)}±{_kappa(std)}"
+                return f"{_pct(mean)}±{_pct(std)}"
+
+            f1 = " | ".join(pm(f"f1_{st}") for st in STAGES)
+            rows.append(f"| {name} | {pm('accuracy')} | {pm('kappa', True)} | {pm('macro_f1')} | {f1} |")
+        return "\n".join(rows)
+
+    def to_markdown(self) -> str:
+        """The whole ``report.md``."""
+        n_rec = sum(len(f.recordings) for f in self.folds)
+        lines = [
+            f"# Evaluation: {self.model} on {self.dataset}",
+            "",
+            f"- model: `{self.model}`, modalities {', '.join(self.modalities)}, windows of "
+            f"L = {self.sequence_length} epochs, stride {self.stride} (per-epoch probabilities averaged)",
+            f"- dataset: `{self.dataset_uri}`",
+            f"- runs (folds): {len(self.folds)}; test recordings: {n_rec}",
+        ]
+        for i, fold in enumerate(self.folds):
+            lines.append(f"  - fold {i}: `{fold.run}` — {len(fold.recordings)} recording(s) from "
+                         f"{fold.selection.source}")
+        lines += [
+            f"- missing-modality masks and noise fixed per recording: seed {self.base_seed} + the "
+            f"recording's index in the dataset's sorted recording ids (chunks of {self.chunk_epochs} "
+            f"epochs), identical for every model",
+            "- labels −1 (movement, unscored) are ignored; Acc, MF1 and per-class F1 in %, κ as a fraction",
+            "",
+            "## Pooled over " + ("folds" if len(self.folds) > 1 else "the test recordings"),
+            "",
+            self.table(),
+            "",
+        ]
+        if len(self.folds) > 1:
+            lines += ["## Per fold, mean ± std", "", self.fold_table(), "",
+                      "## Per fold accuracy (%)", "",
+                      "| Scenario | " + " | ".join(f"fold {i}" for i in range(len(self.folds))) + " |",
+                      "|---|" + "---:|" * len(self.folds)]
+            for name in self.scenario_names:
+                lines.append(f"| {name} | " + " | ".join(_pct(f.metrics[name].accuracy) if name in f.metrics
+                                                        else "–" for f in self.folds) + " |")
+            lines.append("")
+        skipped = {n: [r for f in self.folds for r in f.skipped(n)] for n in self.scenario_names}
+        skipped = {n: r for n, r in skipped.items() if r}
+        if skipped:
+            lines += ["## Recordings not scored under a scenario (no input left)", ""]
+            lines += [f"- {n}: {', '.join(r)}" for n, r in skipped.items()] + [""]
+        figures = [f"![{n}](confusion_{n}.png)" for n in self.scenario_names]
+        if self._curve_scenarios():
+            figures.insert(0, "![missing rate](missing_rate.png)")
+        lines += ["## Figures", "", *figures, ""]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole ``report.json`` (no per-epoch predictions)."""
+        return {
+            "format": REPORT_FORMAT,
+            "model": self.model,
+            "modalities": list(self.modalities),
+            "sequence_length": self.sequence_length,
+            "stride": self.stride,
+            "dataset": self.dataset,
+            "dataset_uri": self.dataset_uri,
+            "base_seed": self.base_seed,
+            "chunk_epochs": self.chunk_epochs,
+            "scenarios": [s.to_dict() for s in self.scenarios],
+            "pooled": {n: self.pooled(n).to_dict() for n in self.scenario_names},
+            "fold_mean": {n: self.summaries[n].mean for n in self.scenario_names},
+            "fold_std": {n: self.summaries[n].std for n in self.scenario_names},
+            "folds": [{
+                "run": f.run,
+                "split_source": f.selection.source,
+                "split_name": f.selection.split_name,
+                "split_fold": f.selection.fold,
+                "recordings": [{"recording_id": r.recording_id, "n_epochs": int(len(r.labels)),
+                                "accuracy": {n: compute_metrics(r.labels, p).accuracy
+                                             for n, p in r.predictions.items()}}
+                               for r in f.recordings],
+                "metrics": {n: m.to_dict() for n, m in f.metrics.items()},
+            } for f in self.folds],
+        }
+
+    # -- figures and files ----------------------------------------------------------------------
+    def _curve_scenarios(self) -> dict[str, list[Scenario]]:
+        by_protocol: dict[str, list[Scenario]] = {}
+        for s in self.scenarios:
+            if s.kind == "missing":
+                by_protocol.setdefault(s.protocol, []).append(s)
+        return {p: sorted(v, key=lambda s: s.rate) for p, v in by_protocol.items() if len(v) >= 2}
+
+    def plot_missing_rate(self, path: str | os.PathLike) -> Path | None:
+        """Acc, MF1 and κ against the missing rate (pooled; mean ± std band with several folds)."""
+        curves = self._curve_scenarios()
+        if not curves:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10, 3.4), dpi=120)
+        axes = fig.subplots(1, 3)
+        for ax, (key, label) in zip(axes, (("accuracy", "Accuracy"), ("macro_f1", "Macro-F1"), ("kappa", "Cohen's κ"))):
+            for protocol, scenarios in curves.items():
+                rates = [s.rate for s in scenarios]
+                pooled = [getattr(self.pooled(s.name), key) for s in scenarios]
+                ax.plot(rates, pooled, marker="o", label=f"{protocol} (pooled)")
+                if len(self.folds) > 1:
+                    mean = np.array([self.summaries[s.name].mean[key] for s in scenarios])
+                    std = np.array([self.summaries[s.name].std[key] for s in scenarios])
+                    ax.fill_between(rates, mean - std, mean + std, alpha=0.2, label=f"{protocol} fold mean ± std")
+            ax.set_xlabel("missing rate r")
+            ax.set_title(label)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{self.model} on {self.dataset}: random partial missing")
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        return out
+
+    def write(self, out_uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Write ``report.md``, ``report.json`` and the figures under ``out_uri``; returns name → URI."""
+        target = resolve(out_uri, storage_options)
+        written: dict[str, str] = {}
+        with tempfile.TemporaryDirectory(prefix="somnray-eval-") as tmp:
+            folder = Path(tmp)
+            (folder / "report.md").write_text(self.to_markdown(), encoding="utf-8")
+            (folder / "report.json").write_text(json.dumps(self.to_dict(), indent=2, default=float),
+                                                encoding="utf-8")
+            for name in self.scenario_names:
+                plot_confusion_matrix(np.asarray(self.pooled(name).confusion), folder / f"confusion_{name}.png",
+                                      title=f"{self.model}: {name}")
+            self.plot_missing_rate(folder / "missing_rate.png")
+            # Figures first, the reports last: a reader who finds report.json finds the figures.
+            files = sorted(folder.iterdir(), key=lambda p: (p.suffix != ".png", p.name))
+            for path in files:
+                loc = target.join(path.name)
+                loc.atomic_write_bytes(path.read_bytes())
+                written[path.name] = loc.uri
+        self.written = written
+        return written
+
+
+# ------------------------------------------------------------------------------------------------
+# the entry point
+# ------------------------------------------------------------------------------------------------
+def _use_ray(workers: int | None) -> bool:
+    if workers is not None and workers > 1:
+        return True
+    if workers == 1:
+        return False
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return ray.is_initialized()
+
+
+def _default_workers() -> int:
+    import ray
+
+    return max(1, int(ray.available_resources().get("CPU", 1)))
+
+
+def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str | None = None,
+                 scenarios: Iterable[str | Scenario] | None = None, stride: int | None = None,
+                 folds: Sequence[RunLike] | None = None, workers: int | None = None, fold: int = 0,
+                 batch_size: int = 16, base_seed: int = DEFAULT_BASE_SEED,
+                 chunk_epochs: int = DEFAULT_CHUNK_EPOCHS, out_uri: str | None = None, write: bool = True,
+                 storage_options: Mapping[str, Any] | None = None) -> EvaluationReport:
+    """Score one or more trained runs on a prepared dataset under missing-modality scenarios.
+
+    Parameters
+    ----------
+    run : str, (model, BundleInfo), or a sequence of them
+        A run folder URI (its ``model/`` bundle is loaded), a bundle folder URI, or a model with
+        its :class:`~somnray.models.bundle.BundleInfo`. A sequence means several folds.
+    data_uri : str
+        The prepared dataset (local path or URI).
+    split : str, optional
+        ``all``, ``manifest``, a split name stored with the dataset, or a split file path/URI;
+        default: the run's recorded split (see the module docstring).
+    scenarios : iterable of str or Scenario, optional
+        Scenario names or groups (:mod:`somnray.train.scenarios`); default: every scenario that
+        makes sense for the model's modalities.
+    stride : int, optional
+        Window stride in epochs (default: the window length, non-overlapping).
+    folds : sequence, optional
+        More runs (folds), each scored on its own split's test part; pooled with ``run``.
+    workers : int, optional
+        Ray actors scoring recordings. Default: Ray when it is initialised (one actor per free
+        CPU), else in-process; 1 forces in-process.
+    fold : int
+        Fold of a multi-fold ``split`` file for the first run (run ``i`` takes ``fold + i``).
+    batch_size : int
+        Windows per forward pass.
+    base_seed : int
+        Base seed of the fixed per-recording masks and noise (CIMSleepNet: 2024).
+    chunk_epochs : int
+        Chunk length of the partial-missing protocol.
+    out_uri : str, optional
+        Where to write the report; default ``<first run>/evaluation/<dataset>/`` for a run URI
+        (nothing is written for an in-memory bundle without ``out_uri``).
+    write : bool
+        Write the report files.
+    storage_options : mapping, optional
+        Filesystem options of the run and the dataset.
+
+    Returns
+    -------
+    EvaluationReport
+        With ``written`` naming the files written.
+
+    Raises
+    ------
+    ConfigError
+        Bad run URI (no bundle), not a prepared dataset, bad split or scenarios, or folds whose
+        models consume different modalities.
+    """
+    from somnray.data.pipeline import prepared_entries
+
+    runs: list[RunLike] = list(run) if isinstance(run, (list, tuple)) and not _is_bundle(run) else [run]
+    runs += list(folds or ())
+    if not runs:
+        raise ConfigError("evaluate", ["no run to evaluate"])
+    if stride is not None and stride < 1:
+        raise ConfigError("--stride", [f"must be >= 1, got {stride}"])
+    data = resolve(data_uri, storage_options)
+    options = dict(data.storage_options)
+    name = dataset_name(data.uri, options)
+    # Masks are seeded by the recording's index among ALL prepared recordings, so a recording gets
+    # the same mask whichever split, fold or model it is scored in.
+    index_of = {rid: i for i, rid in enumerate(sorted(e.recording_id for e in prepared_entries(data.uri, options)))}
+
+    loaded = [_load_run(r, storage_options) for r in runs]
+    first_model, first_info, first_uri = loaded[0]
+    modalities = tuple(first_info.modalities)
+    for _, info, uri in loaded[1:]:
+        if tuple(info.modalities) != modalities:
+            raise ConfigError(uri or "<bundle>", [f"this fold's model consumes {list(info.modalities)}, the first "
+                                                  f"fold's {list(modalities)}; folds must be the same model"])
+    chosen = resolve_scenarios(scenarios, modalities)
+    length = int(first_info.sequence_length)
+    if stride is not None and stride > length:
+        raise ConfigError("--stride", [f"must not exceed the window length {length}, got {stride}"])
+    columns = _existing_columns(data.uri, modalities, options)
+    spec = EvalSpec(dataset_uri=data.uri, modalities=modalities, length=length, stride=stride, scenarios=chosen,
+                    columns=columns, base_seed=base_seed, chunk_epochs=chunk_epochs, batch_size=batch_size,
+                    storage_options=options)
+    use_ray = _use_ray(workers)
+
+    results = []
+    for i, (model, info, uri) in enumerate(loaded):
+        selection = select_test_recordings(data.uri, info, split, fold + i if split else 0, options)
+        items = [(rid, index_of[rid]) for rid in selection.recording_ids]
+        log.info("scoring %d recording(s) of %s under %d scenario(s)%s", len(items), uri or "<bundle>",
+                 len(chosen), " on Ray" if use_ray else "")
+        fold_spec = replace(spec, length=int(info.sequence_length))
+        if use_ray:
+            scores = _score_ray(model, info, fold_spec, items, workers or _default_workers())
+        else:
+            scores = _score_local(model, fold_spec, items)
+        scores = sorted(scores, key=lambda r: r.recording_id)
+        metrics = {}
+        for s in chosen:
+            got = [r for r in scores if s.name in r.predictions]
+            labels = np.concatenate([r.labels for r in got]) if got else np.zeros(0, np.int8)
+            preds = np.concatenate([r.predictions[s.name] for r in got]) if got else np.zeros(0, np.int8)
+            metrics[s.name] = compute_metrics(labels, preds)
+        results.append(FoldResult(uri or "<in-memory bundle>", selection, tuple(scores), metrics))
+
+    summaries = {s.name: aggregate_folds([f.metrics[s.name] for f in results]) for s in chosen}
+    report = EvaluationReport(model=first_info.model, modalities=modalities, sequence_length=length,
+                              stride=stride or length, dataset_uri=data.uri, dataset=name, scenarios=chosen,
+                              folds=tuple(results), summaries=summaries, base_seed=base_seed,
+                              chunk_epochs=chunk_epochs)
+    if write:
+        target = out_uri or (resolve(first_uri, storage_options).join(EVALUATION_DIR, name).uri if first_uri else None)
+        if target is not None:
+            report.write(target, storage_options)
+    return report
+
+
+def _is_bundle(value: Any) -> bool:
+    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.nn.Module)
+            and isinstance(value[1], BundleInfo))
+
+
+__all__ = ["EVALUATION_DIR", "EvalSpec", "EvaluationReport", "FoldResult", "RecordingScorer", "RecordingScores",
+           "EvalSelection", "dataset_name", "evaluate_run", "recording_inputs", "score_recording",
+           "select_test_recordings"]

@@ -20,7 +20,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "synth",
     "prepare",
     "split",
+    "train",
+    "evaluate",
+    "score",
     "bench",
+    "tune",
+    "serve",
+    "submit",
+    "jobs",
 )
 
 

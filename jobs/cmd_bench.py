@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "models")
+BENCHMARKS = ("prepare", "models", "score", "train")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,14 @@ def run(args: argparse.Namespace) -> int:
 
             result = bench_models.run(steps=1 if args.quick else args.steps,
                                       batch_scale=0.125 if args.quick else 1.0)
+        elif name == "train":
+            from . import bench_train
+
+            result = bench_train.run(quick=args.quick)
+        elif name == "score":
+            from . import bench_score
+
+            result = bench_score.run(quick=args.quick)
         else:
             from . import bench_prepare
 

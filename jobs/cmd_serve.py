@@ -1,0 +1,144 @@
+"""``somnray serve``: run the scoring service (Ray Serve + FastAPI) for a trained model.
+
+Example::
+
+    export SOMNRAY_SERVE_TOKEN=$(openssl rand -hex 24)
+    somnray serve file:///runs/coresleep-shhs --port 8000 --storage-root file:///data/cohorts
+    curl -H "Authorization: Bearer $SOMNRAY_SERVE_TOKEN" -F file=@night.edf \\
+         http://127.0.0.1:8000/v1/score
+
+It connects to the cluster named by ``RAY_ADDRESS`` or starts a local, loopback-only Ray
+instance, deploys the app, prints its URL and blocks until Ctrl-C.  See ``docs/serving.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` sub-command."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a trained model over HTTP: score uploaded EDFs, run cohort jobs",
+        description=(
+            "Deploy the somnray scoring service on Ray Serve: POST /v1/score scores one uploaded "
+            "EDF/EDF+/BDF night, POST /v1/cohorts starts a cohort scoring job (GET "
+            "/v1/cohorts/{id} follows it), GET /healthz and /openapi.json describe the service.  "
+            "Listens on 127.0.0.1 unless --host says otherwise.  Blocks until Ctrl-C."
+        ),
+    )
+    parser.add_argument("run_uri", metavar="RUN_URI",
+                        help="training run (its model/ bundle) or model bundle folder: path, file://, s3://")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on (default: 127.0.0.1; 0.0.0.0 exposes the service)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument("--token-env", default="SOMNRAY_SERVE_TOKEN", metavar="VAR",
+                        help="environment variable holding the bearer token clients must send "
+                             "(default: SOMNRAY_SERVE_TOKEN; unset = no authentication)")
+    parser.add_argument("--max-upload-mb", type=float, default=512.0, metavar="N",
+                        help="largest accepted upload in MiB (default: 512)")
+    parser.add_argument("--storage-root", action="append", default=[], metavar="URI", dest="storage_roots",
+                        help="URI prefix cohort jobs may read manifests from and write outputs to "
+                             "(repeatable; none = cohort jobs refused)")
+    parser.add_argument("--profile", default=None, metavar="NAME",
+                        help="default cohort profile of requests naming none (default: the model's)")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="model and preprocessing replicas (default: 1)")
+    parser.add_argument("--max-batch-windows", type=int, default=64, metavar="N",
+                        help="windows per batched forward pass across requests (default: 64)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="arithmetic of the model (default: auto)")
+    parser.set_defaults(func=run)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Deploy the app and block until interrupted.  Returns the exit status."""
+    import os
+    import signal
+    import time
+
+    from somnray.data.errors import SomnrayDataError
+    from somnray.serve.config import ServeConfig
+    from somnray.serve.inference import bundle_location
+
+    try:
+        config = ServeConfig.from_mapping({
+            "run_uri": args.run_uri, "host": args.host, "port": args.port,
+            "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
+            "token_env": args.token_env, "storage_roots": tuple(args.storage_roots),
+            "default_profile": args.profile, "model_replicas": args.replicas,
+            "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
+            "device": args.device, "precision": args.precision,
+        }, source="somnray serve")
+        if args.profile is not None:
+            from somnray.data.profiles import list_profiles
+
+            if args.profile not in list_profiles():
+                print(f"somnray serve: error: --profile {args.profile!r} is not a shipped profile "
+                      f"({list_profiles()})", file=sys.stderr)
+                return 2
+        # Fail here, in a second, rather than after replicas retried loading a missing bundle.
+        bundle_location(config.run_uri)
+    except SomnrayDataError as exc:
+        print(f"somnray serve: error: {exc}", file=sys.stderr)
+        return 2
+    token = config.resolved_token()
+    if token is None and not _is_loopback(config.host):
+        print(f"somnray serve: warning: listening on {config.host} without a token; set "
+              f"{config.token_env} to require 'Authorization: Bearer <token>'", file=sys.stderr)
+
+    import ray
+    from ray import serve
+
+    from somnray.serve.app import build_app
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and a service manager's SIGTERM both end in the orderly shutdown below (a process
+    # started in the background by a non-interactive shell inherits SIGINT ignored).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started_ray = False
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"])
+        else:
+            # A local instance must not listen on, or advertise, the machine's public addresses.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1")
+        started_ray = True
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port})
+        serve.run(build_app(config), name="somnray", route_prefix="/")
+        shown = f"[{config.host}]" if ":" in config.host else config.host
+        url = f"http://{shown}:{config.port}"
+        print(f"somnray serve: scoring with {config.run_uri} at {url}  "
+              f"(POST {url}/v1/score, docs {url}/docs; "
+              f"{'bearer token required' if token else 'no authentication'}); Ctrl-C to stop",
+              flush=True)
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("somnray serve: stopping", file=sys.stderr)
+        return 0
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            if started_ray:
+                ray.shutdown()

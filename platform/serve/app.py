@@ -1,0 +1,705 @@
+"""The somnray scoring service: a Ray Serve application with a FastAPI ingress.
+
+Four deployments, composed with deployment handles::
+
+    HTTP ──► ScoringIngress (FastAPI: auth, limits, multipart parsing, JSON answers)
+                 │ bytes                         │ cohort job requests
+                 ▼                               ▼
+             Preprocessor (CPU: read EDF,    CohortJobs (one replica: job registry, each job
+             prepare the night)              runs score_cohort — Ray Data batch inference)
+                 │ PreparedNight (by reference: never copied through the ingress)
+                 ▼
+             StageModel (torch; @serve.batch gathers windows of concurrent requests into one
+             forward pass, splits the result back and averages per recording)
+
+``POST /v1/score`` scores one uploaded EDF/EDF+/BDF night, ``POST /v1/cohorts`` starts a cohort
+job whose progress ``GET /v1/cohorts/{job_id}`` reports, ``GET /healthz`` says whether the model
+is loaded, and ``GET /openapi.json`` (``/docs``) describes it all.
+
+:func:`build_app` binds the application from a :class:`~somnray.serve.config.ServeConfig`;
+:func:`app_builder` is the same for Serve config files (``import_path:
+somnray.serve.app:app_builder``, the config's fields as ``args``).
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see the route parameters' real
+# types (Request, HTTPAuthorizationCredentials) through Serve's class-based-view rewrite.
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from somnray.data.errors import ConfigError, RecordingError
+from somnray.data.profiles import list_profiles
+from somnray.data.storage import resolve
+
+from .config import ServeConfig
+from .jobs import CohortJobs
+from .scored import ScoredNight, check_recording_id, somnray_version
+
+log = logging.getLogger(__name__)
+
+#: Form fields ``POST /v1/score`` accepts besides ``file``.
+SCORE_FORM_FIELDS = ("profile", "channel_map", "recording_id", "stride")
+#: Largest non-file form field (a channel map is a few hundred bytes).
+_MAX_FIELD_BYTES = 64 * 1024
+
+
+# -- payloads passed between deployments -----------------------------------------------------------
+@dataclass(frozen=True)
+class RequestProblem:
+    """An expected, client-caused failure travelling back to the ingress as a value.
+
+    Returned rather than raised so that a bad upload never looks like a replica failure (and its
+    message is not wrapped in Ray's task-error text).
+    """
+
+    status: int
+    message: str
+
+
+@dataclass
+class PreparedNight:
+    """One prepared night in the model's terms, from :class:`Preprocessor` to :class:`StageModel`.
+
+    Attributes
+    ----------
+    recording_id : str
+    epoch_index : ndarray
+        ``(n,)`` position of each epoch in the recording.
+    signals : dict of str to ndarray
+        ``(n, 3000)`` float32 per modality the night has (absent modalities left out, so the
+        model drops or imputes them as its family does).
+    available : ndarray
+        ``(n, M)`` bool, columns in the model's modality order.
+    warnings : list of str
+        Non-identifying preparation warnings (optional channel missing, ...).
+    """
+
+    recording_id: str
+    epoch_index: np.ndarray
+    signals: dict[str, np.ndarray]
+    available: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_epochs(self) -> int:
+        """Number of epochs."""
+        return int(self.epoch_index.shape[0])
+
+
+@dataclass
+class ScoreResult:
+    """What the model deployment returns for one night: the scoring and preparation warnings."""
+
+    night: ScoredNight
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WindowChunk:
+    """Windows of one recording, the unit ``StageModel._forward_windows`` batches.
+
+    ``signals``/``present`` are the whole night (shared, not copied); ``idx`` ``(W, L)`` picks
+    the epochs of each window, so a batch only materialises the windows it runs.
+    """
+
+    recording_id: str
+    signals: dict[str, np.ndarray]
+    present: np.ndarray
+    idx: np.ndarray
+
+    @property
+    def group(self) -> tuple[int, tuple[str, ...]]:
+        """Windows that can share a forward pass: same length, same modalities present."""
+        return int(self.idx.shape[1]), tuple(sorted(self.signals))
+
+
+def _count_windows(chunks: list[WindowChunk]) -> int:
+    # serve.batch's batch_size_fn: a batch is bounded by windows (memory), not by requests.
+    return sum(int(c.idx.shape[0]) for c in chunks)
+
+
+# -- deployments ---------------------------------------------------------------------------------
+class Preprocessor:
+    """CPU step: read an uploaded EDF/BDF and prepare it for the model (one night per call).
+
+    Keeps only the model's weight-free :class:`~somnray.serve.inference.ModelSpec` (modalities,
+    default profile, missing-modality policy: what channels a night must have); the bundle is
+    loaded once on CPU to learn it, then dropped.
+    """
+
+    def __init__(self, config: ServeConfig):
+        from .inference import ScoringModel
+
+        self.spec = ScoringModel.load(config.run_uri, device="cpu", precision="fp32").spec
+        self.default_profile = config.default_profile
+
+    def prepare(self, data: bytes, recording_id: str, profile: str | None,
+                channel_map: dict[str, str] | None) -> PreparedNight | RequestProblem:
+        """Prepare one upload; a :class:`RequestProblem` (400/422) for anything wrong with it."""
+        from .inference import prepare_for_scoring, scoring_profile
+
+        source = f"upload {recording_id}"  # never the client's file name: it may identify someone
+        try:
+            prof = scoring_profile(self.spec, profile or self.default_profile, channel_map)
+        except ConfigError as exc:
+            return RequestProblem(400, str(exc))
+        try:
+            rec = prepare_for_scoring(self.spec, data, recording_id=recording_id, profile=prof,
+                                      psg_source=source)
+        except RecordingError as exc:
+            return RequestProblem(422, str(exc))
+        except ConfigError as exc:
+            return RequestProblem(400, str(exc))
+        except Exception as exc:  # a reader choking on hostile bytes is still the upload's fault
+            # The exception type only: a reader's message may quote header bytes (patient fields).
+            log.warning("upload %s could not be read: %s", recording_id, type(exc).__name__)
+            return RequestProblem(422, f"{source}: could not be read as EDF/EDF+/BDF "
+                                       f"({type(exc).__name__})")
+        mods = self.spec.modalities
+        available = np.zeros((rec.n_epochs, len(mods)), dtype=bool)
+        signals: dict[str, np.ndarray] = {}
+        for j, m in enumerate(mods):
+            x = rec.signals.get(m)
+            mask = np.asarray(rec.available.get(m, np.zeros(rec.n_epochs, bool)), dtype=bool)
+            if x is None or not mask.any():
+                continue  # no usable epoch: as absent as a missing channel
+            signals[m] = np.ascontiguousarray(x, dtype=np.float32)
+            available[:, j] = mask
+        lacking = [m for m in mods if m not in signals]
+        if self.spec.policy == "require" and lacking:
+            return RequestProblem(422, f"{source}: model {self.spec.name!r} needs modalities "
+                                       f"{list(mods)} but {lacking} is absent or unusable")
+        return PreparedNight(recording_id=recording_id, epoch_index=np.asarray(rec.epoch_index),
+                             signals=signals, available=available,
+                             warnings=[str(w) for w in rec.info.get("warnings", [])])
+
+
+class StageModel:
+    """The model deployment: windows of concurrent requests share forward passes.
+
+    :meth:`score` cuts a night into windows of ``L`` epochs (:func:`window_starts`, as
+    :func:`~somnray.models.inference.predict_night` does), submits them in chunks to
+    :meth:`_forward_windows` — a ``@serve.batch`` method whose batch is bounded by the number of
+    windows (``ServeConfig.max_batch_windows``) — and averages each epoch's softmax over the windows
+    covering it.  Concurrent requests' chunks are concatenated into one forward pass when they
+    have the same window length and modalities, and the results split back.
+    """
+
+    def __init__(self, config: ServeConfig):
+        from .inference import ScoringModel
+
+        self.scoring = ScoringModel.load(config.run_uri, device=config.device, precision=config.precision)
+        self.max_windows = config.max_batch_windows
+        self._forward_windows.set_max_batch_size(config.max_batch_windows)
+        self._forward_windows.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.loaded_at = time.time()
+        self.stats = {"forward_passes": 0, "windows": 0, "max_recordings_in_a_pass": 0}
+
+    def describe(self) -> dict[str, Any]:
+        """Model identity and batching counters (for ``/healthz``)."""
+        s = self.scoring
+        return {"name": s.info.model, "checkpoint_uri": s.uri, "somnray_version": somnray_version(),
+                "sequence_length": s.length, "modalities": list(s.modalities),
+                "device": str(s.device), "precision": s.precision,
+                "missing_modality_policy": s.policy, "batching": dict(self.stats)}
+
+    async def score(self, prepared: PreparedNight | RequestProblem,
+                    stride: int | None = None) -> ScoreResult | RequestProblem:
+        """Stage a prepared night (a problem from the preprocessor passes through)."""
+        from somnray.models.inference import window_starts
+
+        from .inference import modalities_used_labels
+
+        if isinstance(prepared, RequestProblem):
+            return prepared
+        s = self.scoring
+        n, length = prepared.n_epochs, s.length
+        if n == 0:
+            return RequestProblem(422, f"upload {prepared.recording_id}: the recording has no epoch to score")
+        if stride is not None and not 1 <= stride <= length:
+            return RequestProblem(400, f"stride must be in [1, {length}] (the model's window length), "
+                                       f"got {stride}")
+        starts = window_starts(n, length, stride)
+        win = min(length, n)
+        idx = starts[:, None] + np.arange(win)[None, :]  # (windows, L) epoch indices
+        chunks = [WindowChunk(prepared.recording_id, prepared.signals, prepared.available,
+                              idx[i:i + self.max_windows]) for i in range(0, len(idx), self.max_windows)]
+        results = await asyncio.gather(*(self._forward_windows(c) for c in chunks))
+        sums = np.zeros((n, 5), dtype=np.float64)
+        counts = np.zeros(n, dtype=np.float64)
+        for chunk, probs in zip(chunks, results):
+            np.add.at(sums, chunk.idx.reshape(-1), probs.reshape(-1, 5))
+            np.add.at(counts, chunk.idx.reshape(-1), 1.0)
+        probabilities = (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
+        used = modalities_used_labels(s.modalities, prepared.available, s.policy)
+        quality: dict[str, np.ndarray] = {}
+        if s.policy == "impute":
+            quality["imputed_modality"] = prepared.available.any(axis=1) & ~prepared.available.all(axis=1)
+        try:
+            night = ScoredNight(recording_id=prepared.recording_id, epoch_index=prepared.epoch_index,
+                                probabilities=probabilities, modalities=s.modalities,
+                                available=prepared.available, model=s.model_info,
+                                modalities_used=used, quality=quality)
+            return ScoreResult(night=night, warnings=prepared.warnings)
+        except RecordingError as exc:
+            return RequestProblem(422, str(exc))
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.05, batch_size_fn=_count_windows)
+    async def _forward_windows(self, chunks: list[WindowChunk]) -> list[np.ndarray]:
+        # The forward runs in a thread so the replica's event loop keeps taking requests (and
+        # health checks) meanwhile; serve.batch runs one batch at a time.
+        return await asyncio.to_thread(self._forward_sync, chunks)
+
+    def _forward_sync(self, chunks: list[WindowChunk]) -> list[np.ndarray]:
+        import torch
+
+        s = self.scoring
+        out: list[np.ndarray | None] = [None] * len(chunks)
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i, c in enumerate(chunks):
+            groups.setdefault(c.group, []).append(i)
+        for (_, mods), members in groups.items():
+            signals = {m: torch.from_numpy(np.concatenate([chunks[i].signals[m][chunks[i].idx]
+                                                           for i in members])).to(s.device)
+                       for m in mods}  # (W, L, 3000) per modality
+            present = torch.from_numpy(np.concatenate([chunks[i].present[chunks[i].idx]
+                                                       for i in members])).to(s.device)  # (W, L, M)
+            with torch.no_grad(), torch.autocast(s.device.type, dtype=s.autocast_dtype or torch.float32,
+                                                 enabled=s.autocast_dtype is not None):
+                logits = s.model(signals, present).logits
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (W, L, 5)
+            offset = 0
+            for i in members:
+                w = chunks[i].idx.shape[0]
+                out[i] = probs[offset:offset + w]
+                offset += w
+        self.stats["forward_passes"] += len(groups)
+        self.stats["windows"] += _count_windows(chunks)
+        self.stats["max_recordings_in_a_pass"] = max(self.stats["max_recordings_in_a_pass"],
+                                                     len({c.recording_id for c in chunks}))
+        return out  # type: ignore[return-value]
+
+
+# -- HTTP schema ---------------------------------------------------------------------------------
+class Problem(BaseModel):
+    """An error answer."""
+
+    detail: str = Field(description="What was wrong with the request, and what to do.")
+
+
+class ModelDescription(BaseModel):
+    """The model the service scores with."""
+
+    name: str = Field(description="Registry name of the architecture.")
+    checkpoint_uri: str = Field(description="The model bundle's URI.")
+    somnray_version: str
+    sequence_length: int = Field(description="Window length L in 30-s epochs.")
+    modalities: list[str] = Field(description="Modalities the model reads, in `availability` order.")
+    device: str
+    precision: str
+    missing_modality_policy: str = Field(description="drop | impute | require: what the model does "
+                                                     "with a modality a night lacks.")
+    batching: dict[str, int] = Field(default_factory=dict,
+                                     description="Counters of the model replica answering.")
+
+
+class Health(BaseModel):
+    """Service health."""
+
+    status: str = Field(description="`ok` when the model is loaded and answering.")
+    version: str = Field(description="somnray version.")
+    model: ModelDescription
+
+
+class ScoreResponse(BaseModel):
+    """Stages of one night, per 30-s epoch, with statistics and quality flags."""
+
+    recording_id: str = Field(description="The id given, or a generated `upload-<uuid>` one.")
+    n_epochs: int
+    epoch_s: float = Field(description="Epoch length in seconds.")
+    epoch_index: list[int] = Field(description="Position of each epoch from the recording start.")
+    hypnogram: list[str] = Field(description="Stage name of each epoch: W N1 N2 N3 REM (UNS: unscored).")
+    stages: list[int] = Field(description="Stage code of each epoch: 0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored.")
+    probabilities: list[list[float]] = Field(description="n x 5 class probabilities (W, N1, N2, N3, REM).")
+    availability: dict[str, list[bool]] = Field(description="Per modality, whether each epoch was usable.")
+    quality: dict[str, list[bool]] = Field(description="Per-epoch flags: unscored, missing_modality, "
+                                                       "low_confidence (and imputed_modality for "
+                                                       "models that imagine a missing input).")
+    modalities_used: list[str] = Field(description="Inputs each stage came from (`eeg+eog`, `eeg`, "
+                                                   "`eeg+eog(imputed)`, `none`).")
+    sleep_statistics: dict[str, Any] = Field(description="AASM statistics: TST, sleep efficiency, SOL, "
+                                                         "WASO, REM latency, minutes and % per stage.")
+    warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...).")
+    model: dict[str, str] = Field(description="Model name, checkpoint URI, somnray version.")
+
+
+class CohortRequest(BaseModel):
+    """A cohort scoring job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_uri: str = Field(min_length=1, description="Cohort manifest (CSV/Parquet) or folder, "
+                                                        "under a configured storage root.")
+    output_uri: str = Field(min_length=1, description="Where per-night outputs and the cohort "
+                                                      "summary go, under a configured storage root.")
+    profile: str | None = Field(default=None, description="Shipped cohort profile name; default: "
+                                                          "the service's or the model's.")
+    plots: bool = Field(default=False, description="Also write hypnogram PNGs.")
+
+
+class CohortAccepted(BaseModel):
+    """A started cohort job."""
+
+    job_id: str
+    status_url: str
+
+
+class Reject(BaseModel):
+    """A recording the job could not score."""
+
+    recording_id: str
+    reason: str
+
+
+class CohortStatus(BaseModel):
+    """Progress of a cohort job."""
+
+    job_id: str
+    status: str = Field(description="running | succeeded | failed")
+    done: int = Field(description="Recordings finished (scored or rejected).")
+    failed: int = Field(description="Recordings rejected.")
+    total: int | None = Field(description="Recordings in the manifest (null until known).")
+    rejects: list[Reject]
+    output_uri: str
+    error: str | None = Field(default=None, description="Why the job failed, if it did.")
+    submitted_at: float
+    finished_at: float | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Invalid form field or parameter."},
+    401: {"model": Problem, "description": "Missing or wrong bearer token."},
+}
+
+api = FastAPI(
+    title="somnray scoring service",
+    version=somnray_version(),
+    description=(
+        "Sleep staging of polysomnography recordings (EDF/EDF+/BDF) into W/N1/N2/N3/REM per 30-s "
+        "epoch with a trained somnray model, robust to missing modalities.  Score one uploaded "
+        "night, or start and follow cohort scoring jobs that write hypnograms, probabilities and "
+        "sleep statistics to object storage.  Every route but `/healthz` and the API description "
+        "needs `Authorization: Bearer <token>` when the service was started with a token."
+    ),
+)
+_bearer = HTTPBearer(auto_error=False, description="The service token (`SOMNRAY_SERVE_TOKEN`).")
+
+
+class _BodyTooLarge(Exception):
+    def __init__(self, seen: int):
+        self.seen = seen
+
+
+def _problem(status: int, message: str) -> HTTPException:
+    return HTTPException(status_code=status, detail=message)
+
+
+def _score_answer(result: ScoreResult) -> dict[str, Any]:
+    night = result.night
+    stats = night.sleep_stats()
+    return {
+        "recording_id": night.recording_id,
+        "n_epochs": night.n_epochs,
+        "epoch_s": night.epoch_s,
+        "epoch_index": night.epoch_index.tolist(),
+        "hypnogram": night.stage_names,
+        "stages": night.stages.astype(int).tolist(),
+        # Every epoch is covered by at least one window, so the rows are finite; 5 decimals keep
+        # a 24-h answer small without changing any argmax.
+        "probabilities": np.round(night.probabilities.astype(np.float64), 5).tolist(),
+        "availability": {m: night.available[:, j].tolist() for j, m in enumerate(night.modalities)},
+        "quality": {k: v.astype(bool).tolist() for k, v in night.quality.items()},
+        "modalities_used": [str(u) for u in night.modalities_used],
+        "sleep_statistics": stats.to_dict(),
+        "warnings": list(result.warnings),
+        "model": night.model.to_dict(),
+    }
+
+
+# Everything the routes call must be defined above the ingress class: @serve.ingress serialises
+# the FastAPI app (routes and the globals they use) when the class is decorated.
+@serve.deployment(name="ScoringIngress")
+@serve.ingress(api)
+class ScoringIngress:
+    """HTTP front: authentication, request limits, parsing, and the JSON answers."""
+
+    def __init__(self, config: ServeConfig, token: str | None, preprocessor: DeploymentHandle,
+                 model: DeploymentHandle, jobs: DeploymentHandle):
+        self.config = config
+        # Fail closed: a token in this replica's own environment counts even if the process that
+        # built the app had none (on KubeRay the builder and the replicas may run in other pods).
+        token = token or os.environ.get(config.token_env) or None
+        self._token = token.encode() if token else None
+        self.preprocessor = preprocessor
+        self.model = model
+        self.jobs = jobs
+        self.profiles = tuple(list_profiles())
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
+        if self._token is None:
+            return
+        given = credentials.credentials.encode() if credentials is not None else b""
+        # Constant-time comparison: response timing must not reveal how much of a guess matched.
+        if credentials is None or credentials.scheme.lower() != "bearer" or \
+                not hmac.compare_digest(given, self._token):
+            raise HTTPException(status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                                detail="missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+
+    def _check_profile(self, profile: str | None) -> str | None:
+        if profile is not None and profile not in self.profiles:
+            raise _problem(400, f"unknown profile {profile!r}; shipped profiles: {list(self.profiles)}")
+        return profile
+
+    async def _read_form(self, request: Request) -> tuple[bytes, dict[str, str]]:
+        """The uploaded file and the other form fields, enforcing the body size limit."""
+        from starlette.datastructures import UploadFile
+        from starlette.formparsers import MultiPartException, MultiPartParser
+
+        limit = self.config.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                declared_n = int(declared)
+            except ValueError:
+                raise _problem(400, f"Content-Length {declared!r} is not a number") from None
+            if declared_n > limit:
+                raise _problem(413, f"the request body is {declared_n} bytes; this service accepts "
+                                    f"at most {limit} bytes (ServeConfig.max_upload_bytes)")
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise _problem(415, f"expected a multipart/form-data upload with the recording in field "
+                                f"'file', got content type {ctype or 'none'!r}")
+
+        async def counted() -> AsyncIterator[bytes]:
+            # Content-Length can lie or be absent (chunked): count what actually arrives and stop
+            # reading as soon as the limit is passed.
+            seen = 0
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > limit:
+                    raise _BodyTooLarge(seen)
+                yield chunk
+
+        parser = MultiPartParser(request.headers, counted(), max_files=1,
+                                 max_fields=len(SCORE_FORM_FIELDS), max_part_size=_MAX_FIELD_BYTES)
+        try:
+            form = await parser.parse()
+        except _BodyTooLarge as exc:
+            raise _problem(413, f"the request body passed {limit} bytes (at least {exc.seen} sent); "
+                                f"this service accepts at most {limit} bytes") from None
+        except MultiPartException as exc:
+            raise _problem(400, f"malformed multipart upload: {exc.message}") from None
+        try:
+            fields: dict[str, str] = {}
+            upload: UploadFile | None = None
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key != "file":
+                        raise _problem(400, f"unexpected file field {key!r}: send the recording as 'file'")
+                    upload = value
+                elif key in SCORE_FORM_FIELDS:
+                    fields[key] = value
+                else:
+                    raise _problem(400, f"unknown form field {key!r}; accepted: "
+                                        f"['file', {', '.join(repr(f) for f in SCORE_FORM_FIELDS)}]")
+            if upload is None:
+                raise _problem(400, "no file: send the EDF/EDF+/BDF recording in form field 'file'")
+            data = await upload.read()
+        finally:
+            await form.close()
+        return data, fields
+
+    def _parse_fields(self, fields: dict[str, str]) -> tuple[str, str | None, dict[str, str] | None, int | None]:
+        recording_id = fields.get("recording_id") or f"upload-{uuid.uuid4().hex}"
+        try:
+            check_recording_id(recording_id)
+        except RecordingError as exc:
+            raise _problem(400, exc.reason) from None
+        profile = self._check_profile(fields.get("profile") or self.config.default_profile)
+        channel_map = None
+        if fields.get("channel_map"):
+            try:
+                channel_map = json.loads(fields["channel_map"])
+            except json.JSONDecodeError as exc:
+                raise _problem(400, f"channel_map is not valid JSON ({exc.msg}); expected an object "
+                                    'such as {"eeg": "EEG Fpz-Cz"}') from None
+            if not isinstance(channel_map, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in channel_map.items()):
+                raise _problem(400, 'channel_map must be a JSON object of modality -> EDF label '
+                                    'strings, such as {"eeg": "EEG Fpz-Cz"}')
+        stride = None
+        if fields.get("stride"):
+            try:
+                stride = int(fields["stride"])
+            except ValueError:
+                raise _problem(400, f"stride must be an integer number of epochs, got {fields['stride']!r}") from None
+        return recording_id, profile, channel_map, stride
+
+    # -- routes ----------------------------------------------------------------------------------
+    @api.get("/healthz", response_model=Health, tags=["service"],
+             summary="Whether the model is loaded, and which",
+             responses={503: {"model": Problem, "description": "The model is not answering."}})
+    async def healthz(self) -> Health:
+        """Answers 200 once the model replica has loaded its bundle; no token needed."""
+        try:
+            model = await asyncio.wait_for(self.model.describe.remote(), timeout=10)
+        except Exception as exc:  # pragma: no cover - replica down / still starting
+            raise _problem(503, f"the model deployment is not answering ({type(exc).__name__})") from None
+        return Health(status="ok", version=somnray_version(), model=ModelDescription(**model))
+
+    @api.post(
+        "/v1/score", response_model=ScoreResponse, tags=["scoring"],
+        summary="Score one uploaded night",
+        responses={**_ERRORS,
+                   413: {"model": Problem, "description": "The upload is larger than the limit."},
+                   415: {"model": Problem, "description": "Not a multipart/form-data request."},
+                   422: {"model": Problem, "description": "Not an EDF/BDF, truncated, or lacking "
+                                                          "the channels the model needs."}},
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {
+                "file": {"type": "string", "format": "binary",
+                         "description": "The EDF, EDF+ or BDF recording."},
+                "profile": {"type": "string", "description": "Shipped cohort profile name (channel "
+                                                             "aliases, filters); default: the model's."},
+                "channel_map": {"type": "string", "description": "JSON object modality -> EDF signal "
+                                                                 'label, e.g. {"eeg": "EEG Fpz-Cz"}.'},
+                "recording_id": {"type": "string", "description": "Id for the answer (letters, digits, "
+                                                                  ". _ - + = @); default: generated."},
+                "stride": {"type": "integer", "description": "Window stride in epochs (1..L); "
+                                                             "default L."},
+            }}}}}},
+    )
+    async def score(self, request: Request,
+                    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> dict[str, Any]:
+        """Stage every 30-s epoch of one EDF/EDF+/BDF night and compute its sleep statistics.
+
+        The recording's header (patient, recording fields) and the uploaded file name are never
+        used: the answer is identified by `recording_id` only.
+        """
+        self._authorize(credentials)
+        data, fields = await self._read_form(request)
+        recording_id, profile, channel_map, stride = self._parse_fields(fields)
+        prepared = self.preprocessor.prepare.remote(data, recording_id, profile, channel_map)
+        # The prepared night goes from the preprocessor to the model by reference.
+        result = await self.model.score.remote(prepared, stride)
+        if isinstance(result, RequestProblem):
+            raise _problem(result.status, result.message)
+        return _score_answer(result)
+
+    @api.post("/v1/cohorts", response_model=CohortAccepted, status_code=202, tags=["cohorts"],
+              summary="Start scoring a cohort",
+              responses={**_ERRORS,
+                         403: {"model": Problem, "description": "A URI outside the storage roots."},
+                         429: {"model": Problem, "description": "Too many cohort jobs running."}})
+    async def start_cohort(self, body: CohortRequest, request: Request,
+                           credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                           ) -> CohortAccepted:
+        """Score every recording of a manifest in the background (Ray Data batch inference).
+
+        Both URIs must lie under a storage root the service was started with
+        (`--storage-root`); outputs are written per night plus a cohort summary.
+        """
+        self._authorize(credentials)
+        for name in ("manifest_uri", "output_uri"):
+            uri = getattr(body, name)
+            try:
+                resolve(uri)
+            except ConfigError as exc:
+                raise _problem(400, f"{name} {uri!r}: {'; '.join(exc.errors)}") from None
+            if not self.config.allowed_uri(uri):
+                roots = list(self.config.storage_roots)
+                raise _problem(403, f"{name} {uri!r} is outside the storage roots this service may use "
+                                    f"({roots or 'none configured: start it with --storage-root'})")
+        profile = self._check_profile(body.profile or self.config.default_profile)
+        if not await asyncio.to_thread(resolve(body.manifest_uri).exists):
+            raise _problem(400, f"manifest_uri {body.manifest_uri!r} does not exist")
+        job_id = await self.jobs.submit.remote(body.manifest_uri, body.output_uri, profile, body.plots)
+        if job_id is None:
+            raise _problem(429, f"{self.config.max_cohort_jobs} cohort job(s) are already running "
+                                f"(ServeConfig.max_cohort_jobs); retry when one has finished")
+        return CohortAccepted(job_id=job_id, status_url=f"{request.url.path.rstrip('/')}/{job_id}")
+
+    @api.get("/v1/cohorts/{job_id}", response_model=CohortStatus, tags=["cohorts"],
+             summary="Progress of a cohort job",
+             responses={**_ERRORS, 404: {"model": Problem, "description": "No job with this id."}})
+    async def cohort_status(self, job_id: str,
+                            credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                            ) -> dict[str, Any]:
+        """Status, recordings done and rejected (with why), and the output URI of a job."""
+        self._authorize(credentials)
+        state = await self.jobs.status.remote(job_id)
+        if state is None:
+            raise _problem(404, f"no cohort job {job_id!r}")
+        return state
+
+
+# -- application builders ------------------------------------------------------------------------
+def build_app(config: ServeConfig) -> Application:
+    """Bind the scoring application for ``config`` (pass the result to ``serve.run``).
+
+    The bearer token is resolved here (``config.token``, else the ``config.token_env`` variable of
+    the process building the app) and handed to the ingress replicas.
+    """
+    preprocessor = serve.deployment(
+        Preprocessor, name="Preprocessor", num_replicas=config.preprocess_replicas,
+        ray_actor_options={"num_cpus": config.preprocess_num_cpus})
+    model = serve.deployment(
+        StageModel, name="StageModel", num_replicas=config.model_replicas,
+        # Windows of several requests wait in the batch queue at once.
+        max_ongoing_requests=max(8, 2 * config.max_batch_windows),
+        ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": config.model_num_gpus})
+    jobs = serve.deployment(
+        CohortJobs, name="CohortJobs", num_replicas=1,
+        # The registry itself only waits: its jobs' Ray Data tasks reserve their own CPUs.
+        ray_actor_options={"num_cpus": 0})
+    ingress = ScoringIngress.options(
+        num_replicas=config.ingress_replicas, max_ongoing_requests=config.max_concurrent_requests,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus})
+    return ingress.bind(
+        config, config.resolved_token(),
+        preprocessor.bind(config),
+        model.bind(config),
+        jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
+                  default_profile=config.default_profile),
+    )
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Serve config-file entry point: ``import_path: somnray.serve.app:app_builder``.
+
+    ``args`` holds :class:`ServeConfig` fields (``run_uri`` required); every invalid field is
+    reported at once.
+    """
+    return build_app(ServeConfig.from_mapping(args, source="serve application args"))
+
+
+__all__ = ["CohortRequest", "PreparedNight", "RequestProblem", "ScoreResponse", "ScoringIngress",
+           "StageModel", "Preprocessor", "api", "app_builder", "build_app"]

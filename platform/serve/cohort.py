@@ -1,0 +1,469 @@
+"""Score a whole cohort as Ray Data batch inference: thousands of nights through an actor pool.
+
+::
+
+    entries (manifest / folder / EDF files)
+      │ ray.data.from_items                      one block per recording
+      ▼
+    read + prepare (task per recording, 1 CPU)   prepare_for_scoring → packed PreparedRecording
+      │ map_batches(_NightScorer, ActorPoolStrategy(size=workers), batch_size=1)
+      ▼
+    score + write (actor: the model loaded once) score_prepared → write_night_outputs
+      │                                          (rejects: write_rejected_night)
+      ▼
+    status rows → driver: progress bar, progress_callback, cohort summary
+
+Guarantees
+----------
+* One bad recording never stops the cohort: any exception while reading, preparing, scoring or
+  writing one night becomes a ``rejected`` status, recorded in the night's statistics JSON.
+* Resumable: a night whose ``<id>_sleep_stats.json`` says ``status: ok`` is skipped, and every
+  file is written atomically with the statistics JSON last, so a rerun after a crash writes
+  exactly one complete output set per recording.  Rejected nights are retried on every run.
+* Private: outputs and logs name recordings by manifest id only; EDF patient/recording header
+  fields are never read into results (see :mod:`somnray.data.readers`).
+
+The same function runs from the CLI (``somnray score``) and from the Serve app's cohort jobs.
+
+Test hook: with ``SOMNRAY_SCORE_FAULT_AFTER=N`` in the driver's environment, each scoring actor
+raises :class:`InjectedFault` (which is *not* turned into a reject) when it is about to write its
+``N+1``-th night, simulating a crash mid-run.  Tests use it to prove that a rerun completes the
+cohort with exactly one output set per recording; it has no other use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from somnray.data.discovery import check_entries, discover, load_manifest
+from somnray.data.errors import ConfigError, RecordingError
+from somnray.data.manifest import ManifestEntry
+from somnray.data.profiles import CohortProfile, load_profile
+from somnray.data.storage import S3_PROTOCOLS, StorageLocation, resolve, s3_options
+
+from .inference import ModelSpec, ScoringModel, prepare_for_scoring, score_prepared, scoring_profile
+from .outputs import read_stats_documents, summarize_cohort, write_night_outputs, write_rejected_night
+
+log = logging.getLogger(__name__)
+
+#: Environment variable of the crash-injection test hook (module docstring).
+FAULT_ENV = "SOMNRAY_SCORE_FAULT_AFTER"
+#: File suffixes accepted as a single recording.
+PSG_SUFFIXES = (".edf", ".bdf", ".rec")
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+
+STATUS_OK = "ok"
+STATUS_SKIPPED = "skipped"
+STATUS_REJECTED = "rejected"
+
+#: Memory a read + prepare task reserves (a 24-h night needs about 0.5 GB above the worker).  It
+#: also keeps the tasks a separate operator: Ray Data fuses a map into the next one when their
+#: resource requests match, and fused into the scoring actors, reading and preparing would run
+#: serially inside them (holding the GPU while an EDF is parsed) instead of feeding the pool.
+PREPARE_MEMORY = 512 * 2**20
+
+ProgressCallback = Callable[[int, int, int], None]
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook to simulate a crash."""
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def _single_file_entry(loc: StorageLocation, profile: CohortProfile) -> ManifestEntry:
+    """A manifest entry for one PSG file, named by the profile's pairing rules (or its stem)."""
+    pairing = profile.pairing
+    name = loc.name
+    m = re.match(pairing.recording_id_regex or pairing.key_regex, name)
+    stem = os.path.splitext(name)[0]
+    rid = m.group(1) if m else re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "recording"
+    sm = re.match(pairing.subject_regex, name)
+    return ManifestEntry(recording_id=rid, subject_id=sm.group(1) if sm else rid, psg=loc.uri,
+                         profile=profile.name)
+
+
+def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
+                    storage_options: Mapping[str, Any] | None = None) -> list[ManifestEntry]:
+    """The recordings named by ``inputs``: manifests, folders and single EDF/BDF files.
+
+    Folders are paired with ``profile`` (hypnograms are found but not needed).  Every problem —
+    a missing input, an unknown file type, repeated recording ids across inputs — is reported
+    at once.
+
+    Raises
+    ------
+    ConfigError
+        Nothing to score, or any input is unusable.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [os.fspath(inputs)]
+    entries: list[ManifestEntry] = []
+    errors: list[str] = []
+    for uri in inputs:
+        try:
+            loc = resolve(uri, storage_options)
+            if not loc.exists():
+                errors.append(f"{uri}: no such file or folder")
+            elif loc.isdir():
+                entries.extend(_quiet_discover(loc, profile, storage_options))
+            elif loc.name.lower().endswith(MANIFEST_SUFFIXES):
+                entries.extend(load_manifest(loc.uri, profile, storage_options))
+            elif loc.name.lower().endswith(PSG_SUFFIXES):
+                entries.append(_single_file_entry(loc, profile))
+            else:
+                errors.append(f"{uri}: not a recording (.edf/.bdf), a manifest (.csv/.parquet) "
+                              "or a folder")
+        except ConfigError as exc:
+            errors.extend(f"{exc.source}: {e}" for e in exc.errors)
+    errors.extend(check_entries(entries))
+    if not entries and not errors:
+        errors.append("no recording found in the inputs")
+    if errors:
+        raise ConfigError(", ".join(map(str, inputs)), errors)
+    return entries
+
+
+def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
+                    storage_options: Mapping[str, Any] | None) -> list[ManifestEntry]:
+    # Discovery warns that a PSG without its hypnogram "will be rejected": true for preparing a
+    # training set, false for scoring, which never reads hypnograms.
+    disc_log = logging.getLogger("somnray.data.discovery")
+    level = disc_log.level
+    disc_log.setLevel(logging.ERROR)
+    try:
+        return discover(loc.uri, profile, storage_options)
+    finally:
+        disc_log.setLevel(level)
+
+
+# -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
+def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
+            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"") -> dict[str, Any]:
+    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify.
+    return {"recording_id": recording_id, "status": status, "reason": reason,
+            "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
+            "payload": payload}
+
+
+def _reason(exc: BaseException, source: str) -> tuple[str, str]:
+    if isinstance(exc, RecordingError):
+        return str(exc), "RecordingError"
+    # Unexpected errors are rejects too, typed, so one bug in one night is visible in the
+    # summary instead of killing a thousand-night run.
+    return f"{source}: unexpected {type(exc).__name__}: {exc}", type(exc).__name__
+
+
+def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
+                              profiles: Mapping[str, CohortProfile],
+                              storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and prepare one recording for scoring; never raises for a bad recording.
+
+    Returns a status row whose ``payload`` is the pickled :class:`PreparedRecording` (status
+    ``prepared``) or empty with a ``reason`` (status ``rejected``).  The pickle only travels
+    between this cohort run's own Ray workers.
+    """
+    t0 = time.monotonic()
+    rid, source = entry["recording_id"], entry["psg"]
+    try:
+        loc = resolve(source, storage_options)
+        # Remote files are read into memory (the reader takes bytes): no temp file to clean up.
+        data = loc.path if loc.is_local else loc.read_bytes()
+        rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profiles[entry["profile_key"]],
+                                  psg_source=source)
+        payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
+        return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
+                       payload=payload)
+    except Exception as exc:
+        reason, etype = _reason(exc, source)
+        return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
+                       seconds=time.monotonic() - t0)
+
+
+class _NightScorer:
+    """Ray Data actor: loads the model once, then scores and writes one night per call."""
+
+    def __init__(self, model_uri: str, out_uri: str, *, device: str, precision: str, plots: bool,
+                 stride: int | None, storage_options: Mapping[str, Any] | None,
+                 threads: int | None = None, fault_after: int | None = None):
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = ScoringModel.load(model_uri, device=device, precision=precision,
+                                       storage_options=storage_options)
+        self.out_uri = out_uri
+        self.plots = plots
+        self.stride = stride
+        self.storage_options = dict(storage_options or {})
+        self.fault_after = fault_after
+        self.written = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        rows = [self._one({k: batch[k][i] for k in batch}) for i in range(len(batch["recording_id"]))]
+        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+        rid = str(row["recording_id"])
+        t0 = time.monotonic()
+        seconds = float(row["seconds"])
+        if self.fault_after is not None and self.written >= self.fault_after:
+            raise InjectedFault(f"{FAULT_ENV}={self.fault_after}: simulated crash before writing {rid}")
+        if row["status"] != STATUS_REJECTED:
+            try:
+                rec = pickle.loads(bytes(row["payload"]))
+                night = score_prepared(self.model, rec, stride=self.stride)
+                write_night_outputs(night, self.out_uri, plots=self.plots,
+                                    storage_options=self.storage_options)
+                self.written += 1
+                return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
+                               seconds=seconds + time.monotonic() - t0)
+            except Exception as exc:
+                reason, etype = _reason(exc, rid)
+                row = {**row, "reason": reason, "error_type": etype}
+        reason, etype = str(row["reason"]), str(row["error_type"])
+        try:
+            write_rejected_night(rid, reason, self.out_uri, storage_options=self.storage_options)
+            self.written += 1
+        except Exception as exc:  # the reject still reaches the driver through the status row
+            reason = f"{reason} (and its rejection could not be recorded: {type(exc).__name__}: {exc})"
+        return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
+                       seconds=seconds + time.monotonic() - t0)
+
+
+# -- the cohort ----------------------------------------------------------------------------------
+@dataclass
+class CohortScoreResult:
+    """Outcome of :func:`score_cohort`.
+
+    Attributes
+    ----------
+    out_uri : str
+        The output root (one folder per recording, plus the cohort summary).
+    total : int
+        Recordings in the inputs.
+    scored, skipped, rejected : int
+        Scored by this run; already scored by an earlier run; not scorable.
+    rejects : list of dict
+        ``recording_id``, ``reason`` and ``error_type`` of each rejected recording.
+    summary : dict of str to str
+        URIs of ``cohort_summary.csv`` / ``.parquet`` (/ ``.png``).
+    seconds : float
+        Wall time of the run.
+    """
+
+    out_uri: str
+    total: int
+    scored: int
+    skipped: int
+    rejected: int
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    summary: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every recording has outputs, 2 when some were rejected."""
+        return 2 if self.rejected else 0
+
+    @property
+    def nights_per_minute(self) -> float:
+        """Throughput of this run over the nights it scored."""
+        return 60.0 * self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def _worker_options(uris: Sequence[str], storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Workers may have started before the driver's AWS_* variables were set (or run on other
+    # machines): resolve the S3 endpoint and credentials here, once, and ship them.
+    if any(u.startswith(tuple(f"{p}://" for p in S3_PROTOCOLS)) for u in uris):
+        return s3_options(storage_options)
+    return dict(storage_options or {})
+
+
+def _fault_after() -> int | None:
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(FAULT_ENV, [f"must be a whole number of nights, got {raw!r}"]) from None
+    if value < 0:
+        raise ConfigError(FAULT_ENV, [f"must be >= 0, got {value}"])
+    return value
+
+
+def _pool_shape(workers: int | None, n_todo: int) -> tuple[int, float, float]:
+    """(actors, CPUs per actor, GPUs per actor) fitting the cluster next to the prepare tasks."""
+    import ray
+
+    res = ray.cluster_resources()
+    cpus, gpus = float(res.get("CPU", 1.0)), int(res.get("GPU", 0))
+    if workers is None:
+        # GPUs: one actor per GPU.  CPUs: half the cluster scores, the rest reads and prepares.
+        workers = gpus if gpus else max(1, int(cpus // 2))
+    workers = max(1, min(workers, n_todo))
+    if gpus:
+        return workers, 1.0, 1.0
+    # Leave one CPU to the prepare tasks, or actors holding every CPU would starve them.
+    per_actor = max(0.1, min(1.0, (cpus - 1.0) / workers)) if cpus > 1 else 0.5 / workers
+    return workers, per_actor, 0.0
+
+
+def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
+                 profile: CohortProfile | str | None = None, workers: int | None = None,
+                 plots: bool = False, progress: bool = True, stride: int | None = None,
+                 channel_map: Mapping[str, str] | None = None, device: str = "auto",
+                 precision: str = "auto", threads_per_worker: int | None = None,
+                 storage_options: Mapping[str, Any] | None = None,
+                 progress_callback: ProgressCallback | None = None) -> CohortScoreResult:
+    """Score every recording of a cohort with the model of a training run.
+
+    Parameters
+    ----------
+    run_uri : str
+        A training run (its ``model/`` bundle) or a bundle folder.
+    input_uri : str or sequence of str
+        Manifests (CSV/Parquet), folders (paired by the profile) and single EDF/BDF files.
+    out_uri : str
+        Output root: ``<out>/<recording_id>/...`` per night plus ``cohort_summary.*``.
+    profile : CohortProfile or str, optional
+        Cohort profile of every recording; default: each manifest entry's own profile, else the
+        bundle's, else ``generic``.
+    workers : int, optional
+        Scoring actors (each loads the model once); default one per GPU, or half the CPUs.
+    plots : bool
+        Write each night's hypnogram PNG and the cohort PNG.
+    progress : bool
+        Show a progress bar on the driver.
+    stride : int, optional
+        Window stride in epochs (default: the model's window length).
+    channel_map : mapping of str to str, optional
+        Modality → EDF signal label for every recording (overrides the profile's aliases).
+    device, precision : str
+        For the actors (see :meth:`ScoringModel.load`).
+    threads_per_worker : int, optional
+        torch threads per actor (default: what Ray gives the actor).
+    storage_options : mapping, optional
+        Filesystem options of the inputs, the bundle and the outputs.
+    progress_callback : callable, optional
+        Called as ``progress_callback(done, failed, total)`` when the run starts and after each
+        recording: ``done`` counts nights with outputs (scored or skipped), ``failed`` rejected
+        ones, ``total`` every recording of the inputs.
+
+    Returns
+    -------
+    CohortScoreResult
+
+    Raises
+    ------
+    ConfigError
+        No model bundle, unknown profile, unusable inputs: nothing is written.
+    InjectedFault
+        Only under the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from somnray.data.pipeline import ensure_ray
+
+    started = time.monotonic()
+    fault_after = _fault_after()
+    if workers is not None and workers < 1:
+        raise ConfigError("--workers", [f"must be >= 1, got {workers}"])
+    # Loaded on the driver too: a bad bundle fails here, before any cluster work, and the
+    # weight-free spec it yields tells the prepare tasks which channels the model needs.
+    driver_model = ScoringModel.load(run_uri, device="cpu", precision="fp32",
+                                     storage_options=storage_options)
+    spec, model_uri = driver_model.spec, driver_model.uri
+    del driver_model
+    if stride is not None and not 1 <= stride <= spec.length:
+        raise ConfigError("--stride", [f"must be in [1, {spec.length}] (the model's window "
+                                       f"length), got {stride}"])
+
+    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
+    entries = collect_entries(input_uri, base, storage_options=storage_options)
+    profiles: dict[str, CohortProfile] = {}
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for e in entries:
+        # An explicit profile wins; otherwise a manifest row's own profile, else the default.
+        key = base.name if profile is not None or not e.profile else e.profile
+        if key not in profiles:
+            try:
+                profiles[key] = scoring_profile(spec, base if key == base.name else key, channel_map)
+            except ConfigError as exc:
+                errors.extend(f"{exc.source}: {x}" for x in exc.errors)
+                profiles[key] = base
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+    if errors:
+        raise ConfigError("profiles", sorted(set(errors)))
+
+    out = resolve(out_uri, storage_options)
+    out.makedirs()
+    done_ids = {d["recording_id"] for d in read_stats_documents(out)
+                if d.get("status") == STATUS_OK}
+    todo = [r for r in rows if r["recording_id"] not in done_ids]
+    total, skipped = len(rows), len(rows) - len(todo)
+    counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
+    rejects: list[dict[str, str]] = []
+
+    def report() -> None:
+        if progress_callback is not None:
+            try:
+                progress_callback(counts[STATUS_OK] + counts[STATUS_SKIPPED],
+                                  counts[STATUS_REJECTED], total)
+            except Exception as exc:  # a broken observer must not fail the cohort
+                log.warning("progress_callback failed: %s", exc)
+
+    log.info("scoring %d recording(s) (%d already scored) with %s into %s",
+             len(todo), skipped, spec.name, out.uri)
+    report()
+    if todo:
+        ensure_ray()
+        opts = _worker_options([out.uri, model_uri, *(r["psg"] for r in todo)], storage_options)
+        n_actors, cpus, gpus = _pool_shape(workers, len(todo))
+        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
+                    fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
+        ds = ds.map_batches(
+            _NightScorer,
+            fn_constructor_kwargs={
+                "model_uri": model_uri, "out_uri": out.uri, "device": device,
+                "precision": precision, "plots": plots, "stride": stride,
+                "storage_options": opts, "threads": threads_per_worker,
+                "fault_after": fault_after},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
+            num_cpus=cpus, num_gpus=gpus)
+        with tqdm(total=total, initial=skipped, desc=f"score {spec.name}", unit="night",
+                  disable=not progress) as bar:
+            for row in ds.iter_rows():
+                counts[row["status"]] += 1
+                if row["status"] == STATUS_REJECTED:
+                    rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
+                                    "error_type": row["error_type"]})
+                    log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+                bar.update(1)
+                bar.set_postfix(ok=counts[STATUS_OK] + counts[STATUS_SKIPPED],
+                                rejected=counts[STATUS_REJECTED], refresh=False)
+                report()
+
+    summary = summarize_cohort(out, plots=plots)
+    rejects.sort(key=lambda r: r["recording_id"])
+    return CohortScoreResult(out_uri=out.uri, total=total, scored=counts[STATUS_OK],
+                             skipped=skipped, rejected=counts[STATUS_REJECTED], rejects=rejects,
+                             summary=summary, seconds=time.monotonic() - started)
+
+
+__all__ = ["FAULT_ENV", "CohortScoreResult", "InjectedFault", "collect_entries",
+           "prepare_entry_for_scoring", "score_cohort"]

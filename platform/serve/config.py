@@ -1,0 +1,154 @@
+"""Typed configuration of the scoring service (``somnray serve`` and the Serve app builder).
+
+One frozen pydantic model, :class:`ServeConfig`, carries everything the HTTP app needs: which model
+to load, where to listen, request limits, the bearer token, which storage roots cohort jobs may
+read from and write to, and the batching and replica settings of each deployment.  The CLI builds
+it from flags; a Serve config file (KubeRay RayService) passes the same fields as ``args`` to
+``somnray.serve.app:app_builder``.
+
+Defaults keep the service private: it listens on 127.0.0.1, and cohort jobs are refused until at
+least one storage root is configured.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from somnray.data.errors import ConfigError
+from somnray.data.storage import resolve
+
+#: Environment variable read for the bearer token when the config gives none.
+DEFAULT_TOKEN_ENV = "SOMNRAY_SERVE_TOKEN"
+#: Default upload limit: a 24-h PSG at a few hundred Hz is a few hundred MB.
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+class ServeConfig(BaseModel):
+    """Settings of the somnray scoring service.
+
+    Parameters
+    ----------
+    run_uri : str
+        Training run or model bundle to serve (anything ``ScoringModel.load`` accepts).
+    host : str
+        Interface the HTTP proxy binds to; loopback by default (expose it deliberately).
+    port : int
+        HTTP port.
+    max_upload_bytes : int
+        Largest accepted request body for ``POST /v1/score``; larger → 413.
+    token : SecretStr, optional
+        Bearer token every request except ``/healthz`` must carry.  When None, the environment
+        variable named by ``token_env`` is read when the app is built; when both are empty the
+        service runs without authentication (fine on loopback only).
+    token_env : str
+        Name of the environment variable holding the token.
+    storage_roots : tuple of str
+        URI prefixes (``file:///data/psg``, ``s3://bucket/cohorts``) under which cohort jobs may
+        read manifests and write outputs.  Empty: cohort jobs are refused.
+    default_profile : str, optional
+        Cohort profile (shipped name) used when a request names none; None lets the scorer pick
+        the profile recorded with the model, else ``generic``.
+    max_batch_windows : int
+        Most windows of ``L`` epochs the model deployment runs in one forward pass, gathered from
+        concurrent requests (``@serve.batch`` with a window-counting ``batch_size_fn``).
+    batch_wait_timeout_s : float
+        How long the model deployment waits for more requests to fill a batch.
+    model_replicas, preprocess_replicas, ingress_replicas : int
+        Replicas of each deployment.
+    model_num_cpus, model_num_gpus, preprocess_num_cpus, ingress_num_cpus : float
+        Ray resources reserved per replica (scheduling hints; torch sizes its own thread pool).
+    device : str
+        Torch device of the model replicas (``auto``, ``cpu``, ``cuda``, ``cuda:1``).
+    precision : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (``ScoringModel.load``'s choice).
+    max_concurrent_requests : int
+        Requests each ingress replica handles at once (each may hold an upload in memory, so
+        this times ``max_upload_bytes`` bounds its memory); more wait in the proxy's queue.
+    max_cohort_jobs : int
+        Cohort jobs allowed to run at once; further submissions get 429.
+    cohort_workers : int, optional
+        Actor-pool size of each cohort job (``score_cohort(workers=...)``); None: its default.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_uri: str = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, gt=0)
+    token: SecretStr | None = None
+    token_env: str = DEFAULT_TOKEN_ENV
+    storage_roots: tuple[str, ...] = ()
+    default_profile: str | None = None
+    max_batch_windows: int = Field(default=64, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.05, ge=0.0)
+    model_replicas: int = Field(default=1, ge=1)
+    preprocess_replicas: int = Field(default=1, ge=1)
+    ingress_replicas: int = Field(default=1, ge=1)
+    model_num_cpus: float = Field(default=0.5, ge=0.0)
+    model_num_gpus: float = Field(default=0.0, ge=0.0)
+    preprocess_num_cpus: float = Field(default=0.5, ge=0.0)
+    ingress_num_cpus: float = Field(default=0.1, ge=0.0)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    max_concurrent_requests: int = Field(default=16, ge=1)
+    max_cohort_jobs: int = Field(default=2, ge=1)
+    cohort_workers: int | None = Field(default=None, ge=1)
+
+    @field_validator("storage_roots")
+    @classmethod
+    def _canonical_roots(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # Stored in resolve()'s canonical form, so the prefix test in allowed_uri() compares like
+        # with like (a plain path and its file:// URI are the same root).
+        roots = []
+        for root in value:
+            try:
+                roots.append(resolve(root).uri.rstrip("/"))
+            except ConfigError as exc:
+                raise ValueError(f"storage root {root!r}: {'; '.join(exc.errors)}") from None
+        return tuple(roots)
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not value or not value.replace("_", "a").isalnum() or value[0].isdigit():
+            raise ValueError(f"must be an environment variable name, got {value!r}")
+        return value
+
+    @classmethod
+    def from_mapping(cls, args: dict, source: str = "serve config") -> "ServeConfig":
+        """Validate a mapping (a Serve config file's ``args``), every problem reported at once.
+
+        Raises
+        ------
+        ConfigError
+            One line per invalid or unknown field.
+        """
+        try:
+            return cls.model_validate(dict(args))
+        except ValidationError as exc:
+            errors = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
+            raise ConfigError(source, errors) from None
+
+    def resolved_token(self) -> str | None:
+        """The bearer token: ``token`` if set, else the ``token_env`` variable, else None."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        return os.environ.get(self.token_env) or None
+
+    def allowed_uri(self, uri: str) -> bool:
+        """Whether ``uri`` lies under one of :attr:`storage_roots` (same protocol, path prefix).
+
+        A URI with a ``..`` segment is refused outright: local paths would normalise it away, but
+        object stores treat it as a literal key, and neither should be able to leave a root.
+        """
+        if ".." in uri.replace("\\", "/").split("/"):
+            return False
+        try:
+            canonical = resolve(uri).uri
+        except ConfigError:
+            return False
+        return any(canonical == root or canonical.startswith(root + "/") for root in self.storage_roots)

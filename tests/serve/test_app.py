@@ -1,0 +1,412 @@
+"""The scoring service end to end: Ray Serve on the session's local cluster, real HTTP on 127.0.0.1.
+
+One application is deployed for the module (a tiny CoRe-Sleep bundle, synthetic Sleep-EDF-like
+nights of 1 h); every test talks to it with ``requests``.  Registry and config logic without Ray
+are tested at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from somnray.serve.config import ServeConfig
+from somnray.serve.jobs import FAILED, SUCCEEDED, CohortJobs
+
+TOKEN = "test-token-4c1d"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_UPLOAD = 12 * 1024 * 1024
+LENGTH = 10  # the bundle's window length, in epochs
+STAGES = ("W", "N1", "N2", "N3", "REM")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    app_name: str
+    bundle: Path
+    psg: Path
+    psg_no_eog: Path
+    manifest: Path
+    out_root: Path
+
+    def score(self, path: Path | None = None, *, data: bytes | None = None, headers=AUTH,
+              timeout: float = 60, **fields) -> requests.Response:
+        content = data if data is not None else (path or self.psg).read_bytes()
+        return requests.post(f"{self.url}/v1/score", headers=headers, timeout=timeout,
+                             files={"file": ("night.edf", content, "application/octet-stream")},
+                             data=fields)
+
+
+@pytest.fixture(scope="module")
+def service(ray_local, synth_cohort, tmp_path_factory):
+    """The app deployed once for the module (token required, two storage roots)."""
+    from ray import serve
+
+    from somnray.data.synth import ArtefactConfig
+    from somnray.models import create_model
+    from somnray.models.bundle import save_bundle
+    from somnray.serve.app import build_app
+
+    root = tmp_path_factory.mktemp("serve-app")
+    bundle = save_bundle(create_model("coresleep_tiny"), root / "bundle", name="coresleep_tiny",
+                         sequence_length=LENGTH, extra={"profile": "sleep-edf"})
+    cohort = synth_cohort("sleep-edf", n_nights=2, hours=1.0)
+    no_eog = synth_cohort("sleep-edf", n_nights=1, hours=1.0, seed=11,
+                          artefacts=ArtefactConfig(missing_eog_fraction=1.0))
+    out_root = root / "outputs"
+    port = _free_port()
+    config = ServeConfig(
+        run_uri=str(bundle), port=port, token=TOKEN, max_upload_bytes=MAX_UPLOAD,
+        storage_roots=(str(cohort.path), f"file://{out_root}"),
+        # Nothing reserved by the replicas: the cohort job's Ray Data tasks need the 2 CPUs.
+        model_num_cpus=0, preprocess_num_cpus=0, ingress_num_cpus=0,
+        max_batch_windows=64, batch_wait_timeout_s=0.05, cohort_workers=1,
+        # fp32 so that answers can be compared with local scoring (auto picks bf16 on AMX CPUs).
+        device="cpu", precision="fp32")
+    app_name = "somnray-test"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(config), name=app_name, route_prefix="/")
+        yield Service(url=f"http://127.0.0.1:{port}", app_name=app_name, bundle=bundle,
+                      psg=cohort.path / cohort.entries[0].psg,
+                      psg_no_eog=no_eog.path / no_eog.entries[0].psg,
+                      manifest=cohort.manifest, out_root=out_root)
+    finally:
+        serve.shutdown()
+
+
+class _Answer:
+    """The parts of an http.client answer the 4xx checks read (``requests.Response``-like)."""
+
+    def __init__(self, status: int, body: bytes, headers):
+        self.status_code, self.text, self.headers = status, body.decode(errors="replace"), headers
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def _declare_large_body(service: Service) -> _Answer:
+    """POST a short body that declares a Content-Length above the limit (refused unread)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(service.url.rsplit(":", 1)[1]), timeout=60)
+    try:
+        conn.putrequest("POST", "/v1/score")
+        conn.putheader("Authorization", AUTH["Authorization"])
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", str(MAX_UPLOAD + 1))
+        conn.endheaders(b"--x\r\n")
+        resp = conn.getresponse()
+        return _Answer(resp.status, resp.read(), dict(resp.getheaders()))
+    finally:
+        conn.close()
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_score_returns_hypnogram_consistent_with_stats_and_local_scoring(service):
+    """An uploaded night gets one stage per epoch, statistics matching them, and the probabilities
+    the model gives when scored locally without Serve (so cross-request batching changes nothing)."""
+    from somnray.serve.inference import ScoringModel, score_recording
+
+    t0 = time.perf_counter()
+    r = service.score(recording_id="night-a")
+    latency = time.perf_counter() - t0
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    n = doc["n_epochs"]
+    assert n == 120 and doc["recording_id"] == "night-a"
+    assert len(doc["hypnogram"]) == len(doc["stages"]) == len(doc["probabilities"]) == n
+    probs = np.asarray(doc["probabilities"])
+    assert probs.shape == (n, 5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
+    assert doc["stages"] == probs.argmax(axis=1).tolist()
+    assert doc["hypnogram"] == [STAGES[s] for s in doc["stages"]]
+    stats = doc["sleep_statistics"]
+    stages = np.asarray(doc["stages"])
+    assert stats["tst_min"] == pytest.approx(0.5 * np.isin(stages, [1, 2, 3, 4]).sum())
+    assert stats["wake_min"] == pytest.approx(0.5 * (stages == 0).sum())
+    assert stats["rem_min"] == pytest.approx(0.5 * (stages == 4).sum())
+    assert set(doc["availability"]) == {"eeg", "eog"} and all(doc["availability"]["eeg"])
+    assert set(doc["quality"]) >= {"unscored", "missing_modality", "low_confidence"}
+    assert doc["modalities_used"][0] == "eeg+eog"
+    assert doc["model"]["name"] == "coresleep_tiny"
+
+    local = score_recording(ScoringModel.load(str(service.bundle), device="cpu", precision="fp32"),
+                            service.psg, recording_id="night-a")
+    np.testing.assert_allclose(probs, local.probabilities, atol=2e-4)
+    print(f"\n[serve latency] one request: {latency * 1000:.0f} ms")
+
+
+@pytest.mark.integration
+def test_recording_without_eog_is_scored_and_flagged(service):
+    """A night whose file has no EOG is scored from the EEG, every epoch flagged missing_modality."""
+    r = service.score(service.psg_no_eog)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["recording_id"].startswith("upload-")  # generated, never from the file or header
+    assert not any(doc["availability"]["eog"]) and all(doc["availability"]["eeg"])
+    assert all(doc["quality"]["missing_modality"])
+    assert set(doc["modalities_used"]) == {"eeg"}
+    assert -1 not in doc["stages"]
+
+
+@pytest.mark.integration
+def test_bad_requests_get_4xx_and_service_keeps_serving(service):
+    """Not EDF, truncated, missing channels, too large (declared or streamed), bad fields and bad
+    tokens get the right 4xx with a message, and a good request afterwards still succeeds."""
+    good = service.psg.read_bytes()
+    cases = {
+        "not edf": (service.score(data=b"this is not an EDF file" * 100), 422),
+        "truncated": (service.score(data=good[: len(good) // 3]), 422),
+        "missing channels": (service.score(channel_map=json.dumps({"eeg": "Nope", "eog": "Nada"})), 422),
+        "unknown profile": (service.score(profile="no-such-profile"), 400),
+        "bad channel_map": (service.score(channel_map="{eeg: C4"), 400),
+        "unused modality": (service.score(channel_map=json.dumps({"ecg": "ECG"})), 400),
+        "bad stride": (service.score(stride=str(LENGTH + 1)), 400),
+        "bad id": (service.score(recording_id="../escape"), 400),
+        "too large": (_declare_large_body(service), 413),
+        "no token": (service.score(headers={}), 401),
+        "wrong token": (service.score(headers={"Authorization": "Bearer wrong"}), 401),
+    }
+    for name, (resp, expected) in cases.items():
+        assert resp.status_code == expected, f"{name}: {resp.status_code} {resp.text[:300]}"
+        detail = resp.json()["detail"]
+        assert isinstance(detail, str) and detail and "Traceback" not in detail, name
+    assert cases["no token"][0].headers["WWW-Authenticate"] == "Bearer"
+    assert "upload " in cases["not edf"][0].json()["detail"]
+    assert "no-such-profile" in cases["unknown profile"][0].json()["detail"]
+
+    # A client that sends no Content-Length (chunked) is cut off by counting what arrives.
+    def chunks():
+        block = b"x" * (1024 * 1024)
+        for _ in range(MAX_UPLOAD // len(block) + 4):
+            yield block
+    boundary = "somnraytestboundary"
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.edf\"\r\n"
+               f"Content-Type: application/octet-stream\r\n\r\n").encode()
+        yield from chunks()
+        yield f"\r\n--{boundary}--\r\n".encode()
+    try:
+        r = requests.post(f"{service.url}/v1/score", data=body(), timeout=60,
+                          headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert r.status_code == 413, r.text[:300]
+    except requests.ConnectionError:
+        pass  # the server may close the connection while the client is still sending: also a cut-off
+    r = service.score()
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.integration
+def test_sixteen_concurrent_clients_all_succeed(service):
+    """16 clients scoring at once all get complete 200 answers."""
+    def one(i: int) -> tuple[int, int, float]:
+        t0 = time.perf_counter()
+        r = service.score(recording_id=f"concurrent-{i}", timeout=120)
+        return r.status_code, len(r.json().get("stages", [])), time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(16)))
+    wall = time.perf_counter() - t0
+    assert [(code, n) for code, n, _ in results] == [(200, 120)] * 16
+    slowest = max(dt for *_, dt in results)
+    print(f"\n[serve latency] 16 concurrent requests: wall {wall * 1000:.0f} ms, "
+          f"slowest {slowest * 1000:.0f} ms")
+
+
+@pytest.mark.integration
+def test_model_deployment_batches_windows_across_requests(service):
+    """Nights sent to the model deployment together share forward passes, and each still gets
+    exactly the probabilities it gets alone."""
+    from ray import serve
+
+    from somnray.data.profiles import load_profile
+    from somnray.serve.app import PreparedNight
+    from somnray.serve.inference import ScoringModel, prepare_for_scoring, scoring_profile
+
+    model = ScoringModel.load(str(service.bundle), device="cpu", precision="fp32")
+    rec = prepare_for_scoring(model, service.psg, recording_id="b0",
+                              profile=scoring_profile(model, load_profile("sleep-edf")))
+    available = np.stack([rec.available[m] for m in model.modalities], axis=1)
+    signals = {m: rec.signals[m] for m in model.modalities}
+    handle = serve.get_deployment_handle("StageModel", app_name=service.app_name)
+    before = handle.describe.remote().result()["batching"]
+    # Same signals under 4 ids, with different strides: 12 or 111 windows each.
+    nights = [PreparedNight(f"b{i}", rec.epoch_index, signals, available) for i in range(4)]
+    responses = [handle.score.remote(n, stride) for n, stride in zip(nights, (None, None, None, 1))]
+    results = [r.result() for r in responses]
+    after = handle.describe.remote().result()["batching"]
+    assert after["max_recordings_in_a_pass"] >= 2
+    # 12 + 12 + 12 + 111 windows in chunks of at most 64: 5 chunks, 5 passes if run one by one.
+    assert after["windows"] - before["windows"] == 3 * 12 + 111
+    assert after["forward_passes"] - before["forward_passes"] < 5
+    alone = handle.score.remote(nights[0], None).result()
+    for res in results[:3]:
+        np.testing.assert_allclose(res.night.probabilities, alone.night.probabilities, atol=1e-5)
+    assert [r.night.recording_id for r in results] == ["b0", "b1", "b2", "b3"]
+
+
+# -- cohort jobs -----------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_cohort_job_runs_to_success_and_writes_outputs(service):
+    """A cohort job started over HTTP is followed to `succeeded` with done == total and every
+    night's outputs written; unknown job ids get 404."""
+    out = f"file://{service.out_root}/job1"
+    r = requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                      json={"manifest_uri": str(service.manifest), "output_uri": out})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert r.json()["status_url"] == f"/v1/cohorts/{job_id}"
+    deadline = time.monotonic() + 75
+    while True:
+        st = requests.get(f"{service.url}/v1/cohorts/{job_id}", headers=AUTH, timeout=30)
+        assert st.status_code == 200, st.text
+        doc = st.json()
+        if doc["status"] != "running" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert doc["status"] == "succeeded", doc
+    assert doc["done"] == doc["total"] == 2 and doc["failed"] == 0 and doc["rejects"] == []
+    written = sorted(p.name for p in (service.out_root / "job1").rglob("*_sleep_stats.json"))
+    assert len(written) == 2
+    assert (service.out_root / "job1" / "cohort_summary.csv").exists()
+
+    missing = requests.get(f"{service.url}/v1/cohorts/cohort-doesnotexist", headers=AUTH, timeout=30)
+    assert missing.status_code == 404
+    assert requests.get(f"{service.url}/v1/cohorts/{job_id}", timeout=30).status_code == 401
+
+
+@pytest.mark.integration
+def test_cohort_uris_outside_storage_roots_are_refused(service, tmp_path):
+    """Manifest or output URIs outside the configured roots get 403 naming the URI; malformed or
+    missing ones 400; unknown body fields 422."""
+    def post(body):
+        return requests.post(f"{service.url}/v1/cohorts", headers=AUTH, json=body, timeout=30)
+
+    outside = f"file://{tmp_path}/elsewhere"
+    r = post({"manifest_uri": str(service.manifest), "output_uri": outside})
+    assert r.status_code == 403 and outside in r.json()["detail"]
+    r = post({"manifest_uri": "/etc/passwd", "output_uri": f"file://{service.out_root}/x"})
+    assert r.status_code == 403 and "/etc/passwd" in r.json()["detail"]
+    sneaky = f"file://{service.out_root}/../../etc"
+    assert post({"manifest_uri": str(service.manifest), "output_uri": sneaky}).status_code == 403
+    r = post({"manifest_uri": "s3:/bucket", "output_uri": f"file://{service.out_root}/x"})
+    assert r.status_code == 400
+    r = post({"manifest_uri": str(service.manifest.parent / "nope.csv"),
+              "output_uri": f"file://{service.out_root}/x"})
+    assert r.status_code == 400 and "does not exist" in r.json()["detail"]
+    assert post({"manifest_uri": str(service.manifest), "output_uri": f"file://{service.out_root}/x",
+                 "typo": 1}).status_code == 422
+
+
+# -- health and description ------------------------------------------------------------------------
+@pytest.mark.integration
+def test_healthz_and_openapi_describe_the_service(service):
+    """/healthz (no token) reports the loaded model; /openapi.json documents every route, the
+    multipart upload and the bearer scheme."""
+    r = requests.get(f"{service.url}/healthz", timeout=30)
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["status"] == "ok" and doc["model"]["name"] == "coresleep_tiny"
+    assert doc["model"]["sequence_length"] == LENGTH and doc["model"]["modalities"] == ["eeg", "eog"]
+    spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
+    assert spec["info"]["title"] == "somnray scoring service" and spec["info"]["description"]
+    assert {"/healthz", "/v1/score", "/v1/cohorts", "/v1/cohorts/{job_id}"} <= set(spec["paths"])
+    upload = spec["paths"]["/v1/score"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert set(upload["schema"]["properties"]) == {"file", "profile", "channel_map", "recording_id", "stride"}
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert {"413", "422", "401"} <= set(spec["paths"]["/v1/score"]["post"]["responses"])
+
+
+# -- without Ray -------------------------------------------------------------------------------
+def test_config_storage_roots_and_token(monkeypatch, tmp_path):
+    """Storage roots are canonical prefixes (no '..' escape, no sibling-prefix match); the token
+    comes from the config, else from the named environment variable."""
+    cfg = ServeConfig(run_uri="x", storage_roots=(str(tmp_path / "data"), "s3://bucket/cohorts/"))
+    assert cfg.allowed_uri(f"file://{tmp_path}/data/m.csv")
+    assert cfg.allowed_uri(str(tmp_path / "data"))
+    assert cfg.allowed_uri("s3://bucket/cohorts/a/manifest.csv")
+    assert not cfg.allowed_uri(f"{tmp_path}/data-other/m.csv")
+    assert not cfg.allowed_uri(f"{tmp_path}/data/../secret")
+    assert not cfg.allowed_uri("s3://bucket/cohorts/../private/x")
+    assert not cfg.allowed_uri("s3://other/cohorts/x")
+    assert not ServeConfig(run_uri="x").allowed_uri(str(tmp_path))
+    monkeypatch.setenv("MY_TOKEN_VAR", "from-env")
+    assert ServeConfig(run_uri="x", token_env="MY_TOKEN_VAR").resolved_token() == "from-env"
+    assert ServeConfig(run_uri="x", token="given", token_env="MY_TOKEN_VAR").resolved_token() == "given"
+    monkeypatch.delenv("SOMNRAY_SERVE_TOKEN", raising=False)
+    assert ServeConfig(run_uri="x").resolved_token() is None
+    from somnray.data.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        ServeConfig.from_mapping({"run_uri": "x", "port": 0, "colour": "red"})
+    assert len(err.value.errors) == 2
+
+
+def test_job_registry_counts_progress_limits_jobs_and_records_failures():
+    """The registry reports progress from the callback, refuses jobs beyond its limit, and marks a
+    job whose run raised as failed with the error."""
+    release = threading.Event()
+
+    class Result:
+        total, scored, skipped, rejected = 3, 2, 0, 1
+        rejects = [{"recording_id": "n3", "reason": "no EEG", "error_type": "RecordingError"}]
+        out_uri = "file:///out"
+
+    def runner(run_uri, manifest, out, *, progress_callback, **kw):
+        if manifest == "boom":
+            raise ValueError("manifest is empty")
+        progress_callback(1, 0, 3)
+        release.wait(10)
+        return Result()
+
+    jobs = CohortJobs("file:///run", max_running=1, runner=runner)
+    job = jobs.submit("m.csv", "file:///out")
+    deadline = time.monotonic() + 5
+    while jobs.status(job)["done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert jobs.status(job)["status"] == "running" and jobs.status(job)["total"] == 3
+    assert jobs.submit("m2.csv", "file:///out2") is None  # over the limit
+    release.set()
+    while jobs.status(job)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    st = jobs.status(job)
+    assert st["status"] == SUCCEEDED and st["done"] == st["total"] == 3 and st["failed"] == 1
+    assert st["rejects"] == [{"recording_id": "n3", "reason": "no EEG"}]
+    bad = jobs.submit("boom", "file:///out3")
+    while jobs.status(bad)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert jobs.status(bad)["status"] == FAILED and "manifest is empty" in jobs.status(bad)["error"]
+    assert jobs.status("nope") is None
+
+
+def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys):
+    """`somnray serve` takes repeatable storage roots and stops with status 2, naming the URI,
+    when the run holds no model bundle (before starting Ray)."""
+    from somnray.jobs.cli import build_parser, main
+
+    args = build_parser().parse_args(["serve", "file:///runs/x", "--port", "9001", "--storage-root",
+                                      "file:///a", "--storage-root", "s3://b/c", "--max-upload-mb", "2"])
+    assert args.storage_roots == ["file:///a", "s3://b/c"] and args.port == 9001
+    assert args.host == "127.0.0.1" and args.token_env == "SOMNRAY_SERVE_TOKEN"
+    assert main(["serve", str(tmp_path / "no-run")]) == 2
+    err = capsys.readouterr().err
+    assert "no model bundle" in err and "no-run" in err
+    assert main(["serve", str(tmp_path), "--profile", "nope"]) == 2

@@ -12,6 +12,9 @@ For each phase, in order, the driver
    best checkpoints by the monitored validation metric (and always the latest);
 4. writes ``<run>/<phase>/phase_result.json`` (best checkpoint, its metrics).
 
+After the last phase it writes ``<run>/metrics.json`` (every phase's best metrics) and exports the
+last phase's best weights as the run's model bundle ``<run>/model/`` (:mod:`somnray.train.export`).
+
 Rerunning the same experiment (same ``storage.uri`` and ``storage.name``) skips finished phases
 and lets Ray Train resume an unfinished one from its latest checkpoint (Ray Train V2 restores a
 run from its storage folder; ``resume_from_checkpoint`` is not supported there).
@@ -24,15 +27,15 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from somnray.data.storage import StorageLocation, resolve
 
 from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
+from .export import PHASE_RESULT_FILE, export_bundle, write_run_metrics
+from .tracking import check_sinks_available
 
 log = logging.getLogger(__name__)
-
-PHASE_RESULT_FILE = "phase_result.json"
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,13 @@ def _storage(cfg: ExperimentConfig) -> StorageLocation:
     return loc
 
 
-def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None):
+def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
+                  placement_strategy: str = "PACK", callbacks: Sequence[Any] = ()):
     """The ``TorchTrainer`` of one phase (datasets, statistics and Ray configs resolved).
 
-    Call after ``ray.init``.
+    ``placement_strategy`` is Ray's placement-group strategy for the worker group (``PACK``,
+    ``SPREAD``, ``STRICT_SPREAD``: one worker per node); ``callbacks`` go to ``RunConfig``
+    (e.g. Ray Tune's ``TuneReportCallback``). Call after ``ray.init``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -100,7 +106,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     from somnray.models import create_model
 
     from .inputs import WindowSpec, compute_training_statistics, resolve_split, window_dataset
-    from .loop import loop_config, train_loop_per_worker
+    from .loop import FAULT_ENV, loop_config, train_loop_per_worker
 
     data_loc = resolve(phase.data.dataset)
     options = dict(data_loc.storage_options)
@@ -130,7 +136,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     if use_gpu:
         resources["GPU"] = phase.scaling.gpus_per_worker
     env = {} if use_gpu else {"DS_ACCELERATOR": "cpu"}
-    for name in ("GLOO_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR"):
+    for name in ("GLOO_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR", FAULT_ENV):
         if name in os.environ:
             env[name] = os.environ[name]
     storage = _storage(cfg)
@@ -142,18 +148,22 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=f"val_{phase.optim.monitor}",
                                            checkpoint_score_order=phase.optim.monitor_mode),
         worker_runtime_env={"env_vars": env},
+        callbacks=list(callbacks) or None,
     )
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(phase, modalities, stats, use_gpu=use_gpu, init_checkpoint=init_checkpoint),
+        train_loop_config=loop_config(phase, modalities, stats, use_gpu=use_gpu, init_checkpoint=init_checkpoint,
+                                      phase_uri=storage.join(phase.name).uri,
+                                      storage_options=storage.storage_options, run_name=cfg.storage.name),
         scaling_config=ScalingConfig(num_workers=phase.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources, placement_strategy=placement_strategy),
         run_config=run_config,
         datasets={"train": train_ds, "val": val_ds},
     )
 
 
-def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None) -> PhaseResult:
+def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
+              placement_strategy: str = "PACK") -> PhaseResult:
     """Train one phase to completion (or early stop) and record its best checkpoint."""
     storage = _storage(cfg)
     done = storage.join(phase.name, PHASE_RESULT_FILE)
@@ -162,7 +172,7 @@ def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any
         log.info("phase %s already finished; skipping (delete %s to retrain)", phase.name, done.uri)
         return PhaseResult(doc["name"], doc["checkpoint_uri"], doc["metrics"])
 
-    result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint).fit()
+    result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint, placement_strategy=placement_strategy).fit()
     best = result.get_best_checkpoint(metric=f"val_{phase.optim.monitor}", mode=phase.optim.monitor_mode) \
         if result.best_checkpoints else None
     metrics: dict[str, Any] = {}
@@ -179,25 +189,34 @@ def _jsonable(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
-def run_experiment(cfg: ExperimentConfig) -> list[PhaseResult]:
+def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str = "PACK") -> list[PhaseResult]:
     """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint.
 
-    The resolved config is written to ``<run>/config.yaml`` first. Call after ``ray.init``.
+    The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
+    and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
+    ``ray.init``. ``placement_strategy`` places each phase's worker group (see :func:`build_trainer`).
+
+    Raises
+    ------
+    ConfigError
+        A configured metric sink (TensorBoard, MLflow) is not installed (checked before any phase).
     """
+    for phase in cfg.phases:
+        check_sinks_available(phase.logging, f"{cfg.run_uri} (phase {phase.name})")
     storage = _storage(cfg)
     dump_experiment(cfg, storage.join("config.yaml").uri)
     results: list[PhaseResult] = []
     for phase in cfg.phases:
-        if phase.logging.tensorboard or phase.logging.mlflow is not None:
-            # Metrics are in the Ray Train checkpoints and phase_result.json; the extra sinks are
-            # not wired yet, and saying so beats silently writing nothing.
-            log.warning("phase %s: logging.tensorboard / logging.mlflow are not implemented yet; "
-                        "metrics are only in the run folder's checkpoints", phase.name)
         init = None
         if phase.init_from == "previous":
             init = results[-1].checkpoint(storage.storage_options)
             if init is None:
                 raise RuntimeError(f"phase {phase.name!r} starts from the previous phase's best checkpoint, "
                                    f"but phase {results[-1].name!r} produced none (did it validate?)")
-        results.append(fit_phase(cfg, phase, init_checkpoint=init))
+        results.append(fit_phase(cfg, phase, init_checkpoint=init, placement_strategy=placement_strategy))
+    write_run_metrics(storage.uri, results)
+    if results[-1].checkpoint_uri is not None:
+        export_bundle(storage.uri, cfg=cfg)
+    else:
+        log.warning("phase %s produced no checkpoint; no model bundle exported", results[-1].name)
     return results

@@ -18,7 +18,15 @@ A checkpoint folder holds:
 
 After a worker failure Ray Train restarts the group and :func:`ray.train.get_checkpoint` returns
 the latest checkpoint; the loop resumes from its step (the data stream restarts from the
-beginning of the shard; window offsets of a pass are reproducible, not its position).
+beginning of the shard; window offsets of a pass are reproducible, not its position), and
+``trainer_state.json`` lists the steps it resumed from in ``loop.resumed_from``.
+
+Test hook: with the environment variable ``SOMNRAY_FAULT_AT_STEP=N`` (passed to the workers by the
+driver), rank 0 kills its own process with ``os._exit(1)`` right after optimizer step ``N``, once
+per phase: a marker file ``<run>/<phase>/fault-injected-at-step-N`` makes the restarted group
+carry on. It exists to test recovery end to end (tests/train/test_fault_tolerance.py). The group
+resumes from the latest checkpoint the Ray Train controller has registered: a report still queued
+when the process dies is lost, as it would be on a real crash.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -40,6 +48,7 @@ from .inputs import TrainingStatistics, apply_training_statistics, iter_window_b
 from .metrics import StagingMetrics
 from .missing import MissingSimulator
 from .optim import build_optimizer, build_scheduler
+from .tracking import MetricSinks
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ log = logging.getLogger(__name__)
 STATE_TAG = "state"
 MODEL_FILE = "model.pt"
 TRAINER_STATE_FILE = "trainer_state.json"
+#: Environment variable of the fault-injection test hook (see the module docstring).
+FAULT_ENV = "SOMNRAY_FAULT_AT_STEP"
 
 
 @dataclass
@@ -57,6 +68,8 @@ class LoopState:
     best: float | None = None
     bad_checks: int = 0
     stopped_early: bool = False
+    #: Steps this phase resumed from after worker failures, in order.
+    resumed_from: list[int] = field(default_factory=list)
 
     def improved(self, value: float, mode: str) -> bool:
         """Whether ``value`` beats the best so far (and record it)."""
@@ -69,10 +82,19 @@ class LoopState:
 
 
 def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: TrainingStatistics, *,
-                use_gpu: bool, init_checkpoint: Any = None) -> dict[str, Any]:
-    """The ``train_loop_config`` the driver passes: plain, picklable data only."""
+                use_gpu: bool, init_checkpoint: Any = None, phase_uri: str | None = None,
+                storage_options: Mapping[str, Any] | None = None, run_name: str = "") -> dict[str, Any]:
+    """The ``train_loop_config`` the driver passes: plain, picklable data only.
+
+    ``phase_uri`` (``<run>/<phase>``) is where rank 0 writes TensorBoard files and the
+    fault-injection marker; ``storage_options`` reach it (resolved on the driver, because workers
+    may have started before the driver's environment named the store).
+    """
     return {
         "phase": phase.model_dump(mode="json"),
+        "phase_uri": phase_uri,
+        "storage_options": dict(storage_options or {}),
+        "run_name": run_name,
         "use_gpu": bool(use_gpu),
         "modalities": list(modalities),
         "class_counts": stats.class_counts.tolist(),
@@ -110,6 +132,22 @@ def _load_model_file(checkpoint: Any) -> dict[str, torch.Tensor]:
         if not path.is_file():
             raise FileNotFoundError(f"{checkpoint.path}: no {MODEL_FILE} in the previous phase's checkpoint")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _maybe_inject_fault(phase_uri: str | None, storage_options: Mapping[str, Any], step: int, rank: int) -> None:
+    """The ``SOMNRAY_FAULT_AT_STEP`` test hook: kill rank 0 once, right after step ``N``."""
+    at = os.environ.get(FAULT_ENV)
+    if not at or rank != 0 or phase_uri is None or int(at) != step:
+        return
+    from somnray.data.storage import resolve
+
+    marker = resolve(phase_uri, storage_options).join(f"fault-injected-at-step-{step}")
+    if marker.exists():
+        return
+    marker.parent.makedirs()
+    marker.write_text(f"{FAULT_ENV}={at}: rank 0 exited after step {step}\n")
+    log.warning("%s=%s: killing rank 0 after step %d (test hook)", FAULT_ENV, at, step)
+    os._exit(1)  # a hard crash, as a lost node would be: no Python clean-up, no report
 
 
 def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
@@ -204,10 +242,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with resume.as_directory() as folder:
             engine.load_checkpoint(folder, tag=STATE_TAG)
             state = LoopState(**json.loads((Path(folder) / TRAINER_STATE_FILE).read_text())["loop"])
+        state.resumed_from.append(state.step)
         if rank == 0:
-            log.info("resumed %s at step %d", phase.name, state.step)
+            print(f"[{phase.name}] resumed from the checkpoint at step {state.step}", flush=True)
     if state.stopped_early or state.step >= phase.optim.max_steps:
         return
+    sinks = MetricSinks(phase, config.get("phase_uri"), config.get("storage_options"), active=rank == 0,
+                        run_name=config.get("run_name", ""))
 
     simulator = MissingSimulator(phase.missing, modalities)
     # Different ranks (and a resumed run) draw different masks, reproducibly.
@@ -221,35 +262,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         prefetch_batches=phase.data.prefetch_batches, drop_last=True))
 
     engine.train()
-    running = []
-    while state.step < phase.optim.max_steps:
-        for _ in range(phase.optim.grad_accum_steps):
-            batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
-                                   device=device, dtype=dtype)
-            output = engine(batch.signals, batch.present)
-            losses = engine.module.loss(output, batch, loss_weights)
-            engine.backward(losses["total"])
-            engine.step()  # steps the optimizer and scheduler at the accumulation boundary
-            running.append(float(losses["total"].detach()))
-        state.step += 1
+    running: dict[str, list[float]] = {}  # loss term → values since the last validation
+    try:
+        while state.step < phase.optim.max_steps:
+            step_losses: dict[str, list[float]] = {}
+            for _ in range(phase.optim.grad_accum_steps):
+                batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
+                                       device=device, dtype=dtype)
+                output = engine(batch.signals, batch.present)
+                losses = engine.module.loss(output, batch, loss_weights)
+                engine.backward(losses["total"])
+                engine.step()  # steps the optimizer and scheduler at the accumulation boundary
+                for name, value in losses.items():
+                    step_losses.setdefault(name, []).append(float(value.detach()))
+            state.step += 1
+            means = {name: float(np.mean(v)) for name, v in step_losses.items()}
+            for name, value in means.items():
+                running.setdefault(name, []).append(value)
+            sinks.log_step(state.step, means, float(engine.get_lr()[0]))
+            _maybe_inject_fault(config.get("phase_uri"), config.get("storage_options") or {}, state.step, rank)
 
-        if state.step % phase.optim.validate_every and state.step < phase.optim.max_steps:
-            continue
-        metrics = validate(engine, val_shard, modalities, phase, device, dtype, loss_weights)
-        metrics.update(step=state.step, train_loss=float(np.mean(running)) if running else float("nan"),
-                       lr=float(engine.get_lr()[0]), missing_rate=simulator.curriculum.rate_at(state.step))
-        running = []
-        monitored = metrics[f"val_{phase.optim.monitor}"]
-        state.improved(monitored, phase.optim.monitor_mode)
-        if phase.optim.patience is not None and state.bad_checks >= phase.optim.patience:
-            state.stopped_early = True
-        metrics.update(best=state.best, stopped_early=float(state.stopped_early))
-        _save_and_report(engine, phase, state, metrics, rank)
-        if state.stopped_early:
-            if rank == 0:
-                log.info("%s: early stop at step %d (%s did not improve for %d checks)", phase.name,
-                         state.step, phase.optim.monitor, phase.optim.patience)
-            break
+            if state.step % phase.optim.validate_every and state.step < phase.optim.max_steps:
+                continue
+            if _validate_and_report(engine, val_shard, modalities, phase, device, dtype, loss_weights,
+                                    state, running, simulator, sinks, rank):
+                break
+            running = {}
+    finally:
+        sinks.close()
+
+
+def _validate_and_report(engine: Any, val_shard: Any, modalities: tuple[str, ...], phase: PhaseConfig,
+                         device: torch.device, dtype: torch.dtype, loss_weights: Mapping[str, float],
+                         state: LoopState, running: Mapping[str, list[float]], simulator: MissingSimulator,
+                         sinks: MetricSinks, rank: int) -> bool:
+    """Validate, update early stopping, checkpoint and report; True when training should stop."""
+    metrics = validate(engine, val_shard, modalities, phase, device, dtype, loss_weights)
+    total = running.get("total", [])
+    metrics.update(step=state.step, train_loss=float(np.mean(total)) if total else float("nan"),
+                   lr=float(engine.get_lr()[0]), missing_rate=simulator.curriculum.rate_at(state.step))
+    metrics.update({f"train_loss_{name}": float(np.mean(v)) for name, v in running.items() if name != "total" and v})
+    monitored = metrics[f"val_{phase.optim.monitor}"]
+    state.improved(monitored, phase.optim.monitor_mode)
+    if phase.optim.patience is not None and state.bad_checks >= phase.optim.patience:
+        state.stopped_early = True
+    metrics.update(best=state.best, stopped_early=float(state.stopped_early))
+    sinks.log_validation(metrics)
+    _save_and_report(engine, phase, state, metrics, rank)
+    if state.stopped_early and rank == 0:
+        print(f"[{phase.name}] early stop at step {state.step}: {phase.optim.monitor} did not improve "
+              f"for {phase.optim.patience} checks", flush=True)
+    return state.stopped_early
 
 
 def _save_and_report(engine: Any, phase: PhaseConfig, state: LoopState, metrics: dict[str, float],

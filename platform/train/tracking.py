@@ -1,0 +1,177 @@
+"""Metric sinks of the worker loop: progress lines, TensorBoard event files and MLflow.
+
+Only rank 0 writes. Ray Train's own reports (with the checkpoints) stay the source of truth; these
+sinks are for people watching a run:
+
+* a progress line per validation on stdout (Ray forwards worker output to the driver console);
+* TensorBoard event files under ``<run>/<phase>/tensorboard/`` (``logging.tensorboard``): training
+  losses by term every step, lr, missing rate and every scalar validation metric. Event files are
+  append-only local files, so for a remote run they are written to a local folder and uploaded at
+  each validation (and at the end);
+* MLflow (``logging.mlflow``): the same scalars and the phase's config as parameters. MLflow is an
+  optional dependency; :func:`check_sinks_available` fails before launch when it is configured but
+  not installed, rather than silently logging nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping
+
+from somnray.data.errors import ConfigError
+
+from .config import LoggingConfig, PhaseConfig
+
+log = logging.getLogger(__name__)
+
+#: Folder of the TensorBoard event files inside ``<run>/<phase>/``.
+TENSORBOARD_DIR = "tensorboard"
+
+
+def check_sinks_available(logging_cfg: LoggingConfig, source: str) -> None:
+    """Raise a :class:`ConfigError` when a configured sink's package is not installed."""
+    problems = []
+    if logging_cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        problems.append("logging.tensorboard: the 'tensorboard' package is not installed "
+                        "(pip install tensorboard), or set logging.tensorboard: false")
+    if logging_cfg.mlflow is not None and importlib.util.find_spec("mlflow") is None:
+        problems.append("logging.mlflow: the 'mlflow' package is not installed (pip install mlflow), "
+                        "or remove the logging.mlflow section")
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def format_progress(phase: str, max_steps: int, metrics: Mapping[str, Any]) -> str:
+    """One human-readable line per validation: step, losses by term, val accuracy / macro-F1 / κ."""
+    terms = {k[len("train_loss_"):]: v for k, v in metrics.items() if k.startswith("train_loss_")}
+    loss_text = f"loss {metrics.get('train_loss', float('nan')):.4f}"
+    if terms:
+        loss_text += " (" + ", ".join(f"{k} {v:.4f}" for k, v in sorted(terms.items())) + ")"
+    return (f"[{phase}] step {int(metrics['step'])}/{max_steps}  {loss_text}  "
+            f"val loss {metrics.get('val_loss', float('nan')):.4f}  acc {metrics.get('val_accuracy', float('nan')):.3f}  "
+            f"macro-F1 {metrics.get('val_macro_f1', float('nan')):.3f}  κ {metrics.get('val_kappa', float('nan')):.3f}  "
+            f"lr {metrics.get('lr', float('nan')):.3g}")
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+class MetricSinks:
+    """The rank-0 sinks of one phase (a no-op object on other ranks).
+
+    Parameters
+    ----------
+    phase : PhaseConfig
+        The phase (its ``logging`` section).
+    phase_uri : str or None
+        ``<run>/<phase>``; TensorBoard files go below it.
+    storage_options : mapping, optional
+        Filesystem options of ``phase_uri`` (remote runs).
+    active : bool
+        False on ranks other than 0.
+    run_name : str
+        The run's name (MLflow run name prefix).
+    """
+
+    def __init__(self, phase: PhaseConfig, phase_uri: str | None, storage_options: Mapping[str, Any] | None = None,
+                 *, active: bool, run_name: str = "") -> None:
+        self.phase = phase
+        self.active = active
+        self._writer = None
+        self._local_dir: str | None = None
+        self._remote = None
+        self._mlflow = None
+        if not active:
+            return
+        if phase.logging.tensorboard and phase_uri is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            from somnray.data.storage import resolve
+
+            target = resolve(phase_uri, storage_options).join(TENSORBOARD_DIR)
+            if target.is_local:
+                os.makedirs(target.path, exist_ok=True)
+                self._local_dir = target.path
+            else:
+                # Event files are appended to in place, which object stores cannot do: write
+                # locally, upload whole files at each flush.
+                self._local_dir = tempfile.mkdtemp(prefix="somnray-tb-")
+                self._remote = target
+            self._writer = SummaryWriter(log_dir=self._local_dir)
+        if phase.logging.mlflow is not None:
+            import mlflow
+
+            if phase.logging.mlflow.tracking_uri:
+                mlflow.set_tracking_uri(phase.logging.mlflow.tracking_uri)
+            mlflow.set_experiment(phase.logging.mlflow.experiment)
+            mlflow.start_run(run_name=f"{run_name}/{phase.name}" if run_name else phase.name)
+            flat = _flatten(phase.model_dump(mode="json"))
+            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+            self._mlflow = mlflow
+
+    def log_step(self, step: int, losses: Mapping[str, float], lr: float) -> None:
+        """Training losses by term and the lr after optimizer ``step``."""
+        if self._writer is not None:
+            for name, value in losses.items():
+                self._writer.add_scalar(f"train/loss_{name}", value, step)
+            self._writer.add_scalar("train/lr", lr, step)
+
+    def log_validation(self, metrics: Mapping[str, Any]) -> None:
+        """Every scalar of a validation report; prints the progress line and flushes the files."""
+        if not self.active:
+            return
+        step = int(metrics["step"])
+        print(format_progress(self.phase.name, self.phase.optim.max_steps, metrics), flush=True)
+        scalars = {k: s for k, v in metrics.items() if k != "step" and (s := _scalar(v)) is not None}
+        if self._writer is not None:
+            for name, value in scalars.items():
+                if name.startswith("val_"):
+                    self._writer.add_scalar(f"val/{name[4:]}", value, step)
+                elif name in ("missing_rate", "best"):
+                    self._writer.add_scalar(f"train/{name}", value, step)
+            self.flush()
+        if self._mlflow is not None:
+            self._mlflow.log_metrics(scalars, step=step)
+
+    def flush(self) -> None:
+        """Write buffered events (and upload them for a remote run)."""
+        if self._writer is None:
+            return
+        self._writer.flush()
+        if self._remote is not None:
+            for name in sorted(os.listdir(self._local_dir)):
+                path = os.path.join(self._local_dir, name)
+                if os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        self._remote.join(name).atomic_write_bytes(f.read())
+
+    def close(self) -> None:
+        """Flush and release every sink."""
+        if self._writer is not None:
+            self.flush()
+            self._writer.close()
+            self._writer = None
+            if self._remote is not None and self._local_dir:
+                shutil.rmtree(self._local_dir, ignore_errors=True)
+        if self._mlflow is not None:
+            self._mlflow.end_run()
+            self._mlflow = None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}

@@ -1,0 +1,128 @@
+"""Run export: <run>/model/ bundle, metrics.json, re-export and loading (somnray.train.export).
+
+These tests assemble a finished run folder from real parts (the resolved config, a checkpoint
+``model.pt`` of a real model, ``phase_result.json``) so they need no Ray; the end-to-end export
+after training is covered by test_s3_run.py and test_cli_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from somnray.data.errors import ConfigError
+from somnray.models import create_model
+from somnray.models.bundle import load_bundle
+from somnray.train.config import dump_experiment, load_experiment
+from somnray.train.driver import PhaseResult
+from somnray.train.export import (export_bundle, load_run_bundle, read_run_config, somnray_version,
+                                  write_run_metrics)
+
+from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
+
+
+def _finished_run(tmp_path: Path, run_uri: str | None = None) -> tuple[str, dict[str, dict[str, torch.Tensor]]]:
+    """A two-phase MC²SleepNet run folder as run_experiment leaves it; returns (run URI, weights by phase)."""
+    from somnray.data.storage import resolve
+
+    data = tmp_path / "prepared"
+    write_dataset(data)
+    (data / "manifest.json").write_text(json.dumps({"profile": {"name": "sleep-edf"}}))
+    storage = run_uri.rsplit("/", 1)[0] if run_uri else str(tmp_path / "runs")
+    cfg_file = tmp_path / "exp.yaml"
+    cfg_file.write_text(textwrap.dedent(f"""
+        data: {{dataset: {data}, split: manifest, sequence_length: 5}}
+        model: {{name: mc2sleepnet_tiny}}
+        optim: {{batch_size: 4, max_steps: 4, validate_every: 2}}
+        storage: {{uri: {storage}, name: {run_uri.rsplit('/', 1)[1] if run_uri else 'mc2'}}}
+        phases:
+          - {{name: pretrain, model: {{overrides: {{phase: pretrain}}}}}}
+          - {{name: finetune, init_from: previous, freeze: [epoch_level], model: {{overrides: {{phase: finetune}}}}}}
+        """))
+    cfg = load_experiment(cfg_file)
+    run = resolve(cfg.run_uri)
+    run.makedirs()
+    dump_experiment(cfg, run.join("config.yaml").uri)
+    weights, results = {}, []
+    for i, phase in enumerate(cfg.phases):
+        torch.manual_seed(i)
+        model = create_model("mc2sleepnet_tiny", **phase.model.overrides)
+        weights[phase.name] = {k: v.clone() for k, v in model.state_dict().items()}
+        ckpt = run.join(phase.name, "checkpoint_000001")
+        ckpt.makedirs()
+        import io
+
+        buf = io.BytesIO()
+        torch.save(weights[phase.name], buf)
+        ckpt.join("model.pt").atomic_write_bytes(buf.getvalue())
+        result = PhaseResult(phase.name, ckpt.uri, {"step": 4, "val_macro_f1": 0.5 + i / 10, "val_kappa": 0.4})
+        run.join(phase.name, "phase_result.json").write_text(json.dumps(result.__dict__))
+        results.append(result)
+    write_run_metrics(run.uri, results)
+    return run.uri, weights
+
+
+def test_export_writes_last_phase_bundle_with_provenance(tmp_path: Path) -> None:
+    """The bundle holds the last phase's best weights and records run, phase, metrics, data and profile."""
+    run_uri, weights = _finished_run(tmp_path)
+    bundle_uri = export_bundle(run_uri)
+    assert bundle_uri == f"{run_uri}/model"
+    model, info = load_bundle(bundle_uri.removeprefix("file://"))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights["finetune"].items())
+    assert info.model == "mc2sleepnet_tiny" and info.overrides == {"phase": "finetune"}
+    assert info.sequence_length == 5 and info.modalities == ("eeg",)
+    extra = info.extra
+    assert extra["run_uri"] == run_uri and extra["phase"] == "finetune"
+    assert extra["checkpoint_uri"].endswith("finetune/checkpoint_000001")
+    assert extra["metrics"] == {"step": 4, "val_macro_f1": 0.6, "val_kappa": 0.4}
+    assert extra["cohort_profile"] == "sleep-edf" and extra["split"] == {"name": "manifest", "fold": 0, "seed": 0}
+    assert extra["dataset_uri"].endswith("prepared") and extra["somnray_version"] == somnray_version()
+    metrics = json.loads(Path(run_uri.removeprefix("file://"), "metrics.json").read_text())
+    assert metrics["final_phase"] == "finetune" and set(metrics["phases"]) == {"pretrain", "finetune"}
+
+
+def test_reexport_an_earlier_phase_and_load_run_bundle(tmp_path: Path) -> None:
+    """export_bundle(phase=...) replaces the bundle; load_run_bundle accepts the run or the bundle folder."""
+    run_uri, weights = _finished_run(tmp_path)
+    export_bundle(run_uri, phase="pretrain")
+    for uri in (run_uri, f"{run_uri}/model"):
+        model, info = load_run_bundle(uri)
+        assert info.extra["phase"] == "pretrain" and info.overrides == {"phase": "pretrain"}
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["pretrain"].items())
+        assert not model.training
+
+
+def test_export_errors_name_the_problem(tmp_path: Path) -> None:
+    """Unknown phase, unfinished phase, a folder that is no run, a run without a bundle: clear errors."""
+    run_uri, _ = _finished_run(tmp_path)
+    with pytest.raises(ConfigError, match="no phase 'nope'.*pretrain"):
+        export_bundle(run_uri, phase="nope")
+    Path(run_uri.removeprefix("file://"), "finetune", "phase_result.json").unlink()
+    with pytest.raises(ConfigError, match="has not finished"):
+        export_bundle(run_uri)
+    with pytest.raises(ConfigError, match="not a somnray run folder"):
+        read_run_config(str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="no model bundle"):
+        load_run_bundle(run_uri)
+
+
+@pytest.mark.integration
+def test_export_and_load_on_s3(tmp_path: Path, s3_server) -> None:
+    """A run on S3 exports its bundle to <run>/model/ on S3, and load_run_bundle downloads it."""
+    import s3fs
+
+    run_uri = s3_server.make_bucket() + "/runs/mc2"
+    run_uri, weights = _finished_run(tmp_path, run_uri)
+    assert export_bundle(run_uri) == f"{run_uri}/model"
+    fs = s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True)
+    bucket_path = run_uri.removeprefix("s3://")
+    assert fs.exists(f"{bucket_path}/model/model.pt") and fs.exists(f"{bucket_path}/model/model.json")
+    assert fs.exists(f"{bucket_path}/metrics.json")
+    model, info = load_run_bundle(run_uri)
+    assert info.extra["run_uri"] == run_uri
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["finetune"].items())

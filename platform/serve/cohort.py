@@ -447,16 +447,25 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
             num_cpus=cpus, num_gpus=gpus)
         with tqdm(total=total, initial=skipped, desc=f"score {spec.name}", unit="night",
                   disable=not progress) as bar:
-            for row in ds.iter_rows():
-                counts[row["status"]] += 1
-                if row["status"] == STATUS_REJECTED:
-                    rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
-                                    "error_type": row["error_type"]})
-                    log.warning("rejected %s: %s", row["recording_id"], row["reason"])
-                bar.update(1)
-                bar.set_postfix(ok=counts[STATUS_OK] + counts[STATUS_SKIPPED],
-                                rejected=counts[STATUS_REJECTED], refresh=False)
-                report()
+            rows = iter(ds.iter_rows())
+            try:
+                for row in rows:
+                    counts[row["status"]] += 1
+                    if row["status"] == STATUS_REJECTED:
+                        rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
+                                        "error_type": row["error_type"]})
+                        log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+                    bar.update(1)
+                    bar.set_postfix(ok=counts[STATUS_OK] + counts[STATUS_SKIPPED],
+                                    rejected=counts[STATUS_REJECTED], refresh=False)
+                    report()
+            finally:
+                # Shut the streaming executor down now, not when the iterator is garbage collected:
+                # a caller keeping the exception (and so this frame) alive would otherwise keep the
+                # scoring actors and their CPUs, and the next cohort run on the cluster would wait.
+                close = getattr(rows, "close", None)
+                if close is not None:
+                    close()
 
     summary = summarize_cohort(out, plots=plots)
     rejects.sort(key=lambda r: r["recording_id"])

@@ -33,6 +33,7 @@ cohort with exactly one output set per recording; it has no other use.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -73,6 +74,10 @@ STATUS_REJECTED = "rejected"
 PREPARE_MEMORY = 512 * 2**20
 
 ProgressCallback = Callable[[int, int, int], None]
+
+
+class CohortScoringError(RuntimeError):
+    """The cohort run itself failed (not one recording): what was written stays; rerun to resume."""
 
 
 class InjectedFault(RuntimeError):
@@ -448,6 +453,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
         with tqdm(total=total, initial=skipped, desc=f"score {spec.name}", unit="night",
                   disable=not progress) as bar:
             rows = iter(ds.iter_rows())
+            failure: str | None = None
             try:
                 for row in rows:
                     counts[row["status"]] += 1
@@ -459,13 +465,21 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
                     bar.set_postfix(ok=counts[STATUS_OK] + counts[STATUS_SKIPPED],
                                     rejected=counts[STATUS_REJECTED], refresh=False)
                     report()
+            except Exception as exc:  # noqa: BLE001 - re-raised below, without its traceback
+                failure = f"{type(exc).__name__}: {exc}"
             finally:
-                # Shut the streaming executor down now, not when the iterator is garbage collected:
-                # a caller keeping the exception (and so this frame) alive would otherwise keep the
-                # scoring actors and their CPUs, and the next cohort run on the cluster would wait.
                 close = getattr(rows, "close", None)
                 if close is not None:
                     close()
+            if failure is not None:
+                # The scoring actors die when the last reference to them goes.  The executor's
+                # failure traceback holds such references in its frames, so it must not outlive
+                # this function: a caller keeping it (a job registry, pytest.raises) would keep
+                # the actors' CPUs, and the next cohort run on the cluster would wait for ever.
+                del rows, ds
+                gc.collect()
+                raise CohortScoringError(f"cohort scoring stopped after {sum(counts.values())} "
+                                         f"night(s) of {total - skipped}: {failure}")
 
     summary = summarize_cohort(out, plots=plots)
     rejects.sort(key=lambda r: r["recording_id"])
@@ -474,5 +488,5 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
                              summary=summary, seconds=time.monotonic() - started)
 
 
-__all__ = ["FAULT_ENV", "CohortScoreResult", "InjectedFault", "collect_entries",
+__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault", "collect_entries",
            "prepare_entry_for_scoring", "score_cohort"]

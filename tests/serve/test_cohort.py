@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import time
+
 import pytest
 from scoring_factory import copy_cohort, identifying_hits, make_run  # tests/serve is on sys.path
 
@@ -70,6 +72,14 @@ def test_crash_midway_then_rerun_writes_each_night_once(ray_local, run_dir, coho
         score_cohort(str(run_dir), str(cohort.manifest), str(out), workers=1, progress=False)
     done = [d for d in read_stats_documents(str(out)) if d["status"] == "ok"]
     assert len(done) == 1
+    # The crashed run must give its actors' CPUs back (pytest.raises keeps the traceback alive),
+    # or the rerun below would wait forever for a CPU to prepare its nights on.
+    import ray
+
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"] - 1e-6:
+        assert time.monotonic() < deadline, f"CPUs still held after the crash: {ray.available_resources()}"
+        time.sleep(0.5)
 
     monkeypatch.delenv(FAULT_ENV)
     calls = []

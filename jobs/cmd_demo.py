@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -155,9 +156,12 @@ def _train(out: Path, dataset_uri: str, args: argparse.Namespace) -> str:
     from somnray.train.driver import run_experiment
 
     recipe = Path(__file__).resolve().parent / "configs" / "coresleep_tiny.yaml"
+    # Ray Data reads the windows on the same CPUs: leave it one, or the workers starve it.
+    cpus = os.cpu_count() or 2
+    per_worker = max(0.25, min(1.0, (cpus - 1) / args.workers))
     overrides = [f"data.dataset={dataset_uri}", f"storage.uri=file://{out / 'runs'}",
                  "storage.name=coresleep-tiny", f"scaling.num_workers={args.workers}",
-                 f"data.split.seed={args.seed}"]
+                 f"scaling.cpus_per_worker={per_worker:g}", f"data.split.seed={args.seed}"]
     if args.steps:
         overrides.append(f"optim.max_steps={args.steps}")
     cfg = load_experiment(recipe, overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import time
 
@@ -62,26 +63,41 @@ def _output_sets(out) -> dict[str, list[str]]:
     return {d.name: sorted(p.name for p in d.iterdir()) for d in sorted(out.iterdir()) if d.is_dir()}
 
 
+_CRASHING_DRIVER = """
+import sys, ray
+from somnray.serve.cohort import score_cohort
+ray.init(address=sys.argv[1], configure_logging=False)
+score_cohort(sys.argv[2], sys.argv[3], sys.argv[4], workers=1, progress=False)
+"""
+
+
 @pytest.mark.integration
 def test_crash_midway_then_rerun_writes_each_night_once(ray_local, run_dir, cohort, tmp_path,
                                                         monkeypatch):
-    """A run dying after one night leaves it complete; the rerun skips it and completes the rest."""
-    out = tmp_path / "scored"
-    monkeypatch.setenv(FAULT_ENV, "1")
-    with pytest.raises(Exception, match="simulated crash"):
-        score_cohort(str(run_dir), str(cohort.manifest), str(out), workers=1, progress=False)
-    done = [d for d in read_stats_documents(str(out)) if d["status"] == "ok"]
-    assert len(done) == 1
-    # The crashed run must give its actors' CPUs back (pytest.raises keeps the traceback alive),
-    # or the rerun below would wait forever for a CPU to prepare its nights on.
+    """A driver dying after one night leaves it complete; the rerun skips it and completes the rest.
+
+    The first run is a separate driver process on the session cluster that crashes, as a
+    ``somnray score`` process would: its actors die with it and the rerun starts clean.
+    """
+    import subprocess
+    import sys
+
     import ray
 
+    out = tmp_path / "scored"
+    crashed = subprocess.run(
+        [sys.executable, "-c", _CRASHING_DRIVER, ray_local.address, str(run_dir), str(cohort.manifest),
+         str(out)], capture_output=True, text=True, timeout=600, env={**os.environ, FAULT_ENV: "1"})
+    assert crashed.returncode != 0 and "simulated crash" in crashed.stderr, crashed.stderr[-3000:]
+    done = [d for d in read_stats_documents(str(out)) if d["status"] == "ok"]
+    assert len(done) == 1
+    # Ray frees a dead driver's actors shortly after it exits.
     deadline = time.monotonic() + 60
     while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources()["CPU"] - 1e-6:
         assert time.monotonic() < deadline, f"CPUs still held after the crash: {ray.available_resources()}"
         time.sleep(0.5)
 
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.delenv(FAULT_ENV, raising=False)  # the crash ran in its own process
     calls = []
     result = score_cohort(str(run_dir), str(cohort.manifest), str(out), workers=1, progress=False,
                           progress_callback=lambda *a: calls.append(a))

@@ -56,6 +56,10 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+# Slow tier (`make test-slow`): it passes alone in ~40 s, but inside the full default suite it
+# failed once with the driver script exiting 1 and no traceback captured, while three Ray instances
+# shared the 2 cores; until that is understood it must not make the default suite flaky.
+@pytest.mark.slow
 @pytest.mark.integration
 def test_two_nodes_one_worker_each_shared_checkpoints(tmp_path: Path) -> None:
     """STRICT_SPREAD puts one of the 2 workers on each node; both ranks' checkpoint shards land in shared storage."""

@@ -32,7 +32,9 @@ test: install
 test-slow: install
 	$(PY) -m pytest -m slow
 
+# YASA (the scoring baseline) lives in the bench extra, so the test set-up stays lean.
 bench: install
+	$(PIP) install -q -e ".[bench]"
 	$(VENV)/bin/somnray bench all
 
 clean:

@@ -753,6 +753,27 @@ def validate_experiment(raw: Any, source: str = "<config>") -> ExperimentConfig:
     raise ConfigError(source, errors)
 
 
+def read_yaml_file(path: str | os.PathLike[str], kind: str) -> tuple[str, Any]:
+    """Read a YAML file for a config loader: ``(source name, parsed document)``.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, empty or not YAML (``kind`` names what was expected, e.g. "config").
+    """
+    source = os.fspath(path)
+    file = Path(source).expanduser()
+    if not file.is_file():
+        raise ConfigError(source, [f"no such {kind} file"])
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if raw is None:
+        raise ConfigError(source, ["the file is empty"])
+    return source, raw
+
+
 def load_experiment(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Load, override and validate an experiment config file.
 
@@ -773,16 +794,7 @@ def load_experiment(path: str | os.PathLike[str], overrides: Sequence[str] = ())
     ConfigError
         Naming ``path`` and listing every problem at once.
     """
-    source = os.fspath(path)
-    file = Path(source).expanduser()
-    if not file.is_file():
-        raise ConfigError(source, ["no such config file"])
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        raise ConfigError(source, ["the file is empty"])
+    source, raw = read_yaml_file(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"expected a mapping of config sections, got {type(raw).__name__}"])
     raw, set_errors = apply_overrides(raw, overrides)

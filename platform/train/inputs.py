@@ -35,6 +35,7 @@ import torch
 from somnray.data import schema
 from somnray.data.errors import ConfigError
 from somnray.models.base import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, SleepBatch
+from somnray.models.inference import window_starts
 
 from .config import DataConfig
 from .missing import MissingSimulator
@@ -102,13 +103,8 @@ def training_starts(n_epochs: int, length: int, rng: np.random.Generator) -> np.
 
 def evaluation_starts(n_epochs: int, length: int, stride: int | None = None) -> np.ndarray:
     """Window starts ``0, stride, ...`` plus one window ending at the last epoch (all epochs covered)."""
-    stride = stride or length
-    if n_epochs <= length:
-        return np.zeros(1 if n_epochs else 0, dtype=np.int64)
-    starts = np.arange(0, n_epochs - length + 1, stride, dtype=np.int64)
-    if starts[-1] + length < n_epochs:
-        starts = np.append(starts, n_epochs - length)
-    return starts
+    # Evaluation and scoring must cut a night the same way: one implementation, in the models.
+    return window_starts(n_epochs, length, stride)
 
 
 def pass_rng(seed: int, recording_index: int, pass_index: int) -> np.random.Generator:

@@ -32,7 +32,6 @@ import copy
 import difflib
 import math
 import os
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
@@ -40,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from somnray.data.errors import ConfigError
 from somnray.train.config import (ExperimentConfig, apply_overrides, experiment_to_dict, model_facts,
-                                  validate_experiment)
+                                  read_yaml_file, validate_experiment)
 
 Distribution = Literal["uniform", "loguniform", "choice", "randint", "grid"]
 #: Phase keys a search may not vary: they name the run, not a hyperparameter.
@@ -346,16 +345,7 @@ def load_space(path: str | os.PathLike[str], cfg: ExperimentConfig) -> SearchSpa
     ConfigError
         Naming ``path`` and listing every problem at once.
     """
-    source = os.fspath(path)
-    file = Path(source).expanduser()
-    if not file.is_file():
-        raise ConfigError(source, ["no such search-space file"])
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        raise ConfigError(source, ["the file is empty"])
+    source, raw = read_yaml_file(path, "search-space")
     return space_from_mapping(raw, cfg, source)
 
 

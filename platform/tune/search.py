@@ -198,21 +198,6 @@ def _report_callback(phase: str, offset: int):
     return TrialReportCallback(phase, offset)
 
 
-def with_callbacks(trainer: Any, callbacks: Sequence[Any]) -> Any:
-    """A copy of a ``TorchTrainer`` from ``build_trainer`` with extra ``RunConfig`` callbacks.
-
-    ``build_trainer`` has no callback argument yet; rebuilding the trainer from its public
-    attributes keeps every resolved piece (datasets, statistics, scaling, storage) unchanged.
-    """
-    from ray.train.torch import TorchTrainer
-
-    run_config = dataclasses.replace(trainer.run_config,
-                                     callbacks=[*(trainer.run_config.callbacks or []), *callbacks])
-    return TorchTrainer(trainer.train_loop_per_worker, train_loop_config=trainer.train_loop_config,
-                        torch_config=trainer.backend_config, scaling_config=trainer.scaling_config,
-                        run_config=run_config, datasets=trainer.datasets, dataset_config=trainer.data_config)
-
-
 def _phase_outcome(run: StorageLocation, phase: Any, result: Any) -> dict[str, Any]:
     """``phase_result.json`` of a fitted phase (the driver's format), written and returned."""
     metric, mode = f"val_{phase.optim.monitor}", phase.optim.monitor_mode
@@ -262,8 +247,8 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
                 if init is None:
                     raise RuntimeError(f"trial {name}: phase {phase.name!r} starts from phase "
                                        f"{results[-1].name!r}, which produced no checkpoint")
-            trainer = with_callbacks(build_trainer(cfg, phase, init_checkpoint=init),
-                                     [_report_callback(phase.name, offset)])
+            trainer = build_trainer(cfg, phase, init_checkpoint=init,
+                                    callbacks=[_report_callback(phase.name, offset)])
             results.append(PhaseResult(**_phase_outcome(run, phase, trainer.fit())))
         offset += phase.optim.max_steps
     write_run_metrics(run.uri, results)
@@ -440,5 +425,4 @@ def finish_search(search_uri: str, grid: Any) -> SearchOutcome:
 
 
 __all__ = ["SEARCH_FILE", "SearchOutcome", "SearchSettings", "finish_search", "plan_concurrency", "read_search",
-           "resume_search", "run_search", "run_trial", "search_uri_of", "total_steps", "trial_dirname",
-           "with_callbacks"]
+           "resume_search", "run_search", "run_trial", "search_uri_of", "total_steps", "trial_dirname"]

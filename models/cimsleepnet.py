@@ -331,8 +331,13 @@ def cimsleepnet(**overrides) -> CIMSleepNet:
 
 @register_model
 def cimsleepnet_tiny(**overrides) -> CIMSleepNet:
-    """Same topology with small widths (~0.25 M parameters) for tests and smoke runs."""
-    config = dict(maim_widths=(4, 8, 16), latent_dim=16, latent_hidden=16, cnn_widths=(8, 16),
-                  intra_heads=2, inter_heads=2, proj_dim=8)
+    """Same topology with small widths (~0.63 M parameters) for tests and smoke runs.
+
+    Dropout is 0.1, not the released 0.5: at 16 temporal-CNN channels, dropping half of them left
+    W and REM inseparable for hundreds of steps on the synthetic cohort (validation macro-F1
+    0.51-0.57, W never predicted); with 0.1 and (16, 32) channels it reached 0.81-0.83 in 250 steps.
+    """
+    config = dict(maim_widths=(4, 8, 16), latent_dim=16, latent_hidden=16, cnn_widths=(16, 32),
+                  intra_heads=2, inter_heads=2, proj_dim=8, dropout=0.1)
     config.update(overrides)
     return CIMSleepNet(**config)

@@ -3,6 +3,8 @@ node started here with ``ray start --head`` on loopback (integration)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -293,30 +295,63 @@ def test_malformed_config_is_refused_before_submission(ray_head, tmp_path, capsy
     assert len(client.list_jobs()) == before
 
 
-@pytest.mark.integration
-def test_submit_prepare_follow_logs_and_succeed(ray_head, tmp_path, capsys):
-    """A prepare job ships the wheel, runs on the cluster, streams its logs and SUCCEEDS."""
+@dataclass
+class SubmittedPrepare:
+    """The prepare job the integration tests share (its outputs feed the train and score jobs)."""
+
+    job_id: str
+    out: str
+    err: str
+    cohort: Path
+    store: Path
+
+
+def _follow(capsys, address: str, job_id: str) -> tuple[str, str]:
+    """``somnray jobs logs --follow``: the job's whole log (stdout) and the final status (stderr)."""
+    code, out, err = _run_cli(capsys, "jobs", "logs", job_id, "--follow", "--address", address)
+    assert code == 0, f"job {job_id} failed:\n{out}\n{err}"
+    return out, err
+
+
+@pytest.fixture(scope="module")
+def submitted_prepare(ray_head, tmp_path_factory) -> SubmittedPrepare:
+    """Synthesise 3 subjects × 2 nights, fix the manifest's split by subject, submit ``prepare``."""
     from importlib import resources
 
+    import pandas as pd
+
+    tmp_path = tmp_path_factory.mktemp("submit-prepare")
     cohort = tmp_path / "cohort"
-    code, _, err = _run_cli(capsys, "synth", "--profile", "sleep-edf", "--nights", "2", "--hours", "1",
-                            "--out", str(cohort))
-    assert code == 0, err
+    assert main(["synth", "--profile", "sleep-edf", "--nights", "6", "--hours", "1", "--out", str(cohort)]) == 0
+    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    parts = dict(zip(sorted(manifest["subject_id"].unique()), ("train", "val", "test")))
+    manifest["split"] = manifest["subject_id"].map(parts)
+    manifest.to_csv(cohort / "manifest.csv", index=False)
     profile = tmp_path / "sleep-edf-copy.yaml"  # a profile given as a path: uploaded with the job
     profile.write_text(resources.files("somnray.data").joinpath("profiles", "sleep-edf.yaml").read_text())
     store = tmp_path / "store"
 
-    code, out, err = _run_cli(capsys, "submit", "prepare", str(cohort / "manifest.csv"),
-                              "--profile", str(profile), "--out", str(store), "--no-progress",
-                              "--address", ray_head.address)
-    assert code == 0, err
-    job_id = out.strip().splitlines()[-1]
+    # A module fixture has no capsys: capture the CLI's output directly.
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+        code = main(["submit", "prepare", str(cohort / "manifest.csv"), "--profile", str(profile),
+                     "--out", str(store), "--no-progress", "--address", ray_head.address])
+    assert code == 0, buf_err.getvalue()
+    job_id = buf_out.getvalue().strip().splitlines()[-1]
     assert job_id.startswith("raysubmit_")
+    buf_out, buf_err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf_out), contextlib.redirect_stderr(buf_err):
+        code = main(["jobs", "logs", job_id, "--follow", "--address", ray_head.address])
+    assert code == 0, f"prepare job failed:\n{buf_out.getvalue()}\n{buf_err.getvalue()}"
+    return SubmittedPrepare(job_id, buf_out.getvalue(), buf_err.getvalue(), cohort, store)
 
-    code, out, err = _run_cli(capsys, "jobs", "logs", job_id, "--follow", "--address", ray_head.address)
-    assert code == 0, f"job failed:\n{out}\n{err}"
-    assert "2 recording(s): 2 prepared" in out
-    assert "SUCCEEDED" in err
+
+@pytest.mark.integration
+def test_submit_prepare_follow_logs_and_succeed(ray_head, submitted_prepare, capsys):
+    """A prepare job ships the wheel, runs on the cluster, streams its logs and SUCCEEDS."""
+    job_id = submitted_prepare.job_id
+    assert "6 recording(s): 6 prepared" in submitted_prepare.out
+    assert "SUCCEEDED" in submitted_prepare.err
 
     client = ray_head.client()
     info = client.get_job_info(job_id)
@@ -324,14 +359,55 @@ def test_submit_prepare_follow_logs_and_succeed(ray_head, tmp_path, capsys):
     # The code came from the shipped wheel (uploaded to the cluster), not from the checkout.
     assert all(uri.startswith("gcs://") for uri in info.runtime_env["py_modules"])
     assert info.metadata["somnray_command"] == "prepare"
-    manifests = list(store.glob("*/manifest.json"))
+    manifests = list(submitted_prepare.store.glob("*/manifest.json"))
     assert len(manifests) == 1
-    assert json.loads(manifests[0].read_text())["counts"] if "counts" in manifests[0].read_text() else True
+    assert json.loads(manifests[0].read_text())["counts"]["prepared"] == 6
 
     code, out, _ = _run_cli(capsys, "jobs", "status", job_id, "--address", ray_head.address)
     assert code == 0 and "SUCCEEDED" in out
     code, out, _ = _run_cli(capsys, "jobs", "list", "--json", "--address", ray_head.address)
     assert job_id in {row["submission_id"] for row in json.loads(out)}
+
+
+@pytest.mark.integration
+def test_submit_train_then_score_follow_logs_and_succeed(ray_head, submitted_prepare, tmp_path, capsys):
+    """A tiny training job (Ray Train + DeepSpeed on the head's 2 CPUs) and a scoring job of its
+    model both run from the shipped wheel, stream their logs and SUCCEED; their outputs exist."""
+    [dataset] = [p.parent for p in submitted_prepare.store.glob("*/manifest.json")]
+    runs = tmp_path / "runs"
+    config = _experiment(
+        tmp_path, data={"dataset": str(dataset), "split": "manifest", "sequence_length": 5},
+        optim={"batch_size": 4, "max_steps": 4, "validate_every": 2},
+        # Two workers of half a CPU each leave a CPU of the 2-CPU head for Ray Data's reads.
+        scaling={"num_workers": 2, "cpus_per_worker": 0.5, "use_gpu": False, "max_failures": 0},
+        storage={"uri": str(runs), "name": "submitted-tiny"})
+    code, out, err = _run_cli(capsys, "submit", "train", str(config), "--set", "optim.lr=0.002",
+                              "--env", "DS_ACCELERATOR=cpu", "--address", ray_head.address)
+    assert code == 0, err
+    train_id = out.strip().splitlines()[-1]
+    log, status = _follow(capsys, ray_head.address, train_id)
+    assert "SUCCEEDED" in status
+    run_uri = log.strip().splitlines()[-1]  # `somnray train` prints the run's URI last
+    assert run_uri.endswith("submitted-tiny"), log[-2000:]
+    run = Path(run_uri.removeprefix("file://"))
+    assert (run / "model" / "model.pt").is_file() and (run / "model" / "model.json").is_file()
+    info = ray_head.client().get_job_info(train_id)
+    assert info.metadata["somnray_command"] == "train"
+    # The --set override travelled with the submission into the run's resolved config.
+    assert yaml.safe_load((run / "config.yaml").read_text())["phases"][0]["optim"]["lr"] == 0.002
+
+    night = sorted(submitted_prepare.cohort.glob("*-PSG.edf"))[-1]
+    scored = tmp_path / "scored"
+    code, out, err = _run_cli(capsys, "submit", "score", run_uri, str(night), "--out", str(scored),
+                              "--workers", "1", "--no-progress", "--address", ray_head.address)
+    assert code == 0, err
+    score_id = out.strip().splitlines()[-1]
+    log, status = _follow(capsys, ray_head.address, score_id)
+    assert "SUCCEEDED" in status
+    [night_dir] = [p for p in scored.iterdir() if p.is_dir()]
+    assert night_dir.name == night.name.split("-")[0]  # named by recording id
+    assert (night_dir / f"{night_dir.name}_hypnogram.csv").is_file()
+    assert (scored / "cohort_summary.csv").is_file()
 
 
 @pytest.mark.integration

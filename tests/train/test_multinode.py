@@ -21,7 +21,7 @@ from run_factory import write_config
 
 SCRIPT = textwrap.dedent('''
     """Start a 2-node cluster, train 2 workers with STRICT_SPREAD, report where they ran."""
-    import json, os, sys, tempfile
+    import json, os, sys, tempfile, traceback
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -50,6 +50,10 @@ SCRIPT = textwrap.dedent('''
         json.dump({"nodes": nodes, "worker_nodes": [w.node_id for w in workers],
                    "checkpoint_uri": results[-1].checkpoint_uri, "metrics": results[-1].metrics},
                   open(out, "w"))
+    except BaseException:
+        # Ray's shutdown logs can bury a traceback on stderr: keep it where the test reads it.
+        open(out + ".error", "w").write(traceback.format_exc())
+        raise
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -76,7 +80,9 @@ def test_two_nodes_one_worker_each_shared_checkpoints(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run([sys.executable, str(script), str(cfg), str(out)], capture_output=True, text=True,
                           env=env, timeout=900)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-5000:])
+    error = out.with_name(out.name + ".error")
+    assert proc.returncode == 0, (error.read_text() if error.exists() else "", proc.stdout[-3000:],
+                                  proc.stderr[-5000:])
     report = json.loads(out.read_text())
     assert len(set(report["nodes"])) == 2
     assert len(report["worker_nodes"]) == 2 and set(report["worker_nodes"]) == set(report["nodes"])

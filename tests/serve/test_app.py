@@ -317,6 +317,38 @@ def test_cohort_uris_outside_storage_roots_are_refused(service, tmp_path):
                  "typo": 1}).status_code == 422
 
 
+# -- privacy ---------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_answers_outputs_and_logs_carry_no_edf_header_fields(service, ray_local):
+    """The EDF's fake patient/recording header strings reach no answer, no cohort output and no
+    Ray or Serve log; an upload without ``recording_id`` gets a generated ``upload-<uuid>`` id, not a header field."""
+    from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
+
+    from scoring_factory import identifying_hits
+
+    upload = service.psg.read_bytes()
+    assert any(s.encode() in upload for s in SYNTH_IDENTIFYING_STRINGS)  # not vacuous
+    answers = [service.score(), service.score(recording_id="night-p")]
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers]
+    assert answers[0].json()["recording_id"].startswith("upload-")
+    assert answers[1].json()["recording_id"] == "night-p"
+    bad = service.score(data=upload[:4000])  # a truncated header: the error text must not echo it
+    assert bad.status_code in (400, 422), bad.text
+    out = f"file://{service.out_root}/privacy"
+    r = requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                      json={"manifest_uri": str(service.manifest), "output_uri": out})
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 75
+    while (st := requests.get(f"{service.url}/v1/cohorts/{r.json()['job_id']}", headers=AUTH,
+                              timeout=30)).json()["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert st.json()["status"] == "succeeded", st.text
+    for text in [a.text for a in answers] + [bad.text, st.text]:
+        assert not [s for s in SYNTH_IDENTIFYING_STRINGS if s in text]
+    assert identifying_hits(service.out_root / "privacy", SYNTH_IDENTIFYING_STRINGS) == []
+    assert identifying_hits(ray_local.logs_dir, SYNTH_IDENTIFYING_STRINGS) == []
+
+
 # -- health and description ------------------------------------------------------------------------
 @pytest.mark.integration
 def test_healthz_and_openapi_describe_the_service(service):

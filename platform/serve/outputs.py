@@ -182,24 +182,60 @@ def stage_runs(night: ScoredNight) -> list[tuple[float, float, int]]:
     return runs
 
 
+#: Sampling rate of the EDF+ file's ``Hypnogram`` signal: one stage value a second, so that any
+#: whole-second start offset of the epoch grid is represented exactly.
+HYPNOGRAM_SIGNAL_HZ = 1
+
+
+def hypnogram_signal(night: ScoredNight) -> tuple[np.ndarray, float]:
+    """The night as a 1-Hz stage-code trace from the recording start, and its record length.
+
+    Second ``t`` gets the stage (0 W … 4 REM) of the scored epoch covering ``t + 0.5``; -1 where no
+    scored epoch covers it (before the first epoch, in gaps, unscored epochs). The trace is padded
+    with -1 to whole data records of ``epoch_s`` seconds.
+    """
+    record_s = float(night.epoch_s)
+    end_s = night.start_offset_s + float(night.epoch_index[-1] + 1) * night.epoch_s
+    n_records = int(math.ceil(end_s / record_s - 1e-9))
+    per_record = int(round(record_s * HYPNOGRAM_SIGNAL_HZ))
+    t = (np.arange(n_records * per_record) + 0.5) / HYPNOGRAM_SIGNAL_HZ
+    position = np.floor((t - night.start_offset_s) / night.epoch_s).astype(np.int64)
+    by_position = np.full(int(night.epoch_index[-1]) + 1, UNSCORED, dtype=np.int64)
+    by_position[night.epoch_index] = night.stages.astype(np.int64)
+    inside = (position >= 0) & (position < by_position.size)
+    trace = np.where(inside, by_position[np.clip(position, 0, by_position.size - 1)], UNSCORED)
+    return trace.astype(np.float64), record_s
+
+
 def edf_annotations_bytes(night: ScoredNight) -> bytes:
-    """An EDF+C file with only an "EDF Annotations" signal holding the night's stages.
+    """An EDF+C file of the night's stages: stage annotations plus a ``Hypnogram`` signal.
+
+    The annotations (one per run of equal stages, :func:`stage_runs`) are what MNE, somnray's
+    ``edf_annotations`` reader and EDFbrowser's annotation list read. The ``Hypnogram`` signal
+    (:func:`hypnogram_signal`, stage codes -1..4 at 1 Hz, 30-s data records) is there because
+    EDFbrowser refuses to open an annotation-only file with data records of duration 0 (the
+    Sleep-EDF hypnogram layout; it only imports those onto a PSG): with it, the file opens on
+    its own and shows the hypnogram as a trace.
 
     The header is anonymous as the EDF+ specification prescribes for unknown fields: patient
     ``X X X X``, recording ``Startdate X X X X``, start date 01.01.85 and start time 00.00.00
-    (nothing is copied from the scored recording).  Onsets are therefore seconds from the
-    recording start; one data record of duration 0, the layout of Sleep-EDF hypnogram files,
-    which EDFbrowser and MNE both read.
+    (nothing is copied from the scored recording). Onsets are therefore seconds from the
+    recording start.
     """
-    from edfio import Edf, EdfAnnotation, Patient, Recording
+    from edfio import Edf, EdfAnnotation, EdfSignal, Patient, Recording
 
     anns = [EdfAnnotation(onset, duration, EDF_STAGE_TEXT[stage])
             for onset, duration, stage in stage_runs(night)]
     if not anns:
         raise RecordingError("EDF+ annotations", "the night has no epochs to annotate",
                              night.recording_id)
+    trace, record_s = hypnogram_signal(night)
+    signal = EdfSignal(trace, HYPNOGRAM_SIGNAL_HZ, label="Hypnogram", physical_dimension="stage",
+                       physical_range=(UNSCORED, 4), digital_range=(UNSCORED, 4),
+                       prefiltering="-1 unscored 0 W 1 N1 2 N2 3 N3 4 REM")
     # EDF+ onsets cannot be negative; a start offset only ever moves epochs later.
-    edf = Edf([], patient=Patient(), recording=Recording(), annotations=anns)
+    edf = Edf([signal], patient=Patient(), recording=Recording(), data_record_duration=record_s,
+              annotations=anns)
     buf = io.BytesIO()
     edf.write(buf)
     return buf.getvalue()

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 
 import mne
 import numpy as np
@@ -174,7 +175,8 @@ def test_edf_annotations_read_back_with_mne(tmp_path):
 
 
 def test_edf_header_is_anonymous_edf_plus(tmp_path):
-    """The header is a valid EDF+C annotation-only header with the EDF+ anonymous fields."""
+    """A valid EDF+C header with the EDF+ anonymous fields, 30-s data records (EDFbrowser refuses
+    records of duration 0), a Hypnogram signal and the annotation signal."""
     import edfio
 
     night = night_from_stages([W, N2, R])
@@ -184,12 +186,28 @@ def test_edf_header_is_anonymous_edf_plus(tmp_path):
     assert raw[88:168].decode().rstrip() == "Startdate X X X X"
     assert raw[168:184] == b"01.01.8500.00.00"
     assert raw[192:236].decode().rstrip() == "EDF+C"
-    assert int(raw[236:244]) == 1 and float(raw[244:252]) == 0.0 and int(raw[252:256]) == 1
-    assert raw[256:272].decode().rstrip() == "EDF Annotations"
-    assert int(raw[184:192]) == 512 and len(raw) > 512
+    assert int(raw[236:244]) == 3 and float(raw[244:252]) == 30.0 and int(raw[252:256]) == 2
+    assert [raw[256:272].decode().rstrip(), raw[272:288].decode().rstrip()] == ["Hypnogram", "EDF Annotations"]
+    assert int(raw[184:192]) == 256 * 3 and len(raw) > 256 * 3
     edf = edfio.read_edf(io.BytesIO(raw))
     assert [a.text for a in edf.annotations] == ["Sleep stage W", "Sleep stage N2", "Sleep stage R"]
-    assert night.recording_id.encode() not in raw[:256]
+    assert night.recording_id.encode() not in raw[:256 * 3]
+
+
+def test_edf_hypnogram_signal_follows_the_epoch_grid(tmp_path):
+    """The 1-Hz Hypnogram trace holds each second's stage code, -1 before the first epoch, in gaps
+    and for unscored epochs, whatever the start offset; MNE reads it as a channel."""
+    night = night_from_stages(**GAPPY, start_offset_s=15.0)
+    path = storage.resolve(write_night_outputs(night, tmp_path)["annotations"]).path
+    raw = mne.io.read_raw_edf(path, verbose="error")
+    assert raw.ch_names == ["Hypnogram"] and raw.info["sfreq"] == 1.0
+    trace = np.round(raw.get_data()[0]).astype(int)
+    assert trace.size == 13 * 30  # 15 s offset + 12 epoch positions, padded to whole records
+    assert (trace[:15] == -1).all()
+    per_epoch = trace[15:15 + 12 * 30].reshape(12, 30)
+    assert (per_epoch == per_epoch[:, :1]).all()  # constant within each epoch
+    assert per_epoch[:, 0].tolist() == [W, W, N2, N2, N2, U, R, R, U, U, R, W]
+    assert (trace[15 + 12 * 30:] == -1).all()
 
 
 def test_edf_annotations_read_back_by_the_generic_profile(tmp_path):
@@ -400,3 +418,42 @@ def test_outputs_on_s3(tmp_uri):
     # the S3 listing holds exactly the night's files and the summaries
     names = sorted(loc.name for loc in storage.resolve(out).find())
     assert len(names) == len(uris) + 2
+
+
+_EDFBROWSER_TOOLS = ("edfbrowser", "Xvfb", "xwininfo")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not all(shutil.which(t) for t in _EDFBROWSER_TOOLS),
+                    reason="needs EDFbrowser, Xvfb and xwininfo (apt-get install edfbrowser xvfb x11-utils)")
+def test_edf_annotations_open_in_edfbrowser(tmp_path):
+    """EDFbrowser (on a virtual X display) opens the EDF+ output as a file, with no error dialog."""
+    import subprocess
+    import time
+
+    night = night_from_stages(**GAPPY)
+    path = storage.resolve(write_night_outputs(night, tmp_path)["annotations"]).path
+    display = f":{40 + os.getpid() % 500}"
+    env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": str(tmp_path)}
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    viewer = None
+    try:
+        time.sleep(1.0)
+        viewer = subprocess.Popen(["edfbrowser", path], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, cwd=tmp_path)
+        titles: list[str] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            tree = subprocess.run(["xwininfo", "-root", "-tree"], env=env, capture_output=True, text=True).stdout
+            titles = [line.split('"')[1] for line in tree.splitlines() if line.count('"') >= 2]
+            if any(t.endswith("- EDFbrowser") for t in titles) or "Error" in titles:
+                break
+            time.sleep(0.5)
+        assert "Error" not in titles, titles
+        assert f"{os.path.basename(path)} - EDFbrowser" in titles, titles
+    finally:
+        for proc in (viewer, xvfb):
+            if proc is not None:
+                proc.kill()
+                proc.wait(timeout=10)

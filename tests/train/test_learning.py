@@ -30,6 +30,17 @@ def dataset(tmp_path_factory, synth_cohort, ray_local) -> str:
     return prepared_cohort(tmp_path_factory, synth_cohort, n_nights=8, hours=3.0)
 
 
+@pytest.fixture(scope="module")
+def dataset_16(tmp_path_factory, synth_cohort, ray_local) -> str:
+    """16 Sleep-EDF-like nights of 3 h (8 subjects: 2 test, 2 validation, 4 train), prepared once.
+
+    MC²SleepNet sees one EEG channel only (its two views are raw and spectrogram), so W/REM
+    must be told apart without EOG: with 2 training subjects its validation macro-F1 stayed at
+    0.45-0.65 (it fits the subjects), with 4 it reaches about 0.78.
+    """
+    return prepared_cohort(tmp_path_factory, synth_cohort, n_nights=16, hours=3.0)
+
+
 def _train(tmp_path: Path, dataset: str, model: str, monkeypatch, **sections):
     from somnray.train.driver import run_experiment
 
@@ -49,18 +60,20 @@ def test_coresleep_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> Non
     assert result.metrics["val_macro_f1"] >= MIN_MACRO_F1, result.metrics
 
 
-def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Path, dataset: str, monkeypatch) -> None:
+def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Path, dataset_16: str,
+                                                                    monkeypatch) -> None:
     """MC²SleepNet pretrain → finetune in one call: macro-F1 ≥ 0.6 and the frozen epoch level is bit-identical."""
     from somnray.models import create_model
 
     pre, fine = _train(
-        tmp_path, dataset, "mc2sleepnet_tiny", monkeypatch,
-        data={"sequence_length": 11},
-        optim={"optimizer": "adamw", "lr": 3.0e-3, "batch_size": 8, "max_steps": 150, "validate_every": 25},
+        tmp_path, dataset_16, "mc2sleepnet_tiny", monkeypatch,
+        data={"sequence_length": 11,
+              "split": {"kind": "kfold", "n_folds": 4, "fold": 0, "n_val_subjects": 2}},
+        optim={"optimizer": "adamw", "lr": 2.0e-3, "batch_size": 16, "max_steps": 200, "validate_every": 25},
         phases=[{"name": "pretrain", "model": {"overrides": {"phase": "pretrain"}}},
                 {"name": "finetune", "init_from": "previous", "freeze": ["epoch_level"],
                  "model": {"overrides": {"phase": "finetune"}},
-                 "optim": {"max_steps": 120, "validate_every": 15}}])
+                 "optim": {"max_steps": 60, "validate_every": 15}}])
 
     def weights(result):
         return torch.load(Path(result.checkpoint_uri.removeprefix("file://")) / "model.pt", weights_only=True)
@@ -70,10 +83,9 @@ def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Pat
     assert groups["epoch_level"]
     assert all(torch.equal(pre_w[k], fine_w[k]) for k in groups["epoch_level"])
     assert any(not torch.equal(pre_w[k], fine_w[k]) for k in groups["sequence"] + groups["heads"])
-    if fine.metrics["val_macro_f1"] < MIN_MACRO_F1:
-        # Measured 0.599-0.62 across runs on one validation subject: borderline, so a miss is
-        # reported as XFAIL with its numbers rather than hidden by a lower bar (open in issue 4).
-        pytest.xfail(f"mc2sleepnet_tiny reached macro-F1 {fine.metrics['val_macro_f1']:.3f} < {MIN_MACRO_F1}")
+    print(f"\n[learning] pretrain {pre.metrics['val_macro_f1']:.3f}, finetune {fine.metrics['val_macro_f1']:.3f} "
+          "val macro-F1")
+    assert fine.metrics["val_macro_f1"] >= MIN_MACRO_F1, fine.metrics
 
 
 def test_cimsleepnet_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+
+from loopback import free_port  # this folder is on sys.path (rootdir conftest)
 
 # Loopback only, whatever a test starts (Ray, its workers, gloo): see platform-notes.md.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -78,12 +79,6 @@ def ray_local():
 
 
 # -- S3 ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class S3Server:
     """A running moto S3 server."""
@@ -115,7 +110,7 @@ def s3_server():
     exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
     if exe is None:
         pytest.fail("moto_server not found: install the dev extra (pip install -e '.[dev]')")
-    port = _free_port()
+    port = free_port()
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     server = S3Server(endpoint_url=f"http://127.0.0.1:{port}")

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,8 @@ import yaml
 from somnray.data.errors import ConfigError
 from somnray.jobs import submit as sub
 from somnray.jobs.cli import COMMAND_MODULES, main
+
+from loopback import free_port  # tests/ is on sys.path (conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,6 @@ def _wheel_cache(tmp_path_factory):
         os.environ.pop("SOMNRAY_CACHE_DIR", None)
     else:
         os.environ["SOMNRAY_CACHE_DIR"] = saved
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pids_using(marker: str) -> list[int]:
@@ -79,14 +74,14 @@ class RayHead:
 def ray_head():
     """A 2-CPU head node on 127.0.0.1 (own ports and --temp-dir, auth off), killed by its PIDs."""
     temp_dir = tempfile.mkdtemp(prefix="rsub", dir="/tmp")  # short: Unix socket paths are limited
-    dash = _free_port()
+    dash = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", GLOO_SOCKET_IFNAME="lo",
                DS_ACCELERATOR="cpu", RAY_DATA_DISABLE_PROGRESS_BARS="1", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     cmd = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           f"--port={_free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-           f"--dashboard-agent-listen-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+           f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
            "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", "--disable-usage-stats"]
     log = open(os.path.join(temp_dir, "ray-start.log"), "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -275,7 +270,7 @@ def test_env_items_are_validated(monkeypatch):
 def test_explicit_address_wins_over_ray_address(monkeypatch):
     """An unreachable --address fails naming it, even with RAY_ADDRESS pointing elsewhere."""
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
-    port = _free_port()
+    port = free_port()
     with pytest.raises(sub.SubmitError, match=f"127.0.0.1:{port}"):
         sub.connect(f"http://127.0.0.1:{port}")
     assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:1"

@@ -8,7 +8,6 @@ are tested at the bottom.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,17 +21,13 @@ import requests
 from somnray.serve.config import ServeConfig
 from somnray.serve.jobs import FAILED, SUCCEEDED, CohortJobs
 
+from loopback import free_port  # tests/ is on sys.path (conftest.py)
+
 TOKEN = "test-token-4c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_UPLOAD = 12 * 1024 * 1024
 LENGTH = 10  # the bundle's window length, in epochs
 STAGES = ("W", "N1", "N2", "N3", "REM")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -70,7 +65,7 @@ def service(ray_local, synth_cohort, tmp_path_factory):
     no_eog = synth_cohort("sleep-edf", n_nights=1, hours=1.0, seed=11,
                           artefacts=ArtefactConfig(missing_eog_fraction=1.0))
     out_root = root / "outputs"
-    port = _free_port()
+    port = free_port()
     config = ServeConfig(
         run_uri=str(bundle), port=port, token=TOKEN, max_upload_bytes=MAX_UPLOAD,
         storage_roots=(str(cohort.path), f"file://{out_root}"),

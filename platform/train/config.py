@@ -365,6 +365,9 @@ class ScalingConfig(_Strict):
     gpus_per_worker: float = Field(1.0, ge=0.0)
     #: Worker-group restarts from the latest checkpoint after a failure (-1: unlimited).
     max_failures: int = Field(2, ge=-1)
+    #: Ray placement-group strategy of the worker group: ``PACK`` fills a node first (fast
+    #: intra-node collectives), ``STRICT_SPREAD`` puts one worker on each node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     @field_validator("use_gpu", mode="before")
     @classmethod

@@ -93,12 +93,20 @@ def _storage(cfg: ExperimentConfig) -> StorageLocation:
 
 
 def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
-                  placement_strategy: str = "PACK", callbacks: Sequence[Any] = ()):
+                  placement_strategy: str | None = None, callbacks: Sequence[Any] = (), continue_from: Any = None,
+                  checkpoints_to_keep: int | None = 2):
     """The ``TorchTrainer`` of one phase (datasets, statistics and Ray configs resolved).
 
-    ``placement_strategy`` is Ray's placement-group strategy for the worker group (``PACK``,
-    ``SPREAD``, ``STRICT_SPREAD``: one worker per node); ``callbacks`` go to ``RunConfig``
-    (e.g. Ray Tune's ``TuneReportCallback``). Call after ``ray.init``.
+    ``placement_strategy`` overrides ``phase.scaling.placement_strategy``, Ray's placement-group
+    strategy for the worker group (``PACK``, ``SPREAD``, ``STRICT_SPREAD``: one worker per node, ...);
+    ``callbacks`` go to ``RunConfig``
+    (e.g. Ray Tune's ``TuneReportCallback``). ``continue_from`` (a ``ray.train.Checkpoint`` of
+    another run of this phase) starts the run from that run's full state with this phase's
+    hyperparameters — Ray Train V2 has no ``resume_from_checkpoint``; see
+    :mod:`somnray.train.loop` — and this run's own checkpoints, once it has one, win on a
+    worker-failure restart. ``checkpoints_to_keep`` is Ray Train's ``num_to_keep`` (None: all;
+    population-based training needs every checkpoint another trial may still continue from).
+    Call after ``ray.init``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -145,7 +153,8 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
         storage_path=storage.path,
         storage_filesystem=None if storage.is_local else storage.pyarrow_filesystem(),
         failure_config=FailureConfig(max_failures=phase.scaling.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=f"val_{phase.optim.monitor}",
+        checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_to_keep,
+                                           checkpoint_score_attribute=f"val_{phase.optim.monitor}",
                                            checkpoint_score_order=phase.optim.monitor_mode),
         worker_runtime_env={"env_vars": env},
         callbacks=list(callbacks) or None,
@@ -154,16 +163,18 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
         train_loop_per_worker,
         train_loop_config=loop_config(phase, modalities, stats, use_gpu=use_gpu, init_checkpoint=init_checkpoint,
                                       phase_uri=storage.join(phase.name).uri,
-                                      storage_options=storage.storage_options, run_name=cfg.storage.name),
+                                      storage_options=storage.storage_options, run_name=cfg.storage.name,
+                                      continue_from=continue_from),
         scaling_config=ScalingConfig(num_workers=phase.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources, placement_strategy=placement_strategy),
+                                     resources_per_worker=resources,
+                                     placement_strategy=placement_strategy or phase.scaling.placement_strategy),
         run_config=run_config,
         datasets={"train": train_ds, "val": val_ds},
     )
 
 
 def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
-              placement_strategy: str = "PACK") -> PhaseResult:
+              placement_strategy: str | None = None) -> PhaseResult:
     """Train one phase to completion (or early stop) and record its best checkpoint."""
     storage = _storage(cfg)
     done = storage.join(phase.name, PHASE_RESULT_FILE)
@@ -189,20 +200,74 @@ def _jsonable(value: Any) -> bool:
     return isinstance(value, (int, float, str, bool)) or value is None
 
 
-def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str = "PACK") -> list[PhaseResult]:
-    """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint.
+#: CPUs a training run leaves free for Ray Data's read-and-cut tasks (each asks for one CPU).
+DATA_CPUS = 1.0
 
-    The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
-    and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
-    ``ray.init``. ``placement_strategy`` places each phase's worker group (see :func:`build_trainer`).
+
+def check_cpus_for_data(cfg: ExperimentConfig, cluster_cpus: float | None = None,
+                        n_nodes: int | None = None) -> None:
+    """Refuse a phase whose workers would take every CPU Ray Data needs (it would hang, not fail).
+
+    A worker group that holds all of a fixed cluster's CPUs starves the window-reading tasks, and
+    the first batch never arrives. On a single-node cluster that is certain, so it is an error;
+    with several nodes (or an autoscaler that may add some) it is only logged.
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment.
+    cluster_cpus, n_nodes : float, int, optional
+        The cluster's CPUs and alive nodes (default: asked from the connected Ray cluster).
 
     Raises
     ------
     ConfigError
-        A configured metric sink (TensorBoard, MLflow) is not installed (checked before any phase).
+        Naming the phase, the numbers, and a ``cpus_per_worker`` that would fit.
+    """
+    from somnray.data.errors import ConfigError
+
+    if cluster_cpus is None or n_nodes is None:
+        import ray
+
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        n_nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    problems = []
+    for i, phase in enumerate(cfg.phases):
+        sc = phase.scaling
+        held = sc.num_workers * sc.cpus_per_worker
+        if held > cluster_cpus or cluster_cpus - held >= DATA_CPUS - 1e-9:
+            continue  # fits with room for Ray Data, or cannot start yet (Ray waits / autoscales)
+        fitting = math.floor((cluster_cpus - DATA_CPUS) / sc.num_workers * 100) / 100
+        advice = (f"set scaling.cpus_per_worker to {fitting:g} or less" if fitting > 0
+                  else "use fewer workers or a bigger cluster")
+        problem = (f"phases.{i} ({phase.name}) scaling: {sc.num_workers} worker(s) x {sc.cpus_per_worker:g} CPU "
+                   f"leave {cluster_cpus - held:g} of the cluster's {cluster_cpus:g} CPUs for Ray Data, which "
+                   f"needs {DATA_CPUS:g} to read windows; the run would wait forever for its first batch "
+                   f"({advice})")
+        if n_nodes > 1:
+            log.warning("%s: %s (not refused: a multi-node cluster may add resources)", cfg.run_uri, problem)
+        else:
+            problems.append(problem)
+    if problems:
+        raise ConfigError(cfg.run_uri, problems)
+
+
+def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = None) -> list[PhaseResult]:
+    """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint.
+
+    The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
+    and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
+    ``ray.init``. ``placement_strategy`` overrides every phase's ``scaling.placement_strategy``.
+
+    Raises
+    ------
+    ConfigError
+        A configured metric sink (TensorBoard, MLflow) is not installed, or a phase's workers would
+        leave Ray Data no CPU on a single-node cluster (both checked before any phase).
     """
     for phase in cfg.phases:
         check_sinks_available(phase.logging, f"{cfg.run_uri} (phase {phase.name})")
+    check_cpus_for_data(cfg)
     storage = _storage(cfg)
     dump_experiment(cfg, storage.join("config.yaml").uri)
     results: list[PhaseResult] = []

@@ -21,6 +21,16 @@ the latest checkpoint; the loop resumes from its step (the data stream restarts 
 beginning of the shard; window offsets of a pass are reproducible, not its position), and
 ``trainer_state.json`` lists the steps it resumed from in ``loop.resumed_from``.
 
+A run can also *continue another run's state* (``continue_from`` in the loop config; population-based
+training's exploit, :mod:`somnray.tune.search`): when this run has no checkpoint of its own yet, the
+loop loads that checkpoint's full state (weights, DeepSpeed optimizer and scheduler state, step,
+early-stopping state) and then re-applies **this** phase config's optimizer hyperparameters (learning
+rate, weight decay, betas, ...; :func:`apply_optim_hyperparameters`), because the restored optimizer and
+scheduler carry the other run's values. Loss weights and the missing-modality curriculum need nothing:
+the loop reads them from the phase config at every step. ``loop.continued_from`` records the step and
+checkpoint continued from. Once the run has reported a checkpoint of its own, a worker failure resumes
+from that one exactly as above (Ray Train's checkpoint wins over ``continue_from``).
+
 Test hook: with the environment variable ``SOMNRAY_FAULT_AT_STEP=N`` (passed to the workers by the
 driver), rank 0 kills its own process with ``os._exit(1)`` right after optimizer step ``N``, once
 per phase: a marker file ``<run>/<phase>/fault-injected-at-step-N`` makes the restarted group
@@ -70,6 +80,8 @@ class LoopState:
     stopped_early: bool = False
     #: Steps this phase resumed from after worker failures, in order.
     resumed_from: list[int] = field(default_factory=list)
+    #: Other runs' checkpoints this lineage continued from (``{"step", "checkpoint"}``), in order.
+    continued_from: list[dict[str, Any]] = field(default_factory=list)
 
     def improved(self, value: float, mode: str) -> bool:
         """Whether ``value`` beats the best so far (and record it)."""
@@ -83,12 +95,15 @@ class LoopState:
 
 def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: TrainingStatistics, *,
                 use_gpu: bool, init_checkpoint: Any = None, phase_uri: str | None = None,
-                storage_options: Mapping[str, Any] | None = None, run_name: str = "") -> dict[str, Any]:
+                storage_options: Mapping[str, Any] | None = None, run_name: str = "",
+                continue_from: Any = None) -> dict[str, Any]:
     """The ``train_loop_config`` the driver passes: plain, picklable data only.
 
     ``phase_uri`` (``<run>/<phase>``) is where rank 0 writes TensorBoard files and the
     fault-injection marker; ``storage_options`` reach it (resolved on the driver, because workers
-    may have started before the driver's environment named the store).
+    may have started before the driver's environment named the store). ``init_checkpoint`` gives
+    initial weights only (``init_from: previous``); ``continue_from`` another run's checkpoint whose
+    full state this run continues with this phase's hyperparameters (see the module docstring).
     """
     return {
         "phase": phase.model_dump(mode="json"),
@@ -100,6 +115,7 @@ def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: Training
         "class_counts": stats.class_counts.tolist(),
         "spectrogram": {m: (mean.tolist(), std.tolist()) for m, (mean, std) in stats.spectrogram.items()},
         "init_checkpoint": init_checkpoint,
+        "continue_from": continue_from,
     }
 
 
@@ -238,13 +254,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     state = LoopState()
     resume = ray.train.get_checkpoint()
+    # This run's own checkpoint (a worker-failure restart) wins; another run's state is only the start.
+    continued = resume is None and config.get("continue_from") is not None
+    if continued:
+        resume = config["continue_from"]
     if resume is not None:
         with resume.as_directory() as folder:
             engine.load_checkpoint(folder, tag=STATE_TAG)
             state = LoopState(**json.loads((Path(folder) / TRAINER_STATE_FILE).read_text())["loop"])
-        state.resumed_from.append(state.step)
-        if rank == 0:
-            print(f"[{phase.name}] resumed from the checkpoint at step {state.step}", flush=True)
+        if continued:
+            apply_optim_hyperparameters(engine, optimizer, scheduler, phase)
+            state.continued_from.append({"step": state.step, "checkpoint": str(resume.path)})
+            if rank == 0:
+                print(f"[{phase.name}] continuing {resume.path} from step {state.step} with this phase's "
+                      f"hyperparameters (lr {float(engine.get_lr()[0]):.3g})", flush=True)
+        else:
+            state.resumed_from.append(state.step)
+            if rank == 0:
+                print(f"[{phase.name}] resumed from the checkpoint at step {state.step}", flush=True)
     if state.stopped_early or state.step >= phase.optim.max_steps:
         return
     sinks = MetricSinks(phase, config.get("phase_uri"), config.get("storage_options"), active=rank == 0,
@@ -290,6 +317,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             running = {}
     finally:
         sinks.close()
+
+
+def apply_optim_hyperparameters(engine: Any, optimizer: torch.optim.Optimizer,
+                                scheduler: torch.optim.lr_scheduler.LambdaLR, phase: PhaseConfig) -> None:
+    """Make ``phase.optim``'s hyperparameters current after loading another run's optimizer state.
+
+    ``engine.load_checkpoint`` restores the optimizer's param groups (lr, weight decay, betas...) and
+    the scheduler's ``base_lrs`` from the checkpoint: the other run's values. ``optimizer.defaults``
+    still holds this phase's (load_state_dict leaves them), the scheduler's lambda is this phase's
+    (LambdaLR does not save plain functions), and ``last_epoch`` — the steps taken — stays restored,
+    so the schedule continues where the other run was, scaled to this phase's ``lr``.
+    """
+    from .optim import lr_factor
+
+    base = phase.optim.lr
+    scheduler.base_lrs = [base] * len(scheduler.base_lrs)
+    lr = base * lr_factor(phase.optim, max(scheduler.last_epoch, 0))
+    # DeepSpeed's wrappers (ZeRO, bf16) expose the client optimizer's groups; update each group once.
+    groups = {id(g): g for g in list(optimizer.param_groups) + list(getattr(engine.optimizer, "param_groups", []))}
+    for group in groups.values():
+        for key, value in optimizer.defaults.items():
+            if key in group and key != "params":
+                group[key] = value
+        group["initial_lr"] = base
+        group["lr"] = lr
+    scheduler._last_lr = [lr] * len(scheduler.base_lrs)
 
 
 def _validate_and_report(engine: Any, val_shard: Any, modalities: tuple[str, ...], phase: PhaseConfig,

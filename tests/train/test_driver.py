@@ -24,6 +24,42 @@ def test_loop_state_tracks_improvement_and_patience() -> None:
     assert low.improved(1.0, "min") and low.improved(0.9, "min") and not low.improved(0.95, "min")
 
 
+def _scaled(tmp_path: Path, **scaling):
+    from run_factory import write_config
+
+    return load_experiment(write_config(tmp_path / "exp.yaml", dataset=str(tmp_path / "ds"),
+                                        storage_uri=str(tmp_path / "runs"), name="cpu-check",
+                                        scaling={"num_workers": 2, "use_gpu": False, **scaling}))
+
+
+def test_workers_that_starve_ray_data_are_refused_on_one_node(tmp_path: Path, caplog) -> None:
+    """2 workers × 1 CPU on a 2-CPU node would hang: refused with the numbers and a fitting value;
+    0.5 CPU each fits; on two nodes it is only a warning; a group too big to start is left to Ray."""
+    from somnray.data.errors import ConfigError
+    from somnray.train.driver import check_cpus_for_data
+
+    with pytest.raises(ConfigError) as info:
+        check_cpus_for_data(_scaled(tmp_path, cpus_per_worker=1.0), cluster_cpus=2.0, n_nodes=1)
+    [problem] = info.value.errors
+    assert "2 worker(s) x 1 CPU leave 0 of the cluster's 2 CPUs" in problem
+    assert "scaling.cpus_per_worker to 0.5 or less" in problem
+    check_cpus_for_data(_scaled(tmp_path, cpus_per_worker=0.5), cluster_cpus=2.0, n_nodes=1)
+    with caplog.at_level("WARNING", logger="somnray.train.driver"):
+        check_cpus_for_data(_scaled(tmp_path, cpus_per_worker=1.0), cluster_cpus=2.0, n_nodes=2)
+    assert "would wait forever" in caplog.text
+    check_cpus_for_data(_scaled(tmp_path, cpus_per_worker=4.0), cluster_cpus=2.0, n_nodes=1)
+
+
+def test_placement_strategy_is_a_validated_scaling_field(tmp_path: Path) -> None:
+    """scaling.placement_strategy defaults to PACK, takes Ray's strategies and refuses others."""
+    from somnray.data.errors import ConfigError
+
+    assert _scaled(tmp_path).phases[0].scaling.placement_strategy == "PACK"
+    assert _scaled(tmp_path, placement_strategy="STRICT_SPREAD").phases[0].scaling.placement_strategy == "STRICT_SPREAD"
+    with pytest.raises(ConfigError, match="placement_strategy"):
+        _scaled(tmp_path, placement_strategy="ANYWHERE")
+
+
 @pytest.mark.integration
 def test_two_phase_recipe_trains_checkpoints_and_chains(tmp_path: Path, ray_local, monkeypatch) -> None:
     """Both phases report validated checkpoints with full weights; phase 2 starts from phase 1 and freezes."""

@@ -1,7 +1,7 @@
 """``somnray tune``: a hyperparameter search around the training job, with Ray Tune.
 
-    somnray tune CONFIG SPACE [--samples N] [--scheduler asha|fifo] [--metric val_macro_f1 --mode max]
-                 [--storage URI] [--name NAME] [--set key.sub=value ...]
+    somnray tune CONFIG SPACE [--samples N] [--scheduler asha|fifo|pbt] [--metric val_macro_f1 --mode max]
+                 [--perturbation-steps N] [--storage URI] [--name NAME] [--set key.sub=value ...]
     somnray tune --resume URI
 
 CONFIG is an experiment config (as for training), SPACE a search-space YAML naming config fields
@@ -11,6 +11,10 @@ validated together before Ray starts. The search folder ``<storage>/<name>`` (de
 CSV), a plot of the metric against each searched parameter, and ``best/``: the winning trial as
 a run folder with its config and model bundle. The last line printed is that folder's URI, ready
 for ``somnray evaluate <search>/best --data ...``.
+
+``--scheduler pbt`` runs population-based training: at every perturbation interval the weakest
+trials continue from a strong trial's checkpoint with perturbed loss weights, missing-modality
+settings and optimizer hyperparameters (see ``docs/tuning.md``).
 
 ``--resume URI`` completes an interrupted search from its folder (``Tuner.restore``): finished
 trials are kept, unfinished ones continue from their latest Ray Train checkpoints.
@@ -31,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="URI", help="complete the interrupted search in this folder")
     p.add_argument("--samples", type=int, default=8, help="trials to draw (default 8)")
     p.add_argument("--scheduler", default="asha", choices=["asha", "pbt", "fifo"],
-                   help="asha: early-stop weak trials (default); fifo: run all to the end")
+                   help="asha: early-stop weak trials (default); fifo: run all to the end; "
+                        "pbt: population-based training")
     p.add_argument("--metric", default="val_macro_f1",
                    help="validation metric to optimise: val_macro_f1 (default), val_kappa, val_accuracy, val_loss")
     p.add_argument("--mode", choices=["max", "min"], help="default: min for val_loss, else max")
@@ -42,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPUs kept free for Ray Data when packing trials (default 1)")
     p.add_argument("--grace-steps", type=int, help="ASHA grace period in optimizer steps (default validate_every)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA halving rate (default 2)")
+    p.add_argument("--perturbation-steps", type=int,
+                   help="PBT perturbation interval in optimizer steps (default 2 x validate_every)")
+    p.add_argument("--quantile-fraction", type=float, default=0.25,
+                   help="PBT: bottom fraction of trials that clone a top one (default 0.25, at most 0.5)")
+    p.add_argument("--resample-probability", type=float, default=0.25,
+                   help="PBT: probability of drawing a perturbed value anew (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random search")
     p.add_argument("--storage", metavar="URI", help="where the search folder goes (default the config's storage.uri)")
     p.add_argument("--name", help="search folder name (default <storage.name>-tune)")
@@ -86,8 +97,10 @@ def _new(args: argparse.Namespace):
     settings = SearchSettings(metric=args.metric, mode=args.mode, scheduler=args.scheduler,
                               num_samples=args.samples, search_alg=args.search_alg,
                               max_concurrent=args.max_concurrent, data_cpus=args.data_cpus,
-                              grace_steps=args.grace_steps, reduction_factor=args.reduction_factor, seed=args.seed)
-    problems = settings.problems(space)
+                              grace_steps=args.grace_steps, reduction_factor=args.reduction_factor,
+                              perturbation_steps=args.perturbation_steps, quantile_fraction=args.quantile_fraction,
+                              resample_probability=args.resample_probability, seed=args.seed)
+    problems = settings.problems(space, cfg)
     if problems:
         raise ConfigError("somnray tune", problems)
     ensure_ray()

@@ -7,6 +7,12 @@ parameter, and the winning trial as a run folder ``somnray evaluate`` accepts.
   the other validation metrics of that report, the sampled parameters, the wall-clock interval
   of the trial, and the URI of its best checkpoint. Trials that never reported on the last phase
   rank after those that did.
+* Population-based training: a trial's row is its **final lineage** — the parameters are its
+  final config (Tune's, after its last exploit), the value and checkpoint come from the reports
+  and checkpoints since its last exploit (``generation`` of the reports, the run folder
+  ``exploit-<k>/`` of ``lineage.json``), and ``exploits`` counts how often it cloned another
+  trial. The values it trained with before are in its ``lineage.json`` and Tune's
+  ``pbt_policy_*.txt``.
 * ``params.png`` — the metric (best per trial) against each searched parameter, one panel each;
   log axes for log-uniform entries, categories for choices.
 * ``best/`` — ``config.yaml`` (the winning trial's resolved experiment), ``metrics.json``,
@@ -54,6 +60,8 @@ class TrialRecord:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    #: PBT: how many times the trial continued another trial's checkpoint.
+    exploits: int = 0
 
     @property
     def wall_s(self) -> float | None:
@@ -96,19 +104,25 @@ def best_checkpoint(run: StorageLocation, phase: str, metric: str, mode: str) ->
 
 def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, settings: Any) -> list[TrialRecord]:
     """One :class:`TrialRecord` per trial of a ``ResultGrid``, sorted best first."""
-    from .search import TIME_ATTR, total_steps, trial_dirname
+    import pandas as pd
+
+    from .search import (GENERATION, PHASE_RESULT_FILE, TIME_ATTR, active_folder, read_lineage, read_reports,
+                         total_steps, trial_dirname)
 
     metric, mode = settings.metric, settings.resolved_mode
     last_phase = cfg.phases[-1].name
     end = total_steps(cfg)
     records = []
     for result in grid:
-        df = result.metrics_dataframe
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
         params = {k: v for k, v in (result.config or {}).items()}
-        rec = TrialRecord(trial_id=trial_id, status="done", params=params,
-                          run_uri=search.join(trial_dirname(trial_id)).uri)
+        run = search.join(trial_dirname(trial_id))
+        # The trial function's own log of every report; Tune's drops reports when a trial restarts.
+        logged = read_reports(run)
+        df = pd.DataFrame(logged) if logged else result.metrics_dataframe
+        rec = TrialRecord(trial_id=trial_id, status="done", params=params, run_uri=run.uri,
+                          exploits=len(read_lineage(run)))
         if df is not None and len(df):
             if TIME_ATTR in df:
                 rec.progress = int(df[TIME_ATTR].max())
@@ -117,6 +131,9 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
                 rec.started = float(first["timestamp"]) - float(first.get("time_this_iter_s", 0.0) or 0.0)
                 rec.finished = float(df["timestamp"].max())
             final = df[df["phase"] == last_phase] if "phase" in df else df
+            if rec.exploits and GENERATION in final:
+                # PBT: the row shows the final config, so its value comes from the final lineage.
+                final = final[final[GENERATION] == rec.exploits]
             if metric in final and final[metric].notna().any():
                 idx = final[metric].idxmax() if mode == "max" else final[metric].idxmin()
                 row = df.loc[idx]
@@ -128,11 +145,16 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
             rec.error = str(result.error).strip().splitlines()[-1][:200] if str(result.error).strip() else "error"
         elif rec.progress < end:
             rec.status = "stopped"
-        run = search.join(trial_dirname(trial_id))
-        rec.checkpoint_uri, ck_metrics = best_checkpoint(run, last_phase, metric, mode)
+        folder = active_folder(run)  # the trial's own run folder, or its last exploit's
+        rec.checkpoint_uri, ck_metrics = best_checkpoint(folder, last_phase, metric, mode)
+        done = folder.join(last_phase, PHASE_RESULT_FILE)
+        if rec.checkpoint_uri is None and done.exists():
+            # An exploit that took over a finished phase: the donor's checkpoint ends it.
+            doc = json.loads(done.read_text())
+            rec.checkpoint_uri, ck_metrics = doc.get("checkpoint_uri"), doc.get("metrics", {})
         if rec.value is None and _finite(ck_metrics.get(metric)):
-            # Tune's reports were lost (a trial resumed from its Ray Train checkpoint): the
-            # checkpoint's own metrics stand in.
+            # Tune's reports were lost (a trial resumed from its Ray Train checkpoint), or the final
+            # lineage made none: the checkpoint's own metrics stand in.
             rec.value = float(ck_metrics[metric])
             rec.metrics = {m: float(ck_metrics[m]) for m in SHOWN_METRICS if _finite(ck_metrics.get(m))}
         records.append(rec)
@@ -159,14 +181,14 @@ def _fmt(value: Any) -> str:
 
 def _columns(params: Sequence[str]) -> list[str]:
     return (["rank", "trial_id", "status", "value", "best_step", "progress"] + list(SHOWN_METRICS)
-            + [f"param:{p}" for p in params] + ["wall_s", "checkpoint_uri", "error"])
+            + [f"param:{p}" for p in params] + ["exploits", "wall_s", "checkpoint_uri", "error"])
 
 
 def _row(rank_: int, rec: TrialRecord, params: Sequence[str]) -> dict[str, Any]:
     row = {"rank": rank_, "trial_id": rec.trial_id, "status": rec.status, "value": rec.value,
            "best_step": rec.best_step, "progress": rec.progress,
            "wall_s": round(rec.wall_s, 1) if rec.wall_s is not None else None,
-           "checkpoint_uri": rec.checkpoint_uri, "error": rec.error}
+           "checkpoint_uri": rec.checkpoint_uri, "error": rec.error, "exploits": rec.exploits}
     row.update({m: rec.metrics.get(m) for m in SHOWN_METRICS})
     row.update({f"param:{p}": rec.params.get(p) for p in params})
     return row
@@ -193,14 +215,20 @@ def leaderboard_markdown(records: Sequence[TrialRecord], params: Sequence[str], 
                   f"checkpoint `{best.checkpoint_uri}`.", ""]
     else:
         lines += ["No trial reported the metric on the last phase.", ""]
+    pbt = any(r.exploits for r in records)
+    if pbt:
+        lines += ["Population-based training: each row is the trial's final lineage: its final config, and "
+                  "the best report and checkpoint since its last exploit (`exploits`: how many times it "
+                  "continued another trial; its `lineage.json` lists them).", ""]
     header = ["#", "trial", "status", metric, "step", "progress"] + [m for m in SHOWN_METRICS if m != metric] \
-        + list(params) + ["wall (s)"]
+        + list(params) + (["exploits"] if pbt else []) + ["wall (s)"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for i, rec in enumerate(records, 1):
         cells = [str(i), rec.trial_id, rec.status, _fmt(rec.value), _fmt(rec.best_step), str(rec.progress)]
         cells += [_fmt(rec.metrics.get(m)) for m in SHOWN_METRICS if m != metric]
         cells += [_fmt(rec.params.get(p)) for p in params]
+        cells += [str(rec.exploits)] if pbt else []
         cells.append(_fmt(round(rec.wall_s, 1)) if rec.wall_s is not None else "")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     errors = [r for r in records if r.error]

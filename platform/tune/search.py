@@ -8,10 +8,13 @@ Layout of a search folder ``<storage>/<name>`` (any storage URI; ``--storage`` a
 
     search.json                  the searched experiment, the space and the settings (resume reads it)
     trial_<trial id>/            one somnray run folder per trial, plus Tune's own files:
-        config.yaml                the trial's resolved experiment config
+        config.yaml                the trial's resolved experiment config (PBT: its current one)
         <phase>/checkpoint_*/      Ray Train checkpoints (state/, model.pt, trainer_state.json)
         <phase>/phase_result.json  best checkpoint of a phase that ran to its end
+        reports.jsonl              every report, with the config in force (the leaderboard reads it)
         result.json, params.json   Tune's per-trial reports and sampled values
+        PBT only: checkpoint_*/pointer.json   Tune checkpoints: pointers to Ray Train checkpoints
+                  lineage.json, exploit-<k>/  the exploits of this trial and the run folder of each
     experiment_state-*.json, tuner.pkl, ...   Tune's experiment state (``Tuner.restore`` reads it)
     leaderboard.md, leaderboard.csv, params.png   written by :mod:`somnray.tune.report`
     best/                        the winning trial as a run folder ``somnray evaluate`` accepts:
@@ -32,6 +35,18 @@ Decisions:
 * Resume (:func:`resume_search`) is ``Tuner.restore`` on the folder: finished trials are kept,
   unfinished ones rerun their trial function, whose Ray Train runs pick up from their latest
   checkpoint (same ``RunConfig(name, storage_path)``) and whose finished phases are skipped.
+* Reports reach Tune through a relay: the Ray Train callback (on the Train controller) puts each
+  report on a queue, and the trial function, which fits the trainer on a helper thread, calls
+  ``ray.tune.report`` for it. With PBT each report carries a Tune checkpoint: a folder holding only
+  ``pointer.json`` (trial, run folder, phase, the Ray Train checkpoint URI, step, ``tune_step``).
+* PBT exploit: Tune restarts the weak trial with the donor's pointer and a perturbed config. The
+  trial function sees a pointer of another trial, opens a new generation ``exploit-<k>/`` in its own
+  run folder (recorded in ``lineage.json``), copies the donor's finished phases' results, and fits
+  the pointed phase with ``continue_from=<donor checkpoint>``: the worker loop loads the donor's
+  full state and applies the new config's hyperparameters (:mod:`somnray.train.loop`). A pointer of
+  its own (PBT pausing the trial, or ``Tuner.restore``) reruns its current generation, whose Ray
+  Train runs resume by themselves. PBT trials keep every Ray Train checkpoint (a donor's pointer may
+  name any of them).
 """
 
 from __future__ import annotations
@@ -40,15 +55,20 @@ import dataclasses
 import json
 import logging
 import math
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 from somnray.data.errors import ConfigError
 from somnray.data.storage import StorageLocation, resolve
 from somnray.train.config import MONITOR_METRICS, ExperimentConfig, experiment_to_dict, validate_experiment
 
-from .space import SearchSpace, apply_sample, space_from_mapping
+from .space import (SearchSpace, apply_sample, clip_to_bounds, pbt_bounds, pbt_fixed_reason, pbt_mutations,
+                    space_from_mapping)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +78,16 @@ PHASE_RESULT_FILE = "phase_result.json"
 #: Progress attribute of every trial report: optimizer steps summed over the recipe's phases.
 TIME_ATTR = "tune_step"
 METRICS = tuple(f"val_{m}" for m in MONITOR_METRICS)
+#: The file of a PBT Tune checkpoint: which Ray Train checkpoint the report stands for.
+POINTER_FILE = "pointer.json"
+#: A trial's exploits, in order (PBT only), and the prefix of each exploit's run folder.
+LINEAGE_FILE = "lineage.json"
+EXPLOIT_PREFIX = "exploit-"
+#: Report field: how many times the trial was exploited when it made the report (0 before any).
+GENERATION = "generation"
+#: Every report of a trial, one JSON object a line, with the config in force (the leaderboard reads it:
+#: Tune's own result.json loses the reports since its last sync when a trial restarts, as under PBT).
+REPORTS_FILE = "reports.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +121,12 @@ class SearchSettings:
         ASHA's halving rate.
     perturbation_steps : int, optional
         PBT perturbation interval in ``tune_step``; default 2 × the first ``validate_every``.
+        Every phase must validate (report) at least once per interval.
+    quantile_fraction : float
+        PBT: the bottom fraction of trials that clone one of the top fraction (0 < q ≤ 0.5).
+    resample_probability : float
+        PBT: probability that a perturbed entry is drawn anew from its distribution instead of
+        scaled by 0.8/1.2 (numbers) or moved to a neighbouring value (choices).
     seed : int
         Seed of the random search.
     """
@@ -106,6 +142,8 @@ class SearchSettings:
     grace_steps: int | None = None
     reduction_factor: float = 2.0
     perturbation_steps: int | None = None
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
     seed: int = 0
 
     @property
@@ -113,8 +151,12 @@ class SearchSettings:
         """``mode`` or the metric's own direction."""
         return self.mode or ("min" if self.metric == "val_loss" else "max")
 
-    def problems(self, space: SearchSpace | None = None) -> list[str]:
-        """Every problem with these settings (empty if none)."""
+    def perturbation_interval(self, cfg: ExperimentConfig) -> int:
+        """PBT's interval in ``tune_step``: ``perturbation_steps`` or 2 × the first ``validate_every``."""
+        return self.perturbation_steps or 2 * cfg.phases[0].optim.validate_every
+
+    def problems(self, space: SearchSpace | None = None, cfg: ExperimentConfig | None = None) -> list[str]:
+        """Every problem with these settings (empty if none); ``space`` and ``cfg`` enable more checks."""
         out = []
         if self.metric not in METRICS:
             out.append(f"metric: {self.metric!r} is not a validation metric the training loop reports; "
@@ -136,11 +178,44 @@ class SearchSettings:
         if self.reduction_factor <= 1:
             out.append(f"reduction_factor: must be > 1, got {self.reduction_factor}")
         if self.scheduler == "pbt":
-            out.append("scheduler 'pbt' is not available yet: PBT clones a trial from another's Tune "
-                       "checkpoint, and trials report Ray Train checkpoints, which Tune does not see "
-                       "(see docs/tuning.md); use asha or fifo")
+            out += self._pbt_problems(space, cfg)
         if space is not None and self.search_alg == "optuna" and space.has_grid:
             out.append("search_alg 'optuna' cannot run 'grid' entries; use choice, or the random search")
+        return out
+
+    def _pbt_problems(self, space: SearchSpace | None, cfg: ExperimentConfig | None) -> list[str]:
+        out = []
+        if self.num_samples < 2:
+            out.append(f"scheduler 'pbt' needs a population: samples must be >= 2, got {self.num_samples}")
+        if self.search_alg != "random":
+            out.append(f"scheduler 'pbt' cannot run with search_alg {self.search_alg!r}: PBT rewrites a trial's "
+                       "config when it exploits another, which the searcher's model would never see; "
+                       "use the random search")
+        if not 0 < self.quantile_fraction <= 0.5:
+            out.append(f"quantile_fraction: must lie in (0, 0.5], got {self.quantile_fraction}")
+        if not 0 <= self.resample_probability <= 1:
+            out.append(f"resample_probability: must lie in [0, 1], got {self.resample_probability}")
+        if self.perturbation_steps is not None and self.perturbation_steps < 1:
+            out.append(f"perturbation_steps: must be >= 1, got {self.perturbation_steps}")
+        if space is not None:
+            grid = [p.path for p in space.params if p.distribution == "grid"]
+            if grid:
+                out.append(f"scheduler 'pbt' cannot run 'grid' entries ({', '.join(grid)}): an exploited trial "
+                           "takes the donor's config, so a grid value would not stay in its trial; use choice")
+            if not pbt_mutations(space):
+                why = "; ".join(f"{p.path}: {pbt_fixed_reason(p)}" for p in space.params)
+                out.append(f"scheduler 'pbt' has nothing to perturb in this space ({why})")
+        if cfg is not None and (self.perturbation_steps is None or self.perturbation_steps >= 1):
+            interval = self.perturbation_interval(cfg)
+            slow = [f"{p.name} validates every {p.optim.validate_every}" for p in cfg.phases
+                    if p.optim.validate_every > interval]
+            if slow:
+                out.append(f"perturbation_steps: PBT needs the metric at least once per interval ({interval} "
+                           f"steps), but phase {', phase '.join(slow)}; lower optim.validate_every or raise "
+                           f"--perturbation-steps")
+            if interval >= total_steps(cfg):
+                out.append(f"perturbation_steps: the interval ({interval}) must be below the recipe's "
+                           f"{total_steps(cfg)} steps, or PBT never perturbs")
         return out
 
 
@@ -177,15 +252,16 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial if isinstance(trial, str) else trial.trial_id}"
 
 
-def _report_callback(phase: str, offset: int):
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
+def _report_callback(queue: Any, phase: str, offset: int):
+    """A Ray Train callback putting rank 0's validation reports on ``queue`` (it runs on the Train controller)."""
+    from ray.train.v2.api.callback import UserCallback
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-    class TrialReportCallback(TuneReportCallback):
-        """Forward rank 0's validation report to Tune, with the phase and ``tune_step`` added."""
+    class TrialReportCallback(UserCallback):
+        """Forward rank 0's validation report to the trial function, with the phase and ``tune_step``."""
 
-        def __init__(self, phase: str, offset: int):
-            super().__init__()
-            self.phase, self.offset = phase, offset
+        def __init__(self, queue: Any, phase: str, offset: int):
+            self.queue, self.phase, self.offset = queue, phase, offset
 
         def after_report(self, run_context, metrics, checkpoint):  # noqa: D102 - Ray's hook
             out = dict(metrics[0])
@@ -193,9 +269,49 @@ def _report_callback(phase: str, offset: int):
             out[TIME_ATTR] = self.offset + int(out.get("step", 0))
             if checkpoint:
                 out[CHECKPOINT_PATH_KEY] = checkpoint.path
-            self._training_actor_item_queue.put(out)
+            # A queue of one: training waits while the trial function has not taken the previous
+            # report, as with Ray's own TuneReportCallback.
+            self.queue.put(out)
 
-    return TrialReportCallback(phase, offset)
+    return TrialReportCallback(queue, phase, offset)
+
+
+def _fit_relaying(trainer: Any, queue: Any, relay: Callable[[dict[str, Any]], None]) -> Any:
+    """``trainer.fit()`` on a helper thread while this thread hands each queued report to ``relay``.
+
+    The Train controller can pass Tune plain metrics only; a report with a Tune checkpoint has to
+    be made by the trial function itself, which ``fit`` would otherwise block.
+    """
+    from ray.util.queue import Empty
+
+    box: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the trial function's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=fit, name="somnray-trial-fit", daemon=True)
+    thread.start()
+    while True:
+        try:
+            item = queue.get(timeout=1.0)
+        except Empty:
+            # The controller's last put returns before fit() does: once it is over, drain and stop.
+            if thread.is_alive() or not queue.empty():
+                continue
+            break
+        relay(item)
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _location_uri(anchor: StorageLocation, path: str) -> str:
+    """URI of a filesystem ``path`` (as Ray Train returns it) on ``anchor``'s store."""
+    return anchor.with_path(path).uri if anchor.is_local else f"{anchor.protocol}://{path}"
 
 
 def _phase_outcome(run: StorageLocation, phase: Any, result: Any) -> dict[str, Any]:
@@ -205,10 +321,156 @@ def _phase_outcome(run: StorageLocation, phase: Any, result: Any) -> dict[str, A
     doc: dict[str, Any] = {"name": phase.name, "checkpoint_uri": None, "metrics": {}}
     if best is not None:
         metrics = next((m for c, m in result.best_checkpoints if c.path == best.path), {})
-        doc["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        doc["checkpoint_uri"] = run.with_path(best.path).uri if run.is_local else f"{run.protocol}://{best.path}"
+        doc["metrics"] = _scalars(metrics)
+        doc["checkpoint_uri"] = _location_uri(run, best.path)
     run.join(phase.name, PHASE_RESULT_FILE).write_text(json.dumps(doc, indent=2, default=float))
     return doc
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+# -- population-based training: pointers and generations ------------------------------------------
+@dataclass(frozen=True)
+class Generation:
+    """Where a trial trains now.
+
+    Attributes
+    ----------
+    number : int
+        0 for the trial's own start, k after its k-th exploit.
+    folder : StorageLocation
+        The run folder of the generation: the trial's own, or ``<trial>/exploit-<k>``.
+    continue_phase : int or None
+        Index of the phase continued from the donor's checkpoint (exploits only).
+    continue_from : str or None
+        URI of that Ray Train checkpoint.
+    """
+
+    number: int
+    folder: StorageLocation
+    continue_phase: int | None = None
+    continue_from: str | None = None
+
+
+def read_pointer(checkpoint: Any) -> dict[str, Any] | None:
+    """The ``pointer.json`` of a Tune checkpoint (None without a checkpoint or pointer)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / POINTER_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_lineage(run: StorageLocation) -> list[dict[str, Any]]:
+    """The exploits of the trial whose run folder is ``run``, in order (empty if never exploited)."""
+    file = run.join(LINEAGE_FILE)
+    return json.loads(file.read_text())["exploits"] if file.exists() else []
+
+
+def active_folder(run: StorageLocation) -> StorageLocation:
+    """The run folder the trial trains (or trained last) in: its last exploit's, or its own."""
+    lineage = read_lineage(run)
+    return resolve(lineage[-1]["folder"], run.storage_options) if lineage else run
+
+
+def _generation(run: StorageLocation, trial_id: str, pointer: Mapping[str, Any] | None,
+                config: Mapping[str, Any], cfg: ExperimentConfig) -> Generation:
+    """The generation a (re)started trial trains in, opening a new one when PBT exploited it."""
+    if pointer is None:
+        return Generation(0, run)
+    lineage = read_lineage(run)
+    if pointer["trial_id"] == trial_id:
+        # Its own report: PBT paused the trial, or the search is resumed; its Ray Train runs resume.
+        number = int(pointer["generation"])
+        entry = next((e for e in lineage if e["generation"] == number), None)
+        folder = resolve(pointer["folder"], run.storage_options)
+        if entry is None:
+            return Generation(number, folder)
+        return Generation(number, folder, int(entry["phase_index"]), entry["checkpoint_uri"])
+    # Another trial's report: PBT exploited this trial. A new folder each time, so no Ray Train run
+    # of an earlier generation (which would auto-resume) is in the way.
+    number = (int(lineage[-1]["generation"]) if lineage else 0) + 1
+    folder = run.join(f"{EXPLOIT_PREFIX}{number}")
+    donor = resolve(pointer["folder"], run.storage_options)
+    index = int(pointer["phase_index"])
+    for phase in cfg.phases[:index]:  # the donor's finished phases are this lineage's too
+        src = donor.join(phase.name, PHASE_RESULT_FILE)
+        if not src.exists():
+            raise RuntimeError(f"trial {trial_id}: exploiting trial {pointer['trial_id']}, whose finished phase "
+                               f"{phase.name!r} has no {src.uri}")
+        folder.join(phase.name, PHASE_RESULT_FILE).write_text(src.read_text())
+    entry = {"generation": number, "folder": folder.uri, "donor_trial": pointer["trial_id"],
+             "donor_folder": pointer["folder"], "phase": pointer["phase"], "phase_index": index,
+             "checkpoint_uri": pointer["checkpoint_uri"], "step": int(pointer["step"]),
+             TIME_ATTR: int(pointer[TIME_ATTR]), "config": dict(config), "donor_config": pointer.get("config"),
+             "time": time.time()}
+    run.join(LINEAGE_FILE).write_text(json.dumps({"exploits": lineage + [entry]}, indent=2, default=str))
+    log.info("trial %s: exploit %d continues trial %s at %s %s (step %d) with %s", trial_id, number,
+             pointer["trial_id"], pointer["phase"], pointer["checkpoint_uri"], entry["step"], dict(config))
+    return Generation(number, folder, index, pointer["checkpoint_uri"])
+
+
+def _donor_state(uri: str, phase: Any, storage_options: Mapping[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """The donor's checkpoint, and its phase result if the phase already ended there (else None)."""
+    from ray.train import Checkpoint
+
+    from somnray.train.loop import TRAINER_STATE_FILE
+
+    loc = resolve(uri, storage_options)
+    state = json.loads(loc.join(TRAINER_STATE_FILE).read_text())
+    loop = state.get("loop", {})
+    checkpoint = Checkpoint(loc.path, filesystem=loc.pyarrow_filesystem())
+    if loop.get("stopped_early") or int(loop.get("step", 0)) >= phase.optim.max_steps:
+        return checkpoint, {"name": phase.name, "checkpoint_uri": uri, "metrics": _scalars(state.get("metrics", {}))}
+    return checkpoint, None
+
+
+class ReportLog:
+    """The trial's ``reports.jsonl``: appended by the trial function, read by the leaderboard."""
+
+    def __init__(self, file: StorageLocation):
+        self.file = file
+        # Object stores cannot append: the (small) file is rewritten with each report.
+        self.text = file.read_text() if file.exists() else ""
+        self.last = time.time()
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Add one report, with its ``timestamp`` and ``time_this_iter_s`` (since the previous one)."""
+        now = time.time()
+        doc = {**row, "timestamp": now, "time_this_iter_s": now - self.last}
+        self.last = now
+        self.text += json.dumps(doc, default=str) + "\n"
+        self.file.write_text(self.text)
+
+
+def read_reports(run: StorageLocation) -> list[dict[str, Any]]:
+    """The reports of the trial whose run folder is ``run`` (``reports.jsonl``; empty if none)."""
+    file = run.join(REPORTS_FILE)
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _relay(item: dict[str, Any], *, pbt: bool, trial_id: str, gen: Generation, phase_index: int,
+           config: Mapping[str, Any], reports: ReportLog) -> None:
+    """Report one Ray Train report to Tune; with PBT, with a pointer checkpoint to its Ray Train checkpoint."""
+    import ray.tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    metrics = {**item, GENERATION: gen.number}
+    reports.append({**metrics, "config": dict(config)})
+    path = item.get(CHECKPOINT_PATH_KEY)
+    if not (pbt and path):
+        ray.tune.report(metrics)
+        return
+    pointer = {"trial_id": trial_id, "generation": gen.number, "folder": gen.folder.uri, "phase": item["phase"],
+               "phase_index": phase_index, "checkpoint_uri": _location_uri(gen.folder, path),
+               "step": int(item.get("step", 0)), TIME_ATTR: int(item[TIME_ATTR]), "config": dict(config)}
+    with tempfile.TemporaryDirectory(prefix="somnray-pointer-") as tmp:
+        Path(tmp, POINTER_FILE).write_text(json.dumps(pointer, indent=2, default=str))
+        ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))  # Tune copies it
 
 
 def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
@@ -217,39 +479,59 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
     Parameters
     ----------
     config : dict
-        Field path → sampled value (Tune's trial config).
+        Field path → sampled value (Tune's trial config; PBT's perturbed one after an exploit).
     search : mapping
-        ``experiment`` (resolved experiment mapping, monitor set), ``search_uri``.
+        ``experiment`` (resolved experiment mapping, monitor set), ``search_uri``, ``pbt`` (report
+        pointer checkpoints, keep every Ray Train checkpoint).
     """
     import ray.tune
+    from ray.util.queue import Queue
 
     from somnray.train.config import dump_experiment
     from somnray.train.driver import PhaseResult, build_trainer
     from somnray.train.export import write_run_metrics
 
-    name = trial_dirname(ray.tune.get_context().get_trial_id())
+    trial_id = ray.tune.get_context().get_trial_id()
+    name = trial_dirname(trial_id)
     cfg = apply_sample(search["experiment"], config, storage={"uri": search["search_uri"], "name": name},
                        source=f"trial {name}")
     run = resolve(cfg.run_uri)
     if run.is_local:
         run.makedirs()
-    dump_experiment(cfg, run.join("config.yaml").uri)
+    dump_experiment(cfg, run.join("config.yaml").uri)  # the trial's current config (PBT rewrites it)
+    pbt = bool(search.get("pbt"))
+    gen = _generation(run, trial_id, read_pointer(ray.tune.get_checkpoint()), config, cfg)
+    if gen.number:
+        # The exploit's Ray Train runs are stored in its own folder: the same experiment, stored there.
+        cfg = apply_sample(search["experiment"], config, storage={"uri": run.uri, "name": gen.folder.name},
+                           source=f"trial {name}")
+        dump_experiment(cfg, gen.folder.join("config.yaml").uri)
+    queue = Queue(1, actor_options={"num_cpus": 0})
+    reports = ReportLog(run.join(REPORTS_FILE))
     results: list[PhaseResult] = []
     offset = 0
-    for phase in cfg.phases:
-        done = run.join(phase.name, PHASE_RESULT_FILE)
-        if done.exists():  # a resumed trial: this phase finished before the interruption
+    for index, phase in enumerate(cfg.phases):
+        done = gen.folder.join(phase.name, PHASE_RESULT_FILE)
+        continue_from, ended = None, None
+        if not done.exists() and index == gen.continue_phase:
+            continue_from, ended = _donor_state(gen.continue_from, phase, run.storage_options)
+            if ended is not None:  # the donor's checkpoint is the end of this phase
+                done.write_text(json.dumps(ended, indent=2, default=float))
+        if done.exists():  # finished before an interruption, or by the donor
             results.append(PhaseResult(**json.loads(done.read_text())))
         else:
             init = None
-            if phase.init_from == "previous":
+            if phase.init_from == "previous" and continue_from is None:
                 init = results[-1].checkpoint(run.storage_options)
                 if init is None:
                     raise RuntimeError(f"trial {name}: phase {phase.name!r} starts from phase "
                                        f"{results[-1].name!r}, which produced no checkpoint")
-            trainer = build_trainer(cfg, phase, init_checkpoint=init,
-                                    callbacks=[_report_callback(phase.name, offset)])
-            results.append(PhaseResult(**_phase_outcome(run, phase, trainer.fit())))
+            trainer = build_trainer(cfg, phase, init_checkpoint=init, continue_from=continue_from,
+                                    callbacks=[_report_callback(queue, phase.name, offset)],
+                                    checkpoints_to_keep=None if pbt else 2)
+            relay = partial(_relay, pbt=pbt, trial_id=trial_id, gen=gen, phase_index=index, config=config,
+                            reports=reports)
+            results.append(PhaseResult(**_phase_outcome(gen.folder, phase, _fit_relaying(trainer, queue, relay))))
         offset += phase.optim.max_steps
     write_run_metrics(run.uri, results)
 
@@ -280,9 +562,18 @@ class SearchOutcome:
     report_files: dict[str, str]
 
 
-def _scheduler(cfg: ExperimentConfig, settings: SearchSettings):
+def _scheduler(cfg: ExperimentConfig, settings: SearchSettings, space: SearchSpace):
     if settings.scheduler == "fifo":
         return None
+    if settings.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        # Tune scales a number by 0.8 / 1.2 without looking at its bounds: clip to the space's.
+        return PopulationBasedTraining(
+            time_attr=TIME_ATTR, perturbation_interval=settings.perturbation_interval(cfg),
+            hyperparam_mutations=pbt_mutations(space), quantile_fraction=settings.quantile_fraction,
+            resample_probability=settings.resample_probability,
+            custom_explore_fn=partial(clip_to_bounds, bounds=pbt_bounds(space)), log_config=True)
     from ray.tune.schedulers import ASHAScheduler
 
     first = cfg.phases[0].optim.validate_every
@@ -308,13 +599,16 @@ def _search_alg(settings: SearchSettings, concurrency: int):
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # Tune applies max_concurrent_trials to Searchers only; the variant generator takes its own limit.
+    # It counts unfinished trials (paused ones too), so under PBT the population is the trials
+    # running at once; further samples start as trials finish.
     return BasicVariantGenerator(max_concurrent=concurrency, random_state=settings.seed)
 
 
 def _trainable(search_doc: Mapping[str, Any], settings: SearchSettings):
     from ray import tune
 
-    payload = {"experiment": search_doc["experiment"], "search_uri": search_doc["search_uri"]}
+    payload = {"experiment": search_doc["experiment"], "search_uri": search_doc["search_uri"],
+               "pbt": settings.scheduler == "pbt"}
     return tune.with_resources(tune.with_parameters(run_trial, search=payload), {"cpu": settings.trial_cpus})
 
 
@@ -345,7 +639,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, settings: SearchSettin
     import ray
     from ray import tune
 
-    problems = settings.problems(space)
+    problems = settings.problems(space, cfg)
     if problems:
         raise ConfigError("somnray tune", problems)
     search = resolve(search_uri_of(cfg, storage, name))
@@ -367,7 +661,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, settings: SearchSettin
         param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             metric=settings.metric, mode=settings.resolved_mode, num_samples=settings.num_samples,
-            scheduler=_scheduler(cfg, settings), search_alg=_search_alg(settings, concurrency),
+            scheduler=_scheduler(cfg, settings, space), search_alg=_search_alg(settings, concurrency),
             max_concurrent_trials=concurrency, trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(failure_config=tune.FailureConfig(max_failures=0), verbose=1,
@@ -424,5 +718,7 @@ def finish_search(search_uri: str, grid: Any) -> SearchOutcome:
     return SearchOutcome(search.uri, records, best, files)
 
 
-__all__ = ["SEARCH_FILE", "SearchOutcome", "SearchSettings", "finish_search", "plan_concurrency", "read_search",
+__all__ = ["GENERATION", "LINEAGE_FILE", "POINTER_FILE", "REPORTS_FILE", "SEARCH_FILE", "Generation", "ReportLog",
+           "SearchOutcome", "SearchSettings", "active_folder", "finish_search", "plan_concurrency", "read_lineage",
+           "read_pointer", "read_reports", "read_search",
            "resume_search", "run_search", "run_trial", "search_uri_of", "total_steps", "trial_dirname"]

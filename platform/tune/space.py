@@ -364,5 +364,70 @@ def sample_space(space: SearchSpace, rng: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Distribution", "ParamSpec", "SearchSpace", "apply_sample", "load_space", "sample_overrides",
+# ------------------------------------------------------------------------------------------------
+# population-based training
+# ------------------------------------------------------------------------------------------------
+#: Sections PBT may change while a lineage trains: the worker loop reads loss weights and the
+#: missing-modality settings at every step, and re-applies the optimizer's hyperparameters after
+#: continuing another trial's state (somnray.train.loop.apply_optim_hyperparameters).
+PBT_MUTABLE_SECTIONS = ("loss_weights", "missing", "optim")
+#: Fields of those sections that shape the optimizer state, the step budget or the ranking: a
+#: checkpoint cannot continue under another value.
+PBT_FIXED_FIELDS = ("optim.optimizer", "optim.amsgrad", "optim.batch_size", "optim.grad_accum_steps",
+                    "optim.max_steps", "optim.validate_every", "optim.monitor", "optim.mode")
+
+
+def pbt_fixed_reason(spec: ParamSpec) -> str | None:
+    """Why PBT cannot perturb ``spec`` (it is then fixed per lineage), or None if it can.
+
+    Perturbable: ``uniform`` / ``loguniform`` numbers (scaled by 0.8 or 1.2, or resampled) and
+    ``choice`` values (moved to a neighbouring value, or resampled), in the sections the loop
+    applies on the fly (:data:`PBT_MUTABLE_SECTIONS`) minus :data:`PBT_FIXED_FIELDS`.
+    """
+    if not (spec.continuous or spec.distribution == "choice"):
+        return f"{spec.distribution!r} entries are not perturbed (uniform, loguniform and choice are)"
+    _, rest = _split_phase(spec.path)
+    if rest.split(".")[0] not in PBT_MUTABLE_SECTIONS or rest in PBT_FIXED_FIELDS:
+        return ("it shapes the model, the data, the optimizer state or the run, so a checkpoint cannot "
+                "continue under another value (PBT perturbs loss_weights.*, missing.* and optimizer "
+                "hyperparameters such as optim.lr)")
+    return None
+
+
+def pbt_mutations(space: SearchSpace) -> dict[str, Any]:
+    """``PopulationBasedTraining(hyperparam_mutations=...)`` of ``space``.
+
+    A continuous entry maps to its Tune domain (Tune multiplies by a perturbation factor, or
+    resamples), a ``choice`` to its list of values (Tune shifts to a neighbour, or resamples). Entries
+    left out are not perturbed: an exploited trial takes the donor's value with its checkpoint.
+    """
+    out: dict[str, Any] = {}
+    for p in space.params:
+        if pbt_fixed_reason(p) is None:
+            out[p.path] = p.to_tune() if p.continuous else list(p.values or ())
+    return out
+
+
+def pbt_bounds(space: SearchSpace) -> dict[str, tuple[float, float]]:
+    """``(low, high)`` of every perturbable continuous entry (a perturbed value is clipped to them)."""
+    return {p.path: (float(p.low), float(p.high)) for p in space.params
+            if p.continuous and pbt_fixed_reason(p) is None}
+
+
+def clip_to_bounds(config: dict[str, Any], bounds: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """``config`` with each bounded value clipped into its ``(low, high)`` (PBT's ``custom_explore_fn``).
+
+    Tune perturbs a value by a factor without looking at its distribution's bounds; the space
+    validated only values within them (an ``end_rate`` of 0.6 × 1.2 may exceed what the
+    experiment accepts).
+    """
+    out = dict(config)
+    for path, (low, high) in bounds.items():
+        if isinstance(out.get(path), (int, float)) and not isinstance(out[path], bool):
+            out[path] = float(min(max(out[path], low), high))
+    return out
+
+
+__all__ = ["Distribution", "PBT_FIXED_FIELDS", "PBT_MUTABLE_SECTIONS", "ParamSpec", "SearchSpace", "apply_sample",
+           "clip_to_bounds", "load_space", "pbt_bounds", "pbt_fixed_reason", "pbt_mutations", "sample_overrides",
            "sample_space", "space_from_mapping", "valid_paths"]

@@ -41,10 +41,11 @@ def test_concurrency_packs_trials_by_worker_cpus() -> None:
 
 
 def test_settings_report_every_problem() -> None:
-    """Unknown metric, bad samples, zero trial CPUs and PBT's limitation are all listed."""
+    """Unknown metric, bad samples, zero trial CPUs and PBT's need of a population are all listed."""
     problems = SearchSettings(metric="f1", num_samples=0, trial_cpus=0.0, scheduler="pbt").problems()
     text = "\n".join(problems)
-    assert len(problems) == 4 and "val_macro_f1" in text and "Tune rejects 0" in text and "pbt" in text
+    assert len(problems) == 4 and "val_macro_f1" in text and "Tune rejects 0" in text
+    assert "scheduler 'pbt' needs a population: samples must be >= 2, got 0" in text
     assert SearchSettings(metric="val_loss").resolved_mode == "min"
 
 

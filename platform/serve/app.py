@@ -49,6 +49,7 @@ from somnray.data.storage import resolve
 
 from .config import ServeConfig
 from .jobs import CohortJobs
+from .loopback import is_loopback, restrict_replica_ports
 from .scored import ScoredNight, check_recording_id, somnray_version
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Preprocessor:
     def __init__(self, config: ServeConfig):
         from .inference import ScoringModel
 
+        restrict_replica_ports(config.host)
         self.spec = ScoringModel.load(config.run_uri, device="cpu", precision="fp32").spec
         self.default_profile = config.default_profile
 
@@ -204,6 +206,7 @@ class StageModel:
     def __init__(self, config: ServeConfig):
         from .inference import ScoringModel
 
+        restrict_replica_ports(config.host)
         self.scoring = ScoringModel.load(config.run_uri, device=config.device, precision=config.precision)
         self.max_windows = config.max_batch_windows
         self._forward_windows.set_max_batch_size(config.max_batch_windows)
@@ -451,6 +454,7 @@ class ScoringIngress:
 
     def __init__(self, config: ServeConfig, token: str | None, preprocessor: DeploymentHandle,
                  model: DeploymentHandle, jobs: DeploymentHandle):
+        restrict_replica_ports(config.host)
         self.config = config
         # Fail closed: a token in this replica's own environment counts even if the process that
         # built the app had none (on KubeRay the builder and the replicas may run in other pods).
@@ -688,7 +692,7 @@ def build_app(config: ServeConfig) -> Application:
         preprocessor.bind(config),
         model.bind(config),
         jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
-                  default_profile=config.default_profile),
+                  default_profile=config.default_profile, loopback_only=is_loopback(config.host)),
     )
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .loopback import bind_replica_grpc_to_loopback
+
 log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
@@ -73,10 +75,16 @@ class CohortJobs:
         Profile of jobs submitted without one (None: the manifest's or the model's).
     runner : callable, optional
         Replaces :func:`somnray.serve.cohort.score_cohort` (tests of the registry alone).
+    loopback_only : bool
+        This registry is a replica of a service on a loopback address: keep the replica's
+        internal gRPC port on loopback too (:mod:`somnray.serve.loopback`).
     """
 
     def __init__(self, run_uri: str, *, max_running: int = 2, workers: int | None = None,
-                 default_profile: str | None = None, runner: CohortRunner | None = None):
+                 default_profile: str | None = None, runner: CohortRunner | None = None,
+                 loopback_only: bool = False):
+        if loopback_only:  # a replica of a loopback-only service (somnray.serve.loopback)
+            bind_replica_grpc_to_loopback()
         self.run_uri = run_uri
         self.max_running = max_running
         self.workers = workers

@@ -346,6 +346,37 @@ def test_answers_outputs_and_logs_carry_no_edf_header_fields(service, ray_local)
 
 # -- health and description ------------------------------------------------------------------------
 @pytest.mark.integration
+def test_every_replica_port_listens_on_loopback_only(service):
+    """No Serve replica of a loopback service listens beyond 127.0.0.1 (Ray's internal gRPC port included)."""
+    import ipaddress
+
+    import psutil
+    from ray.util.state import list_actors
+
+    replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+                if a.class_name.startswith(f"ServeReplica:{service.app_name}:")]
+    assert {a.class_name.rsplit(":", 1)[1] for a in replicas} == {"ScoringIngress", "Preprocessor", "StageModel",
+                                                                  "CohortJobs"}
+    listening = {(a.class_name, c.laddr.ip, c.laddr.port) for a in replicas
+                 for c in psutil.Process(a.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening, "the replicas were expected to hold their inter-deployment gRPC ports"
+    def loopback(ip: str) -> bool:  # Ray's own servers bind 127.0.0.1 on dual-stack sockets: ::ffff:127.0.0.1
+        addr = ipaddress.ip_address(ip)
+        return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+    assert all(loopback(ip) for _, ip, _ in listening), sorted(listening)
+    assert service.score(recording_id="after-port-check").status_code == 200
+
+
+def test_loopback_hosts_are_recognised():
+    """The rebinding applies to loopback hosts only, never to a routable or all-interfaces one."""
+    from somnray.serve.loopback import is_loopback
+
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.1.2.3", "192.168.0.4", "example.org"]))
+
+
+@pytest.mark.integration
 def test_healthz_and_openapi_describe_the_service(service):
     """/healthz (no token) reports the loaded model; /openapi.json documents every route, the
     multipart upload and the bearer scheme."""

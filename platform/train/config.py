@@ -463,6 +463,18 @@ class PhaseConfig(_Strict):
                              f"worker gets the same micro-batch")
         return self
 
+    @model_validator(mode="after")
+    def _zero3_single_worker(self) -> "PhaseConfig":
+        # ZeRO-3 gathers each layer's parameters by collectives issued as modules run; a batch
+        # missing a modality skips that modality's modules, so ranks would issue different
+        # collectives (measured: a gloo size mismatch that aborts the workers). Stages 1-2 are
+        # made safe by the training loop; these models are small enough not to need stage 3.
+        if self.deepspeed.zero_stage == 3 and self.scaling.num_workers > 1:
+            raise ValueError("deepspeed.zero_stage 3 cannot train the missing-modality models on several "
+                             "workers: a batch without a modality skips modules, so the workers' parameter "
+                             "gathers diverge; use zero_stage 0, 1 or 2 (2 also partitions gradients)")
+        return self
+
     def modalities(self, model_modalities: Sequence[str]) -> tuple[str, ...]:
         """The modalities read from the dataset (``data.modalities`` or the model's)."""
         return tuple(self.data.modalities or model_modalities)

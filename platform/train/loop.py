@@ -210,6 +210,62 @@ def validate(engine: Any, shard: Any, modalities: tuple[str, ...], phase: PhaseC
     return out
 
 
+class _ForwardAndLoss(torch.nn.Module):
+    """``engine(signals, present)`` then the model's loss, as one module call for ``functional_call``."""
+
+    def __init__(self, engine: Any):
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, batch: Any, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        output = self.engine(batch.signals, batch.present)  # DeepSpeed's forward and its backward hooks
+        return self.engine.module.loss(output, batch, loss_weights)
+
+
+def forward_backward(engine: Any, batch: Any, loss_weights: Mapping[str, float], *, world: int,
+                     zero_stage: int) -> dict[str, torch.Tensor]:
+    """One micro-batch: forward, the model's loss terms, and DeepSpeed's backward.
+
+    The missing-modality models run a different graph for different batches: a modality absent
+    from a whole batch skips its branch, an epoch without a second modality skips cross-attention.
+    On several workers that breaks ZeRO-1/2, which reduces gradients as autograd produces them
+    (ranks whose graphs differ reduce different sets, or the same set in another order: a
+    collective mismatch or silently mixed-up gradients). So on several workers under ZeRO the
+    forward pass reads every trainable parameter through one concatenated vector: autograd then
+    hands every parameter its gradient (zeros where unused) in one step, in parameter order, on
+    every rank. The copy costs one pass over the weights (a few MB for these models). Stage 0
+    needs none of this: DeepSpeed reduces in parameter order and zero-fills missing gradients.
+
+    Parameters
+    ----------
+    engine : deepspeed.DeepSpeedEngine
+        The initialised engine (its module is a :class:`~somnray.models.base.SleepStagingModel`).
+    batch : SleepBatch
+        The micro-batch on the engine's device.
+    loss_weights : mapping of str to float
+        Resolved loss-term weights.
+    world : int
+        Number of data-parallel workers.
+    zero_stage : int
+        The DeepSpeed ZeRO stage.
+
+    Returns
+    -------
+    dict of str to Tensor
+        The loss terms (``total`` included) of this micro-batch.
+    """
+    if world > 1 and zero_stage > 0:
+        named = [(name, p) for name, p in engine.module.named_parameters() if p.requires_grad]
+        flat = torch.cat([p.reshape(-1) for _, p in named])
+        views = flat.split([p.numel() for _, p in named])
+        params = {f"engine.module.{name}": v.view_as(p) for (name, p), v in zip(named, views)}
+        losses = torch.func.functional_call(_ForwardAndLoss(engine), params, (batch, loss_weights))
+    else:
+        losses = _ForwardAndLoss(engine)(batch, loss_weights)
+    engine.backward(losses["total"])
+    return losses
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one phase on this worker (Ray Train's ``train_loop_per_worker``).
 
@@ -296,9 +352,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for _ in range(phase.optim.grad_accum_steps):
                 batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
                                        device=device, dtype=dtype)
-                output = engine(batch.signals, batch.present)
-                losses = engine.module.loss(output, batch, loss_weights)
-                engine.backward(losses["total"])
+                losses = forward_backward(engine, batch, loss_weights, world=world,
+                                          zero_stage=phase.deepspeed.zero_stage)
                 engine.step()  # steps the optimizer and scheduler at the accumulation boundary
                 for name, value in losses.items():
                     step_losses.setdefault(name, []).append(float(value.detach()))

@@ -56,7 +56,7 @@ def test_backend_follows_device() -> None:
 @pytest.mark.parametrize("world, accum, batch, micro", [
     (1, 1, 16, 16), (2, 1, 16, 8), (8, 1, 64, 8), (2, 2, 64, 16), (8, 4, 64, 2),
 ])
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2])  # stage 3: test_zero3_needs_one_worker
 def test_gpu_deepspeed_config_as_data(tiny_model_name, world, accum, batch, micro, stage) -> None:
     """On N GPUs the batch sizes multiply out, ZeRO stage and bf16 are set, clipping is passed."""
     phase = _phase(tiny_model_name, optim=OptimConfig(batch_size=batch, grad_accum_steps=accum, clip_norm=1.0),
@@ -71,6 +71,15 @@ def test_gpu_deepspeed_config_as_data(tiny_model_name, world, accum, batch, micr
     assert ds["gradient_clipping"] == 1.0
     assert "optimizer" not in ds and "scheduler" not in ds  # torch client optimizer, our schedule
     assert "zero_allow_untested_optimizer" not in ds  # Adam is ZeRO-tested
+
+
+def test_zero3_needs_one_worker(tiny_model_name) -> None:
+    """ZeRO-3 with several workers is refused with the reason; on one worker it is accepted."""
+    with pytest.raises(ValueError, match=r"zero_stage 3 cannot train .* several workers"):
+        _phase(tiny_model_name, optim=OptimConfig(batch_size=16), deepspeed={"zero_stage": 3},
+               scaling={"num_workers": 2})
+    phase = _phase(tiny_model_name, optim=OptimConfig(batch_size=16), deepspeed={"zero_stage": 3})
+    assert build_deepspeed_config(phase, 1, "cuda", bf16_supported=True)["zero_optimization"] == {"stage": 3}
 
 
 def test_older_gpu_gets_fp16_and_cpu_fp32(tiny_model_name) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -21,7 +23,11 @@ from run_factory import write_config
 
 SCRIPT = textwrap.dedent('''
     """Start a 2-node cluster, train 2 workers with STRICT_SPREAD, report where they ran."""
-    import json, os, socket, sys, tempfile, traceback
+    import json, os, socket, sys, traceback
+    # Ray records "the current cluster" in $RAY_TMPDIR/ray (else /tmp/ray, which a fresh machine lacks):
+    # keep this cluster's record out of the test session's and make sure its folder exists.
+    os.environ["RAY_TMPDIR"] = sys.argv[3]
+    os.makedirs(os.path.join(sys.argv[3], "ray"), exist_ok=True)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -34,8 +40,7 @@ SCRIPT = textwrap.dedent('''
     from somnray.train.config import load_experiment
     from somnray.train.driver import run_experiment
 
-    config, out = sys.argv[1], sys.argv[2]
-    temp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    config, out, temp = sys.argv[1], sys.argv[2], sys.argv[3]
     common = dict(node_ip_address="127.0.0.1", num_cpus=2, object_store_memory=200 * 2**20)
     # Each node: one CPU for its training worker, one for Ray Data reads (and the controller).
     # Its own dashboard port: the default 8265 is taken by any other Ray instance on the machine
@@ -44,7 +49,7 @@ SCRIPT = textwrap.dedent('''
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args=dict(
-        common, temp_dir=temp, include_dashboard=True, dashboard_host="127.0.0.1",
+        common, temp_dir=os.path.join(temp, "ray"), include_dashboard=True, dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port))
     try:
         cluster.add_node(**common)
@@ -66,6 +71,18 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
+def _worker_errors(ray_tmp: Path, limit: int = 6000) -> str:
+    """Tails of the Ray worker and raylet logs that mention an error: why a worker died, for CI's record."""
+    parts = []
+    for log in sorted(ray_tmp.glob("ray/session_*/logs/*")):
+        if log.suffix not in (".err", ".out", ".log") or not log.is_file():
+            continue
+        text = log.read_text(errors="replace")
+        if any(word in text for word in ("Traceback", "Error", "SIGSEGV", "killed")):
+            parts.append(f"[{log.name}]\n" + text[-1500:])
+    return "\n".join(parts)[-limit:]
+
+
 @pytest.mark.integration
 def test_two_nodes_one_worker_each_shared_checkpoints(tmp_path: Path) -> None:
     """STRICT_SPREAD puts one of the 2 workers on each node; both ranks' checkpoint shards land in shared storage."""
@@ -81,11 +98,18 @@ def test_two_nodes_one_worker_each_shared_checkpoints(tmp_path: Path) -> None:
     script.write_text(SCRIPT)
     out = tmp_path / "out.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, str(script), str(cfg), str(out)], capture_output=True, text=True,
-                          env=env, timeout=900)
-    error = out.with_name(out.name + ".error")
-    assert proc.returncode == 0, (error.read_text() if error.exists() else "", proc.stdout[-3000:],
-                                  proc.stderr[-5000:])
+    # A short folder under /tmp: Ray's unix sockets live in it and their paths are limited to 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(cfg), str(out), ray_tmp], capture_output=True,
+                              text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            error = out.with_name(out.name + ".error")
+            pytest.fail("two-node run failed\n--- traceback\n" + (error.read_text() if error.exists() else "")
+                        + "\n--- stderr (tail)\n" + proc.stderr[-4000:]
+                        + "\n--- Ray worker errors\n" + _worker_errors(Path(ray_tmp)), pytrace=False)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     report = json.loads(out.read_text())
     assert len(set(report["nodes"])) == 2
     assert len(report["worker_nodes"]) == 2 and set(report["worker_nodes"]) == set(report["nodes"])

@@ -21,9 +21,7 @@ from somnray.train.optim import build_optimizer, build_scheduler
 from somnray.tune.search import SearchSettings
 from somnray.tune.space import clip_to_bounds, pbt_bounds, pbt_fixed_reason, pbt_mutations, space_from_mapping
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-from prepared_factory import write_dataset  # noqa: E402  (tests/train helper, not a package)
-
+from test_search import write_search_inputs  # (it puts tests/train on sys.path too)
 from test_space import experiment  # noqa: E402
 
 SPACE = {"params": {
@@ -139,22 +137,7 @@ MAX_STEPS, EVERY = 6, 2
 
 
 def _write_inputs(root: Path) -> tuple[Path, Path, Path]:
-    data = root / "prepared"
-    write_dataset(data)
-    cfg = root / "exp.yaml"
-    cfg.write_text(textwrap.dedent(f"""
-        seed: 3
-        data: {{dataset: {data}, split: manifest, sequence_length: 5, shuffle_buffer: 8}}
-        model: {{name: coresleep_tiny}}
-        missing: {{kind: partial_chunks, rate: 0.3, chunk_epochs: 5,
-                   curriculum: {{kind: linear, start_rate: 0.0, end_rate: 0.3, ramp_steps: 4}}}}
-        optim: {{optimizer: adamw, lr: 1.0e-3, batch_size: 4, max_steps: {MAX_STEPS}, validate_every: {EVERY}}}
-        scaling: {{num_workers: 1, use_gpu: false, max_failures: 0, cpus_per_worker: 0.49}}
-        storage: {{uri: {root}/runs, name: exp}}
-        """))
-    space = root / "space.yaml"
-    space.write_text(PBT_SPACE)
-    return cfg, space, data
+    return write_search_inputs(root, PBT_SPACE, max_steps=MAX_STEPS, validate_every=EVERY, ramp_steps=4)
 
 
 def _reports(trial: Path) -> list[dict]:

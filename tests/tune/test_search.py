@@ -95,7 +95,9 @@ SPACE = textwrap.dedent("""\
     """)
 
 
-def _write_inputs(root: Path) -> tuple[Path, Path]:
+def write_search_inputs(root: Path, space: str = SPACE, *, max_steps: int = 4, validate_every: int = 2,
+                        ramp_steps: int = 2) -> tuple[Path, Path, Path]:
+    """A prepared synthetic dataset, an experiment config (tiny CoRe-Sleep) and a space YAML under ``root``."""
     data = root / "prepared"
     write_dataset(data)
     cfg = root / "exp.yaml"
@@ -104,14 +106,14 @@ def _write_inputs(root: Path) -> tuple[Path, Path]:
         data: {{dataset: {data}, split: manifest, sequence_length: 5, shuffle_buffer: 8}}
         model: {{name: coresleep_tiny}}
         missing: {{kind: partial_chunks, rate: 0.3, chunk_epochs: 5,
-                   curriculum: {{kind: linear, start_rate: 0.0, end_rate: 0.3, ramp_steps: 2}}}}
-        optim: {{optimizer: adamw, lr: 1.0e-3, batch_size: 4, max_steps: 4, validate_every: 2}}
+                   curriculum: {{kind: linear, start_rate: 0.0, end_rate: 0.3, ramp_steps: {ramp_steps}}}}}
+        optim: {{optimizer: adamw, lr: 1.0e-3, batch_size: 4, max_steps: {max_steps}, validate_every: {validate_every}}}
         scaling: {{num_workers: 1, use_gpu: false, max_failures: 0, cpus_per_worker: 0.49}}
         storage: {{uri: {root}/runs, name: exp}}
         """))
-    space = root / "space.yaml"
-    space.write_text(SPACE)
-    return cfg, space
+    space_path = root / "space.yaml"
+    space_path.write_text(space)
+    return cfg, space_path, data
 
 
 def _packing(records) -> int:
@@ -127,7 +129,7 @@ def test_asha_search_writes_leaderboard_plot_and_an_evaluable_best(tmp_path, ray
     from somnray.jobs import cmd_tune
     from somnray.models.bundle import load_bundle
 
-    cfg, space = _write_inputs(tmp_path)
+    cfg, space, _ = write_search_inputs(tmp_path)
     start = time.perf_counter()
     status = cmd_tune.main([str(cfg), str(space), "--samples", "4", "--scheduler", "asha",
                             "--storage", str(tmp_path / "runs"), "--name", "s1"])
@@ -164,7 +166,7 @@ def test_interrupted_search_completes_with_resume(tmp_path, ray_local, monkeypat
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     from somnray.jobs import cmd_tune
 
-    cfg, space = _write_inputs(tmp_path)
+    cfg, space, _ = write_search_inputs(tmp_path)
     search = tmp_path / "runs" / "s2"
     env = {**os.environ, "RAY_ADDRESS": ray_local.address}
     log = open(tmp_path / "driver.log", "wb")

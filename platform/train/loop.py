@@ -222,8 +222,7 @@ class _ForwardAndLoss(torch.nn.Module):
         return self.engine.module.loss(output, batch, loss_weights)
 
 
-def forward_backward(engine: Any, batch: Any, loss_weights: Mapping[str, float], *, world: int,
-                     zero_stage: int) -> dict[str, torch.Tensor]:
+class ForwardBackward:
     """One micro-batch: forward, the model's loss terms, and DeepSpeed's backward.
 
     The missing-modality models run a different graph for different batches: a modality absent
@@ -239,31 +238,31 @@ def forward_backward(engine: Any, batch: Any, loss_weights: Mapping[str, float],
     Parameters
     ----------
     engine : deepspeed.DeepSpeedEngine
-        The initialised engine (its module is a :class:`~somnray.models.base.SleepStagingModel`).
-    batch : SleepBatch
-        The micro-batch on the engine's device.
-    loss_weights : mapping of str to float
-        Resolved loss-term weights.
+        The initialised engine (its module is a :class:`~somnray.models.base.SleepStagingModel`);
+        which parameters are trainable is read once, here (a phase's frozen groups stay frozen).
     world : int
         Number of data-parallel workers.
     zero_stage : int
         The DeepSpeed ZeRO stage.
-
-    Returns
-    -------
-    dict of str to Tensor
-        The loss terms (``total`` included) of this micro-batch.
     """
-    if world > 1 and zero_stage > 0:
-        named = [(name, p) for name, p in engine.module.named_parameters() if p.requires_grad]
-        flat = torch.cat([p.reshape(-1) for _, p in named])
-        views = flat.split([p.numel() for _, p in named])
-        params = {f"engine.module.{name}": v.view_as(p) for (name, p), v in zip(named, views)}
-        losses = torch.func.functional_call(_ForwardAndLoss(engine), params, (batch, loss_weights))
-    else:
-        losses = _ForwardAndLoss(engine)(batch, loss_weights)
-    engine.backward(losses["total"])
-    return losses
+
+    def __init__(self, engine: Any, *, world: int, zero_stage: int):
+        self.engine = engine
+        self._step = _ForwardAndLoss(engine)
+        self._trainable = ([(f"engine.module.{name}", p) for name, p in engine.module.named_parameters()
+                            if p.requires_grad] if world > 1 and zero_stage > 0 else None)
+
+    def __call__(self, batch: Any, loss_weights: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Run ``batch`` (a ``SleepBatch`` on the engine's device); return its loss terms, ``total`` included."""
+        if self._trainable is None:
+            losses = self._step(batch, loss_weights)
+        else:
+            flat = torch.cat([p.reshape(-1) for _, p in self._trainable])
+            views = flat.split([p.numel() for _, p in self._trainable])
+            params = {name: v.view_as(p) for (name, p), v in zip(self._trainable, views)}
+            losses = torch.func.functional_call(self._step, params, (batch, loss_weights))
+        self.engine.backward(losses["total"])
+        return losses
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -344,6 +343,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_shard, micro, shuffle_buffer=phase.data.shuffle_buffer, seed=phase.seed + rank,
         prefetch_batches=phase.data.prefetch_batches, drop_last=True))
 
+    forward_backward = ForwardBackward(engine, world=world, zero_stage=phase.deepspeed.zero_stage)
     engine.train()
     running: dict[str, list[float]] = {}  # loss term → values since the last validation
     try:
@@ -352,8 +352,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             for _ in range(phase.optim.grad_accum_steps):
                 batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
                                        device=device, dtype=dtype)
-                losses = forward_backward(engine, batch, loss_weights, world=world,
-                                          zero_stage=phase.deepspeed.zero_stage)
+                losses = forward_backward(batch, loss_weights)
                 engine.step()  # steps the optimizer and scheduler at the accumulation boundary
                 for name, value in losses.items():
                     step_losses.setdefault(name, []).append(float(value.detach()))

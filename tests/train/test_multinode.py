@@ -24,10 +24,9 @@ from run_factory import write_config
 SCRIPT = textwrap.dedent('''
     """Start a 2-node cluster, train 2 workers with STRICT_SPREAD, report where they ran."""
     import json, os, socket, sys, traceback
-    # Ray records "the current cluster" in $RAY_TMPDIR/ray (else /tmp/ray, which a fresh machine lacks):
-    # keep this cluster's record out of the test session's and make sure its folder exists.
-    os.environ["RAY_TMPDIR"] = sys.argv[3]
-    os.makedirs(os.path.join(sys.argv[3], "ray"), exist_ok=True)
+    # Both nodes keep their sessions, and Ray its "current cluster" record, in $RAY_TMPDIR/ray (set
+    # by the test): apart from the test session's /tmp/ray, which a fresh machine does not even have.
+    os.makedirs(os.path.join(os.environ["RAY_TMPDIR"], "ray"), exist_ok=True)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
@@ -40,7 +39,7 @@ SCRIPT = textwrap.dedent('''
     from somnray.train.config import load_experiment
     from somnray.train.driver import run_experiment
 
-    config, out, temp = sys.argv[1], sys.argv[2], sys.argv[3]
+    config, out = sys.argv[1], sys.argv[2]
     common = dict(node_ip_address="127.0.0.1", num_cpus=2, object_store_memory=200 * 2**20)
     # Each node: one CPU for its training worker, one for Ray Data reads (and the controller).
     # Its own dashboard port: the default 8265 is taken by any other Ray instance on the machine
@@ -49,7 +48,7 @@ SCRIPT = textwrap.dedent('''
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]
     cluster = Cluster(initialize_head=True, head_node_args=dict(
-        common, temp_dir=os.path.join(temp, "ray"), include_dashboard=True, dashboard_host="127.0.0.1",
+        common, include_dashboard=True, dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port))
     try:
         cluster.add_node(**common)
@@ -97,12 +96,12 @@ def test_two_nodes_one_worker_each_shared_checkpoints(tmp_path: Path) -> None:
     script = tmp_path / "two_nodes.py"
     script.write_text(SCRIPT)
     out = tmp_path / "out.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A short folder under /tmp: Ray's unix sockets live in it and their paths are limited to 107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="rmn", dir="/tmp")
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
     try:
-        proc = subprocess.run([sys.executable, str(script), str(cfg), str(out), ray_tmp], capture_output=True,
-                              text=True, env=env, timeout=900)
+        proc = subprocess.run([sys.executable, str(script), str(cfg), str(out)], capture_output=True, text=True,
+                              env=env, timeout=900)
         if proc.returncode != 0:
             error = out.with_name(out.name + ".error")
             pytest.fail("two-node run failed\n--- traceback\n" + (error.read_text() if error.exists() else "")

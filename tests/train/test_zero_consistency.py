@@ -2,7 +2,7 @@
 
 A missing-modality batch skips branches of the model, so two ranks can run different autograd
 graphs in the same step. ZeRO-1/2 reduce gradients as autograd produces them; without
-:func:`somnray.train.loop.forward_backward`'s single parameter vector the ranks reduce different
+:func:`somnray.train.loop.ForwardBackward`'s single parameter vector the ranks reduce different
 sets (a gloo collective mismatch that aborts the worker) or the same set in different orders
 (silently mixed-up gradients). Stage 0 zero-fills and reduces in parameter order: the reference.
 """

@@ -32,7 +32,7 @@ def rank_main(rank: int, port: int, stage: int, accum: int, out: str) -> None:
 
     from somnray.models import create_model
     from somnray.models.base import SleepBatch
-    from somnray.train.loop import forward_backward
+    from somnray.train.loop import ForwardBackward
 
     torch.manual_seed(0)
     model = create_model("coresleep_tiny")
@@ -49,10 +49,11 @@ def rank_main(rank: int, port: int, stage: int, accum: int, out: str) -> None:
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
                                       config=config, dist_init_required=False)
     weights = engine.module.resolve_loss_weights({})
+    forward_backward = ForwardBackward(engine, world=WORLD, zero_stage=stage)
     for k in range(accum):
         part = slice(k * BATCH, (k + 1) * BATCH)
         batch = SleepBatch({m: x[part] for m, x in signals.items()}, present[part], labels[part], ("eeg", "eog"))
-        forward_backward(engine, batch, weights, world=WORLD, zero_stage=stage)
+        forward_backward(batch, weights)
         engine.step()
     if rank == 0:
         torch.save({name: p.detach().float().clone() for name, p in engine.module.named_parameters()}, out)

@@ -22,7 +22,7 @@ from somnray.tune.search import SearchSettings
 from somnray.tune.space import clip_to_bounds, pbt_bounds, pbt_fixed_reason, pbt_mutations, space_from_mapping
 
 from test_search import write_search_inputs  # (it puts tests/train on sys.path too)
-from test_space import experiment  # noqa: E402
+from test_space import experiment
 
 SPACE = {"params": {
     "optim.lr": {"distribution": "loguniform", "low": 1.0e-4, "high": 1.0e-2},
@@ -136,10 +136,6 @@ PBT_SPACE = textwrap.dedent("""\
 MAX_STEPS, EVERY = 6, 2
 
 
-def _write_inputs(root: Path) -> tuple[Path, Path, Path]:
-    return write_search_inputs(root, PBT_SPACE, max_steps=MAX_STEPS, validate_every=EVERY, ramp_steps=4)
-
-
 def _reports(trial: Path) -> list[dict]:
     return [json.loads(line) for line in (trial / "reports.jsonl").read_text().splitlines() if line.strip()]
 
@@ -163,7 +159,8 @@ def test_pbt_search_exploits_and_continues_the_donor_checkpoint(tmp_path, tmp_pa
     random.seed(0)  # PBT's choices (which donor, which factor) use the driver's `random`
     from somnray.jobs import cmd_tune
 
-    cfg, space, _ = _write_inputs(tmp_path)
+    cfg, space, _ = write_search_inputs(tmp_path, PBT_SPACE, max_steps=MAX_STEPS, validate_every=EVERY,
+                                         ramp_steps=4)
     start = time.perf_counter()
     status = cmd_tune.main([str(cfg), str(space), "--samples", "4", "--scheduler", "pbt", "--max-concurrent", "2",
                             "--metric", "val_loss", "--perturbation-steps", str(EVERY), "--quantile-fraction", "0.5",

@@ -45,6 +45,7 @@ def run(nights: int = 8, hours: float = 8.0, profile: str = "shhs", seed: int = 
     """Synthesise ``nights`` nights and time the baseline and somnray with 1 and 2 workers."""
     import ray
 
+    from somnray.core.session import ensure_ray
     from somnray.data.pipeline import prepare_cohort
     from somnray.data.profiles import load_profile
     from somnray.data.synth import synthesize_cohort
@@ -65,8 +66,8 @@ def run(nights: int = 8, hours: float = 8.0, profile: str = "shhs", seed: int = 
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"), log_to_driver=False)
+        ensure_ray(2, include_dashboard=False, temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
+                   log_to_driver=False)
     try:
         for workers in (1, 2):
             out = work / f"store-{workers}"

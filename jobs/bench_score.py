@@ -175,7 +175,8 @@ def run(quick: bool = False, threads: int = 2, repeats: int | None = None,
     """
     import ray
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from somnray.core.session import ensure_ray
+
     repeats = repeats or (1 if quick else 3)
     night_hours = 2.0 if quick else NIGHT_EPOCHS * 30 / 3600
     cohort_nights = cohort_nights or (2 if quick else 4)
@@ -208,8 +209,7 @@ def run(quick: bool = False, threads: int = 2, repeats: int | None = None,
     started_here = not ray.is_initialized()
     ray_tmp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Unix socket paths are limited
     if started_here:
-        ray.init(address="local", num_cpus=threads, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", _temp_dir=ray_tmp, log_to_driver=False)
+        ensure_ray(threads, include_dashboard=False, temp_dir=ray_tmp, log_to_driver=False)
     try:
         for workers in (1, 2):
             r = time_cohort(bundle, cohort, work / f"scored-{workers}", workers, cohort_nights)

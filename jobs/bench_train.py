@@ -183,7 +183,8 @@ def run(model: str = "coresleep", batch: int = 4, length: int = 21, steps: int =
     """
     import ray
 
-    from somnray.data.pipeline import ensure_ray, prepare_cohort
+    from somnray.core.session import ensure_ray
+    from somnray.data.pipeline import prepare_cohort
     from somnray.data.profiles import load_profile
     from somnray.data.synth import synthesize_cohort
     from somnray.models import create_model

@@ -75,8 +75,9 @@ def _fragment_profile(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every step succeeded."""
+    from somnray.core.session import ensure_ray
     from somnray.data.manifest import ManifestEntry, format_manifest_csv
-    from somnray.data.pipeline import ensure_ray, prepare_cohort, read_manifest
+    from somnray.data.pipeline import prepare_cohort, read_manifest
     from somnray.data.profiles import load_profile
     from somnray.data.splits import kfold_split, save_splits
     from somnray.data.synth import synthesize_cohort

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; print the scenario table; return the exit status."""
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.train.evaluate import evaluate_run
 
     if args.workers is not None and args.workers < 1:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         report = evaluate_run(args.runs, args.data, split=args.split, fold=args.fold, scenarios=args.scenarios,
                               stride=args.stride, workers=args.workers, batch_size=args.batch_size,
                               out_uri=args.out)
-    except (SomnrayDataError, FileNotFoundError, PermissionError) as exc:
+    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         # Expected, user-fixable problems: a clear message, no traceback.
         print(f"somnray evaluate: error: {exc}", file=sys.stderr)
         return 1

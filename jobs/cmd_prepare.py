@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the preparation; returns the exit status."""
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.data.pipeline import prepare_cohort
     from somnray.data.profiles import load_profile
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
         result = prepare_cohort(args.input, profile, args.out, num_workers=args.workers,
                                 progress=not args.no_progress, limit=args.limit)
-    except (SomnrayDataError, FileNotFoundError, PermissionError) as exc:
+    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         # Expected, user-fixable problems: a clear message, no traceback.
         print(f"somnray prepare: error: {exc}", file=sys.stderr)
         return 1

@@ -53,7 +53,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the inputs; returns the exit status."""
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.serve.cohort import score_cohort
 
     try:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                               workers=args.workers, plots=args.plots, stride=args.stride,
                               device=args.device, precision=args.precision,
                               progress=not args.no_progress)
-    except (SomnrayDataError, FileNotFoundError, PermissionError) as exc:
+    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         # Expected, user-fixable problems: a clear message, no traceback.
         print(f"somnray score: error: {exc}", file=sys.stderr)
         return 1

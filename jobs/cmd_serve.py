@@ -66,11 +66,10 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     """Deploy the app and block until interrupted.  Returns the exit status."""
-    import os
     import signal
     import time
 
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.serve.config import ServeConfig
     from somnray.serve.inference import bundle_location
 
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
         # Fail here, in a second, rather than after replicas retried loading a missing bundle.
         bundle_location(config.run_uri)
-    except SomnrayDataError as exc:
+    except SomnrayError as exc:
         print(f"somnray serve: error: {exc}", file=sys.stderr)
         return 2
     token = config.resolved_token()
@@ -103,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from somnray.core.session import ensure_ray
     from somnray.serve.app import build_app
 
     def _interrupt(signum: int, frame: object) -> None:
@@ -112,16 +112,7 @@ def run(args: argparse.Namespace) -> int:
     # started in the background by a non-interactive shell inherits SIGINT ignored).
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    started_ray = False
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"])
-        else:
-            # A local instance must not listen on, or advertise, the machine's public addresses.
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                     _node_ip_address="127.0.0.1")
-        started_ray = True
+    started_ray = ensure_ray()
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name="somnray", route_prefix="/")

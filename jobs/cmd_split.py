@@ -36,7 +36,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and write the split; returns the exit status."""
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.data.pipeline import prepared_entries
     from somnray.data.splits import kfold_split, manifest_split, ratio_split, save_splits
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             splits = [manifest_split(entries, name=args.name or "manifest")]
         uri = save_splits(args.dataset, splits, name=args.name)
-    except (SomnrayDataError, FileNotFoundError) as exc:
+    except (SomnrayError, FileNotFoundError) as exc:
         print(f"somnray split: error: {exc}", file=sys.stderr)
         return 1
     for s in splits:

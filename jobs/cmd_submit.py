@@ -87,7 +87,7 @@ def split_submit_options(args: argparse.Namespace) -> tuple[argparse.Namespace, 
 
 def run(args: argparse.Namespace) -> int:
     """Validate, package and submit; optionally wait or follow.  Returns the exit status."""
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
     from somnray.jobs import submit as sub
 
     args, workflow_argv = split_submit_options(args)

@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the cohort; print a one-line summary.  Returns the exit status."""
+    from somnray.core.errors import SomnrayError
     from somnray.data import synth
-    from somnray.data.errors import SomnrayDataError
 
     try:
         artefacts = synth.ArtefactConfig.preset(args.artefacts, args.missing_eog_fraction)
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             artefacts=artefacts if artefacts.enabled else None,
             embed_annotations=args.embed_annotations, progress=args.nights > 1,
         )
-    except SomnrayDataError as exc:
+    except SomnrayError as exc:
         print(f"somnray synth: error: {exc}", file=sys.stderr)
         return 2
     subjects = len({e.subject_id for e in entries})

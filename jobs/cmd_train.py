@@ -48,7 +48,7 @@ def cli_overrides(config: str, overrides: list[str], run_uri: str | None, worker
     """
     out = list(overrides)
     if run_uri is not None:
-        from somnray.data.storage import resolve
+        from somnray.core.storage import resolve
 
         loc = resolve(run_uri)
         out += [f"storage.uri={loc.parent.uri}", f"storage.name={loc.name}"]
@@ -70,7 +70,7 @@ def cli_overrides(config: str, overrides: list[str], run_uri: str | None, worker
 
 def run(args: argparse.Namespace) -> int:
     """Validate, train, export; returns the exit status."""
-    from somnray.data.errors import SomnrayDataError
+    from somnray.core.errors import SomnrayError
     from somnray.train.config import load_experiment
     from somnray.train.tracking import check_sinks_available
 
@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_experiment(args.config, overrides)
         for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
             check_sinks_available(phase.logging, f"{args.config} (phase {phase.name})")
-    except SomnrayDataError as exc:
+    except SomnrayError as exc:
         print(f"somnray train: error: {exc}", file=sys.stderr)
         return 1
 
     import ray
 
-    from somnray.data.pipeline import ensure_ray
+    from somnray.core.session import ensure_ray
     from somnray.train.driver import run_experiment
 
     names = " → ".join(p.name for p in cfg.phases)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_ray()
     try:
         results = run_experiment(cfg)
-    except (SomnrayDataError, FileNotFoundError, PermissionError) as exc:
+    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         print(f"somnray train: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a failed Ray Train run: the cause is in the worker logs above

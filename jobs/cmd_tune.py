@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume a search; prints the ``best/`` URI last. Returns the exit status."""
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
 
     if args.resume and (args.config or args.space):
         print("somnray tune: give CONFIG SPACE for a new search, or --resume URI, not both", file=sys.stderr)
@@ -86,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _new(args: argparse.Namespace):
-    from somnray.data.errors import ConfigError
-    from somnray.data.pipeline import ensure_ray
+    from somnray.core.errors import ConfigError
+    from somnray.core.session import ensure_ray
     from somnray.train.config import load_experiment
     from somnray.tune.search import SearchSettings, run_search
     from somnray.tune.space import load_space
@@ -108,7 +108,7 @@ def _new(args: argparse.Namespace):
 
 
 def _resume(uri: str):
-    from somnray.data.pipeline import ensure_ray
+    from somnray.core.session import ensure_ray
     from somnray.tune.search import read_search, resume_search
 
     read_search(uri)  # a clear error before Ray starts if this is not a search folder

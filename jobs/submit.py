@@ -52,7 +52,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from somnray.data.errors import ConfigError, SomnrayDataError
+from somnray.core.errors import ConfigError, SubmitError
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,6 @@ KEEP_WHEELS = 8
 # Files outside the package folders that the build reads.
 _BUILD_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in", "README.md", "LICENSE")
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ipynb_checkpoints"}
-
-
-class SubmitError(SomnrayDataError):
-    """A submission cannot be made (no source checkout, wheel build failed, cluster unreachable)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -384,7 +380,7 @@ def _shape(command: str) -> argparse.ArgumentParser:
 
 def _check_uri(value: str, what: str, errors: list[str], warnings: list[str]) -> str:
     """Parse a URI; make plain local paths absolute (the job's working directory is elsewhere)."""
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     try:
         location = resolve(value)
@@ -416,7 +412,7 @@ def _stage(path: str, what: str, uploads: dict[str, Path], errors: list[str]) ->
 
 def _check_experiment_uris(cfg, errors: list[str], warnings: list[str]) -> None:
     """Relative local paths inside a config would resolve against the job's working directory."""
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     seen: set[str] = set()
     named = [("storage.uri", cfg.storage.uri)]

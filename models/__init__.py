@@ -3,12 +3,20 @@
 This package imports only torch and numpy, so a model can be used without the platform.
 """
 
-from .base import (EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, SFREQ_HZ, ModelOutput, SleepBatch,
-                   SleepStagingModel, masked_cross_entropy)
+from .base import (
+                   EPOCH_SAMPLES,
+                   IGNORE_INDEX,
+                   N_CLASSES,
+                   SAMPLING_RATE_HZ,
+                   ModelOutput,
+                   SleepBatch,
+                   SleepStagingModel,
+                   masked_cross_entropy,
+)
 from .registry import create_model, is_model, list_models, register_model
 
 __all__ = [
-    "EPOCH_SAMPLES", "IGNORE_INDEX", "N_CLASSES", "SFREQ_HZ", "ModelOutput", "SleepBatch",
+    "EPOCH_SAMPLES", "IGNORE_INDEX", "N_CLASSES", "SAMPLING_RATE_HZ", "ModelOutput", "SleepBatch",
     "SleepStagingModel", "create_model", "is_model", "list_models", "masked_cross_entropy",
     "register_model",
 ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .base import SFREQ_HZ
+from .base import SAMPLING_RATE_HZ
 
 #: Names of the raw-view operations, in the order of the random choice.
 RAW_OPERATIONS = ("scale", "dc_shift", "noise", "band_stop", "time_shift", "zero_mask")
@@ -81,7 +81,7 @@ class RawAugmentation:
     band_stop_width_hz: float = 2.0
     time_shift_s: float = 3.0
     zero_mask_s: float = 3.0
-    sfreq: float = float(SFREQ_HZ)
+    sfreq: float = float(SAMPLING_RATE_HZ)
 
     def __post_init__(self) -> None:
         unknown = [op for op in self.operations if op not in RAW_OPERATIONS]

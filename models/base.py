@@ -25,18 +25,9 @@ from typing import ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-#: Sampling rate every model expects, in Hz.
-SFREQ_HZ = 100
-#: Length of one scoring epoch, in seconds.
-EPOCH_S = 30
-#: Samples in one epoch at :data:`SFREQ_HZ`.
-EPOCH_SAMPLES = SFREQ_HZ * EPOCH_S
-#: Number of sleep stages (W, N1, N2, N3, REM).
-N_CLASSES = 5
-#: Label value ignored by every loss and metric (movement, unscored, padding).
-IGNORE_INDEX = -1
-#: Canonical modality names of the data contract.
-KNOWN_MODALITIES = ("eeg", "eog", "emg", "eeg2", "ecg")
+# The data contract's facts (100-Hz, 30-s epochs; five classes; -1 ignored; the modality names) are
+# the platform's own, shared with data preparation and scoring.
+from somnray.core.constants import EPOCH_SAMPLES, IGNORE_INDEX, KNOWN_MODALITIES, N_CLASSES, SAMPLING_RATE_HZ
 
 
 @dataclass
@@ -163,7 +154,7 @@ class SleepStagingModel(nn.Module):
         for name, x in signals.items():
             if tuple(x.shape) != (batch, length, EPOCH_SAMPLES):
                 raise ValueError(f"signals[{name!r}] must have shape ({batch}, {length}, {EPOCH_SAMPLES}) "
-                                 f"(30-s epochs at {SFREQ_HZ} Hz), got {tuple(x.shape)}")
+                                 f"(30-s epochs at {SAMPLING_RATE_HZ} Hz), got {tuple(x.shape)}")
         return batch, length
 
     def presence(self, signals: Mapping[str, Tensor], present: Tensor) -> Tensor:

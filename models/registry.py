@@ -6,9 +6,10 @@ of functions decorated here (timm's ``_registry.py`` habit).
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from typing import Callable, TypeVar
+
+from somnray.core.config import did_you_mean
 
 from .base import SleepStagingModel
 
@@ -48,8 +49,7 @@ def create_model(name: str, **overrides) -> SleepStagingModel:
     """
     _import_architectures()
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, _MODELS)
         raise ValueError(f"unknown model {name!r}{hint} Registered models: {', '.join(sorted(_MODELS))}")
     return _MODELS[name](**overrides)
 

@@ -6,7 +6,7 @@ Each expensive resource starts at most once per pytest session, on first use:
 * ``ray_local`` — ``ray.init(address="local", num_cpus=2)`` bound to 127.0.0.1, token auth off, its
   own short temp dir (Unix socket paths must stay under ~107 characters);
 * ``s3_server`` — ``moto_server`` on 127.0.0.1 with fake credentials exported as the standard
-  ``AWS_*`` variables, so :mod:`somnray.data.storage` finds it with no extra options;
+  ``AWS_*`` variables, so :mod:`somnray.core.storage` finds it with no extra options;
 * ``synth_cohort`` — a factory of synthetic cohorts written by :mod:`somnray.data.synth` (real EDF
   files), cached per argument set; ``sleep_edf_cohort`` and ``shhs_cohort`` are the usual ones.
 """
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from loopback import free_port  # this folder is on sys.path (rootdir conftest)
 
 # Loopback only, whatever a test starts (Ray, its workers, gloo): see platform-notes.md.
@@ -90,7 +89,7 @@ class S3Server:
 
     @property
     def storage_options(self) -> dict[str, Any]:
-        """s3fs options reaching this server (also usable with ``somnray.data.storage``)."""
+        """s3fs options reaching this server (also usable with ``somnray.core.storage``)."""
         return {"endpoint_url": self.endpoint_url, "key": self.access_key, "secret": self.secret_key}
 
     def make_bucket(self, name: str | None = None) -> str:

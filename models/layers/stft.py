@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..base import EPOCH_SAMPLES, SFREQ_HZ
+from ..base import EPOCH_SAMPLES, SAMPLING_RATE_HZ
 
 
 def n_frames(n_samples: int = EPOCH_SAMPLES, win_length: int = 200, hop_length: int = 100) -> int:
@@ -55,7 +55,7 @@ class STFTFrontEnd(nn.Module):
     """
 
     def __init__(self, window_s: float = 2.0, hop_s: float = 1.0, n_fft: int = 256,
-                 drop_dc: bool = False, normalize: bool = True, sfreq: int = SFREQ_HZ,
+                 drop_dc: bool = False, normalize: bool = True, sfreq: int = SAMPLING_RATE_HZ,
                  floor_db: float = -120.0):
         super().__init__()
         self.win_length = int(round(window_s * sfreq))

@@ -85,11 +85,6 @@ class TransformerLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    @property
-    def has_cross_attention(self) -> bool:
-        """Whether this layer owns a cross-attention sub-layer."""
-        return self.cross_attn is not None
-
     def forward(self, x: Tensor, context: Tensor | None = None,
                 key_padding_mask: Tensor | None = None,
                 context_padding_mask: Tensor | None = None,

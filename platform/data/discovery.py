@@ -15,9 +15,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError
+from somnray.core.errors import ConfigError
+from somnray.core.storage import StorageLocation, resolve
+
 from .manifest import ManifestEntry, parse_manifest_csv
-from .storage import StorageLocation, resolve
 
 log = logging.getLogger(__name__)
 

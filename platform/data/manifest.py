@@ -22,7 +22,7 @@ import io
 import posixpath
 from dataclasses import asdict, dataclass
 
-from .errors import ConfigError
+from somnray.core.errors import ConfigError
 
 REQUIRED_COLUMNS = ("recording_id", "subject_id", "psg")
 OPTIONAL_COLUMNS = ("hypnogram", "profile", "split")

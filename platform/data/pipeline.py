@@ -35,11 +35,22 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from somnray.core.constants import (
+    EPOCH_SECONDS,
+    SAMPLING_RATE_HZ,
+    STAGE_NAMES,
+    STATUS_OK,
+    STATUS_REJECTED,
+    STATUS_SKIPPED,
+)
+from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.session import ensure_ray
+from somnray.core.storage import StorageLocation, resolve, worker_storage_options
+from somnray.core.version import somnray_version
+
 from . import schema
 from .discovery import load_manifest
-from .errors import ConfigError, RecordingError
 from .manifest import SPLITS, ManifestEntry, format_manifest_csv, parse_manifest_csv
-from .storage import S3_PROTOCOLS, StorageLocation, resolve, s3_options
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +59,6 @@ log = logging.getLogger(__name__)
 DATA_FORMAT_VERSION = f"somnray-data-{schema.FORMAT_VERSION}.1"
 #: Key of the per-recording summary in each Parquet file's key/value metadata.
 SUMMARY_KEY = "somnray.summary"
-STAGE_NAMES = {-1: "unscored", 0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "REM"}
-
-STATUS_OK = "ok"
-STATUS_SKIPPED = "skipped"
-STATUS_REJECTED = "rejected"
 
 
 # -- versioning -----------------------------------------------------------------------------------
@@ -258,31 +264,6 @@ class PrepareResult:
         return 2 if self.rejected else 0
 
 
-def _somnray_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("somnray")
-    except Exception:  # pragma: no cover - running from a source tree without install
-        return "unknown"
-
-
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Connect to Ray: ``RAY_ADDRESS`` if set, else start a local, loopback-only instance."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    # A local instance must not listen on, or advertise, the machine's public addresses.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1")
-
-
 def _check_profiles(entries: Sequence[ManifestEntry], profile, source: str) -> None:
     names = {e.profile for e in entries if e.profile}
     foreign = sorted(n for n in names if n != profile.name and
@@ -370,12 +351,8 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: StorageLocation,
     from tqdm.auto import tqdm
 
     ensure_ray()
-    # Workers may have started before the driver's AWS_* variables were set (or on other
-    # machines): resolve the S3 endpoint and credentials here, once, and ship them with the task.
     uris = [dataset.uri] + [u for e in todo for u in (e.psg, e.hypnogram) if u]
-    worker_opts = dict(storage_options or {})
-    if any(u.startswith(tuple(f"{p}://" for p in S3_PROTOCOLS)) for u in uris):
-        worker_opts = s3_options(storage_options)
+    worker_opts = worker_storage_options(uris, storage_options)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     # One block per recording, so the recordings spread over the task pool instead of queueing
@@ -442,11 +419,11 @@ def _manifest_doc(entries: Sequence[ManifestEntry], statuses: Sequence[Mapping[s
         "format": DATA_FORMAT_VERSION,
         "schema": schema.schema_metadata(mods),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "somnray_version": _somnray_version(),
+        "somnray_version": somnray_version(),
         "profile": profile.model_dump(mode="json"),
         "preprocessing": {
-            "sampling_rate_hz": schema.SAMPLING_RATE_HZ,
-            "epoch_seconds": schema.EPOCH_SECONDS,
+            "sampling_rate_hz": SAMPLING_RATE_HZ,
+            "epoch_seconds": EPOCH_SECONDS,
             "storage_dtype": "float16",
             "normalization": profile.normalization,
             "trimming": profile.trimming.model_dump(mode="json"),

@@ -15,11 +15,10 @@ from typing import Literal
 import numpy as np
 from scipy import signal as sps
 
-from .errors import RecordingError
+from somnray.core.constants import EPOCH_SECONDS, SAMPLING_RATE_HZ
+from somnray.core.errors import RecordingError
 
 __all__ = [
-    "SFREQ",
-    "EPOCH_S",
     "availability",
     "bandpass",
     "check_alignment",
@@ -33,10 +32,6 @@ __all__ = [
     "trim_wake",
 ]
 
-#: Output sampling rate of every modality (architecture.md's data contract).
-SFREQ = 100.0
-#: Scoring epoch length in seconds.
-EPOCH_S = 30.0
 
 _WAKE = 0
 
@@ -53,7 +48,7 @@ def _rational(sfreq_out: float, sfreq_in: float) -> tuple[int, int]:
     return ratio.numerator, ratio.denominator
 
 
-def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float = SFREQ) -> np.ndarray:
+def resample(x: np.ndarray, sfreq_in: float, sfreq_out: float = SAMPLING_RATE_HZ) -> np.ndarray:
     """Polyphase resampling by the rational factor ``sfreq_out / sfreq_in``.
 
     Parameters
@@ -212,7 +207,7 @@ def bandpass(x: np.ndarray, sfreq: float, band: tuple[float, float], *,
 # Epochs and labels
 
 
-def epoch(x: np.ndarray, sfreq: float = SFREQ, epoch_s: float = EPOCH_S) -> np.ndarray:
+def epoch(x: np.ndarray, sfreq: float = SAMPLING_RATE_HZ, epoch_s: float = EPOCH_SECONDS) -> np.ndarray:
     """Cut a signal into consecutive epochs, dropping the incomplete tail.
 
     Returns
@@ -254,7 +249,7 @@ def _leading_wake(scored: np.ndarray) -> int:
 
 
 def trim_wake(labels: np.ndarray, rule: TrimRule, edge_minutes: float = 30.0,
-              epoch_s: float = EPOCH_S) -> slice:
+              epoch_s: float = EPOCH_SECONDS) -> slice:
     """Which contiguous span of epochs to keep (models.md §4.5).
 
     Unscored epochs (-1) stay in the sequence; the rules look at scored epochs only, as the

@@ -16,12 +16,12 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from somnray.core.config import parse_yaml, validation_lines
+from somnray.core.errors import ConfigError
 
 __all__ = [
     "AnnotationSpec",
@@ -30,14 +30,12 @@ __all__ = [
     "CohortProfile",
     "PairingSpec",
     "TrimSpec",
-    "STAGE_NAMES",
     "list_profiles",
     "load_profile",
     "normalize_label",
 ]
 
 #: Class index → AASM stage name (the label contract of architecture.md); -1 is "unscored".
-STAGE_NAMES: dict[int, str] = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "REM"}
 
 _PROFILE_PACKAGE = "somnray.data"
 _PROFILE_FOLDER = "profiles"
@@ -312,31 +310,6 @@ def list_profiles() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _format_location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
-
-
-def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False):
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling against docs/profiles.md)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        # pydantic adds the tagged-union/type branch to the location (e.g. "function-after[...]");
-        # users only know their own keys.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        got = err.get("input")
-        suffix = ""
-        if err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (str, int, float, bool)):
-            suffix = f" (got {got!r})"
-        lines.append(f"{_format_location(loc)}: {msg}{suffix}")
-    return lines
-
-
 def _resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
     """Return (source name for messages, YAML text)."""
     text_name = os.fspath(name_or_path)
@@ -371,13 +344,11 @@ def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
         validation problem is listed as a ``field.path: message`` line.
     """
     source, text = _resolve(name_or_path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    raw = parse_yaml(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
     try:
         return CohortProfile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _format_errors(exc)) from None
+        raise ConfigError(source, validation_lines(
+            exc, unknown_key="unknown key (check the spelling against docs/profiles.md)")) from None

@@ -24,11 +24,12 @@ from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 
-from .errors import RecordingError
+from somnray.core.constants import EPOCH_SECONDS
+from somnray.core.errors import RecordingError
+
 from .profiles import AnnotationSpec
 
 __all__ = [
-    "EPOCH_S",
     "Annotation",
     "ChannelData",
     "Hypnogram",
@@ -39,8 +40,6 @@ __all__ = [
     "read_psg",
 ]
 
-#: Scoring epoch length in seconds (the platform's label grid).
-EPOCH_S = 30.0
 
 PathOrData = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
@@ -499,8 +498,8 @@ def _read_table(raw: bytes, spec: AnnotationSpec, source: str) -> Hypnogram:
                 source, f"line {line_no}: {len(row)} column(s), expected at least {max(index) + 1}")
         cells = [row[i].strip() for i in index]
         if spec.table_layout == "epochs":
-            onsets.append((line_no - first_line) * EPOCH_S)
-            durations.append(EPOCH_S)
+            onsets.append(float((line_no - first_line) * EPOCH_SECONDS))
+            durations.append(float(EPOCH_SECONDS))
             labels.append(cells[0])
             continue
         try:
@@ -547,7 +546,7 @@ def read_hypnogram(path: PathOrData, spec: AnnotationSpec, source: str | None = 
 
 
 def _grid_index(seconds: float) -> float:
-    return seconds / EPOCH_S
+    return seconds / EPOCH_SECONDS
 
 
 def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int], source: str,
@@ -597,17 +596,17 @@ def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int]
         if abs(start - round(start)) > 1e-3:
             raise RecordingError(
                 source, f"stage annotation {text!r} starts at {float(onset):g} s, which is not on "
-                f"the {EPOCH_S:g}-s epoch grid of the recording")
+                f"the {EPOCH_SECONDS:g}-s epoch grid of the recording")
         start_i = int(round(start))
         if math.isnan(duration):  # an instant stage marker labels the one epoch it starts
             count = 1
         else:
-            count_f = float(duration) / EPOCH_S
+            count_f = float(duration) / EPOCH_SECONDS
             if abs(count_f - round(count_f)) > 1e-3:
                 if i != last:
                     raise RecordingError(
                         source, f"stage annotation {text!r} at {float(onset):g} s lasts "
-                        f"{float(duration):g} s, which is not a multiple of {EPOCH_S:g} s")
+                        f"{float(duration):g} s, which is not a multiple of {EPOCH_SECONDS:g} s")
                 count_f = math.floor(count_f)  # a final run cut by the end of the recording
             count = int(round(count_f))
         stop_i = start_i + count
@@ -621,13 +620,13 @@ def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int]
         if clash.any():
             at = lo + int(np.argmax(clash))
             raise RecordingError(
-                source, f"overlapping stage annotations disagree at epoch {at} ({at * EPOCH_S:g} s): "
+                source, f"overlapping stage annotations disagree at epoch {at} ({at * EPOCH_SECONDS:g} s): "
                 f"{text!r} overlaps an earlier annotation with another stage")
         labels[lo:hi] = value
         covered[lo:hi] = True
     if past_end:
         warns.append(
-            f"the hypnogram runs {past_end} epochs ({past_end * EPOCH_S:g} s) past the end of the "
+            f"the hypnogram runs {past_end} epochs ({past_end * EPOCH_SECONDS:g} s) past the end of the "
             f"signal ({n_epochs} epochs); the labels beyond the signal were dropped")
     n_covered = int(covered.sum())
     if n_epochs and n_covered < min_coverage * n_epochs:

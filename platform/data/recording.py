@@ -3,7 +3,7 @@ alignment checks → wake trimming → availability mask → normalisation.
 
 This is the unit of work the Ray Data pipeline maps over a cohort manifest, and the function the
 scoring service calls on one uploaded night.  Every way a recording can be bad ends as a
-:class:`~somnray.data.errors.RecordingError` naming the file (the user's URI) and the problem, so the
+:class:`~somnray.core.errors.RecordingError` naming the file (the user's URI) and the problem, so the
 cohort run can list rejected recordings and why; nothing identifying (EDF patient/recording
 fields, dates) reaches the result or the messages.
 """
@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RecordingError
+from somnray.core.constants import EPOCH_SECONDS, SAMPLING_RATE_HZ, STAGES
+from somnray.core.errors import RecordingError
+
 from .prepared import PreparedRecording
 from .preprocess import (
-    EPOCH_S,
-    SFREQ,
     availability,
     bandpass,
     check_alignment,
@@ -31,7 +31,7 @@ from .preprocess import (
     resample,
     trim_wake,
 )
-from .profiles import STAGE_NAMES, ChannelSpec, CohortProfile, normalize_label
+from .profiles import ChannelSpec, CohortProfile, normalize_label
 from .readers import (
     PSG,
     ChannelData,
@@ -64,13 +64,13 @@ def _native_epochs(x: np.ndarray, sfreq: float, n_epochs: int) -> np.ndarray:
     When 30 s is not a whole number of samples at ``sfreq`` each epoch takes the floor of it,
     starting at its exact time (at most one sample per epoch is left out).
     """
-    per_epoch = sfreq * EPOCH_S
+    per_epoch = sfreq * EPOCH_SECONDS
     width = int(np.floor(per_epoch + 1e-9))
     need = int(np.ceil(n_epochs * per_epoch - 1e-9))
     if len(x) < need:
         x = np.concatenate([x, np.full(need - len(x), np.nan)])
     if abs(per_epoch - width) < 1e-9:
-        return epoch(x[: n_epochs * width], sfreq, EPOCH_S)
+        return epoch(x[: n_epochs * width], sfreq, EPOCH_SECONDS)
     starts = np.floor(np.arange(n_epochs) * per_epoch + 1e-9).astype(np.int64)
     return x[starts[:, None] + np.arange(width)[None, :]]
 
@@ -164,13 +164,13 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
         return unusable(f"(signal '{label}') carries no usable signal: "
                         f"{_why_unusable(flags, parts[0][1], n_epochs, profile.availability.flat_lsb)}")
 
-    x = resample(x, rate, SFREQ)
+    x = resample(x, rate, SAMPLING_RATE_HZ)
     if spec.band is not None:
         try:
-            x = bandpass(x, SFREQ, spec.band, native_sfreq=native)
+            x = bandpass(x, SAMPLING_RATE_HZ, spec.band, native_sfreq=native)
         except ValueError as exc:
             return unusable(f"(signal '{label}'): {exc}")
-    epochs = _native_epochs(x, SFREQ, n_epochs)
+    epochs = _native_epochs(x, SAMPLING_RATE_HZ, n_epochs)
     short = np.isnan(epochs).any(axis=1)  # the signal ended before the last record
     usable &= ~short
     epochs[short] = 0.0
@@ -198,7 +198,7 @@ def _trim(labels: np.ndarray, profile: CohortProfile, source: str) -> slice:
         raise RecordingError(source, f"no scored epoch: all {len(labels)} epochs are unscored or "
                                      "movement (-1)")
     rule = profile.trimming.rule
-    keep = trim_wake(labels, rule, profile.trimming.edge_minutes, EPOCH_S)
+    keep = trim_wake(labels, rule, profile.trimming.edge_minutes, EPOCH_SECONDS)
     kept = labels[keep]
     if rule == "edges" and not (kept > 0).any():
         n_wake = int((labels == 0).sum())
@@ -210,7 +210,7 @@ def _trim(labels: np.ndarray, profile: CohortProfile, source: str) -> slice:
         raise RecordingError(
             source, f"no scored epoch left after trimming rule '{rule}' ({len(labels)} epochs before)")
     if profile.require_all_stages:
-        missing = [STAGE_NAMES[c] for c in range(5) if not (kept == c).any()]
+        missing = [STAGES[c] for c in range(5) if not (kept == c).any()]
         if missing:
             raise RecordingError(
                 source, f"stage(s) {missing} never occur after trimming, and the profile requires "
@@ -228,10 +228,10 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     """
     hyp_source = hypnogram_source or psg_source
     warnings: list[str] = list(psg.warnings)
-    n_epochs = int(psg.duration_s // EPOCH_S)
+    n_epochs = int(psg.duration_s // EPOCH_SECONDS)
     if n_epochs == 0:
         raise RecordingError(psg_source, f"the recording lasts {psg.duration_s:g} s, shorter than "
-                                         f"one {EPOCH_S:g}-s epoch")
+                                         f"one {EPOCH_SECONDS:g}-s epoch")
     prepared: dict[str, _Prepared | None] = {}
     for modality, spec in profile.channels.items():
         prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile, psg_source,
@@ -269,7 +269,7 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "epochs_trimmed_start": int(keep.start),
         "epochs_trimmed_end": int(n_epochs - keep.stop),
         "epochs_unscored": int((kept_labels < 0).sum()),
-        "class_counts": {STAGE_NAMES[c]: int(counts[c]) for c in range(5)},
+        "class_counts": {STAGES[c]: int(counts[c]) for c in range(5)},
         "native_sfreq": {m: f["native_sfreq"] for m, f in channels.items()},
         "channels": channels,
         "absent": [m for m, p in prepared.items() if p is None],

@@ -32,16 +32,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from somnray.core.constants import CANONICAL_MODALITIES, EPOCH_SAMPLES, SAMPLING_RATE_HZ
+
 from .prepared import PreparedRecording
 
 #: Version of the on-storage layout; part of every dataset version hash.  Bump on any change of
 #: columns, types or meaning.
 FORMAT_VERSION = 1
-SAMPLING_RATE_HZ = 100
-EPOCH_SECONDS = 30
-EPOCH_SAMPLES = SAMPLING_RATE_HZ * EPOCH_SECONDS
-#: Canonical modalities, in column order; others a profile defines follow, sorted.
-CANONICAL_MODALITIES = ("eeg", "eog", "emg")
 METADATA_KEY = b"somnray"
 #: Columns every dataset has, whatever its modalities.
 BASE_COLUMNS = ("recording_id", "subject_id", "cohort", "n_epochs", "labels", "epoch_index")
@@ -256,18 +253,6 @@ def table_to_arrays(table: pa.Table) -> list[dict[str, Any]]:
     return out
 
 
-def arrays_to_recording(arrays: Mapping[str, Any]) -> PreparedRecording:
-    """A :func:`row_to_arrays` dict back as a :class:`PreparedRecording` (float16 signals)."""
-    mods = [k[len("available_"):] for k in arrays if k.startswith("available_")]
-    return PreparedRecording(
-        recording_id=arrays["recording_id"], subject_id=arrays["subject_id"],
-        cohort=arrays["cohort"],
-        signals={m: arrays.get(m) for m in mods},
-        available={m: arrays[available_column(m)] for m in mods},
-        labels=arrays["labels"], epoch_index=arrays["epoch_index"],
-    )
-
-
 def read_recording(dataset_uri: str, recording_id: str,
                    storage_options: Mapping[str, Any] | None = None,
                    columns: Sequence[str] | None = None) -> dict[str, Any]:
@@ -280,7 +265,7 @@ def read_recording(dataset_uri: str, recording_id: str,
     recording_id : str
         Which recording.
     storage_options : mapping, optional
-        Filesystem options (see :mod:`somnray.data.storage`).
+        Filesystem options (see :mod:`somnray.core.storage`).
     columns : sequence of str, optional
         Read only these columns (``n_epochs`` and the string columns are always read).
 
@@ -289,7 +274,7 @@ def read_recording(dataset_uri: str, recording_id: str,
     dict
         As :func:`row_to_arrays`.
     """
-    from .storage import resolve
+    from somnray.core.storage import resolve
 
     loc = resolve(dataset_uri, storage_options).join("recordings", f"{recording_id}.parquet")
     if not loc.exists():
@@ -298,7 +283,7 @@ def read_recording(dataset_uri: str, recording_id: str,
 
 
 def read_recording_file(loc, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of one recording Parquet file at a :class:`~somnray.data.storage.StorageLocation`."""
+    """Rows of one recording Parquet file at a :class:`~somnray.core.storage.StorageLocation`."""
     if columns is not None:
         columns = list(dict.fromkeys(["recording_id", "subject_id", "cohort", "n_epochs", *columns]))
     with loc.open("rb") as f:

@@ -27,15 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SomnrayDataError
+from somnray.core.errors import SplitError
+
 from .manifest import SPLITS, ManifestEntry
 
 #: Version of the split JSON layout.
 SPLIT_FORMAT_VERSION = 1
-
-
-class SplitError(SomnrayDataError, ValueError):
-    """A split cannot be made as asked (too few subjects, bad fractions, overlapping parts)."""
 
 
 @dataclass(frozen=True)
@@ -300,7 +297,7 @@ def splits_from_json(text: str, source: str = "<splits>") -> list[Split]:
 def save_splits(dataset_uri: str, splits: Sequence[Split], name: str | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> str:
     """Write ``splits`` to ``<dataset_uri>/splits/<name>.json``; returns that URI."""
-    from .storage import resolve
+    from somnray.core.storage import resolve
 
     name = name or splits[0].name
     loc = resolve(dataset_uri, storage_options).join("splits", f"{name}.json")
@@ -310,7 +307,7 @@ def save_splits(dataset_uri: str, splits: Sequence[Split], name: str | None = No
 
 def load_splits(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[Split]:
     """Read a split file (a URI, or ``<dataset_uri>/splits/<name>.json``)."""
-    from .storage import resolve
+    from somnray.core.storage import resolve
 
     loc = resolve(uri, storage_options)
     return splits_from_json(loc.read_text(), loc.uri)

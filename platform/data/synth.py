@@ -54,7 +54,8 @@ from scipy import fft as sfft
 from scipy import signal as ssig
 from scipy.ndimage import uniform_filter1d
 
-from .errors import ConfigError
+from somnray.core.errors import ConfigError
+
 from .manifest import ManifestEntry, format_manifest_csv
 
 __all__ = [

@@ -43,14 +43,15 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from somnray.data.errors import ConfigError, RecordingError
+from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.storage import resolve
+from somnray.core.version import somnray_version
 from somnray.data.profiles import list_profiles
-from somnray.data.storage import resolve
 
 from .config import ServeConfig
 from .jobs import CohortJobs
 from .loopback import is_loopback, restrict_replica_ports
-from .scored import ScoredNight, check_recording_id, somnray_version
+from .scored import ScoredNight, check_recording_id
 
 log = logging.getLogger(__name__)
 

@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
+from somnray.core.errors import ConfigError, RecordingError, ServingError
+from somnray.core.storage import StorageLocation, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
-from somnray.data.errors import ConfigError, RecordingError
 from somnray.data.manifest import ManifestEntry
 from somnray.data.profiles import CohortProfile, load_profile
-from somnray.data.storage import S3_PROTOCOLS, StorageLocation, resolve, s3_options
 
 from .inference import ModelSpec, ScoringModel, prepare_for_scoring, score_prepared, scoring_profile
 from .outputs import read_stats_documents, summarize_cohort, write_night_outputs, write_rejected_night
@@ -63,10 +64,6 @@ FAULT_ENV = "SOMNRAY_SCORE_FAULT_AFTER"
 PSG_SUFFIXES = (".edf", ".bdf", ".rec")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 
-STATUS_OK = "ok"
-STATUS_SKIPPED = "skipped"
-STATUS_REJECTED = "rejected"
-
 #: Memory a read + prepare task reserves (a 24-h night needs about 0.5 GB above the worker).  It
 #: also keeps the tasks a separate operator: Ray Data fuses a map into the next one when their
 #: resource requests match, and fused into the scoring actors, reading and preparing would run
@@ -76,7 +73,7 @@ PREPARE_MEMORY = 512 * 2**20
 ProgressCallback = Callable[[int, int, int], None]
 
 
-class CohortScoringError(RuntimeError):
+class CohortScoringError(ServingError):
     """The cohort run itself failed (not one recording): what was written stays; rerun to resume."""
 
 
@@ -280,18 +277,6 @@ class CohortScoreResult:
         """0 when every recording has outputs, 2 when some were rejected."""
         return 2 if self.rejected else 0
 
-    @property
-    def nights_per_minute(self) -> float:
-        """Throughput of this run over the nights it scored."""
-        return 60.0 * self.scored / self.seconds if self.seconds > 0 else 0.0
-
-
-def _worker_options(uris: Sequence[str], storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    # Workers may have started before the driver's AWS_* variables were set (or run on other
-    # machines): resolve the S3 endpoint and credentials here, once, and ship them.
-    if any(u.startswith(tuple(f"{p}://" for p in S3_PROTOCOLS)) for u in uris):
-        return s3_options(storage_options)
-    return dict(storage_options or {})
 
 
 def _fault_after() -> int | None:
@@ -379,7 +364,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
     import ray
     from tqdm.auto import tqdm
 
-    from somnray.data.pipeline import ensure_ray
+    from somnray.core.session import ensure_ray
 
     started = time.monotonic()
     fault_after = _fault_after()
@@ -435,7 +420,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
     report()
     if todo:
         ensure_ray()
-        opts = _worker_options([out.uri, model_uri, *(r["psg"] for r in todo)], storage_options)
+        opts = worker_storage_options([out.uri, model_uri, *(r["psg"] for r in todo)], storage_options)
         n_actors, cpus, gpus = _pool_shape(workers, len(todo))
         ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))

@@ -17,8 +17,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from somnray.data.errors import ConfigError
-from somnray.data.storage import resolve
+from somnray.core.config import validation_lines
+from somnray.core.errors import ConfigError
+from somnray.core.storage import resolve
 
 #: Environment variable read for the bearer token when the config gives none.
 DEFAULT_TOKEN_ENV = "SOMNRAY_SERVE_TOKEN"
@@ -130,8 +131,7 @@ class ServeConfig(BaseModel):
         try:
             return cls.model_validate(dict(args))
         except ValidationError as exc:
-            errors = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
-            raise ConfigError(source, errors) from None
+            raise ConfigError(source, validation_lines(exc)) from None
 
     def resolved_token(self) -> str | None:
         """The bearer token: ``token`` if set, else the ``token_env`` variable, else None."""

@@ -38,14 +38,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from somnray.data.errors import ConfigError, RecordingError
+from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.storage import StorageLocation, resolve
 from somnray.data.prepared import PreparedRecording
 from somnray.data.profiles import ChannelSpec, CohortProfile, load_profile
 from somnray.data.readers import PathOrData, read_psg
 from somnray.data.recording import prepare_psg
-from somnray.data.storage import StorageLocation, resolve
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, load_bundle
 from somnray.models.base import SleepStagingModel
+from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, load_bundle
 from somnray.models.inference import predict_night
 
 from .scored import NOT_SCORED, ModelInfo, ScoredNight, check_recording_id

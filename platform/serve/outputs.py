@@ -1,4 +1,4 @@
-"""Per-recording scoring outputs and the cohort summary, written through :mod:`somnray.data.storage`.
+"""Per-recording scoring outputs and the cohort summary, written through :mod:`somnray.core.storage`.
 
 Every night gets one folder ``<out>/<recording_id>/`` holding (``docs/outputs.md`` describes each
 column):
@@ -38,11 +38,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from somnray.data.errors import ConfigError, RecordingError
-from somnray.data.storage import StorageLocation, resolve
+from somnray.core.constants import STAGES
+from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.storage import StorageLocation, resolve
+from somnray.core.version import somnray_version
 
-from .scored import ModelInfo, ScoredNight, check_recording_id, somnray_version
-from .stats import STAGE_NAMES, UNSCORED, SleepStats
+from .scored import ModelInfo, ScoredNight, check_recording_id
+from .stats import UNSCORED, SleepStats
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ COHORT_FILES = {"csv": "cohort_summary.csv", "parquet": "cohort_summary.parquet"
 EDF_STAGE_TEXT = {0: "Sleep stage W", 1: "Sleep stage N1", 2: "Sleep stage N2",
                   3: "Sleep stage N3", 4: "Sleep stage R", UNSCORED: "Sleep stage ?"}
 #: Per-epoch probability columns, in class order.
-PROB_COLUMNS = tuple(f"prob_{name}" for name in STAGE_NAMES)
+PROB_COLUMNS = tuple(f"prob_{name}" for name in STAGES)
 #: Columns of the BIDS events TSV, in order.
 EVENTS_COLUMNS = ("onset", "duration", "trial_type", "stage", "value", "probability")
 
@@ -102,7 +104,7 @@ def _night_metadata(night: ScoredNight) -> dict[str, Any]:
         "epoch_s": night.epoch_s,
         "start_offset_s": night.start_offset_s,
         "modalities": list(night.modalities),
-        "stage_codes": {**{name: code for code, name in enumerate(STAGE_NAMES)}, "UNS": UNSCORED},
+        "stage_codes": {**{name: code for code, name in enumerate(STAGES)}, "UNS": UNSCORED},
         "low_confidence_threshold": night.low_confidence_threshold,
         "model": night.model.to_dict(),
     }

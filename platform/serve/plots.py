@@ -17,10 +17,11 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from somnray.data.errors import RecordingError
+from somnray.core.constants import STAGES
+from somnray.core.errors import RecordingError
 
 from .scored import ScoredNight
-from .stats import REM, STAGE_NAMES, UNSCORED, WAKE, SleepStats
+from .stats import REM, UNSCORED, WAKE, SleepStats
 
 #: Colour of each stage (W N1 N2 N3 REM), shared by the hypnogram, hypnodensity and cohort plot.
 STAGE_COLORS = ("#f2c14e", "#9ad1d4", "#3d85c6", "#1c3f7a", "#d1495b")
@@ -71,7 +72,7 @@ def plot_night(night: ScoredNight, *, stats: SleepStats | None = None) -> Figure
                     zorder=3)
     for start, stop in _runs(hyp == UNSCORED):
         ax_h.axvspan(hours[start], hours[stop], color=UNSCORED_COLOR, alpha=0.5, lw=0)
-    ax_h.set_yticks([level[s] for s in _Y_ORDER], [STAGE_NAMES[s] for s in _Y_ORDER])
+    ax_h.set_yticks([level[s] for s in _Y_ORDER], [STAGES[s] for s in _Y_ORDER])
     ax_h.set_ylim(-0.6, len(_Y_ORDER) - 0.4)
     ax_h.set_ylabel("stage")
     ax_h.grid(axis="x", alpha=0.3)
@@ -80,12 +81,12 @@ def plot_night(night: ScoredNight, *, stats: SleepStats | None = None) -> Figure
                 loc="upper right", fontsize=8, framealpha=0.9)
 
     # -- hypnodensity: class probabilities stacked; unscored epochs left blank
-    probs = np.zeros((n, len(STAGE_NAMES)), dtype=np.float32)
+    probs = np.zeros((n, len(STAGES)), dtype=np.float32)
     rows = np.nan_to_num(night.probabilities, nan=0.0)
     scored = night.stages != UNSCORED
     probs[night.epoch_index[scored]] = rows[scored]
     ax_p.stackplot(np.repeat(hours, 2)[1:-1], np.repeat(probs.T, 2, axis=1),
-                  colors=STAGE_COLORS, labels=STAGE_NAMES, lw=0)
+                  colors=STAGE_COLORS, labels=STAGES, lw=0)
     ax_p.set_ylim(0, 1)
     ax_p.set_ylabel("probability")
     ax_p.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
@@ -128,7 +129,7 @@ def plot_cohort(rows: Sequence[Mapping[str, Any]]) -> Figure:
         ("Total sleep time", "hours", [("TST", values("tst_min") / 60.0, "#555555")]),
         ("Sleep efficiency", "%", [("SE", values("sleep_efficiency_pct"), "#555555")]),
         ("Stages (% of TST)", "%", [(name, values(f"{name.lower()}_pct"), STAGE_COLORS[code])
-                                   for code, name in enumerate(STAGE_NAMES) if code != WAKE]),
+                                   for code, name in enumerate(STAGES) if code != WAKE]),
     ]
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 3, width_ratios=(1, 1, 2.4))

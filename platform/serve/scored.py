@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from somnray.data.errors import RecordingError
+from somnray.core.constants import EPOCH_SECONDS, STAGES
+from somnray.core.errors import RecordingError
+from somnray.core.version import somnray_version
 
-from .stats import EPOCH_S, STAGE_NAMES, UNSCORED, SleepStats, compute_sleep_stats, timeline
+from .stats import UNSCORED, SleepStats, compute_sleep_stats, timeline
 
 #: Number of stage classes (W, N1, N2, N3, REM).
-N_CLASSES = len(STAGE_NAMES)
+N_CLASSES = len(STAGES)
 #: Below this maximum probability an epoch is flagged ``low_confidence``.
 LOW_CONFIDENCE = 0.5
 #: The per-epoch quality flags every night carries (more may be added by the scorer).
@@ -28,16 +30,6 @@ NOT_SCORED = "none"
 
 # An id becomes a folder and file-name prefix: keep it to one safe, visible path component.
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-+=@]*$")
-
-
-def somnray_version() -> str:
-    """The installed somnray version (``"unknown"`` in an uninstalled source tree)."""
-    try:
-        from importlib.metadata import version
-
-        return version("somnray")
-    except Exception:  # pragma: no cover - running from a source tree without install
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -151,7 +143,7 @@ class ScoredNight:
     stages: np.ndarray | None = None
     modalities_used: np.ndarray | None = None
     quality: dict[str, np.ndarray] = field(default_factory=dict)
-    epoch_s: float = EPOCH_S
+    epoch_s: float = EPOCH_SECONDS
     start_offset_s: float = 0.0
     low_confidence_threshold: float = LOW_CONFIDENCE
 
@@ -249,7 +241,7 @@ class ScoredNight:
     @property
     def stage_names(self) -> list[str]:
         """Short stage name of each epoch (W N1 N2 N3 REM, UNS for unscored)."""
-        names = (*STAGE_NAMES, "UNS")  # index -1 picks the last entry
+        names = (*STAGES, "UNS")  # index -1 picks the last entry
         return [names[int(s)] for s in self.stages]
 
     def available_fraction(self) -> dict[str, float]:

@@ -40,22 +40,19 @@ from typing import Any
 
 import numpy as np
 
-from somnray.data.errors import ConfigError
+from somnray.core.constants import EPOCH_SECONDS, STAGES
+from somnray.core.errors import ConfigError
 
 #: Stage codes of the data contract.
 WAKE, N1, N2, N3, REM, UNSCORED = 0, 1, 2, 3, 4, -1
-#: Short stage names, indexed by code (``STAGE_NAMES[4] == "REM"``); -1 is ``UNSCORED_NAME``.
-STAGE_NAMES: tuple[str, ...] = ("W", "N1", "N2", "N3", "REM")
 UNSCORED_NAME = "UNS"
 SLEEP_STAGES = (N1, N2, N3, REM)
 
-#: Default epoch length of the data contract, in seconds.
-EPOCH_S = 30.0
 
 
 def stage_name(code: int) -> str:
     """Short name of a stage code (``W N1 N2 N3 REM``, ``UNS`` for -1)."""
-    return STAGE_NAMES[code] if 0 <= code < len(STAGE_NAMES) else UNSCORED_NAME
+    return STAGES[code] if 0 <= code < len(STAGES) else UNSCORED_NAME
 
 
 @dataclass(frozen=True)
@@ -118,7 +115,7 @@ def _plain(value: Any) -> Any:
 def compute_sleep_stats(
     stages: np.ndarray | list[int],
     *,
-    epoch_s: float = EPOCH_S,
+    epoch_s: float = EPOCH_SECONDS,
     lights_off_s: float | None = None,
     lights_on_s: float | None = None,
     min_awakening_epochs: int = 1,

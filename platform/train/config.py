@@ -24,7 +24,7 @@ sections, and every phase is then validated as a complete :class:`PhaseConfig`. 
 ``phases`` the file is one phase named ``train``.
 
 :func:`load_experiment` applies ``--set key.sub=value`` overrides to the raw YAML, validates
-everything and raises one :class:`~somnray.data.errors.ConfigError` listing every problem as a
+everything and raises one :class:`~somnray.core.errors.ConfigError` listing every problem as a
 ``field.path: problem`` line, before any Ray or cluster work. The model section is checked
 against the model registry (name, constructor overrides, loss-weight names) on the driver.
 :func:`dump_experiment` writes the resolved config back to YAML (every phase complete), which
@@ -34,23 +34,19 @@ against the model registry (name, constructor overrides, loss-weight names) on t
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from somnray.data.errors import ConfigError
+from somnray.core.config import did_you_mean, location_text, read_yaml_file, validation_errors
+from somnray.core.errors import ConfigError
 
-#: Canonical modality names a config may mention (the data contract's list).
-MODALITIES = ("eeg", "eog", "emg", "eeg2", "ecg")
 #: Validation metrics early stopping and model selection can monitor.
 MONITOR_METRICS = ("loss", "accuracy", "macro_f1", "kappa")
 
@@ -183,8 +179,7 @@ class ModelConfig(_Strict):
 
         if not is_model(value):
             known = list_models()
-            close = difflib.get_close_matches(value, known, n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean(value, known)
             raise ValueError(f"unknown model {value!r}{hint} (registered: {', '.join(known) or 'none'})")
         return value
 
@@ -387,7 +382,7 @@ class StorageConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri_ok(cls, value: str) -> str:
-        from somnray.data.storage import resolve
+        from somnray.core.storage import resolve
 
         try:
             resolve(value)
@@ -505,7 +500,7 @@ class ExperimentConfig(_Strict):
     @property
     def run_uri(self) -> str:
         """URI of the run folder, ``<storage.uri>/<storage.name>``."""
-        from somnray.data.storage import join
+        from somnray.core.storage import join
 
         return join(self.storage.uri, self.storage.name)
 
@@ -513,32 +508,9 @@ class ExperimentConfig(_Strict):
 # ------------------------------------------------------------------------------------------------
 # loading
 # ------------------------------------------------------------------------------------------------
-def _format_errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[tuple, str]]:
-    out = []
-    for err in exc.errors(include_url=False):
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; the keys are documented in somnray.train.config)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        # pydantic puts union branches ("literal['auto']", "function-after[...]") in the location;
-        # users only know their own keys.
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p in ("bool",))))
-        got = err.get("input")
-        if (err["type"] not in ("missing", "extra_forbidden") and isinstance(got, (str, int, float, bool))
-                and repr(got) not in msg):
-            msg = f"{msg} (got {got!r})"
-        out.append((prefix + loc, msg))
-    return out
-
-
-def _loc_text(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
+def _errors(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str]]:
+    return validation_errors(exc, prefix=prefix, unknown_key="unknown key (check the spelling; the keys "
+                                                               "are documented in somnray.train.config)")
 
 
 def _deep_merge(base: Any, override: Any) -> Any:
@@ -666,8 +638,7 @@ def _check_against_model(phase_raw: Mapping[str, Any]) -> list[tuple[tuple, str]
         if unknown:
             hints = []
             for name in unknown:
-                close = difflib.get_close_matches(name, facts.loss_weight_names, n=1)
-                hints.append(repr(name) + (f" (did you mean {close[0]!r}?)" if close else ""))
+                hints.append(repr(name) + did_you_mean(name, facts.loss_weight_names, n=1))
             problems.append((("loss_weights",), f"unknown loss weights {', '.join(hints)}; "
                                                 f"{model.name} has {sorted(facts.loss_weight_names)}"))
     data = phase_raw.get("data")
@@ -736,7 +707,7 @@ def validate_experiment(raw: Any, source: str = "<config>") -> ExperimentConfig:
         try:
             phases.append(PhaseConfig.model_validate(phase_raw))
         except ValidationError as exc:
-            located += [(place(loc), msg) for loc, msg in _format_errors(exc)]
+            located += [(place(loc), msg) for loc, msg in _errors(exc)]
         located += [(place(loc), msg) for loc, msg in _check_against_model(phase_raw)]
         if i == 0 and phase_raw.get("init_from") is not None and not single:
             located.append((("phases", 0, "init_from"), "the first phase has no previous phase to start from"))
@@ -749,11 +720,11 @@ def validate_experiment(raw: Any, source: str = "<config>") -> ExperimentConfig:
     try:
         storage = StorageConfig.model_validate(raw.get("storage", {}))
     except ValidationError as exc:
-        located += _format_errors(exc, ("storage",))
+        located += _errors(exc, prefix=("storage",))
 
     by_loc: dict[str, list[str]] = {}
     for loc, msg in located:
-        messages = by_loc.setdefault(_loc_text(loc), [])
+        messages = by_loc.setdefault(location_text(loc), [])
         if msg not in messages:
             messages.append(msg)
     # A union field (use_gpu: 'auto' or a boolean) fails once per branch: one line says it all.
@@ -764,29 +735,8 @@ def validate_experiment(raw: Any, source: str = "<config>") -> ExperimentConfig:
             return ExperimentConfig(description=str(raw.get("description", "")), storage=storage,
                                     phases=tuple(phases))
         except ValidationError as exc:
-            errors = [f"{_loc_text(loc)}: {msg}" for loc, msg in _format_errors(exc)]
+            errors = [f"{location_text(loc)}: {msg}" for loc, msg in _errors(exc)]
     raise ConfigError(source, errors)
-
-
-def read_yaml_file(path: str | os.PathLike[str], kind: str) -> tuple[str, Any]:
-    """Read a YAML file for a config loader: ``(source name, parsed document)``.
-
-    Raises
-    ------
-    ConfigError
-        The file is missing, empty or not YAML (``kind`` names what was expected, e.g. "config").
-    """
-    source = os.fspath(path)
-    file = Path(source).expanduser()
-    if not file.is_file():
-        raise ConfigError(source, [f"no such {kind} file"])
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
-    if raw is None:
-        raise ConfigError(source, ["the file is empty"])
-    return source, raw
 
 
 def load_experiment(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -836,7 +786,7 @@ def dump_experiment(cfg: ExperimentConfig, uri: str | None = None) -> str:
     text = "# Resolved somnray experiment config (every phase complete); written by the run.\n"
     text += yaml.safe_dump(experiment_to_dict(cfg), sort_keys=False, default_flow_style=None, width=100)
     if uri is not None:
-        from somnray.data.storage import write_text
+        from somnray.core.storage import write_text
 
         write_text(uri, text)
     return text

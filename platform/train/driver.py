@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from somnray.data.storage import StorageLocation, resolve
+from somnray.core.storage import StorageLocation, resolve
 
 from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
 from .export import PHASE_RESULT_FILE, export_bundle, write_run_metrics
@@ -120,7 +120,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     options = dict(data_loc.storage_options)
     split = resolve_split(phase.data, options)
     if not split.train or not split.val:
-        from somnray.data.errors import ConfigError
+        from somnray.core.errors import ConfigError
 
         raise ConfigError(phase.data.dataset, [f"data.split: the split has {len(split.train)} training and "
                                                f"{len(split.val)} validation recordings; both must be non-empty"])
@@ -224,7 +224,7 @@ def check_cpus_for_data(cfg: ExperimentConfig, cluster_cpus: float | None = None
     ConfigError
         Naming the phase, the numbers, and a ``cpus_per_worker`` that would fit.
     """
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
 
     if cluster_cpus is None or n_nodes is None:
         import ray

@@ -23,7 +23,7 @@ Recordings are independent, so the work is distributed per recording: with Ray i
 ``workers > 1``) a Ray Data ``map_batches`` over an actor pool that loads the model once per
 actor; otherwise a plain loop in this process. Both run :func:`score_recording`.
 
-Outputs, through :mod:`somnray.data.storage` (local or ``s3://``), in
+Outputs, through :mod:`somnray.core.storage` (local or ``s3://``), in
 ``<run>/evaluation/<dataset>/``: ``report.md``, ``report.json``, ``confusion_<scenario>.png``
 and ``missing_rate.png`` (Acc / MF1 / κ against the missing rate, CIMSleepNet Fig. 4).
 """
@@ -43,13 +43,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from somnray.core.constants import EPOCH_SAMPLES, STAGES
+from somnray.core.errors import ConfigError
+from somnray.core.storage import resolve
 from somnray.data import schema
-from somnray.data.errors import ConfigError
-from somnray.data.storage import resolve
 from somnray.models.bundle import BundleInfo
 from somnray.models.inference import predict_night
 
-from .metrics import STAGES, FoldSummary, StagingMetrics, aggregate_folds, compute_metrics, plot_confusion_matrix
+from .metrics import FoldSummary, StagingMetrics, aggregate_folds, compute_metrics, plot_confusion_matrix
 from .missing import DEFAULT_BASE_SEED
 from .scenarios import DEFAULT_CHUNK_EPOCHS, Scenario, apply_scenario, resolve_scenarios
 
@@ -138,7 +139,7 @@ def recording_inputs(arrays: Mapping[str, Any], modalities: Sequence[str]) -> tu
         sig = arrays.get(m)
         if sig is None:
             continue
-        signals[m] = np.asarray(sig).reshape(n, schema.EPOCH_SAMPLES)
+        signals[m] = np.asarray(sig).reshape(n, EPOCH_SAMPLES)
         present[:, col] = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
     return signals, present
 
@@ -210,7 +211,7 @@ def _score_ray(model: torch.nn.Module, info: BundleInfo, spec: EvalSpec, items: 
                workers: int) -> list[RecordingScores]:
     import ray
 
-    from somnray.data.pipeline import ensure_ray
+    from somnray.core.session import ensure_ray
 
     ensure_ray()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

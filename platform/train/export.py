@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-import yaml
 
-from somnray.data.errors import ConfigError
-from somnray.data.storage import StorageLocation, resolve
+from somnray.core.config import parse_yaml
+from somnray.core.errors import ConfigError
+from somnray.core.storage import StorageLocation, resolve
+from somnray.core.version import somnray_version
 from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, load_bundle, save_bundle
 
 from .config import ExperimentConfig, PhaseConfig, validate_experiment
@@ -45,16 +46,6 @@ CONFIG_FILE = "config.yaml"
 PHASE_RESULT_FILE = "phase_result.json"
 
 
-def somnray_version() -> str:
-    """The installed somnray version (``unknown`` when running from an uninstalled tree)."""
-    try:
-        from importlib.metadata import version
-
-        return version("somnray")
-    except Exception:  # pragma: no cover - source tree without install
-        return "unknown"
-
-
 def read_run_config(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> ExperimentConfig:
     """The resolved :class:`ExperimentConfig` a run wrote to ``<run>/config.yaml``.
 
@@ -66,7 +57,7 @@ def read_run_config(run_uri: str, storage_options: Mapping[str, Any] | None = No
     loc = resolve(run_uri, storage_options).join(CONFIG_FILE)
     if not loc.exists():
         raise ConfigError(loc.uri, ["no config.yaml: not a somnray run folder (give <storage.uri>/<storage.name>)"])
-    return validate_experiment(yaml.safe_load(loc.read_text()), loc.uri)
+    return validate_experiment(parse_yaml(loc.read_text(), loc.uri), loc.uri)
 
 
 def read_phase_result(run_uri: str, phase: str, storage_options: Mapping[str, Any] | None = None
@@ -240,4 +231,4 @@ def load_run_bundle(run_uri: str, *, storage_options: Mapping[str, Any] | None =
 
 
 __all__ = ["BUNDLE_DIR", "METRICS_FILE", "bundle_extra", "export_bundle", "load_run_bundle",
-           "read_phase_result", "read_run_config", "somnray_version", "write_run_metrics"]
+           "read_phase_result", "read_run_config", "write_run_metrics"]

@@ -32,9 +32,10 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 import torch
 
+from somnray.core.constants import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES
+from somnray.core.errors import ConfigError
 from somnray.data import schema
-from somnray.data.errors import ConfigError
-from somnray.models.base import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, SleepBatch
+from somnray.models.base import SleepBatch
 from somnray.models.inference import window_starts
 
 from .config import DataConfig
@@ -56,9 +57,9 @@ def resolve_split(data: DataConfig, storage_options: Mapping[str, Any] | None = 
         Naming the dataset (or split file) and what is wrong: unknown split file, fold out of
         range, too few subjects.
     """
+    from somnray.core.storage import join
     from somnray.data import splits as sp
     from somnray.data.pipeline import prepared_entries
-    from somnray.data.storage import join
 
     cfg = data.split
     if cfg.name == "manifest":
@@ -240,7 +241,7 @@ def read_windows(items: Mapping[str, np.ndarray], spec: WindowSpec) -> dict[str,
 def _read_recording(spec: WindowSpec, recording_id: str, columns: Sequence[str]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     loc = resolve(spec.dataset_uri, spec.storage_options).join("recordings", f"{recording_id}.parquet")
     wanted = ["recording_id", "subject_id", "cohort", "n_epochs", *columns]
@@ -259,7 +260,7 @@ def _dataset_columns(spec: WindowSpec) -> list[str]:
     # missing column would fail, so only existing columns are requested.
     import pyarrow.parquet as pq
 
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     ds = resolve(spec.dataset_uri, spec.storage_options)
     files = ds.join("recordings").find(".parquet")

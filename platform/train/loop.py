@@ -155,7 +155,7 @@ def _maybe_inject_fault(phase_uri: str | None, storage_options: Mapping[str, Any
     at = os.environ.get(FAULT_ENV)
     if not at or rank != 0 or phase_uri is None or int(at) != step:
         return
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     marker = resolve(phase_uri, storage_options).join(f"fault-injected-at-step-{step}")
     if marker.exists():

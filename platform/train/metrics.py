@@ -23,10 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-#: Class names in label order.
-STAGES = ("W", "N1", "N2", "N3", "REM")
-#: Label ignored by every metric.
-IGNORE_INDEX = -1
+from somnray.core.constants import IGNORE_INDEX, STAGES
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, n_classes: int = len(STAGES)) -> np.ndarray:

@@ -34,7 +34,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 
 from .missing import DEFAULT_BASE_SEED, corrupt_signals, drop_partial_chunks, drop_partial_iid, recording_rng
 

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from typing import Any, Mapping
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 
 from .config import LoggingConfig, PhaseConfig
 
@@ -96,7 +96,7 @@ class MetricSinks:
         if phase.logging.tensorboard and phase_uri is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            from somnray.data.storage import resolve
+            from somnray.core.storage import resolve
 
             target = resolve(phase_uri, storage_options).join(TENSORBOARD_DIR)
             if target.is_local:

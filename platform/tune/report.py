@@ -27,13 +27,25 @@ import io
 import json
 import logging
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from somnray.data.storage import StorageLocation
+from somnray.core.config import parse_yaml
+from somnray.core.storage import StorageLocation
 from somnray.train.config import ExperimentConfig, dump_experiment, validate_experiment
+
+from .layout import (
+    BEST_DIR,
+    GENERATION,
+    PHASE_RESULT_FILE,
+    TIME_ATTR,
+    active_folder,
+    read_lineage,
+    read_reports,
+    total_steps,
+    trial_dirname,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +118,6 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
     """One :class:`TrialRecord` per trial of a ``ResultGrid``, sorted best first."""
     import pandas as pd
 
-    from .search import (GENERATION, PHASE_RESULT_FILE, TIME_ATTR, active_folder, read_lineage, read_reports,
-                         total_steps, trial_dirname)
 
     metric, mode = settings.metric, settings.resolved_mode
     last_phase = cfg.phases[-1].name
@@ -299,7 +309,6 @@ def export_best(search: StorageLocation, records: Sequence[TrialRecord], doc: Ma
     from somnray.train.driver import PhaseResult
     from somnray.train.export import export_bundle, write_run_metrics
 
-    from .search import PHASE_RESULT_FILE, trial_dirname
 
     winner = next((r for r in records if r.value is not None and r.checkpoint_uri), None)
     if winner is None:
@@ -307,7 +316,7 @@ def export_best(search: StorageLocation, records: Sequence[TrialRecord], doc: Ma
         return None
     trial_run = search.join(trial_dirname(winner.trial_id))
     cfg = validate_experiment(_read_yaml(trial_run.join("config.yaml")), trial_run.join("config.yaml").uri)
-    best = search.join("best")
+    best = search.join(BEST_DIR)
     if best.is_local:
         best.makedirs()
     dump_experiment(cfg, best.join("config.yaml").uri)
@@ -326,13 +335,11 @@ def export_best(search: StorageLocation, records: Sequence[TrialRecord], doc: Ma
 
 
 def _read_yaml(loc: StorageLocation) -> Any:
-    import yaml
-
-    return yaml.safe_load(loc.read_text())
+    return parse_yaml(loc.read_text(), loc.uri)
 
 
 def _checkpoint_state(anchor: StorageLocation, checkpoint_uri: str) -> str:
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     return resolve(checkpoint_uri, anchor.storage_options).join("trainer_state.json").read_text()
 

@@ -61,33 +61,43 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping
 
-from somnray.data.errors import ConfigError
-from somnray.data.storage import StorageLocation, resolve
+from somnray.core.errors import ConfigError
+from somnray.core.storage import StorageLocation, resolve
 from somnray.train.config import MONITOR_METRICS, ExperimentConfig, experiment_to_dict, validate_experiment
 
-from .space import (SearchSpace, apply_sample, clip_to_bounds, pbt_bounds, pbt_fixed_reason, pbt_mutations,
-                    space_from_mapping)
+from .layout import (
+    EXPLOIT_PREFIX,
+    GENERATION,
+    LINEAGE_FILE,
+    PHASE_RESULT_FILE,
+    POINTER_FILE,
+    REPORTS_FILE,
+    SEARCH_FILE,
+    TIME_ATTR,
+    ReportLog,
+    active_folder,
+    read_lineage,
+    read_reports,
+    total_steps,
+    trial_dirname,
+)
+from .report import collect_records, export_best, write_report
+from .space import (
+    SearchSpace,
+    apply_sample,
+    clip_to_bounds,
+    pbt_bounds,
+    pbt_fixed_reason,
+    pbt_mutations,
+    space_from_mapping,
+)
 
 log = logging.getLogger(__name__)
 
-SEARCH_FILE = "search.json"
-BEST_DIR = "best"
-PHASE_RESULT_FILE = "phase_result.json"
-#: Progress attribute of every trial report: optimizer steps summed over the recipe's phases.
-TIME_ATTR = "tune_step"
 METRICS = tuple(f"val_{m}" for m in MONITOR_METRICS)
-#: The file of a PBT Tune checkpoint: which Ray Train checkpoint the report stands for.
-POINTER_FILE = "pointer.json"
-#: A trial's exploits, in order (PBT only), and the prefix of each exploit's run folder.
-LINEAGE_FILE = "lineage.json"
-EXPLOIT_PREFIX = "exploit-"
-#: Report field: how many times the trial was exploited when it made the report (0 before any).
-GENERATION = "generation"
-#: Every report of a trial, one JSON object a line, with the config in force (the leaderboard reads it:
-#: Tune's own result.json loses the reports since its last sync when a trial restarts, as under PBT).
-REPORTS_FILE = "reports.jsonl"
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,11 +240,6 @@ def plan_concurrency(cluster_cpus: float, cfg: ExperimentConfig, settings: Searc
     return min(fits, settings.max_concurrent) if settings.max_concurrent else fits
 
 
-def total_steps(cfg: ExperimentConfig) -> int:
-    """The ``tune_step`` a trial reaches at its end (every phase's ``max_steps``)."""
-    return sum(p.optim.max_steps for p in cfg.phases)
-
-
 def monitored(cfg: ExperimentConfig, settings: SearchSettings) -> ExperimentConfig:
     """``cfg`` with every phase's ``optim.monitor`` / ``optim.mode`` set to the search metric."""
     raw = experiment_to_dict(cfg)
@@ -247,11 +252,6 @@ def monitored(cfg: ExperimentConfig, settings: SearchSettings) -> ExperimentConf
 # ------------------------------------------------------------------------------------------------
 # the trial
 # ------------------------------------------------------------------------------------------------
-def trial_dirname(trial: Any) -> str:
-    """Folder (and name) of a trial: ``trial_<trial id>`` (``trial_dirname_creator`` of the Tuner)."""
-    return f"trial_{trial if isinstance(trial, str) else trial.trial_id}"
-
-
 def _report_callback(queue: Any, phase: str, offset: int):
     """A Ray Train callback putting rank 0's validation reports on ``queue`` (it runs on the Train controller)."""
     from ray.train.v2.api.callback import UserCallback
@@ -363,18 +363,6 @@ def read_pointer(checkpoint: Any) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_lineage(run: StorageLocation) -> list[dict[str, Any]]:
-    """The exploits of the trial whose run folder is ``run``, in order (empty if never exploited)."""
-    file = run.join(LINEAGE_FILE)
-    return json.loads(file.read_text())["exploits"] if file.exists() else []
-
-
-def active_folder(run: StorageLocation) -> StorageLocation:
-    """The run folder the trial trains (or trained last) in: its last exploit's, or its own."""
-    lineage = read_lineage(run)
-    return resolve(lineage[-1]["folder"], run.storage_options) if lineage else run
-
-
 def _generation(run: StorageLocation, trial_id: str, pointer: Mapping[str, Any] | None,
                 config: Mapping[str, Any], cfg: ExperimentConfig) -> Generation:
     """The generation a (re)started trial trains in, opening a new one when PBT exploited it."""
@@ -425,32 +413,6 @@ def _donor_state(uri: str, phase: Any, storage_options: Mapping[str, Any]) -> tu
     if loop.get("stopped_early") or int(loop.get("step", 0)) >= phase.optim.max_steps:
         return checkpoint, {"name": phase.name, "checkpoint_uri": uri, "metrics": _scalars(state.get("metrics", {}))}
     return checkpoint, None
-
-
-class ReportLog:
-    """The trial's ``reports.jsonl``: appended by the trial function, read by the leaderboard."""
-
-    def __init__(self, file: StorageLocation):
-        self.file = file
-        # Object stores cannot append: the (small) file is rewritten with each report.
-        self.text = file.read_text() if file.exists() else ""
-        self.last = time.time()
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        """Add one report, with its ``timestamp`` and ``time_this_iter_s`` (since the previous one)."""
-        now = time.time()
-        doc = {**row, "timestamp": now, "time_this_iter_s": now - self.last}
-        self.last = now
-        self.text += json.dumps(doc, default=str) + "\n"
-        self.file.write_text(self.text)
-
-
-def read_reports(run: StorageLocation) -> list[dict[str, Any]]:
-    """The reports of the trial whose run folder is ``run`` (``reports.jsonl``; empty if none)."""
-    file = run.join(REPORTS_FILE)
-    if not file.exists():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
 
 
 def _relay(item: dict[str, Any], *, pbt: bool, trial_id: str, gen: Generation, phase_index: int,
@@ -622,7 +584,7 @@ def _tune_storage(search: StorageLocation) -> dict[str, Any]:
 
 def search_uri_of(cfg: ExperimentConfig, storage: str | None, name: str | None) -> str:
     """``<storage>/<name>``; defaults: the experiment's ``storage.uri`` and ``<storage.name>-tune``."""
-    from somnray.data.storage import join
+    from somnray.core.storage import join
 
     return join(storage or cfg.storage.uri, name or f"{cfg.storage.name}-tune")
 
@@ -708,7 +670,6 @@ def resume_search(search_uri: str) -> SearchOutcome:
 
 def finish_search(search_uri: str, grid: Any) -> SearchOutcome:
     """Leaderboard, plot and ``<search>/best`` from a ``ResultGrid``."""
-    from .report import collect_records, export_best, write_report
 
     search, doc, cfg, space, settings = read_search(search_uri)
     records = collect_records(search, grid, cfg, settings)

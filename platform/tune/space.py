@@ -19,7 +19,7 @@ A path names a field of a phase (``missing.curriculum.end_rate``, ``loss_weights
 ``grid`` (``values``: every value is run, times ``--samples``).
 
 :func:`load_space` validates the file against the experiment it will search, before any Ray work,
-and raises one :class:`~somnray.data.errors.ConfigError` listing every problem: malformed
+and raises one :class:`~somnray.core.errors.ConfigError` listing every problem: malformed
 entries, unknown field paths (with the closest valid ones), and values the experiment config
 rejects. The last check applies representative samples (each bound, each listed value) to the
 experiment and runs :func:`somnray.train.config.validate_experiment` on the result, so a space
@@ -29,7 +29,6 @@ can never produce a trial config that fails validation at its bounds.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import os
 from typing import Any, Literal, Mapping, Sequence
@@ -37,9 +36,9 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from somnray.data.errors import ConfigError
-from somnray.train.config import (ExperimentConfig, apply_overrides, experiment_to_dict, model_facts,
-                                  read_yaml_file, validate_experiment)
+from somnray.core.config import did_you_mean, location_text, read_yaml_file, validation_errors
+from somnray.core.errors import ConfigError
+from somnray.train.config import ExperimentConfig, apply_overrides, experiment_to_dict, model_facts, validate_experiment
 
 Distribution = Literal["uniform", "loguniform", "choice", "randint", "grid"]
 #: Phase keys a search may not vary: they name the run, not a hyperparameter.
@@ -201,13 +200,11 @@ def _check_path(path: str, cfg: ExperimentConfig, known: Sequence[str]) -> str |
         return None
     if rest in ("model.name",):
         return None
-    close = difflib.get_close_matches(rest, known, n=3, cutoff=0.6)
-    if not close:
-        # Match on the last component too: 'end_rate' → 'missing.curriculum.end_rate'.
-        leaf = rest.split(".")[-1]
-        close = [k for k in known if k.split(".")[-1] == leaf][:3] or \
-            difflib.get_close_matches(rest, known, n=3, cutoff=0.4)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    # Match the last component first: 'end_rate' → 'missing.curriculum.end_rate'.
+    leaf = rest.split(".")[-1]
+    hint = (did_you_mean(rest, known, cutoff=0.6)
+            or did_you_mean(leaf, [k for k in known if k.split(".")[-1] == leaf], cutoff=0.0)
+            or did_you_mean(rest, known))
     return f"unknown field path{hint} (paths are experiment-config fields, e.g. 'missing.curriculum.end_rate')"
 
 
@@ -289,12 +286,8 @@ def space_from_mapping(raw: Any, cfg: ExperimentConfig, source: str = "<space>")
         try:
             spec = ParamSpec.model_validate({"path": path, **entry})
         except ValidationError as exc:
-            for err in exc.errors(include_url=False):
-                loc = ".".join(str(p) for p in err["loc"])
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown key (entries have distribution, low, high, values)"
-                errors.append(f"{where}{'.' + loc if loc else ''}: {msg}")
+            errors += [f"{where}{'.' + location_text(loc) if loc else ''}: {msg}" for loc, msg in validation_errors(
+                exc, unknown_key="unknown key (entries have distribution, low, high, values)")]
             continue
         if not problem:
             params.append(spec)

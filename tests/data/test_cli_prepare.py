@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from somnray.core.storage import resolve
 from somnray.data.splits import load_splits
-from somnray.data.storage import resolve
 from somnray.jobs.cli import main
 
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from somnray.core.errors import ConfigError
 from somnray.data.discovery import discover, load_manifest
-from somnray.data.errors import ConfigError
 from somnray.data.profiles import load_profile
 
 
@@ -106,7 +106,7 @@ def test_bad_manifests_name_file_and_problem(tmp_path, sleep_edf):
 @pytest.mark.integration
 def test_discover_on_s3(s3_server, sleep_edf):
     """Discovery pairs files stored under an s3:// prefix and returns s3:// URIs."""
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     bucket = s3_server.make_bucket()
     for name in ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf"):

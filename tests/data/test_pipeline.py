@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from somnray.core.storage import resolve
 from somnray.data import synth
 from somnray.data.pipeline import (
     dataset_version,
@@ -22,7 +23,6 @@ from somnray.data.pipeline import (
 from somnray.data.recording import prepare_recording
 from somnray.data.schema import row_to_arrays
 from somnray.data.splits import ratio_split
-from somnray.data.storage import resolve
 
 pytestmark = pytest.mark.integration
 

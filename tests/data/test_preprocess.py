@@ -7,7 +7,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from somnray.data.errors import RecordingError
+from somnray.core.errors import RecordingError
 from somnray.data.preprocess import (
     availability,
     bandpass,

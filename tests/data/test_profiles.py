@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 from pydantic import ValidationError
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 from somnray.data.profiles import CohortProfile, list_profiles, load_profile, normalize_label
 
 SHIPPED = ["generic", "shhs", "sleep-edf"]

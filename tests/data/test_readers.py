@@ -9,9 +9,9 @@ from pathlib import Path
 import edfio
 import numpy as np
 import pytest
-
 from psg_factory import START, sine, write_edf, write_hypnogram
-from somnray.data.errors import RecordingError
+
+from somnray.core.errors import RecordingError
 from somnray.data.profiles import AnnotationSpec, load_profile
 from somnray.data.readers import Hypnogram, hypnogram_to_epochs, read_hypnogram, read_psg
 

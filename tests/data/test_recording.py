@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from psg_factory import START, shhs_like, sine, write_edf, write_hypnogram
-from somnray.data.errors import RecordingError
+
+from somnray.core.errors import RecordingError
 from somnray.data.profiles import CohortProfile, load_profile
 from somnray.data.readers import read_psg
 from somnray.data.recording import prepare_psg, prepare_recording

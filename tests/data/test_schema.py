@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from somnray.core.storage import resolve
 from somnray.data import schema
 from somnray.data.prepared import PreparedRecording
-from somnray.data.storage import resolve
 
 
 def make_rec(rid: str = "r1", n: int = 5, mods=("eeg", "eog"), absent=("emg",), seed: int = 0):

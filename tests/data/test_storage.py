@@ -8,8 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from somnray.data import storage
-from somnray.data.errors import ConfigError
+from somnray.core import storage
+from somnray.core.errors import ConfigError
 
 
 def test_plain_path_becomes_file_uri(tmp_path):

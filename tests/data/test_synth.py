@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy.signal import welch
 
+from somnray.core.errors import ConfigError
 from somnray.data import synth
-from somnray.data.errors import ConfigError
 from somnray.data.manifest import parse_manifest_csv
 
 HOURS = 1.0  # short nights keep every test at a few seconds

@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from loopback import free_port  # tests/ is on sys.path (conftest.py)
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 from somnray.jobs import submit as sub
 from somnray.jobs.cli import COMMAND_MODULES, main
-
-from loopback import free_port  # tests/ is on sys.path (conftest.py)
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -161,7 +160,7 @@ def test_wheel_is_cached_by_source_hash_and_holds_the_mapped_packages():
     again = sub.build_wheel(REPO)
     assert again.wheel == first.wheel or again.source_hash != first.source_hash  # others may edit files
     site = first.site
-    assert (site / "somnray" / "data" / "storage.py").is_file()
+    assert (site / "somnray" / "core" / "storage.py").is_file()
     assert (site / "somnray" / "jobs" / "cli.py").is_file()
     assert (site / "somnray" / "data" / "profiles").is_dir()
     assert not (site / "platform").exists()

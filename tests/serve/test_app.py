@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from loopback import free_port  # tests/ is on sys.path (conftest.py)
 
 from somnray.serve.config import ServeConfig
 from somnray.serve.jobs import FAILED, SUCCEEDED, CohortJobs
-
-from loopback import free_port  # tests/ is on sys.path (conftest.py)
 
 TOKEN = "test-token-4c1d"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -317,9 +316,9 @@ def test_cohort_uris_outside_storage_roots_are_refused(service, tmp_path):
 def test_answers_outputs_and_logs_carry_no_edf_header_fields(service, ray_local):
     """The EDF's fake patient/recording header strings reach no answer, no cohort output and no
     Ray or Serve log; an upload without ``recording_id`` gets a generated ``upload-<uuid>`` id, not a header field."""
-    from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
-
     from scoring_factory import identifying_hits
+
+    from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
 
     upload = service.psg.read_bytes()
     assert any(s.encode() in upload for s in SYNTH_IDENTIFYING_STRINGS)  # not vacuous
@@ -412,7 +411,7 @@ def test_config_storage_roots_and_token(monkeypatch, tmp_path):
     assert ServeConfig(run_uri="x", token="given", token_env="MY_TOKEN_VAR").resolved_token() == "given"
     monkeypatch.delenv("SOMNRAY_SERVE_TOKEN", raising=False)
     assert ServeConfig(run_uri="x").resolved_token() is None
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
     with pytest.raises(ConfigError) as err:
         ServeConfig.from_mapping({"run_uri": "x", "port": 0, "colour": "red"})
     assert len(err.value.errors) == 2

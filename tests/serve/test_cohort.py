@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-
 import time
 
 import pytest
 from scoring_factory import copy_cohort, identifying_hits, make_run  # tests/serve is on sys.path
 
-from somnray.data import storage
-from somnray.data.errors import ConfigError
+from somnray.core import storage
+from somnray.core.errors import ConfigError
 from somnray.data.profiles import load_profile
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
 from somnray.serve.cohort import FAULT_ENV, collect_entries, score_cohort

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scoring_factory import TEST_LENGTH, identifying_hits, make_run  # tests/serve is on sys.path
 
-from somnray.data.errors import ConfigError, RecordingError
+from somnray.core.errors import ConfigError, RecordingError
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS, ArtefactConfig
 from somnray.models import create_model
 from somnray.serve.inference import (

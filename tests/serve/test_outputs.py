@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from night_factory import MODEL, night_from_stages, realistic_night  # tests/serve is on sys.path
 
-from somnray.data import storage
-from somnray.data.errors import ConfigError, RecordingError
+from somnray.core import storage
+from somnray.core.errors import ConfigError, RecordingError
 from somnray.serve import outputs
 from somnray.serve.outputs import (
     EVENTS_COLUMNS,

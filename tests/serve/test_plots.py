@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from night_factory import night_from_stages, realistic_night  # tests/serve is on sys.path
 
-from somnray.data.errors import RecordingError
-from somnray.serve.outputs import rejected_row, summary_row, stats_document
+from somnray.core.errors import RecordingError
+from somnray.serve.outputs import rejected_row, stats_document, summary_row
 from somnray.serve.plots import cohort_png, night_png, plot_cohort, plot_night
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 from somnray.serve.stats import SleepStats, compute_sleep_stats, stage_name, timeline
 
 W, N1, N2, N3, R, U = 0, 1, 2, 3, 4, -1

@@ -9,20 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
+from run_factory import write_config
 
 from somnray.jobs import cli
 from somnray.jobs.cmd_train import cli_overrides
 
-from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
-from run_factory import write_config
-
 
 def test_malformed_config_exits_1_listing_every_error_before_ray(tmp_path: Path, capsys, monkeypatch) -> None:
     """Three mistakes in one file: exit 1, all three reported, and Ray is never started."""
-    import somnray.data.pipeline as pipeline
+    import somnray.core.session as session
 
     started = []
-    monkeypatch.setattr(pipeline, "ensure_ray", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: started.append(1))
     cfg = write_config(tmp_path / "bad.yaml", dataset=str(tmp_path), storage_uri=str(tmp_path / "runs"),
                        name="bad", model="coresleep_tni", optim={"lr": -1.0, "batch_size": 8, "max_steps": 6,
                                                                   "validate_every": 3, "optimiser": "adam"})
@@ -46,12 +45,12 @@ def test_configured_sink_that_is_not_installed_fails_before_ray(tmp_path: Path, 
     """logging.mlflow without the mlflow package: exit 1 saying so (no silent no-op), Ray never started."""
     import importlib.util
 
-    import somnray.data.pipeline as pipeline
+    import somnray.core.session as session
 
     if importlib.util.find_spec("mlflow") is not None:
         pytest.skip("mlflow is installed here")
     started = []
-    monkeypatch.setattr(pipeline, "ensure_ray", lambda *a, **k: started.append(1))
+    monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: started.append(1))
     cfg = write_config(tmp_path / "ml.yaml", dataset=str(tmp_path), storage_uri=str(tmp_path / "runs"), name="ml",
                        logging={"mlflow": {"experiment": "x"}})
     assert cli.main(["train", str(cfg)]) == 1

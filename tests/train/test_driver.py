@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
 
 from somnray.train.config import load_experiment
 from somnray.train.loop import LoopState
-
-from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
 
 
 def test_loop_state_tracks_improvement_and_patience() -> None:
@@ -35,7 +34,7 @@ def _scaled(tmp_path: Path, **scaling):
 def test_workers_that_starve_ray_data_are_refused_on_one_node(tmp_path: Path, caplog) -> None:
     """2 workers × 1 CPU on a 2-CPU node would hang: refused with the numbers and a fitting value;
     0.5 CPU each fits; on two nodes it is only a warning; a group too big to start is left to Ray."""
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
     from somnray.train.driver import check_cpus_for_data
 
     with pytest.raises(ConfigError) as info:
@@ -52,7 +51,7 @@ def test_workers_that_starve_ray_data_are_refused_on_one_node(tmp_path: Path, ca
 
 def test_placement_strategy_is_a_validated_scaling_field(tmp_path: Path) -> None:
     """scaling.placement_strategy defaults to PACK, takes Ray's strategies and refuses others."""
-    from somnray.data.errors import ConfigError
+    from somnray.core.errors import ConfigError
 
     assert _scaled(tmp_path).phases[0].scaling.placement_strategy == "PACK"
     assert _scaled(tmp_path, placement_strategy="STRICT_SPREAD").phases[0].scaling.placement_strategy == "STRICT_SPREAD"

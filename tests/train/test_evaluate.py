@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from somnray.data.errors import ConfigError
-from somnray.data.storage import resolve
+from somnray.core.errors import ConfigError
+from somnray.core.storage import resolve
 from somnray.models import create_model
 from somnray.models.bundle import save_bundle
 from somnray.train import evaluate as ev
 from somnray.train.metrics import compute_metrics
-from somnray.train.scenarios import (DEFAULT_RATES, apply_scenario, default_scenarios, missing, only,
-                                     resolve_scenarios)
+from somnray.train.scenarios import DEFAULT_RATES, apply_scenario, default_scenarios, missing, only, resolve_scenarios
 
 pytestmark = pytest.mark.integration  # the dataset is prepared with Ray Data
 
@@ -276,7 +275,7 @@ def test_ray_actor_pool_matches_in_process(report, runs, dataset) -> None:
 
 
 def test_report_is_written_to_s3(runs, dataset, tmp_uri) -> None:
-    """The report goes through somnray.data.storage, so an s3:// target works."""
+    """The report goes through somnray.core.storage, so an s3:// target works."""
     out = tmp_uri("s3", "eval")
     rep = ev.evaluate_run(runs["core0"], dataset, scenarios=["all", "eeg_only"], workers=1, out_uri=out)
     doc = json.loads(resolve(out).join("report.json").read_text())

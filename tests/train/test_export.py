@@ -13,21 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
+from somnray.core.version import somnray_version
 from somnray.models import create_model
 from somnray.models.bundle import load_bundle
 from somnray.train.config import dump_experiment, load_experiment
 from somnray.train.driver import PhaseResult
-from somnray.train.export import (export_bundle, load_run_bundle, read_run_config, somnray_version,
-                                  write_run_metrics)
-
-from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
+from somnray.train.export import export_bundle, load_run_bundle, read_run_config, write_run_metrics
 
 
 def _finished_run(tmp_path: Path, run_uri: str | None = None) -> tuple[str, dict[str, dict[str, torch.Tensor]]]:
     """A two-phase MC²SleepNet run folder as run_experiment leaves it; returns (run URI, weights by phase)."""
-    from somnray.data.storage import resolve
+    from somnray.core.storage import resolve
 
     data = tmp_path / "prepared"
     write_dataset(data)

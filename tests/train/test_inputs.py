@@ -7,16 +7,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from somnray.data import schema
-from somnray.data.errors import ConfigError
-from somnray.train.config import DataConfig, MissingConfig
-from somnray.train.inputs import (WindowSpec, average_window_probabilities, cut_windows,
-                                  evaluation_starts, iter_window_batches, pass_rng, read_windows,
-                                  resolve_split, to_sleep_batch, training_starts, window_dataset)
-from somnray.train.missing import MissingSimulator
-
 from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
+
+from somnray.core.errors import ConfigError
+from somnray.data import schema
+from somnray.train.config import DataConfig, MissingConfig
+from somnray.train.inputs import (
+    WindowSpec,
+    average_window_probabilities,
+    cut_windows,
+    evaluation_starts,
+    iter_window_batches,
+    pass_rng,
+    read_windows,
+    resolve_split,
+    to_sleep_batch,
+    training_starts,
+    window_dataset,
+)
+from somnray.train.missing import MissingSimulator
 
 MODS = ("eeg", "eog")
 

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from somnray.data.errors import ConfigError
-from somnray.train.config import (ExperimentConfig, apply_overrides, dump_experiment,
-                                  load_experiment, model_facts, validate_experiment)
+from somnray.core.errors import ConfigError
+from somnray.train.config import (
+    ExperimentConfig,
+    apply_overrides,
+    dump_experiment,
+    load_experiment,
+    model_facts,
+    validate_experiment,
+)
 
 
 def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:

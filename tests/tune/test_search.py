@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from somnray.data.errors import ConfigError
-from somnray.data.storage import resolve
+from somnray.core.errors import ConfigError
+from somnray.core.storage import resolve
 from somnray.tune.report import TrialRecord, leaderboard_csv, leaderboard_markdown, rank, write_report
 from somnray.tune.search import SearchSettings, monitored, plan_concurrency, total_steps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 from prepared_factory import write_dataset  # noqa: E402  (tests/train helper, not a package)
-
 from test_space import experiment  # noqa: E402
 
 

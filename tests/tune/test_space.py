@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from somnray.data.errors import ConfigError
+from somnray.core.errors import ConfigError
 from somnray.train.config import ExperimentConfig, validate_experiment
 from somnray.tune.space import apply_sample, load_space, sample_space, space_from_mapping
 

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -340,6 +340,19 @@ def s3_options(storage_options: Mapping[str, Any] | None = None) -> dict[str, An
     if "token" not in opts and env.get("AWS_SESSION_TOKEN"):
         opts["token"] = env["AWS_SESSION_TOKEN"]
     return opts
+
+
+def worker_storage_options(uris: Iterable[str], storage_options: Mapping[str, Any] | None = None
+                           ) -> dict[str, Any]:
+    """The ``storage_options`` to ship with Ray tasks and actors that open ``uris``.
+
+    Workers may have started before the driver's ``AWS_*`` variables were set, or run on other
+    machines: when any URI is on S3, the endpoint and credentials are resolved here, once, on the
+    driver, and travel with the task.
+    """
+    if any(str(u).startswith(tuple(f"{p}://" for p in S3_PROTOCOLS)) for u in uris):
+        return s3_options(storage_options)
+    return dict(storage_options or {})
 
 
 def _pyarrow_s3(opts: Mapping[str, Any]):

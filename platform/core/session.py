@@ -1,0 +1,60 @@
+"""The one way somnray connects to Ray.
+
+Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks) calls
+:func:`ensure_ray`, so the rules live here once:
+
+* ``RAY_ADDRESS`` set: join that cluster (a ``ray start`` head, a KubeRay pod, a submitted job).
+* otherwise: start a local instance that listens on, and advertises, 127.0.0.1 only.  Ray binds
+  every interface and advertises the machine's address by default, even when 127.0.0.1 is passed
+  somewhere; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` and an explicit node address keep it on
+  loopback.
+* token authentication: Ray 2.60 turns it on by default for new clusters; a client of such a
+  cluster needs ``RAY_AUTH_MODE=token`` and the token, which Ray reads from its own environment
+  variables and files. somnray passes the caller's environment through untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
+               temp_dir: str | None = None, log_to_driver: bool = True,
+               runtime_env: dict[str, Any] | None = None) -> bool:
+    """Connect to Ray once per process.
+
+    Parameters
+    ----------
+    num_cpus : int, optional
+        CPUs of a local instance (default: all); ignored when joining a cluster.
+    include_dashboard : bool
+        Start the dashboard of a local instance (on 127.0.0.1).  Ray Train and the State API need
+        it; benchmarks leave it off to measure only the work.
+    temp_dir : str, optional
+        Session folder of a local instance (default: Ray's).  Keep it short: Unix socket paths are
+        limited to about 100 characters.
+    log_to_driver : bool
+        Forward worker output to this process.
+    runtime_env : dict, optional
+        Ray runtime environment for every task and actor of the session.
+
+    Returns
+    -------
+    bool
+        True when this call started or joined Ray (the caller owns the session and may shut it
+        down), False when Ray was already initialised.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
+        return True
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
+             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+             log_to_driver=log_to_driver, runtime_env=runtime_env)
+    return True

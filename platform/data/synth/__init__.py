@@ -56,7 +56,7 @@ from scipy.ndimage import uniform_filter1d
 
 from somnray.core.errors import ConfigError
 
-from .manifest import ManifestEntry, format_manifest_csv
+from ..manifest import ManifestEntry, format_manifest_csv
 
 __all__ = [
     "AASM_LABELS",

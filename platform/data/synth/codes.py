@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from somnray.core.constants import EPOCH_SECONDS, STAGES
+
 __all__ = [
     "AASM_LABELS", "EPOCH_S", "GENERIC_STAGE_TEXT", "NSRR_STAGE_CONCEPT", "RK_MOVEMENT", "RK_REM", "RK_S1",
     "RK_S2", "RK_S3", "RK_S4", "RK_UNSCORED", "RK_W", "SLEEP_EDF_STAGE_TEXT",
 ]
 
-#: Scoring epoch length (R&K and AASM).
-EPOCH_S = 30
+#: Scoring epoch length (R&K and AASM): the platform's, under the short name the generator uses.
+EPOCH_S = EPOCH_SECONDS
 
 # Hypnograms are simulated in R&K codes, numbered like the NSRR concepts (``Wake|0`` … ``REM
 # sleep|5``, ``Movement|6``, ``Unscored|9``), because two of the three formats are R&K-scored and
@@ -25,7 +27,7 @@ _RK_CODES = (RK_W, RK_S1, RK_S2, RK_S3, RK_S4, RK_REM, RK_MOVEMENT, RK_UNSCORED)
 #: R&K code → AASM label of the data contract (0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored).
 _RK_TO_AASM = np.array([0, 1, 2, 3, 3, 4, -1, -1, -1, -1], dtype=np.int8)
 #: AASM class names, indexed by label.
-AASM_LABELS: tuple[str, ...] = ("W", "N1", "N2", "N3", "REM")
+AASM_LABELS: tuple[str, ...] = STAGES
 
 SLEEP_EDF_STAGE_TEXT: dict[int, str] = {
     RK_W: "Sleep stage W", RK_S1: "Sleep stage 1", RK_S2: "Sleep stage 2", RK_S3: "Sleep stage 3",

@@ -33,7 +33,7 @@ __all__ = [
     "trim_wake",
 ]
 
-#: Output sampling rate of every modality (the data contract, docs/data-contract.md).
+#: Output sampling rate of every modality (architecture.md's data contract).
 SFREQ = 100.0
 #: Scoring epoch length in seconds.
 EPOCH_S = 30.0

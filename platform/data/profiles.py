@@ -36,7 +36,7 @@ __all__ = [
     "normalize_label",
 ]
 
-#: Class index → AASM stage name (the label contract, docs/data-contract.md); -1 is "unscored".
+#: Class index → AASM stage name (the label contract of architecture.md); -1 is "unscored".
 STAGE_NAMES: dict[int, str] = {0: "W", 1: "N1", 2: "N2", 3: "N3", 4: "REM"}
 
 _PROFILE_PACKAGE = "somnray.data"

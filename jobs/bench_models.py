@@ -1,10 +1,10 @@
 """``somnray bench models``: training-step time and FLOPs of each full-size architecture.
 
 For every model at its paper's batch size (CoRe-Sleep 16 × 21 epochs, MC²SleepNet 32 × 21,
-CIMSleepNet 64 × 25; models.md §0.1) it measures the wall time of one forward + backward +
+CIMSleepNet 64 × 25; docs/models.md §0.1) it measures the wall time of one forward + backward +
 optimiser step on this machine's CPU, in fp32 and under bf16 autocast (CPUs with AMX run bf16
 matmuls several times faster), and counts the forward FLOPs of one sequence with PyTorch's FLOP
-counter (recurrent ops may be under-counted, as models.md notes for CIMSleepNet).
+counter (recurrent ops may be under-counted, as docs/models.md notes for CIMSleepNet).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def run(steps: int = 3, models: tuple[str, ...] | None = None, batch_scale: floa
             row[f"sequences/s ({precision})"] = batch / secs
         rows.append(row)
     notes = [f"One training step = forward + loss + backward + Adam update, median of {steps} steps "
-             "after a warm-up step; batch sizes are the papers' (models.md §0.1)"
+             "after a warm-up step; batch sizes are the papers' (docs/models.md §0.1)"
              + (f" scaled by {batch_scale}" if batch_scale != 1 else "") + ".",
              "FLOPs: torch.utils.flop_counter on one sequence in eval mode (forward only; a "
              "training step costs roughly 3× that per sequence). Recurrent layers may be under-counted."]

@@ -31,7 +31,7 @@ from .benchreport import BenchResult, stopwatch
 
 #: Epochs of the "full night" of the single-night case (≈ 8.3 h, the issue's 1,000 epochs).
 NIGHT_EPOCHS = 1000
-#: CoRe-Sleep's sequence length (models.md §2.1: L = 21).
+#: CoRe-Sleep's sequence length (docs/models.md §2.1: L = 21).
 CORESLEEP_LENGTH = 21
 TARGET_NIGHT_S = 5.0
 TARGET_RSS_GB = 2.0

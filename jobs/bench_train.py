@@ -105,7 +105,7 @@ def deepspeed_worker(config: dict[str, Any]) -> None:
         engine.step()
         if i >= config["warmup"]:
             times.append(time.perf_counter() - start)
-    # Result.metrics is only filled when a report carries a checkpoint (platform-notes).
+    # Ray Train (V2) leaves Result.metrics empty unless a report carried a checkpoint, hence one.
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "times.json").write_text(json.dumps(times))
         ray.train.report({"median_step_s": statistics.median(times), "times": times},

@@ -26,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-#: The bundled real recording (copied from ../shared/data; ODC-By licence, see its README).
+#: The bundled real recording: a fragment of PhysioNet Sleep-EDF SC4001 (ODC-By licence, see its README).
 FRAGMENT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "fixtures" / "sleep-edf-sc4001"
 
 

@@ -2,8 +2,8 @@
 
 Example::
 
-    somnray train jobs/configs/coresleep_sleepedf.yaml --set optim.lr=3e-4 --workers 4 \\
-        --run-uri s3://bucket/runs/coresleep-try2
+    somnray train jobs/configs/coresleep_shhs.yaml --set data.dataset=s3://bucket/prepared/shhs-<version> \\
+        --set optim.lr=3e-4 --workers 4 --run-uri s3://bucket/runs/coresleep-try2
 
 The config is loaded and validated completely before Ray starts: a malformed config exits with
 status 1 and every problem listed. Then the command connects to Ray (``RAY_ADDRESS`` if set, else a

@@ -1,6 +1,6 @@
 """Batched, seedable signal augmentations for contrastive learning (MC²SleepNet §4.1, SleePyCo).
 
-MC²SleepNet (Na et al., 2024, §4.1.2 and models.md §3.4) augments the two views before the
+MC²SleepNet (Na et al., 2024, §4.1.2 and docs/models.md §3.4) augments the two views before the
 InfoNCE loss: the raw view with *one* randomly chosen operation among amplitude scaling, amplitude
 (DC) shift, additive Gaussian noise, band-stop filtering, time shift and zero-masking, the
 spectrogram view with additive Gaussian noise only. The operation parameters are SleePyCo's
@@ -198,7 +198,7 @@ def augment_spectrogram(spec: Tensor, generator: torch.Generator | None = None,
     generator : torch.Generator, optional
         Source of the noise (the global generator when None).
     noise_std : float
-        Standard deviation of the noise, in normalised units (models.md §3.4 [D]: 0.1).
+        Standard deviation of the noise, in normalised units (docs/models.md §3.4 [D]: 0.1).
 
     Returns
     -------

@@ -3,9 +3,9 @@
 Shen, Xin, Dai, Zhang, Wang, "Robust Sleep Staging over Incomplete Multimodal Physiological Signals
 via Contrastive Imagination", NeurIPS 2024 (https://openreview.net/forum?id=bc1qt1sZsW). The paper's
 full text was not available; the architecture follows the official code (SQAIYY/CIMSleepNet) as
-written down in the somnray spec ``docs/models.md`` §1, section numbers below refer to it.
+written down in docs/models.md §1; bare section numbers below refer to it.
 
-Pipeline (paper Fig. 2, spec §1.2)::
+Pipeline (paper Fig. 2, docs/models.md §1.2)::
 
     x_m (B, L, 3000) per modality, mask p (B, L, M)
       │ MAIM (§1.2(a), layers/maim.py): encode observed epochs, fuse, VAE latent, decode every modality
@@ -19,7 +19,7 @@ Pipeline (paper Fig. 2, spec §1.2)::
 Loss (§1.3): ``total = ce + alpha * sum_m imag_m + beta * smccl`` with ``imag_m = mse_m + kl``,
 ``alpha = 0.001``, ``beta = 0.01``.
 
-Decisions where the released code is wrong or silent (spec §1.6):
+Decisions where the released code is wrong or silent (docs/models.md §1.6):
 
 * **Decoder output and completion units** (§1.1 step 6). The classifier path sees z-scored signals.
   Default ``decoder_output="linear"``: the decoder has no final sigmoid and reconstructs the z-scored

@@ -2,15 +2,15 @@
 
 Kontras, Chatzichristos, Phan, Suykens, De Vos. "CoRe-Sleep: A Multimodal Fusion Framework for
 Time Series Robust to Imperfect Modalities". IEEE TNSRE 32 (2024); arXiv:2304.06485.
-Implementation spec: ``docs/models.md`` §2 (tags [P] paper, [C] official code, [D] our default).
+Implementation spec: docs/models.md §2 (tags [P] paper, [C] official code, [D] our default).
 
 What each block implements
 --------------------------
-* Front end (§II-A, models.md §2.1 steps 6–8): log-magnitude STFT per 30-s epoch, 2-s Hamming
+* Front end (§II-A, docs/models.md §2.1 steps 6–8): log-magnitude STFT per 30-s epoch, 2-s Hamming
   window, 1-s hop, NFFT 256, DC bin dropped → ``F = 29`` frames × ``K = 128`` bins, each bin
   normalised with training-set statistics (buffers, see :meth:`set_spectrogram_statistics`).
   When ``d_model != 128`` (the tiny variants) a per-modality ``Linear(128, d_model)`` projects the
-  bins; at the paper's width there is no projection (models.md §2.2: "no input projection").
+  bins; at the paper's width there is no projection (docs/models.md §2.2: "no input projection").
 * Transformer layer (§II-B, Eq. 1–5; CA Eq. 6–7): post-norm, 8 heads, FFN 1024, ReLU, dropout
   0.3, Shaw relative positions clipped to ±6 and no absolute position
   (:class:`~somnray.models.layers.transformer.TransformerLayer`).
@@ -22,7 +22,7 @@ What each block implements
   unimodal outputs: its full 30-token inner output for the inner stack, its outer output for the
   outer stack; keys and values from the stream itself (Eq. 6).  Fused representation
   ``Z = Σ_m Z_m`` (§II-C, last paragraph).
-* Heads (§II-F, models.md §2.2): one MLP per representation (multimodal + one per modality), or
+* Heads (§II-F, docs/models.md §2.2): one MLP per representation (multimodal + one per modality), or
   one shared head (``shared_head=True``, the paper's incomplete-data set-up).
 * Losses (§II-D, Eq. 8–10): multimodal CE, MS (unimodal CEs), AL (cosine-similarity CLIP loss on
   the unimodal inner CLS embeddings, λ_A = 0.1, no temperature).
@@ -405,7 +405,7 @@ class CoReSleep(_CoReSleepBase):
         active = self._active(signals, present)
         aux: dict[str, Tensor] = {}
 
-        # Unimodal pass (Fig. 1b; models.md §2.2 steps 1–3), present epochs only.
+        # Unimodal pass (Fig. 1b; docs/models.md §2.2 steps 1–3), present epochs only.
         index, tokens, inner_out, cls_emb, seq_out = {}, {}, {}, {}, {}
         for i in active:
             m = self.modalities[i]
@@ -517,7 +517,7 @@ class CoReSleepEarly(_CoReSleepBase):
 
 
 # -- registered variants -------------------------------------------------------------------------
-#: Paper hyper-parameters (§II-F and models.md §2.2) are the class defaults.
+#: Paper hyper-parameters (§II-F and docs/models.md §2.2) are the class defaults.
 #: Tiny: d_model 32 (with a 128→32 input projection), 2 heads, 1 inner + 1 outer layer, FFN 64,
 #: one hidden head layer of 64 — tens of thousands of parameters, for tests and smoke runs.
 _TINY = dict(d_model=32, n_heads=2, d_ff=64, n_inner_layers=1, n_outer_layers=1, head_hidden=(64,))

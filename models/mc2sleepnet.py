@@ -1,9 +1,9 @@
 """MC²SleepNet: multi-modal cross-masking with contrastive learning (Na et al., 2024).
 
-Y. Na, J. Lee, H. Ahn, S. Oh, J. Lee, S. Lee, J. Kim, "MC²SleepNet: Multi-modal Cross-masking with
-Contrastive Learning for Sleep Stage Classification" (formatted as ACM MM 2024). Specification and
-provenance of every default: ``docs/models.md`` §3 ([P] paper, [C] partial public code
-``younghoonNa/MC2SleepNet``, [D] somnray default).
+Y. Na, Y. Lee, H. K. Ahn, S. H. Oh, J.-G. Lee, H.-K. Lee, H. Kim, "MC²SleepNet: Multi-modal
+Cross-masking with Contrastive Learning for Sleep Stage Classification" (formatted as ACM MM 2024).
+Specification and provenance of every default: docs/models.md §3 ([P] paper, [C] partial public code
+``younghoonNa/MC2SleepNet``, [D] somnray default). Bare § numbers in this file are the paper's.
 
 One EEG channel gives two "views" of each 30-s epoch, which the network treats as two modalities:
 
@@ -37,7 +37,7 @@ Training has two phases (§3, Table 3), selected with ``phase=`` or :meth:`MC2Sl
   heads). Frozen components are kept in eval mode by :meth:`MC2SleepNet.train`, so their
   BatchNorm running statistics and dropout stay fixed too.
 
-Augmentation (§4.1.2, models.md §3.4): the paper introduces it for the contrastive learning. The
+Augmentation (§4.1.2, docs/models.md §3.4): the paper introduces it for the contrastive learning. The
 InfoNCE needs the augmented views, and both views then feed the sequence level, as a data loader
 that augments its samples would do (one backbone pass). ``augment_sequence_path=False`` runs the
 backbones a second time on the clean inputs for the sequence level instead (about twice the
@@ -50,10 +50,10 @@ are unreliable and should be ignored downstream. A batch without the model's mod
 raises ``ValueError``.
 
 Parameter count. The full model has 6,216,404 parameters (paper: 5.76 M, Table 2): raw CNN
-1,543,621 (models.md estimate ≈1.5 M), spectrogram backbone 1,336,064 (≈1.3 M, of which the
+1,543,621 (docs/models.md estimate ≈1.5 M), spectrogram backbone 1,336,064 (≈1.3 M, of which the
 resizing conv 16,640), the two sequence blocks 3,169,280 (≈3.2 M), epoch-wise attention 33,280,
 projection heads 66,048, classification heads 67,855 (with the [D] hidden layer of 128), mask
-tokens 256. The three blocks models.md §3.2 sizes (CNN, spectrogram Transformer, sequence
+tokens 256. The three blocks docs/models.md §3.2 sizes (CNN, spectrogram Transformer, sequence
 blocks) already sum to 6.05 M > 5.76 M, so the 0.46 M (+7.9 %) gap cannot come from the parts the
 paper leaves open (resizing conv, EW, projection, heads, mask tokens: 0.18 M together). It must lie
 in a specified block built or counted differently (e.g. a narrower FFN somewhere, or a count that
@@ -95,7 +95,7 @@ class RawSignalEncoder(nn.Module):
     """``F_Sg``: SleePyCo CNN, then max-pooling over channels to the Transformer width (§3.1).
 
     The paper's final "max-pool of width 2 to match the Transformer output dimensions" is read as a
-    pool over the channel axis, 256 → 128 (models.md §3.2 [I]); the time axis keeps T = 5.
+    pool over the channel axis, 256 → 128 (docs/models.md §3.2 [I]); the time axis keeps T = 5.
 
     Shapes: ``(N, S)`` → ``(N, T, D)``.
     """
@@ -118,7 +118,7 @@ class SpectrogramEncoder(nn.Module):
     """``F_Sp``: resizing CNN + GELU, sinusoidal PE, post-LN Transformer (§3.1, Eq. 1–8).
 
     The "simple CNN resizing layer" is a Conv1d over the 129 bins as channels with kernel 1
-    (models.md [D]); the FFN uses ReLU as Eq. 4 writes it.
+    (docs/models.md [D]); the FFN uses ReLU as Eq. 4 writes it.
 
     Shapes: ``(N, F, K)`` → ``(N, F, D)``.
     """
@@ -137,7 +137,7 @@ class SpectrogramEncoder(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Eq. 13: ``zz = normalize(W2 · ReLU(W1 · O))`` (architecture models.md [D])."""
+    """Eq. 13: ``zz = normalize(W2 · ReLU(W1 · O))`` (architecture docs/models.md [D])."""
 
     def __init__(self, d_model: int, proj_dim: int):
         super().__init__()
@@ -167,9 +167,9 @@ class MC2SleepNet(SleepStagingModel):
     proj_dim : int
         Projection width ``d_proj`` (128).
     head_hidden, head_dropout : int, float
-        Hidden width and dropout of the classification MLPs (models.md [D]: 128, 0.1).
+        Hidden width and dropout of the classification MLPs (docs/models.md [D]: 128, 0.1).
     temperature : float
-        InfoNCE temperature τ (models.md [D]: 0.1).
+        InfoNCE temperature τ (docs/models.md [D]: 0.1).
     infonce_form : {"paper", "conventional"}
         Log after averaging over positions (Eq. 14 as written) or the mean of per-position logs.
     mask_ratio : float
@@ -183,9 +183,9 @@ class MC2SleepNet(SleepStagingModel):
     raw_augmentation : RawAugmentation, optional
         Raw-view augmentation parameters (SleePyCo's defaults in z-scored units).
     spectrogram_noise_std : float
-        Noise σ on the normalised spectrogram (models.md [D]: 0.1).
+        Noise σ on the normalised spectrogram (docs/models.md [D]: 0.1).
     pooling_reduce : {"mean", "sum"}
-        GAP after epoch-wise attention: mean (models.md [D]) or sum (Eq. 11 as written).
+        GAP after epoch-wise attention: mean (docs/models.md [D]) or sum (Eq. 11 as written).
     ce_reduction : {"sequence_sum", "mean"}
         Cross-entropy summed over the L positions and averaged over sequences (Eq. 18), or the
         mean over labelled epochs (= Eq. 18 / L).
@@ -262,7 +262,7 @@ class MC2SleepNet(SleepStagingModel):
                      cross_attention=True, cross_query="self")
         self.raw_sequence = TransformerStack(sequence_layers, **layer)
         self.spec_sequence = TransformerStack(sequence_layers, **layer)
-        # MLPs of Eq. 20–22: Linear → ReLU → Dropout → Linear to the 5 stages (models.md [D]).
+        # MLPs of Eq. 20–22: Linear → ReLU → Dropout → Linear to the 5 stages (docs/models.md [D]).
         self.raw_head = MLPHead(d_model, (head_hidden,), N_CLASSES, head_dropout)
         self.spec_head = MLPHead(d_model, (head_hidden,), N_CLASSES, head_dropout)
         self.concat_head = MLPHead(2 * d_model, (head_hidden,), N_CLASSES, head_dropout)
@@ -448,7 +448,7 @@ class MC2SleepNet(SleepStagingModel):
         seq_raw = o_raw.view(batch, length, -1)  # (B, L, D)
         seq_spec = o_spec.view(batch, length, -1)
         # Cross-attention keys/values: the other view's *unmasked* input sequence, the same for
-        # every layer (models.md §3.2 [C]).
+        # every layer (docs/models.md §3.2 [C]).
         context_raw, context_spec = self.sequence_pos(seq_raw), self.sequence_pos(seq_spec)
         if self.masking_active:
             mask_raw, mask_spec = self.sample_masks(batch, length, x.device)

@@ -28,7 +28,8 @@ from typing import Any, Callable
 import pytest
 from loopback import free_port  # this folder is on sys.path (rootdir conftest)
 
-# Loopback only, whatever a test starts (Ray, its workers, gloo): see platform-notes.md.
+# Loopback only, whatever a test starts (Ray, its workers, gloo): Ray otherwise binds every
+# interface and advertises the machine's address (docs/architecture.md, "Loopback by default").
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ["GLOO_SOCKET_IFNAME"] = "lo"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -3,7 +3,7 @@
 Kontras et al., TNSRE 2024, §II-D, Eq. 10: for two modalities measured at the same time, each
 epoch's embedding of one modality must pick out the embedding of the *same* epoch of the other
 modality.  With ``S_ij = cos(a_i, b_j)`` the loss is ``CE(S, I) + CE(Sᵀ, I)`` (row-wise softmax
-cross-entropy, the diagonal is the target).  Following the released code (models.md §2.3):
+cross-entropy, the diagonal is the target).  Following the released code (docs/models.md §2.3):
 
 * the logits are the raw cosines in ``[-1, 1]`` (no temperature);
 * negatives are the other epochs *of the same sequence* (``S`` is ``L × L`` per sequence); with

@@ -1,6 +1,6 @@
 """Multi-head attention with optional Shaw-style relative positions.
 
-Shared by CoRe-Sleep's inner/outer Transformers (relative positions, models.md §2.2) and
+Shared by CoRe-Sleep's inner/outer Transformers (relative positions, docs/models.md §2.2) and
 MC²SleepNet's backbone and sequence Transformers (sinusoidal absolute positions, §3.2).
 """
 
@@ -17,7 +17,7 @@ class MultiHeadAttention(nn.Module):
 
     With ``rel_pos_clip = c``, a learnable vector per head and clipped relative distance is added
     to the keys (Shaw et al., 2018): ``score_ij = q_i · (k_j + a_{clip(j - i, ±c)}) / √d_head``,
-    the form models.md §2.2 chooses for CoRe-Sleep (relative distances clipped to ±6, no absolute
+    the form docs/models.md §2.2 chooses for CoRe-Sleep (relative distances clipped to ±6, no absolute
     position embedding).
 
     Parameters

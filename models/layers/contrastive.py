@@ -13,7 +13,7 @@ sequences of the batch. With ``s_j(i, k) = zz^Sg_{i,j} · zz^Sp_{k,j} / τ`` and
 
 ``L_spc2sig`` swaps the views (Eq. 15) and the loss is their mean (Eq. 16). By Jensen's inequality
 the paper's form is never larger than the conventional one. The temperature is not given in the
-paper; models.md §3.3 [D] uses τ = 0.1.
+paper; docs/models.md §3.3 [D] uses τ = 0.1.
 
 Epochs can be excluded with ``valid`` (e.g. where the modality is absent): they are neither
 anchors nor negatives, ``L`` in Eq. 14 becomes the number of valid positions of the sequence, and a

@@ -2,7 +2,8 @@
 
 CoRe-Sleep (Kontras et al., TNSRE 2024, §II-F, "2-layer MLP for predictors ... 0.3 dropout") uses
 three of these (multimodal, EEG, EOG); its released code gives each two hidden layers of 1024
-(models.md §2.2): ``Linear 128→1024, ReLU, Dropout, Linear 1024→1024, ReLU, Dropout, Linear 1024→5``.
+(docs/models.md §2.2):
+``Linear 128→1024, ReLU, Dropout, Linear 1024→1024, ReLU, Dropout, Linear 1024→5``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """MAIM: the modal-awareness imagination module of CIMSleepNet (a multimodal VAE).
 
 Shen et al., "Robust Sleep Staging over Incomplete Multimodal Physiological Signals via Contrastive
-Imagination", NeurIPS 2024 (CIMSleepNet), Fig. 2 "missing modality imputation"; somnray spec
-``docs/models.md`` §1.2(a) (layer table read from the official code) and §1.3.2 (imagination loss).
+Imagination", NeurIPS 2024 (CIMSleepNet), Fig. 2 "missing modality imputation"; docs/models.md
+§1.2(a) (layer table read from the official code) and §1.3.2 (imagination loss).
 
 One separable-conv encoder per modality maps an epoch ``(1, 3000)`` to a ``(W, 5)`` map; the maps of
 the modalities *observed* at that epoch are averaged (modality-aware fusion); a Gaussian latent is
@@ -162,7 +162,7 @@ class ModalityAwareImagination(nn.Module):
     gets ``h = 0`` (the released code divides by zero there), so its latent is imagined from the
     biases alone and stays finite.
 
-    Encoder input (spec §1.6.3, [D] "zero it"): each encoder runs only on the epochs where its
+    Encoder input (docs/models.md §1.6.3, [D] "zero it"): each encoder runs only on the epochs where its
     modality is observed and the result is scattered into zeros. In eval mode this equals feeding
     ``m * x`` (the masked slots are multiplied out by the fusion anyway); in training it also keeps
     the zero placeholders out of the BatchNorm statistics. A modality absent from ``signals`` has its
@@ -249,7 +249,7 @@ class ModalityAwareImagination(nn.Module):
 
 def imagination_target(signal: Tensor | None, present: Tensor,
                        mode: ImaginationTarget = "random_observed") -> tuple[Tensor | None, Tensor]:
-    """The imagination (reconstruction) target of one modality, spec §1.1.1 and §1.6.2.
+    """The imagination (reconstruction) target of one modality, docs/models.md §1.1.1 and §1.6.2.
 
     Observed epochs are their own target. A missing epoch's target depends on ``mode``:
 
@@ -312,7 +312,7 @@ def imagination_target(signal: Tensor | None, present: Tensor,
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor, reduction: Literal["sum", "mean"] = "sum") -> Tensor:
-    """KL divergence of ``N(mu, sigma^2)`` from ``N(0, I)``, spec §1.3.2.
+    """KL divergence of ``N(mu, sigma^2)`` from ``N(0, I)``, docs/models.md §1.3.2.
 
     ``"sum"`` sums over epochs and latent dimensions, as the released code does (so the term grows
     with the batch); ``"mean"`` sums over latent dimensions and averages over epochs (§1.6.5).

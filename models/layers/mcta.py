@@ -1,7 +1,7 @@
 """MCTA: multi-level cross-branch temporal attention, and the Transformer layer built around it.
 
 Shen et al., NeurIPS 2024 (CIMSleepNet), Fig. 3 (MCTA) and Fig. 2 ("Transformer containing MCTA");
-somnray spec ``docs/models.md`` §1.2(d). Everything here follows the released code, whose quirks
+docs/models.md §1.2(d). Everything here follows the released code, whose quirks
 are kept on purpose and flagged where they occur:
 
 * the temporal convs are *causal* 1-D convs that convolve across the **token axis**: the token (or
@@ -96,7 +96,7 @@ def multi_head_attention(query: Tensor, key: Tensor, value: Tensor, heads: int, 
 
 
 class MultiLevelCrossBranchAttention(nn.Module):
-    """MCTA (Fig. 3; spec §1.2(d) steps 2-3): intra-epoch then inter-epoch cross-branch attention.
+    """MCTA (Fig. 3; docs/models.md §1.2(d) steps 2-3): intra-epoch then inter-epoch cross-branch attention.
 
     Parameters
     ----------
@@ -180,7 +180,7 @@ class MultiLevelCrossBranchAttention(nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
 
         # Intra-epoch level (step 2). The GRU runs over the T tokens as one sequence, crossing the
-        # modality boundary (spec §1.6.9, as released). The released code also runs it on V0 and
+        # modality boundary (docs/models.md §1.6.9, as released). The released code also runs it on V0 and
         # discards the result; that dead computation is dropped.
         g_in = self._recurrent(self.intra_gru, kv)                  # (N, T, C)
         keys = torch.cat([self.intra_key(kv), self.intra_key_gru(g_in)], dim=1)        # (N, 2*(T//2), C)
@@ -222,7 +222,7 @@ class MCTATransformerLayer(nn.Module):
     2. ``f = MCTA(Q0, K0, V0)``; released wrapper ``f <- f + Dropout(f)`` (no identity residual: the
        input is ``T x C`` and the output ``D``).
     3. FFN sub-layer, ``ffn_residual="released"``: ``g = FFN(LN(f)); g <- g + Dropout(g)``;
-       ``"standard"``: ``g = f + Dropout(FFN(LN(f)))`` (spec §1.2(d).4 [D] flag).
+       ``"standard"``: ``g = f + Dropout(FFN(LN(f)))`` (docs/models.md §1.2(d).4 [D] flag).
     4. Final ``LN(g)``.
 
     All LayerNorms are :class:`StdLayerNorm`.

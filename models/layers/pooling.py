@@ -8,7 +8,7 @@ MC²SleepNet (Na et al., 2024, §3.1, Eq. 9–12) condenses the tokens ``z_t`` o
     EW(Z) = Σ_t α_t z_t                        (Eq. 11)
     O = GAP(EW(Z))                             (Eq. 12)
 
-A weighted sum is already one vector, so GAP after it is ambiguous. models.md §3.2 [D] reads EW
+A weighted sum is already one vector, so GAP after it is ambiguous. docs/models.md §3.2 [D] reads EW
 as re-weighting the tokens (``α_t z_t``) and GAP as the mean over ``t``, i.e.
 ``O = (1/T) Σ_t α_t z_t`` (``reduce="mean"``, the default); ``reduce="sum"`` returns Eq. 11 as
 written (``Σ_t α_t z_t``). The two differ only by the constant ``T``.
@@ -32,7 +32,7 @@ class EpochAttentionPooling(nn.Module):
     attention_size : int, optional
         Attention width ``A`` (paper: 128); defaults to ``d_model``.
     reduce : {"mean", "sum"}
-        ``"mean"``: ``(1/T) Σ α_t z_t`` (models.md [D]); ``"sum"``: ``Σ α_t z_t`` (Eq. 11).
+        ``"mean"``: ``(1/T) Σ α_t z_t`` (docs/models.md [D]); ``"sum"``: ``Σ α_t z_t`` (Eq. 11).
 
     Shapes
     ------

@@ -3,7 +3,7 @@
 Lee et al., "SleePyCo: Automatic sleep scoring with feature pyramid and contrastive learning"
 (Expert Systems with Applications, 2024; code ``gist-ailab/SleePyCo``, ``models/sleepyco.py``),
 re-used by MC²SleepNet (Na et al., 2024, §3.1 "Epoch level training") as the raw-signal backbone
-``F_Sg``. Layer configuration as in SleePyCo's code (models.md §3.2):
+``F_Sg``. Layer configuration as in SleePyCo's code (docs/models.md §3.2):
 
 * 5 blocks; every convolution has kernel 3, stride 1, "same" padding, and is followed by
   BatchNorm and PReLU. Widths 64 (2 convs), 128 (2), 192 (3), 256 (3), 256 (3).

@@ -1,7 +1,7 @@
 """SMCCL: semantic & modal calibration contrastive learning of CIMSleepNet.
 
-Shen et al., NeurIPS 2024 (CIMSleepNet), Fig. 2 "distribution alignment"; somnray spec
-``docs/models.md`` §1.2(b) (projection heads) and §1.3.3 (loss, modality-consistency score).
+Shen et al., NeurIPS 2024 (CIMSleepNet), Fig. 2 "distribution alignment"; docs/models.md
+§1.2(b) (projection heads) and §1.3.3 (loss, modality-consistency score).
 
 A supervised-contrastive loss over the projected imagined epochs of every modality, in which a pair
 is weighted by whether it shares the sleep stage and/or the modality; the weight of the mixed cases
@@ -172,7 +172,7 @@ def modality_consistency(probabilities: Sequence[Tensor]) -> Tensor:
 class SMCCLHeads(nn.Module):
     """The per-modality contrastive and cluster heads of §1.2(b) (training-only parameters).
 
-    The cluster heads only feed the detached ``lambda`` (spec §1.6.4), so no loss ever reaches
+    The cluster heads only feed the detached ``lambda`` (docs/models.md §1.6.4), so no loss ever reaches
     them: in the released code they stay at their initial values. They are therefore created
     frozen (``requires_grad=False``), which gives the same behaviour and keeps distributed
     training free of parameters without gradients.

@@ -10,7 +10,7 @@ The frames are cut with ``unfold`` rather than ``torch.stft``: ``torch.stft`` ma
 are ``win_length`` samples zero-padded to ``n_fft`` (29 frames).
 
 Each frequency bin is normalised with a mean and standard deviation computed on the training set
-(CoRe-Sleep code, models.md §2.1 step 8).  The statistics are buffers, so they travel with the
+(CoRe-Sleep code, docs/models.md §2.1 step 8).  The statistics are buffers, so they travel with the
 checkpoint; the trainer sets them with :meth:`STFTFrontEnd.set_statistics`.
 """
 

@@ -1,6 +1,6 @@
 """The per-modality temporal CNN feature extractor of CIMSleepNet.
 
-Shen et al., NeurIPS 2024 (CIMSleepNet), Fig. 2 "temporal CNN"; somnray spec ``docs/models.md``
+Shen et al., NeurIPS 2024 (CIMSleepNet), Fig. 2 "temporal CNN"; docs/models.md
 §1.2(c). The layer table is the released code's (an AttnSleep-style front-end): bias-free convs each
 followed by BatchNorm + GELU, two max-pools and one dropout.
 

@@ -1,6 +1,6 @@
 """Post-norm Transformer layers with optional cross-attention, and positional encodings.
 
-One layer (models.md §2.2 for CoRe-Sleep, §3.2 for MC²SleepNet)::
+One layer (docs/models.md §2.2 for CoRe-Sleep, §3.2 for MC²SleepNet)::
 
     h   = LN(x + Drop(SA(x)))
     h   = LN(h + Drop(CA(h, context)))          # only when cross-attention is built and used

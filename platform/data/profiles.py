@@ -173,7 +173,7 @@ class AnnotationSpec(_Strict):
 
 
 class TrimSpec(_Strict):
-    """Which wake epochs at the ends of the night are dropped (models.md §4.5).
+    """Which wake epochs at the ends of the night are dropped (docs/models.md §4.5).
 
     Parameters
     ----------

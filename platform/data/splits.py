@@ -1,4 +1,4 @@
-"""Subject-wise, seeded dataset splits (models.md §4.6).
+"""Subject-wise, seeded dataset splits (docs/models.md §4.6).
 
 Every protocol works on subjects, never on recordings: all nights of one subject land on the same
 side of every boundary (train / validation / test).  Shuffles use ``numpy.random.default_rng(seed)``

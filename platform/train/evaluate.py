@@ -6,7 +6,7 @@ all modalities, each modality alone, random partial missing at fixed per-recordi
 and detached modalities), and reports accuracy, macro-F1, Cohen's κ, per-class F1 and the
 confusion matrix per scenario, in the layout of CoRe-Sleep Table I / MC²SleepNet Table 5. With
 several runs (the folds of a cross-validation, or repeated splits) each run is scored on its own
-split's test part and the report gives both conventions of the literature (models.md §4.7): the
+split's test part and the report gives both conventions of the literature (docs/models.md §4.7): the
 metrics of the **pooled** predictions and the per-fold **mean ± std**.
 
 Which recordings are scored (said in the report):

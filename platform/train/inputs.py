@@ -2,7 +2,7 @@
 
 A prepared dataset stores one row per recording (its whole epoch sequence, see
 :mod:`somnray.data.schema`); windows are cut at load time, always inside one recording
-(models.md §2.6 item 8), so one stored dataset serves every sequence length.
+(docs/models.md §2.6 item 8), so one stored dataset serves every sequence length.
 
 * Training: each pass over the training recordings starts every recording's window grid at a
   random offset in ``[0, L)``, so window boundaries differ from pass to pass. The offset comes

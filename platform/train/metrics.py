@@ -7,7 +7,7 @@ textbook formulas (no scikit-learn):
 * accuracy = trace(C) / n;
 * per-class F1 = 2·TP / (2·TP + FP + FN), and 0 for a class that is neither present nor
   predicted (so a fold without N1 counts N1 as 0, as scikit-learn's ``zero_division=0`` does);
-* macro-F1 = unweighted mean of the five per-class F1 (models.md §4.7);
+* macro-F1 = unweighted mean of the five per-class F1 (docs/models.md §4.7);
 * κ = (p_o − p_e) / (1 − p_e), with p_e from the row and column marginals; 0 when p_e = 1.
 
 :func:`aggregate_folds` reports both conventions of the literature: metrics on the **pooled**

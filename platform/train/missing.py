@@ -9,7 +9,7 @@ modality of an epoch.
 Scenarios
 ---------
 ``partial_chunks``
-    CIMSleepNet's protocol (models.md §1.1.1): the missing rate ``r`` is over modality *slots*;
+    CIMSleepNet's protocol (docs/models.md §1.1.1): the missing rate ``r`` is over modality *slots*;
     ``round(r · L · M)`` slots are removed (M counting the modalities the sequence has at all) in chunks of ``chunk_epochs`` (25) consecutive epochs
     on the chunk grid, the (chunk, modality) pairs visited in random order, each removing one
     modality from the chunk where another stays present. With two modalities the maximum
@@ -24,9 +24,9 @@ Scenarios
     Slots chosen like ``partial_chunks`` are corrupted (additive Gaussian noise at a given σ or
     SNR, or a detachment-like flat line) while the mask stays **on**: the model is not told.
 
-Masks fixed per recording (evaluation, and CIMSleepNet's training) use
-:func:`recording_rng` (seed = base seed + recording index), so a recording gets the same mask at
-a given rate in every run, split and scenario.
+Masks fixed per recording (the evaluation scenarios) use :func:`recording_rng` (seed = base seed +
+recording index), so a recording gets the same mask at a given rate in every run, split and
+scenario. Training draws a fresh mask for every window from the loop's own generator.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules built from :class:`~somnray.train.config.OptimConfig`.
 
-DeepSpeed receives the optimizer as a torch *client* optimizer (platform-notes: DeepSpeed's
-FusedAdam / DeepSpeedCPUAdam need a long JIT build and do not run everywhere), and the schedule
-as a ``LambdaLR`` stepped once per optimizer step.
+DeepSpeed receives the optimizer as a torch *client* optimizer (DeepSpeed's own FusedAdam /
+DeepSpeedCPUAdam are compiled just in time on first use, about a minute on a CPU machine, and do
+not build on every machine; see docs/training.md), and the schedule as a ``LambdaLR`` stepped once
+per optimizer step.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A scenario turns one prepared recording (its signals and availability mask) into the input the
 model scores. Every scenario is a pure, seeded function of the recording and its index, so two
 models evaluated on the same dataset see exactly the same masks and the same noise
-(models.md §1.5, §2.5, §4.7):
+(docs/models.md §1.5, §2.5, §4.7):
 
 ``all``
     Every modality the model consumes, as recorded.
@@ -38,7 +38,7 @@ from somnray.core.errors import ConfigError
 
 from .missing import DEFAULT_BASE_SEED, corrupt_signals, drop_partial_chunks, drop_partial_iid, recording_rng
 
-#: Missing rates of the Fig.-4-style curve (models.md §1.1.1).
+#: Missing rates of the Fig.-4-style curve (docs/models.md §1.1.1).
 DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 #: Signal-to-noise ratio of ``noisy_<m>`` when none is given, in dB (noise as strong as the signal).
 DEFAULT_SNR_DB = 0.0

@@ -156,7 +156,7 @@ def test_map_labels_maps_and_reports_unknown():
     assert str(info.value) == "unknown stage label(s) ['X', 'Y']; known labels: ['W']"
 
 
-# -- trimming (models.md §4.5) -----------------------------------------------------------------
+# -- trimming (docs/models.md §4.5) ------------------------------------------------------------
 
 def _labels(spec):
     """Build a label array from (class, count) runs."""

@@ -65,7 +65,7 @@ def test_single_modality_degenerates_to_unimodal_model():
 def test_full_size_parameter_count():
     """Full CoRe-Sleep: 9.95 M parameters = encoder 6.39 M (4 blocks) + three heads of 1.19 M.
 
-    models.md §2.2 reports 10.0 M measured on the released classes (encoder 6.44 M = 4 × 1.61 M).
+    docs/models.md §2.2 reports 10.0 M measured on the released classes (encoder 6.44 M = 4 × 1.61 M).
     Our blocks follow the spec's layer exactly: per layer SA 4·128² + 3·128 (no output bias) +
     relative table 8·13·16, the same again for CA, FFN 2·128·1024 + 1024 + 128, three LayerNorms;
     4 layers + a 128-d CLS = 1.597 M per block.  The 0.8 % gap (≈13 k per block) is inside the

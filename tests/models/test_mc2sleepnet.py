@@ -77,7 +77,7 @@ def test_full_model_intermediate_shapes_match_the_paper():
 def test_full_parameter_count_is_pinned():
     """The full model has 6,216,404 parameters, within 8 % of the paper's 5.76 M.
 
-    Components as models.md §3.2 estimates them: CNN ≈1.5 M, spectrogram Transformer ≈1.3 M, two
+    Components as docs/models.md §3.2 estimates them: CNN ≈1.5 M, spectrogram Transformer ≈1.3 M, two
     SA+CA blocks ≈3.2 M. Those three alone sum to 6.05 M > 5.76 M, so the gap is not in the parts
     the paper leaves open (EW, projection, heads, mask tokens: 0.17 M).
     """

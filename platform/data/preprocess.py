@@ -250,7 +250,7 @@ def _leading_wake(scored: np.ndarray) -> int:
 
 def trim_wake(labels: np.ndarray, rule: TrimRule, edge_minutes: float = 30.0,
               epoch_s: float = EPOCH_SECONDS) -> slice:
-    """Which contiguous span of epochs to keep (models.md §4.5).
+    """Which contiguous span of epochs to keep (docs/models.md §4.5).
 
     Unscored epochs (-1) stay in the sequence; the rules look at scored epochs only, as the
     papers' pipelines did after deleting them.

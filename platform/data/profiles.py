@@ -35,8 +35,6 @@ __all__ = [
     "normalize_label",
 ]
 
-#: Class index → AASM stage name (the label contract of architecture.md); -1 is "unscored".
-
 _PROFILE_PACKAGE = "somnray.data"
 _PROFILE_FOLDER = "profiles"
 

@@ -241,7 +241,8 @@ class MissingConfig(_Strict):
     flatline_prob : float
         Probability that a corrupted slot becomes a flat line (detachment) instead of noise.
     seed : int
-        Base seed; recording ``i`` uses ``seed + i`` so masks are fixed per recording.
+        Base seed of the fixed per-recording masks of evaluation scenarios (recording ``i`` uses
+        ``seed + i``); training draws its masks per window from the run seed, rank and step.
     curriculum : CurriculumConfig
         How the rate changes with the step.
     """

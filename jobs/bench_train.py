@@ -146,10 +146,10 @@ def pipeline_windows_per_s(dataset_uri: str, modalities: tuple[str, ...], length
     The clock starts at the first batch, so Ray Data's plan start-up is excluded, as the training
     loop only pays it once per run.
     """
-    from somnray.data.pipeline import prepared_entries
+    from somnray.data.dataset import PreparedDataset
     from somnray.train.inputs import WindowSpec, iter_window_batches, window_dataset
 
-    ids = [e.recording_id for e in prepared_entries(dataset_uri)]
+    ids = [e.recording_id for e in PreparedDataset.open(dataset_uri).entries()]
     ds = window_dataset(WindowSpec(dataset_uri, modalities, length, mode="train", seed=0), ids, passes=passes,
                         shuffle_seed=0)
     count, start = 0, None

@@ -77,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every step succeeded."""
     from somnray.core.session import ensure_ray
     from somnray.data.manifest import ManifestEntry, format_manifest_csv
-    from somnray.data.pipeline import prepare_cohort, read_manifest
+    from somnray.data.dataset import PreparedDataset
+    from somnray.data.pipeline import prepare_cohort
     from somnray.data.profiles import load_profile
     from somnray.data.splits import kfold_split, save_splits
     from somnray.data.synth import synthesize_cohort
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_ray()
     result = prepare_cohort(str(cohort / "manifest.csv"), load_profile("sleep-edf"), store,
                             num_workers=2, progress=True)
-    manifest = read_manifest(result.dataset_uri)
+    manifest = PreparedDataset.open(result.dataset_uri).manifest
     print(f"   {result.prepared} prepared, {result.skipped} already there, {result.rejected} rejected")
     print(f"   class histogram: {json.dumps(manifest.get('class_histogram', {}))}")
     print(f"   dataset: {result.dataset_uri}")

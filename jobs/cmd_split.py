@@ -37,11 +37,12 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute and write the split; returns the exit status."""
     from somnray.core.errors import SomnrayError
-    from somnray.data.pipeline import prepared_entries
-    from somnray.data.splits import kfold_split, manifest_split, ratio_split, save_splits
+    from somnray.data.dataset import PreparedDataset
+    from somnray.data.splits import kfold_split, manifest_split, ratio_split
 
     try:
-        entries = prepared_entries(args.dataset)
+        dataset = PreparedDataset.open(args.dataset)
+        entries = dataset.entries()
         if args.kfold is not None:
             val = 2 if args.val_subjects is None else args.val_subjects
             splits = kfold_split(entries, args.kfold, seed=args.seed, n_val_subjects=val,
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                                   seed=args.seed, name=args.name)]
         else:
             splits = [manifest_split(entries, name=args.name or "manifest")]
-        uri = save_splits(args.dataset, splits, name=args.name)
+        uri = dataset.write_splits(splits, name=args.name)
     except (SomnrayError, FileNotFoundError) as exc:
         print(f"somnray split: error: {exc}", file=sys.stderr)
         return 1

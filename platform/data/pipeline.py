@@ -1,39 +1,25 @@
 """The cohort preparation pipeline on Ray Data: manifest → one Parquet file per recording.
 
-Layout of a prepared dataset (see ``docs/data-contract.md``)::
+The layout of what it writes, and every read and write of it, belong to
+:class:`~somnray.data.dataset.PreparedDataset`; this module only runs the preparation: one Ray Data
+task per manifest entry (:func:`prepare_entry`), progress, and the ``manifest.json`` summary of the
+run.  A run is resumable: a recording whose Parquet file exists is skipped, and rejects are
+retried on the next run (a transient error or a fixed file then succeeds).
 
-    <out_uri>/<profile>-<version>/
-        entries.csv                  the manifest entries (with subjects), written first
-        recordings/<recording_id>.parquet
-        rejects/<recording_id>.json  why a recording was rejected (written as it happens)
-        manifest.json                counts, class histogram, availability, rejects (written last)
-        splits/<name>.json           optional, from ``somnray split``
-
-``version`` is a short SHA-256 of (the sorted manifest entries, the profile, the data format
-version): the same inputs and configuration always land in the same folder, any change lands in a
-new one.  A run is resumable: a recording whose Parquet file exists is skipped, every file is
-written atomically (a crash never leaves a partial file that a rerun would mistake for done), and
-rejects are retried on the next run (a transient error or a fixed file then succeeds).
-
-Ray is a thin layer here: each Ray Data task runs :func:`prepare_entry` on one manifest entry, a
-plain function that can be called (and is tested) without Ray.
+:func:`prepare_entry` is a plain function that can be called (and is tested) without Ray.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from somnray.core.constants import (
     EPOCH_SECONDS,
@@ -45,77 +31,18 @@ from somnray.core.constants import (
 )
 from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.session import ensure_ray
-from somnray.core.storage import StorageLocation, resolve, worker_storage_options
+from somnray.core.storage import resolve, worker_storage_options
 from somnray.core.version import somnray_version
 
 from . import schema
+from .dataset import DATA_FORMAT_VERSION, PreparedDataset
 from .discovery import load_manifest
-from .manifest import SPLITS, ManifestEntry, format_manifest_csv, parse_manifest_csv
+from .manifest import SPLITS, ManifestEntry
 
 log = logging.getLogger(__name__)
 
-#: Part of the dataset version hash: bump when preprocessing changes what is written for the same
-#: inputs and profile (the Parquet layout has its own ``schema.FORMAT_VERSION``).
-DATA_FORMAT_VERSION = f"somnray-data-{schema.FORMAT_VERSION}.1"
-#: Key of the per-recording summary in each Parquet file's key/value metadata.
-SUMMARY_KEY = "somnray.summary"
-
-
-# -- versioning -----------------------------------------------------------------------------------
-def dataset_version(entries: Sequence[ManifestEntry], profile) -> str:
-    """Short (12 hex) SHA-256 of the sorted entries, the resolved profile and the format version."""
-    doc = {
-        "entries": sorted((e.as_dict() for e in entries), key=lambda d: d["recording_id"]),
-        "profile": profile.model_dump(mode="json"),
-        "format": DATA_FORMAT_VERSION,
-    }
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def dataset_location(out_uri: str, profile, version: str,
-                     storage_options: Mapping[str, Any] | None = None) -> StorageLocation:
-    """``<out_uri>/<profile.name>-<version>``."""
-    return resolve(out_uri, storage_options).join(f"{profile.name}-{version}")
-
 
 # -- one recording ----------------------------------------------------------------------------------
-def _summary(rec) -> dict[str, Any]:
-    counts = Counter(int(x) for x in rec.labels.tolist())
-    mods = {}
-    for m, sig in rec.signals.items():
-        avail = rec.available.get(m)
-        mods[m] = {"present": sig is not None,
-                   "available_epochs": int(avail.sum()) if (sig is not None and avail is not None) else 0}
-    return {"recording_id": rec.recording_id, "subject_id": rec.subject_id,
-            "n_epochs": rec.n_epochs, "label_counts": {str(k): v for k, v in sorted(counts.items())},
-            "modalities": mods, "info": rec.info}
-
-
-def recording_parquet_bytes(rec, modalities: Sequence[str]) -> bytes:
-    """The Parquet file of one prepared recording, with its summary in the file metadata.
-
-    The summary (label counts, availability, non-identifying info) lets a resumed run account for
-    an already-written recording by reading only the file footer.
-    """
-    table = schema.to_table([rec], modalities)
-    buf = io.BytesIO()
-    with pq.ParquetWriter(buf, table.schema, compression="zstd", use_dictionary=False) as writer:
-        writer.write_table(table)
-        writer.add_key_value_metadata({SUMMARY_KEY: json.dumps(_summary(rec), default=str)})
-    return buf.getvalue()
-
-
-def read_summary(loc: StorageLocation) -> dict[str, Any]:
-    """The summary stored in a recording file's footer (no signal is read)."""
-    with loc.open("rb") as f:
-        meta = pq.read_metadata(f).metadata or {}
-    raw = meta.get(SUMMARY_KEY.encode())
-    if raw is None:
-        raise ValueError(f"{loc.uri}: no {SUMMARY_KEY} metadata (not written by somnray)")
-    return json.loads(raw)
-
-
 def _status(entry: Mapping[str, Any], status: str, summary: Mapping[str, Any] | None = None,
             reason: str = "", error_type: str = "", source: str = "", seconds: float = 0.0
             ) -> dict[str, Any]:
@@ -137,10 +64,10 @@ def _status(entry: Mapping[str, Any], status: str, summary: Mapping[str, Any] | 
 
 def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
                   storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Prepare one manifest entry into ``<dataset_uri>/recordings/<id>.parquet``.
+    """Prepare one manifest entry into its recording file of the dataset.
 
     Never raises for a bad recording: a :class:`RecordingError` or any other exception becomes a
-    ``rejected`` status (and ``rejects/<id>.json``), so one bad night never stops a cohort.
+    ``rejected`` status (and a reject file), so one bad night never stops a cohort.
 
     Parameters
     ----------
@@ -163,14 +90,13 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
 
     t0 = time.monotonic()
     rid = entry["recording_id"]
-    dataset = resolve(dataset_uri, storage_options)
-    out = dataset.join("recordings", f"{rid}.parquet")
-    reject_loc = dataset.join("rejects", f"{rid}.json")
-    if out.exists():
+    dataset = PreparedDataset.at(dataset_uri, storage_options)
+    if dataset.has_recording(rid):
         try:
-            return _status(entry, STATUS_SKIPPED, read_summary(out), seconds=time.monotonic() - t0)
+            return _status(entry, STATUS_SKIPPED, dataset.summary(rid), seconds=time.monotonic() - t0)
         except Exception as exc:  # unreadable footer: not ours or damaged → prepare it again
-            log.warning("%s: existing file unreadable (%s); preparing it again", out.uri, exc)
+            log.warning("%s: existing file unreadable (%s); preparing it again",
+                        dataset.recording_uri(rid), exc)
 
     source = entry["psg"]
     try:
@@ -194,9 +120,7 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
                 rec = prepare_recording(psg_path, None, profile, recording_id=rid,
                                         subject_id=entry["subject_id"], psg_source=entry["psg"],
                                         hypnogram_source=None)
-        data = recording_parquet_bytes(rec, profile.modalities)
-        out.atomic_write_bytes(data)
-        summary = _summary(rec)
+        summary = dataset.write_recording(rec, profile.modalities)
     except Exception as exc:
         if isinstance(exc, RecordingError):
             reason, err_source, etype = str(exc), exc.source, "RecordingError"
@@ -212,13 +136,12 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
                "hypnogram": entry.get("hypnogram"),
                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
-            reject_loc.write_text(json.dumps(doc, indent=2) + "\n")
+            dataset.write_reject(doc)
         except Exception as wexc:  # the reject still reaches manifest.json through the status row
-            log.warning("%s: could not write reject file (%s)", reject_loc.uri, wexc)
+            log.warning("%s: could not write the reject file of %s (%s)", dataset.uri, rid, wexc)
         return _status(entry, STATUS_REJECTED, reason=reason, error_type=etype, source=err_source,
                        seconds=time.monotonic() - t0)
-    if reject_loc.exists():  # a previous attempt failed; this one succeeded
-        reject_loc.remove()
+    dataset.clear_reject(rid)  # a previous attempt may have failed; this one succeeded
     return _status(entry, STATUS_OK, summary, seconds=time.monotonic() - t0)
 
 
@@ -317,16 +240,11 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     started = time.monotonic()
     entries = load_manifest(input_uri, profile, storage_options)
     _check_profiles(entries, profile, str(input_uri))
-    version = dataset_version(entries, profile)
-    dataset = dataset_location(out_uri, profile, version, storage_options)
+    dataset = PreparedDataset.create(out_uri, profile, entries, storage_options)
+    version = dataset.version
     log.info("preparing %d recording(s) of %s into %s", len(entries), profile.name, dataset.uri)
 
-    dataset.makedirs()
-    entries_loc = dataset.join("entries.csv")
-    if not entries_loc.exists():
-        entries_loc.write_text(format_manifest_csv(entries))
-
-    done = {loc.name[: -len(".parquet")] for loc in dataset.join("recordings").find(".parquet")}
+    done = set(dataset.recording_ids())
     already = [e for e in entries if e.recording_id in done]
     fresh = [e for e in entries if e.recording_id not in done]
     todo_fresh = fresh if limit is None else fresh[:limit]
@@ -337,14 +255,14 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
 
     doc = _manifest_doc(entries, statuses, profile, version, dataset, pending,
                         time.monotonic() - started)
-    dataset.join("manifest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    dataset.write_manifest(doc)
     c = doc["counts"]
     return PrepareResult(dataset_uri=dataset.uri, version=version, total=c["total"],
                          prepared=c["prepared"], skipped=c["skipped"], rejected=c["rejected"],
                          pending=c["pending"], rejects=doc["rejected"], manifest=doc)
 
 
-def _run(todo: Sequence[ManifestEntry], profile, dataset: StorageLocation,
+def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
          storage_options: Mapping[str, Any] | None, num_workers: int | None, progress: bool
          ) -> list[dict[str, Any]]:
     import ray
@@ -380,7 +298,7 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: StorageLocation,
 
 
 def _manifest_doc(entries: Sequence[ManifestEntry], statuses: Sequence[Mapping[str, Any]], profile,
-                  version: str, dataset: StorageLocation, pending: int, seconds: float
+                  version: str, dataset: PreparedDataset, pending: int, seconds: float
                   ) -> dict[str, Any]:
     by_status: Counter[str] = Counter(s["status"] for s in statuses)
     labels: Counter[int] = Counter()
@@ -444,89 +362,3 @@ def _manifest_doc(entries: Sequence[ManifestEntry], statuses: Sequence[Mapping[s
         "entries": [e.as_dict() for e in entries],
         "seconds": round(seconds, 3),
     }
-
-
-# -- reading back ----------------------------------------------------------------------------------
-def read_manifest(dataset_uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``manifest.json`` of a prepared dataset."""
-    loc = resolve(dataset_uri, storage_options).join("manifest.json")
-    if not loc.exists():
-        raise ConfigError(loc.uri, ["no manifest.json: not a prepared dataset, or its preparation "
-                                    "has not finished (rerun `somnray prepare` to complete it)"])
-    return json.loads(loc.read_text())
-
-
-def read_entries(dataset_uri: str, storage_options: Mapping[str, Any] | None = None
-                 ) -> list[ManifestEntry]:
-    """The manifest entries of a prepared dataset (``entries.csv``; no signal is read)."""
-    loc = resolve(dataset_uri, storage_options).join("entries.csv")
-    if not loc.exists():
-        raise ConfigError(loc.uri, ["no entries.csv: not a prepared dataset"])
-    return parse_manifest_csv(loc.read_text(), source=loc.uri)
-
-
-def prepared_entries(dataset_uri: str, storage_options: Mapping[str, Any] | None = None
-                     ) -> list[ManifestEntry]:
-    """The entries whose recording file exists (what splits and loaders should use)."""
-    ds = resolve(dataset_uri, storage_options)
-    done = {loc.name[: -len(".parquet")] for loc in ds.join("recordings").find(".parquet")}
-    return [e for e in read_entries(dataset_uri, storage_options) if e.recording_id in done]
-
-
-def _select(dataset_uri: str, split, part: str | None,
-            storage_options: Mapping[str, Any] | None) -> list[StorageLocation]:
-    ds = resolve(dataset_uri, storage_options)
-    files = ds.join("recordings").find(".parquet")
-    if not files:
-        raise ConfigError(ds.uri, ["no prepared recordings (recordings/*.parquet) found"])
-    if split is None:
-        return files
-    if isinstance(split, str):
-        if split not in SPLITS:
-            raise ConfigError(ds.uri, [f"split {split!r}: expected one of {list(SPLITS)} (the "
-                                       "manifest's fixed split) or a Split object with part="])
-        wanted = {e.recording_id for e in read_entries(dataset_uri, storage_options)
-                  if e.split == split}
-    else:
-        if part is None:
-            raise ConfigError(ds.uri, ["a Split needs part='train', 'val' or 'test'"])
-        wanted = set(split.part(part))
-    return [f for f in files if f.name[: -len(".parquet")] in wanted]
-
-
-def load_prepared(dataset_uri: str, split=None, part: str | None = None, *,
-                  columns: Sequence[str] | None = None,
-                  storage_options: Mapping[str, Any] | None = None):
-    """The prepared recordings as a ``ray.data.Dataset`` (one row per recording).
-
-    Parameters
-    ----------
-    dataset_uri : str
-        The versioned dataset folder.
-    split : Split or {"train", "val", "test"}, optional
-        A :class:`~somnray.data.splits.Split` (with ``part``), or a part name of the manifest's
-        fixed split column; None for every recording.
-    part : {"train", "val", "test"}, optional
-        Which part of a Split object.
-    columns : sequence of str, optional
-        Read only these columns.
-    storage_options : mapping, optional
-        Filesystem options.
-    """
-    import ray
-
-    ensure_ray()
-    files = _select(dataset_uri, split, part, storage_options)
-    if not files:
-        raise ConfigError(dataset_uri, [f"the split selects no prepared recording (part {part!r})"])
-    fs = files[0].pyarrow_filesystem()
-    return ray.data.read_parquet([f.path for f in files], filesystem=fs,
-                                 columns=list(columns) if columns else None)
-
-
-def iter_prepared(dataset_uri: str, split=None, part: str | None = None, *,
-                  columns: Sequence[str] | None = None,
-                  storage_options: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Ray-free reader: yields each recording as :func:`somnray.data.schema.row_to_arrays` dicts."""
-    for loc in _select(dataset_uri, split, part, storage_options):
-        yield from schema.read_recording_file(loc, columns=columns)

@@ -23,14 +23,12 @@ epoch length and the modalities, so a reader without somnray can reshape the sig
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from somnray.core.constants import CANONICAL_MODALITIES, EPOCH_SAMPLES, SAMPLING_RATE_HZ
 
@@ -192,18 +190,6 @@ def record_to_row(rec: PreparedRecording, modalities: Iterable[str] | None = Non
     return row
 
 
-def to_parquet_bytes(table: pa.Table) -> bytes:
-    """The Parquet file of ``table`` as bytes (written in one piece, for atomic upload).
-
-    zstd compresses the labels and masks to almost nothing; the float16 signals gain little but
-    lose nothing.  Dictionary encoding is off: no column repeats values within a file.
-    """
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", use_dictionary=False,
-                   write_statistics=["recording_id", "subject_id", "cohort", "n_epochs"])
-    return buf.getvalue()
-
-
 def row_to_arrays(row: Mapping[str, Any]) -> dict[str, Any]:
     """A row (dict from Arrow ``to_pylist``, Ray Data, or :func:`record_to_row`) as numpy arrays.
 
@@ -251,41 +237,3 @@ def table_to_arrays(table: pa.Table) -> list[dict[str, Any]]:
                 row[name] = col[i].as_py()
         out.append(row_to_arrays(row))
     return out
-
-
-def read_recording(dataset_uri: str, recording_id: str,
-                   storage_options: Mapping[str, Any] | None = None,
-                   columns: Sequence[str] | None = None) -> dict[str, Any]:
-    """Read one prepared recording of a dataset (no Ray needed).
-
-    Parameters
-    ----------
-    dataset_uri : str
-        The prepared dataset (the folder holding ``manifest.json`` and ``recordings/``).
-    recording_id : str
-        Which recording.
-    storage_options : mapping, optional
-        Filesystem options (see :mod:`somnray.core.storage`).
-    columns : sequence of str, optional
-        Read only these columns (``n_epochs`` and the string columns are always read).
-
-    Returns
-    -------
-    dict
-        As :func:`row_to_arrays`.
-    """
-    from somnray.core.storage import resolve
-
-    loc = resolve(dataset_uri, storage_options).join("recordings", f"{recording_id}.parquet")
-    if not loc.exists():
-        raise FileNotFoundError(f"{loc.uri}: no prepared recording {recording_id!r} in {dataset_uri}")
-    return read_recording_file(loc, columns=columns)[0]
-
-
-def read_recording_file(loc, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of one recording Parquet file at a :class:`~somnray.core.storage.StorageLocation`."""
-    if columns is not None:
-        columns = list(dict.fromkeys(["recording_id", "subject_id", "cohort", "n_epochs", *columns]))
-    with loc.open("rb") as f:
-        table = pq.read_table(f, columns=columns)
-    return table_to_arrays(table)

@@ -296,13 +296,14 @@ def splits_from_json(text: str, source: str = "<splits>") -> list[Split]:
 
 def save_splits(dataset_uri: str, splits: Sequence[Split], name: str | None = None,
                 storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write ``splits`` to ``<dataset_uri>/splits/<name>.json``; returns that URI."""
-    from somnray.core.storage import resolve
+    """Write ``splits`` with a prepared dataset as ``<name>.json``; returns that file's URI.
 
-    name = name or splits[0].name
-    loc = resolve(dataset_uri, storage_options).join("splits", f"{name}.json")
-    loc.write_text(splits_to_json(splits))
-    return loc.uri
+    ``name`` defaults to the first split's name; see
+    :meth:`somnray.data.dataset.PreparedDataset.write_splits`.
+    """
+    from .dataset import PreparedDataset  # dataset.py imports this module
+
+    return PreparedDataset.at(dataset_uri, storage_options).write_splits(splits, name)
 
 
 def load_splits(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[Split]:

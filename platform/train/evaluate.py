@@ -47,6 +47,7 @@ from somnray.core.constants import EPOCH_SAMPLES, STAGES
 from somnray.core.errors import ConfigError
 from somnray.core.storage import resolve
 from somnray.data import schema
+from somnray.data.dataset import PreparedDataset
 from somnray.models.bundle import BundleInfo
 from somnray.models.inference import predict_night
 
@@ -164,7 +165,8 @@ def score_recording(model: torch.nn.Module, arrays: Mapping[str, Any], spec: Eva
 
 
 def _read(spec: EvalSpec, recording_id: str) -> dict[str, Any]:
-    return schema.read_recording(spec.dataset_uri, recording_id, spec.storage_options, columns=spec.columns)
+    # The driver opened (checked) the dataset; an actor only reads its recording.
+    return PreparedDataset.at(spec.dataset_uri, spec.storage_options).read(recording_id, spec.columns)
 
 
 class RecordingScorer:
@@ -245,10 +247,7 @@ def _load_run(run: RunLike, storage_options: Mapping[str, Any] | None) -> tuple[
 
 def dataset_name(dataset_uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """``<profile>-<version>`` of a prepared dataset (its folder name if the manifest lacks it)."""
-    from somnray.data.pipeline import read_manifest
-
-    manifest = read_manifest(dataset_uri, storage_options)
-    return str(manifest.get("dataset") or resolve(dataset_uri, storage_options).name)
+    return PreparedDataset.open(dataset_uri, storage_options).name
 
 
 def _same_dataset(a: str | None, b: str, storage_options: Mapping[str, Any] | None) -> bool:
@@ -256,10 +255,9 @@ def _same_dataset(a: str | None, b: str, storage_options: Mapping[str, Any] | No
     if not a:
         return False
     try:
-        la, lb = resolve(a, storage_options), resolve(b, storage_options)
+        return PreparedDataset.at(a, storage_options).same_as(PreparedDataset.at(b, storage_options))
     except ConfigError:
         return False
-    return la.uri.rstrip("/") == lb.uri.rstrip("/") or (la.name == lb.name and "-" in la.name)
 
 
 @dataclass(frozen=True)
@@ -282,14 +280,12 @@ def select_test_recordings(dataset_uri: str, info: BundleInfo, split: str | None
         Unknown split file, fold out of range, or a split whose test part is empty.
     """
     from somnray.data import splits as sp
-    from somnray.data.pipeline import prepared_entries
 
     from .config import DataConfig, SplitConfig
     from .inputs import resolve_split
 
-    entries = prepared_entries(dataset_uri, storage_options)
-    if not entries:
-        raise ConfigError(dataset_uri, ["no prepared recordings (recordings/*.parquet) found"])
+    dataset = PreparedDataset.at(dataset_uri, storage_options)
+    entries = dataset.entries(required=True)
     every = tuple(sorted(e.recording_id for e in entries))
 
     def from_split(chosen: sp.Split, source: str) -> EvalSelection:
@@ -308,7 +304,7 @@ def select_test_recordings(dataset_uri: str, info: BundleInfo, split: str | None
             except sp.SplitError as exc:
                 raise ConfigError(dataset_uri, [f"split 'manifest': {exc}"]) from None
         looks_like_file = split.endswith(".json") or "/" in split or "://" in split
-        uri = split if looks_like_file else resolve(dataset_uri, storage_options).join("splits", f"{split}.json").uri
+        uri = split if looks_like_file else dataset.split_uri(split)
         try:
             folds = sp.load_splits(uri, storage_options)
         except FileNotFoundError:
@@ -342,13 +338,7 @@ def select_test_recordings(dataset_uri: str, info: BundleInfo, split: str | None
 
 def _existing_columns(dataset_uri: str, modalities: Sequence[str],
                       storage_options: Mapping[str, Any] | None) -> tuple[str, ...]:
-    import pyarrow.parquet as pq
-
-    files = resolve(dataset_uri, storage_options).join("recordings").find(".parquet")
-    if not files:
-        raise ConfigError(dataset_uri, ["no prepared recordings (recordings/*.parquet) found"])
-    with files[0].open("rb") as f:
-        names = set(pq.read_schema(f).names)
+    names = set(PreparedDataset.at(dataset_uri, storage_options).columns())
     wanted = ["labels", *(c for m in modalities for c in (m, schema.available_column(m)))]
     # A modality the dataset lacks entirely has no column: it is absent, not an error.
     return tuple(c for c in wanted if c in names)
@@ -674,8 +664,6 @@ def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str 
         Bad run URI (no bundle), not a prepared dataset, bad split or scenarios, or folds whose
         models consume different modalities.
     """
-    from somnray.data.pipeline import prepared_entries
-
     runs: list[RunLike] = list(run) if isinstance(run, (list, tuple)) and not _is_bundle(run) else [run]
     runs += list(folds or ())
     if not runs:
@@ -687,7 +675,8 @@ def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str 
     name = dataset_name(data.uri, options)
     # Masks are seeded by the recording's index among ALL prepared recordings, so a recording gets
     # the same mask whichever split, fold or model it is scored in.
-    index_of = {rid: i for i, rid in enumerate(sorted(e.recording_id for e in prepared_entries(data.uri, options)))}
+    index_of = {rid: i for i, rid in enumerate(sorted(e.recording_id for e in
+                                                      PreparedDataset.at(data.uri, options).entries()))}
 
     loaded = [_load_run(r, storage_options) for r in runs]
     first_model, first_info, first_uri = loaded[0]

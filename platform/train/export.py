@@ -94,15 +94,13 @@ def write_run_metrics(run_uri: str, results: Sequence[Any],
 
 def _cohort_profile(dataset_uri: str, storage_options: Mapping[str, Any] | None) -> str | None:
     """The cohort profile name recorded in the dataset's ``manifest.json`` (None if unreadable)."""
-    from somnray.data.pipeline import read_manifest
+    from somnray.data.dataset import PreparedDataset
 
     try:
-        manifest = read_manifest(dataset_uri, storage_options)
+        return PreparedDataset.open(dataset_uri, storage_options).profile_name
     except (ConfigError, OSError, ValueError) as exc:
         log.warning("cannot read the manifest of %s to record its cohort profile: %s", dataset_uri, exc)
         return None
-    profile = manifest.get("profile")
-    return profile.get("name") if isinstance(profile, Mapping) else (str(profile) if profile else None)
 
 
 def _load_weights(checkpoint_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import torch
 from somnray.core.constants import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES
 from somnray.core.errors import ConfigError
 from somnray.data import schema
+from somnray.data.dataset import PreparedDataset
 from somnray.models.base import SleepBatch
 from somnray.models.inference import window_starts
 
@@ -57,27 +58,26 @@ def resolve_split(data: DataConfig, storage_options: Mapping[str, Any] | None = 
         Naming the dataset (or split file) and what is wrong: unknown split file, fold out of
         range, too few subjects.
     """
-    from somnray.core.storage import join
     from somnray.data import splits as sp
-    from somnray.data.pipeline import prepared_entries
 
+    dataset = PreparedDataset.open(data.dataset, storage_options)
     cfg = data.split
     if cfg.name == "manifest":
         try:
-            return sp.manifest_split(prepared_entries(data.dataset, storage_options))
+            return sp.manifest_split(dataset.entries())
         except sp.SplitError as exc:
             raise ConfigError(data.dataset, [f"data.split: {exc}"]) from None
     if cfg.name is not None:
-        uri = join(data.dataset, "splits", f"{cfg.name}.json")
+        uri = dataset.split_uri(cfg.name)
         try:
-            folds = sp.load_splits(uri, storage_options)
+            folds = dataset.split(cfg.name)
         except FileNotFoundError:
             raise ConfigError(uri, [f"data.split.name: no split file {cfg.name!r} with this dataset "
                                     f"(use 'manifest', or write one with somnray.data.splits.save_splits)"]) from None
         if cfg.fold >= len(folds):
             raise ConfigError(uri, [f"data.split.fold: {cfg.fold} out of range; the file has {len(folds)} fold(s)"])
         return folds[cfg.fold]
-    entries = prepared_entries(data.dataset, storage_options)
+    entries = dataset.entries()
     extra = {} if cfg.n_val_subjects is None else {"n_val_subjects": cfg.n_val_subjects}
     try:
         if cfg.kind == "kfold":
@@ -239,35 +239,9 @@ def read_windows(items: Mapping[str, np.ndarray], spec: WindowSpec) -> dict[str,
 
 
 def _read_recording(spec: WindowSpec, recording_id: str, columns: Sequence[str]) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from somnray.core.storage import resolve
-
-    loc = resolve(spec.dataset_uri, spec.storage_options).join("recordings", f"{recording_id}.parquet")
-    wanted = ["recording_id", "subject_id", "cohort", "n_epochs", *columns]
-    with loc.open("rb") as f:
-        parquet = pq.ParquetFile(f)
-        # A modality the dataset lacks entirely has no column: it is absent, not an error.
-        names = set(parquet.schema_arrow.names)
-        table = parquet.read(columns=[c for c in wanted if c in names])
-    if table.num_rows != 1:
-        raise ConfigError(loc.uri, [f"expected one recording row, found {table.num_rows}"])
-    return schema.table_to_arrays(table)[0]
-
-
-def _dataset_columns(spec: WindowSpec) -> list[str]:
-    # Modalities a dataset lacks entirely (no column) are simply absent; asking pyarrow for a
-    # missing column would fail, so only existing columns are requested.
-    import pyarrow.parquet as pq
-
-    from somnray.core.storage import resolve
-
-    ds = resolve(spec.dataset_uri, spec.storage_options)
-    files = ds.join("recordings").find(".parquet")
-    if not files:
-        raise ConfigError(ds.uri, ["no prepared recordings (recordings/*.parquet) found"])
-    with files[0].open("rb") as f:
-        return list(pq.read_schema(f).names)
+    # The driver opened (checked) the dataset; a task only reads its recording. A modality the
+    # dataset lacks entirely has no column and is read as absent.
+    return PreparedDataset.at(spec.dataset_uri, spec.storage_options).read(recording_id, columns)
 
 
 def window_dataset(spec: WindowSpec, recording_ids: Sequence[str], *, passes: int = 1,
@@ -405,7 +379,6 @@ def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_
     Class counts use every training epoch. Spectrogram statistics use up to ``max_epochs``
     present epochs per modality, drawn uniformly with ``seed`` across the recordings.
     """
-    from somnray.data.pipeline import iter_prepared
     from somnray.data.splits import Split
 
     ids = tuple(sorted(train_ids))
@@ -416,8 +389,8 @@ def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_
     pools: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
     rng = np.random.default_rng(seed)
     per_recording = max(1, max_epochs // max(len(ids), 1))
-    for rec in iter_prepared(dataset_uri, split, "train", columns=_existing(dataset_uri, columns, storage_options),
-                             storage_options=storage_options):
+    # Columns of a modality the dataset lacks are left out by the reader: that modality is absent.
+    for rec in PreparedDataset.open(dataset_uri, storage_options).iter(split, "train", columns=columns):
         labels = rec["labels"]
         counts += np.bincount(labels[labels >= 0].astype(np.int64), minlength=N_CLASSES)[:N_CLASSES]
         if not wants_spec:
@@ -438,11 +411,6 @@ def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_
             result = fn(epochs)
             stats.spectrogram = {m: (mean.cpu().numpy(), std.cpu().numpy()) for m, (mean, std) in result.items()}
     return stats
-
-
-def _existing(dataset_uri: str, columns: Sequence[str], storage_options) -> list[str]:
-    names = set(_dataset_columns(WindowSpec(dataset_uri, (), 1, storage_options=dict(storage_options or {}))))
-    return [c for c in columns if c in names]
 
 
 def apply_training_statistics(model: torch.nn.Module, stats: TrainingStatistics) -> list[str]:

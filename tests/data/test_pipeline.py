@@ -12,14 +12,9 @@ import pytest
 
 from somnray.core.storage import resolve
 from somnray.data import synth
-from somnray.data.pipeline import (
-    dataset_version,
-    iter_prepared,
-    load_prepared,
-    prepare_cohort,
-    prepared_entries,
-    read_manifest,
-)
+from somnray.data import schema
+from somnray.data.dataset import PreparedDataset
+from somnray.data.pipeline import prepare_cohort
 from somnray.data.recording import prepare_recording
 from somnray.data.schema import row_to_arrays
 from somnray.data.splits import ratio_split
@@ -98,9 +93,10 @@ def test_prepared_dataset_matches_direct_preparation(prepared_run):
     expected_prefix = "file://" if prepared_run["store"] == "local" else "s3://"
     assert result.dataset_uri.startswith(expected_prefix)
     assert result.dataset_uri.rstrip("/").endswith(f"{cohort.profile.name}-{result.version}")
-    ray_rows = [row_to_arrays(r) for r in load_prepared(result.dataset_uri).take_all()]
+    dataset = PreparedDataset.open(result.dataset_uri)
+    ray_rows = [row_to_arrays(r) for r in dataset.load().take_all()]
     assert_matches_direct(cohort, ray_rows)
-    assert_matches_direct(cohort, list(iter_prepared(result.dataset_uri)))
+    assert_matches_direct(cohort, list(dataset.iter()))
 
 
 def test_layout_and_manifest_json(prepared_run):
@@ -110,7 +106,7 @@ def test_layout_and_manifest_json(prepared_run):
     names = sorted(loc.name for loc in ds.join("recordings").find())
     assert names == sorted(f"{e.recording_id}.parquet" for e in cohort.entries)
     assert not ds.join("rejects").find()
-    doc = read_manifest(result.dataset_uri)
+    doc = PreparedDataset.open(result.dataset_uri).manifest
     assert doc["version"] == result.version and doc["complete"] is True
     assert doc["counts"]["total"] == 4 and doc["counts"]["prepared"] == 4
     assert doc["profile"]["name"] == cohort.profile.name
@@ -121,7 +117,7 @@ def test_layout_and_manifest_json(prepared_run):
     assert doc["modalities"]["eeg"]["recordings_with_modality"] == 4
     assert 0.5 < doc["modalities"]["eeg"]["available_epoch_fraction"] <= 1.0
     assert len(doc["entries"]) == 4 and doc["somnray_version"] and doc["created_at"]
-    subjects = {e.recording_id: e.subject_id for e in prepared_entries(result.dataset_uri)}
+    subjects = {e.recording_id: e.subject_id for e in PreparedDataset.open(result.dataset_uri).entries()}
     assert subjects == {e.recording_id: e.subject_id for e in cohort.entries}
 
 
@@ -144,11 +140,33 @@ def test_no_identifying_header_fields_in_outputs_or_logs(prepared_run, ray_local
 
 
 def test_load_prepared_by_split(prepared_run):
-    """load_prepared with a Split and a part reads exactly that part's recordings."""
-    result = prepared_run["result"]
-    split = ratio_split(prepared_entries(result.dataset_uri), test_fraction=0.5, n_val_subjects=0)
-    ds = load_prepared(result.dataset_uri, split, part="test", columns=["recording_id", "labels"])
+    """load with a Split and a part reads exactly that part's recordings."""
+    dataset = PreparedDataset.open(prepared_run["result"].dataset_uri)
+    split = ratio_split(dataset.entries(), test_fraction=0.5, n_val_subjects=0)
+    ds = dataset.load(split, part="test", columns=["recording_id", "labels"])
     assert sorted(r["recording_id"] for r in ds.take_all()) == sorted(split.test)
+
+
+def test_pipeline_output_opens_as_a_prepared_dataset(prepared_run):
+    """A dataset the pipeline wrote opens: identity from manifest.json, entries, footer summaries,
+    columns and single-recording reads agree with what the run reported."""
+    cohort, result = prepared_run["cohort"], prepared_run["result"]
+    dataset = PreparedDataset.open(result.dataset_uri)
+    assert dataset.uri == result.dataset_uri and dataset.version == result.version
+    assert dataset.name == f"{cohort.profile.name}-{result.version}" == dataset.location.name
+    assert dataset.profile_name == cohort.profile.name
+    assert dataset.modalities == schema.order_modalities(cohort.profile.modalities)
+    assert dataset.columns() == schema.build_schema(cohort.profile.modalities).names
+    assert dataset.recording_ids() == sorted(e.recording_id for e in cohort.entries)
+    by_id = {r["recording_id"]: r for r in dataset.manifest["recordings"]}
+    for rid in dataset.recording_ids():
+        summary = dataset.summary(rid)
+        assert summary["n_epochs"] == by_id[rid]["n_epochs"] == dataset.read(rid, ["labels"])["n_epochs"]
+        assert sum(summary["label_counts"].values()) == summary["n_epochs"]
+    first = dataset.recording_ids()[0]
+    whole, some = dataset.read(first), dataset.read(first, ["labels", "eeg"])
+    np.testing.assert_array_equal(whole["eeg"], some["eeg"])
+    assert set(some) == {"recording_id", "subject_id", "cohort", "n_epochs", "labels", "eeg"}
 
 
 def copy_cohort(cohort, dest: Path) -> Path:
@@ -191,17 +209,6 @@ def test_resume_writes_each_recording_once(ray_local, synth_cohort, tmp_path):
     assert (third.skipped, third.prepared) == (4, 0)
     assert snapshot(rec_dir) == after
     assert third.manifest["class_histogram"] == second.manifest["class_histogram"]
-
-
-def test_version_depends_on_inputs_and_profile(synth_cohort):
-    """Same entries and profile → same version; a changed profile setting or entry → a new one."""
-    cohort = synth_cohort("sleep-edf", n_nights=4, hours=1.0)
-    v = dataset_version(cohort.entries, cohort.profile)
-    assert v == dataset_version(list(reversed(cohort.entries)), cohort.profile)
-    changed = cohort.profile.model_copy(update={"normalization": "robust"})
-    assert dataset_version(cohort.entries, changed) != v
-    assert dataset_version(cohort.entries[:3], cohort.profile) != v
-    assert len(v) == 12 and int(v, 16) >= 0
 
 
 def write_bad_recordings(folder: Path, good) -> dict[str, str]:
@@ -253,7 +260,7 @@ def test_bad_recordings_are_rejected_and_good_ones_written(ray_local, synth_coho
     assert sorted(reasons) == sorted(expected)
     for rid, fragment in expected.items():
         assert fragment in reasons[rid], (rid, reasons[rid])
-    doc = read_manifest(result.dataset_uri)
+    doc = PreparedDataset.open(result.dataset_uri).manifest
     assert {r["recording_id"]: r["reason"] for r in doc["rejected"]} == reasons
     ds = Path(resolve(result.dataset_uri).path)
     assert sorted(p.stem for p in (ds / "recordings").glob("*.parquet")) == sorted(

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from somnray.core.storage import resolve
 from somnray.data import schema
 from somnray.data.prepared import PreparedRecording
 
@@ -51,7 +50,9 @@ def test_roundtrip_through_parquet_matches_within_float16():
     recs = [make_rec("a", 4), make_rec("b", 7, seed=1)]
     table = schema.to_table(recs, ["eeg", "eog", "emg"])
     assert table.num_rows == 2
-    back = schema.table_to_arrays(pq.read_table(io.BytesIO(schema.to_parquet_bytes(table))))
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    back = schema.table_to_arrays(pq.read_table(io.BytesIO(buf.getvalue())))
     for rec, row in zip(recs, back):
         assert row["recording_id"] == rec.recording_id and row["n_epochs"] == rec.n_epochs
         np.testing.assert_array_equal(row["labels"], rec.labels)
@@ -96,15 +97,3 @@ def test_shape_mismatch_names_the_recording():
     with pytest.raises(ValueError, match=r"'bad-one'.*eeg has shape \(3, 2999\), expected \(3, 3000\)"):
         schema.to_table([rec])
 
-
-def test_read_recording_from_dataset_folder(tmp_path):
-    """read_recording finds <dataset>/recordings/<id>.parquet and reads selected columns."""
-    rec = make_rec("r7", 4)
-    resolve(tmp_path / "recordings" / "r7.parquet").atomic_write_bytes(
-        schema.to_parquet_bytes(schema.to_table([rec], ["eeg", "eog", "emg"])))
-    row = schema.read_recording(str(tmp_path), "r7")
-    np.testing.assert_allclose(row["eeg"], rec.signals["eeg"], atol=1e-2)
-    only = schema.read_recording(f"file://{tmp_path}", "r7", columns=["labels"])
-    assert set(only) == {"recording_id", "subject_id", "cohort", "n_epochs", "labels"}
-    with pytest.raises(FileNotFoundError, match="no prepared recording 'zz'"):
-        schema.read_recording(str(tmp_path), "zz")

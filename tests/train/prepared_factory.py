@@ -1,4 +1,5 @@
-"""A tiny hand-written prepared dataset in the Parquet contract, for the input-pipeline tests."""
+"""A tiny prepared dataset of hand-made recordings, written as production writes one, for the
+input-pipeline tests."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from somnray.data import schema
-from somnray.data.manifest import ManifestEntry, format_manifest_csv
+from somnray.data.dataset import DATA_FORMAT_VERSION, PreparedDataset
+from somnray.data.manifest import ManifestEntry
 from somnray.data.prepared import PreparedRecording
 
+#: Cohort name and modality columns of the dataset.
+COHORT, MODALITIES = "synthetic", ("eeg", "eog")
 #: recording id → (subject, n_epochs, has EOG, manifest split)
 RECORDINGS = {
     "r00": ("s0", 50, True, "train"),
@@ -32,19 +36,23 @@ def make_recording(rid: str, subject: str, n: int, has_eog: bool, seed: int) -> 
     avail_eeg[3] = False
     signals = {"eeg": eeg, "eog": rng.standard_normal((n, 3000)).astype(np.float32) if has_eog else None}
     available = {"eeg": avail_eeg, "eog": np.ones(n, bool) if has_eog else np.zeros(n, bool)}
-    return PreparedRecording(rid, subject, "synthetic", signals, available, labels,
+    return PreparedRecording(rid, subject, COHORT, signals, available, labels,
                              np.arange(n, dtype=np.int32) + 7)
 
 
 def write_dataset(root: Path) -> dict[str, PreparedRecording]:
-    """Write the dataset under ``root`` (recordings/*.parquet + entries.csv); return its recordings."""
-    (root / "recordings").mkdir(parents=True, exist_ok=True)
+    """Write the dataset under ``root`` through PreparedDataset's writers (recordings with their
+    footer summary, entries.csv, manifest.json); return its recordings."""
+    dataset = PreparedDataset.at(str(root))
     recs, entries = {}, []
     for i, (rid, (subject, n, has_eog, split)) in enumerate(RECORDINGS.items()):
         rec = make_recording(rid, subject, n, has_eog, seed=i)
-        table = schema.to_table([rec], ["eeg", "eog"])
-        (root / "recordings" / f"{rid}.parquet").write_bytes(schema.to_parquet_bytes(table))
+        dataset.write_recording(rec, MODALITIES)
         recs[rid] = rec
         entries.append(ManifestEntry(rid, subject, f"{rid}.edf", split=split))
-    (root / "entries.csv").write_text(format_manifest_csv(entries))
+    dataset.write_entries(entries)
+    # The identity part of a manifest (no profile YAML made these recordings, so no counts).
+    dataset.write_manifest({"dataset": root.name, "version": None, "uri": dataset.uri,
+                            "format": DATA_FORMAT_VERSION, "schema": schema.schema_metadata(MODALITIES),
+                            "profile": {"name": COHORT}, "complete": True})
     return recs

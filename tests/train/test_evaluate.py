@@ -41,25 +41,26 @@ def dataset(ray_local, synth_cohort, tmp_path_factory) -> str:
     """4 Sleep-EDF-like nights of 1 h (2 subjects), prepared, with a 2-fold split file."""
     from run_factory import prepared_cohort
 
-    from somnray.data.pipeline import prepared_entries
+    from somnray.data.dataset import PreparedDataset
     from somnray.data.splits import kfold_split, save_splits
 
     uri = prepared_cohort(tmp_path_factory, synth_cohort, n_nights=4, hours=1.0)
-    if not resolve(uri).join("splits", "cv2.json").exists():
-        save_splits(uri, kfold_split(prepared_entries(uri), 2, seed=0, n_val_subjects=0), name="cv2")
+    prepared = PreparedDataset.open(uri)
+    if "cv2" not in prepared.splits():
+        save_splits(uri, kfold_split(prepared.entries(), 2, seed=0, n_val_subjects=0), name="cv2")
     return uri
 
 
 def _train(name: str, dataset: str, seed: int, steps: int = 3) -> torch.nn.Module:
     """A tiny model after a few Adam steps on windows of every recording (no Ray)."""
-    from somnray.data.pipeline import iter_prepared
+    from somnray.data.dataset import PreparedDataset
     from somnray.train.inputs import concat_windows, cut_windows, evaluation_starts, to_sleep_batch
 
     torch.manual_seed(seed)
     model = create_model(name)
     mods = model.modalities
     parts = [cut_windows(rec, mods, evaluation_starts(rec["n_epochs"], LENGTH), LENGTH, recording_index=i)
-             for i, rec in enumerate(iter_prepared(dataset))]
+             for i, rec in enumerate(PreparedDataset.open(dataset).iter())]
     windows = concat_windows(parts, mods, LENGTH)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -177,10 +178,10 @@ def test_report_has_every_scenario_and_is_written_beside_the_run(report, runs) -
 
 def test_scored_recordings_are_the_test_part_of_the_run_split(report, dataset) -> None:
     """With no --split, the run's recorded split (cv2 fold 0) decides the test recordings."""
-    from somnray.data.splits import load_splits
+    from somnray.data.dataset import PreparedDataset
 
     (fold,) = report.folds
-    expected = load_splits(resolve(dataset).join("splits", "cv2.json").uri)[0].test
+    expected = PreparedDataset.open(dataset).split("cv2")[0].test
     assert tuple(r.recording_id for r in fold.recordings) == tuple(sorted(expected))
 
 

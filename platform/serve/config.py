@@ -33,7 +33,8 @@ class ServeConfig(BaseModel):
     Parameters
     ----------
     run_uri : str
-        Training run or model bundle to serve (anything ``ScoringModel.load`` accepts).
+        Training run or model bundle to serve (anything
+        :meth:`somnray.scoring.scorer.Scorer.load` accepts).
     host : str
         Interface the HTTP proxy binds to; loopback by default (expose it deliberately).
     port : int
@@ -64,14 +65,14 @@ class ServeConfig(BaseModel):
     device : str
         Torch device of the model replicas (``auto``, ``cpu``, ``cuda``, ``cuda:1``).
     precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (``ScoringModel.load``'s choice).
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`somnray.scoring.device`'s policy).
     max_concurrent_requests : int
         Requests each ingress replica handles at once (each may hold an upload in memory, so
         this times ``max_upload_bytes`` bounds its memory); more wait in the proxy's queue.
     max_cohort_jobs : int
         Cohort jobs allowed to run at once; further submissions get 429.
     cohort_workers : int, optional
-        Actor-pool size of each cohort job (``score_cohort(workers=...)``); None: its default.
+        Actor-pool size of each cohort job (``CohortScoringOptions.workers``); None: its default.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

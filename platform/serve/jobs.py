@@ -29,7 +29,8 @@ RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 #: Finished jobs kept for status queries; the oldest are forgotten beyond this.
 MAX_FINISHED_JOBS = 1000
 
-#: ``score_cohort``'s signature, injectable for tests of the registry alone.
+#: ``score_cohort``'s signature ``(run_uri, manifest_uri, output_uri, CohortScoringOptions)``,
+#: injectable for tests of the registry alone.
 CohortRunner = Callable[..., Any]
 
 
@@ -139,13 +140,13 @@ class CohortJobs:
         return update
 
     def _run(self, job: CohortJob) -> None:
-        runner = self._runner
-        if runner is None:
-            from .cohort import score_cohort as runner
+        from .cohort import CohortScoringOptions, score_cohort
+
+        runner = self._runner or score_cohort
+        options = CohortScoringOptions(profile=job.profile, workers=self.workers, plots=job.plots,
+                                       progress=False, progress_callback=self._progress(job))
         try:
-            result = runner(self.run_uri, job.manifest_uri, job.output_uri, profile=job.profile,
-                            workers=self.workers, plots=job.plots, progress=False,
-                            progress_callback=self._progress(job))
+            result = runner(self.run_uri, job.manifest_uri, job.output_uri, options)
         except Exception as exc:  # the job fails, the service goes on
             log.warning("cohort job %s failed: %s: %s", job.job_id, type(exc).__name__, exc)
             with self._lock:

@@ -104,7 +104,8 @@ def time_yasa(psg: str, *, threads: int) -> dict[str, float] | str:
 
 def time_cohort(bundle: Path, cohort: Path, out: Path, workers: int, n_nights: int) -> dict[str, float]:
     """Nights per minute of ``score_cohort`` with ``workers`` actors."""
-    from somnray.serve.cohort import CohortScoringOptions, score_cohort
+    from somnray.serve.cohort import score_cohort
+    from somnray.serve.config import CohortScoringOptions
 
     with stopwatch() as t:
         result = score_cohort(str(bundle), str(cohort / "manifest.csv"), str(out),

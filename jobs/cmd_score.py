@@ -54,7 +54,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the inputs; returns the exit status."""
     from somnray.core.errors import SomnrayError
-    from somnray.serve.cohort import CohortScoringOptions, score_cohort
+    from somnray.serve.cohort import score_cohort
+    from somnray.serve.config import CohortScoringOptions
 
     options = CohortScoringOptions(profile=args.profile, workers=args.workers, plots=args.plots,
                                    stride=args.stride, device=args.device, precision=args.precision,

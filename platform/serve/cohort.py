@@ -24,7 +24,7 @@ Guarantees
   fields are never read into results (see :mod:`somnray.data.readers`).
 
 The same function runs from the CLI (``somnray score``) and from the Serve app's cohort jobs;
-how it runs is a :class:`CohortScoringOptions`.
+how it runs is a :class:`~somnray.serve.config.CohortScoringOptions`.
 
 Test hook: with ``SOMNRAY_SCORE_FAULT_AFTER=N`` in the driver's environment, each scoring actor
 raises :class:`InjectedFault` (which is *not* turned into a reject) when it is about to write its
@@ -41,7 +41,7 @@ import pickle
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ from somnray.data.profiles import CohortProfile, load_profile
 
 from somnray.scoring.scorer import Scorer
 
+from .config import CohortScoringOptions, ProgressCallback
 from .inference import ModelSpec, prepare_for_scoring, score_prepared, scoring_profile
 from .outputs import read_stats_documents, summarize_cohort, write_night_outputs, write_rejected_night
 
@@ -70,8 +71,6 @@ MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 #: resource requests match, and fused into the scoring actors, reading and preparing would run
 #: serially inside them (holding the GPU while an EDF is parsed) instead of feeding the pool.
 PREPARE_MEMORY = 512 * 2**20
-
-ProgressCallback = Callable[[int, int, int], None]
 
 
 class CohortScoringError(ServingError):
@@ -306,50 +305,6 @@ def _pool_shape(workers: int | None, n_todo: int) -> tuple[int, float, float]:
     return workers, per_actor, 0.0
 
 
-@dataclass(frozen=True)
-class CohortScoringOptions:
-    """How :func:`score_cohort` runs (every field has a default).
-
-    Attributes
-    ----------
-    profile : CohortProfile or str, optional
-        Cohort profile of every recording; default: each manifest entry's own profile, else the
-        bundle's, else ``generic``.
-    channel_map : mapping of str to str, optional
-        Modality → EDF signal label for every recording (overrides the profile's aliases).
-    stride : int, optional
-        Window stride in epochs (default: the model's window length).
-    workers : int, optional
-        Scoring actors (each holds the model); default one per GPU, or half the CPUs.
-    device, precision : str
-        For the actors (:mod:`somnray.scoring.device`: ``auto`` by default).
-    threads_per_worker : int, optional
-        torch threads per actor (default: what Ray gives the actor).
-    plots : bool
-        Write each night's hypnogram PNG and the cohort PNG.
-    progress : bool
-        Show a progress bar on the driver.
-    progress_callback : callable, optional
-        Called as ``progress_callback(done, failed, total)`` when the run starts and after each
-        recording: ``done`` counts nights with outputs (scored or skipped), ``failed`` rejected
-        ones, ``total`` every recording of the inputs.
-    storage_options : mapping, optional
-        Filesystem options of the inputs, the bundle and the outputs.
-    """
-
-    profile: CohortProfile | str | None = None
-    channel_map: Mapping[str, str] | None = None
-    stride: int | None = None
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    threads_per_worker: int | None = None
-    plots: bool = False
-    progress: bool = True
-    progress_callback: ProgressCallback | None = None
-    storage_options: Mapping[str, Any] | None = None
-
-
 class _Tally:
     """Counts of a cohort run as status rows arrive, the rejects, and the progress reports."""
 
@@ -526,5 +481,5 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
                              summary=summary, seconds=time.monotonic() - started)
 
 
-__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "CohortScoringOptions", "InjectedFault",
+__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault",
            "ScoreAndWriteNight", "collect_entries", "prepare_entry_for_scoring", "score_cohort"]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .config import CohortScoringOptions
 from .loopback import bind_replica_grpc_to_loopback
 
 log = logging.getLogger(__name__)
@@ -140,9 +141,9 @@ class CohortJobs:
         return update
 
     def _run(self, job: CohortJob) -> None:
-        from .cohort import CohortScoringOptions, score_cohort
-
-        runner = self._runner or score_cohort
+        runner = self._runner
+        if runner is None:
+            from .cohort import score_cohort as runner
         options = CohortScoringOptions(profile=job.profile, workers=self.workers, plots=job.plots,
                                        progress=False, progress_callback=self._progress(job))
         try:

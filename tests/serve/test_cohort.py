@@ -13,7 +13,8 @@ from somnray.core import storage
 from somnray.core.errors import ConfigError
 from somnray.data.profiles import load_profile
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
-from somnray.serve.cohort import FAULT_ENV, CohortScoringOptions, collect_entries, score_cohort
+from somnray.serve.cohort import FAULT_ENV, collect_entries, score_cohort
+from somnray.serve.config import CohortScoringOptions
 from somnray.serve.outputs import OUTPUT_SUFFIXES, read_stats_documents
 
 N_NIGHTS = 3
@@ -64,7 +65,8 @@ def _output_sets(out) -> dict[str, list[str]]:
 
 _CRASHING_DRIVER = """
 import sys, ray
-from somnray.serve.cohort import CohortScoringOptions, score_cohort
+from somnray.serve.cohort import score_cohort
+from somnray.serve.config import CohortScoringOptions
 ray.init(address=sys.argv[1], configure_logging=False)
 score_cohort(sys.argv[2], sys.argv[3], sys.argv[4], CohortScoringOptions(workers=1, progress=False))
 """

@@ -702,8 +702,8 @@ def _common_modalities(runs: Sequence[_LoadedRun]) -> tuple[str, ...]:
     modalities = tuple(runs[0].scorer.info.modalities)
     for run in runs[1:]:
         if tuple(run.scorer.info.modalities) != modalities:
-            raise ConfigError(run.uri or "<bundle>", [f"this fold's model consumes {list(run.scorer.info.modalities)}, "
-                                                      f"the first fold's {list(modalities)}; folds must be the same model"])
+            raise ConfigError(run.label, [f"this fold's model consumes {list(run.scorer.info.modalities)}, "
+                                          f"the first fold's {list(modalities)}; folds must be the same model"])
     return modalities
 
 
@@ -713,7 +713,7 @@ def _evaluate_fold(run: _LoadedRun, position: int, spec: EvalSpec, index_of: Map
     fold = options.fold + position if options.split else 0
     selection = select_test_recordings(spec.dataset_uri, run.scorer.info, options.split, fold, spec.storage_options)
     items = [(rid, index_of[rid]) for rid in selection.recording_ids]
-    log.info("scoring %d recording(s) of %s under %d scenario(s)%s", len(items), run.uri or "<bundle>",
+    log.info("scoring %d recording(s) of %s under %d scenario(s)%s", len(items), run.label,
              len(spec.scenarios), " on Ray" if _use_ray(options.workers) else "")
     scores = sorted(_score_recordings(run.scorer, spec, items, options.workers), key=lambda r: r.recording_id)
     metrics = {}

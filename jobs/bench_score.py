@@ -61,17 +61,12 @@ def time_somnray(bundle: Path, psg: str, *, threads: int, precision: str, repeat
     """Cold (first) and best warm wall time of ``score_recording`` on ``psg``, plus its split."""
     import torch
 
-    from somnray.serve.inference import (
-        ScoringModel,
-        prepare_for_scoring,
-        score_prepared,
-        score_recording,
-        scoring_profile,
-    )
+    from somnray.scoring.scorer import Scorer
+    from somnray.serve.inference import prepare_for_scoring, score_prepared, score_recording, scoring_profile
 
     torch.set_num_threads(threads)
     with stopwatch() as load:
-        model = ScoringModel.load(str(bundle), device="cpu", precision=precision)
+        model = Scorer.load(str(bundle), device="cpu", precision=precision)
     with stopwatch() as cold:
         night = score_recording(model, psg, recording_id="bench")
     warm, prep, infer = [], [], []
@@ -110,10 +105,11 @@ def time_yasa(psg: str, *, threads: int) -> dict[str, float] | str:
 def time_cohort(bundle: Path, cohort: Path, out: Path, workers: int, n_nights: int) -> dict[str, float]:
     """Nights per minute of ``score_cohort`` with ``workers`` actors."""
     from somnray.serve.cohort import score_cohort
+    from somnray.serve.config import CohortScoringOptions
 
     with stopwatch() as t:
-        result = score_cohort(str(bundle), str(cohort / "manifest.csv"), str(out), workers=workers,
-                              progress=False)
+        result = score_cohort(str(bundle), str(cohort / "manifest.csv"), str(out),
+                              CohortScoringOptions(workers=workers, progress=False))
     if result.scored != n_nights:
         raise RuntimeError(f"cohort benchmark scored {result.scored} of {n_nights} nights: "
                            f"{result.rejects}")
@@ -122,7 +118,8 @@ def time_cohort(bundle: Path, cohort: Path, out: Path, workers: int, n_nights: i
 
 _RSS_CHILD = """
 import json, resource, sys, torch
-from somnray.serve.inference import ScoringModel, score_recording
+from somnray.scoring.scorer import Scorer
+from somnray.serve.inference import score_recording
 
 def peak_bytes():
     # VmHWM is this process's own high-water mark.  ru_maxrss is not: Linux carries it over
@@ -138,7 +135,7 @@ def peak_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 torch.set_num_threads(int(sys.argv[3]))
-model = ScoringModel.load(sys.argv[1], device="cpu")
+model = Scorer.load(sys.argv[1], device="cpu")
 base = peak_bytes()
 night = score_recording(model, sys.argv[2], recording_id="rss")
 print(json.dumps({"base": base, "peak": peak_bytes(), "epochs": night.n_epochs}))

@@ -132,9 +132,9 @@ def run(args: argparse.Namespace) -> int:
     _done(t)
 
     t = _step("6. evaluate under the missing-modality scenarios")
-    from somnray.train.evaluate import evaluate_run
+    from somnray.train.evaluate import EvaluationOptions, EvaluationRun, evaluate_run
 
-    report = evaluate_run(run_uri, result.dataset_uri, workers=1)
+    report = evaluate_run([EvaluationRun(run_uri)], result.dataset_uri, EvaluationOptions(workers=1))
     table = report.to_markdown()
     _done(t)
 

@@ -54,15 +54,15 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; print the scenario table; return the exit status."""
     from somnray.core.errors import SomnrayError
-    from somnray.train.evaluate import evaluate_run
+    from somnray.train.evaluate import EvaluationOptions, EvaluationRun, evaluate_run
 
     if args.workers is not None and args.workers < 1:
         print(f"somnray evaluate: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
         return 1
+    options = EvaluationOptions(split=args.split, fold=args.fold, scenarios=args.scenarios, stride=args.stride,
+                                workers=args.workers, batch_size=args.batch_size, out_uri=args.out)
     try:
-        report = evaluate_run(args.runs, args.data, split=args.split, fold=args.fold, scenarios=args.scenarios,
-                              stride=args.stride, workers=args.workers, batch_size=args.batch_size,
-                              out_uri=args.out)
+        report = evaluate_run([EvaluationRun(uri) for uri in args.runs], args.data, options)
     except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         # Expected, user-fixable problems: a clear message, no traceback.
         print(f"somnray evaluate: error: {exc}", file=sys.stderr)

@@ -55,12 +55,13 @@ def run(args: argparse.Namespace) -> int:
     """Score the inputs; returns the exit status."""
     from somnray.core.errors import SomnrayError
     from somnray.serve.cohort import score_cohort
+    from somnray.serve.config import CohortScoringOptions
 
+    options = CohortScoringOptions(profile=args.profile, workers=args.workers, plots=args.plots,
+                                   stride=args.stride, device=args.device, precision=args.precision,
+                                   progress=not args.no_progress)
     try:
-        result = score_cohort(args.run, args.inputs, args.out, profile=args.profile,
-                              workers=args.workers, plots=args.plots, stride=args.stride,
-                              device=args.device, precision=args.precision,
-                              progress=not args.no_progress)
+        result = score_cohort(args.run, args.inputs, args.out, options)
     except (SomnrayError, FileNotFoundError, PermissionError) as exc:
         # Expected, user-fixable problems: a clear message, no traceback.
         print(f"somnray score: error: {exc}", file=sys.stderr)

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from somnray.core.errors import SomnrayError
     from somnray.serve.config import ServeConfig
-    from somnray.serve.inference import bundle_location
+    from somnray.scoring.bundles import bundle_location
 
     try:
         config = ServeConfig.from_mapping({

@@ -9,7 +9,7 @@ as a single shorter window (every somnray model accepts any ``L``).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -31,6 +31,52 @@ def window_starts(n_epochs: int, length: int, stride: int | None = None) -> np.n
     if starts[-1] + length < n_epochs:
         starts = np.append(starts, n_epochs - length)
     return starts
+
+
+def window_index(n_epochs: int, length: int, stride: int | None = None) -> np.ndarray:
+    """``(W, min(L, n))`` epoch indices of the windows :func:`window_starts` cuts from a night."""
+    starts = window_starts(n_epochs, length, stride)
+    return starts[:, None] + np.arange(min(length, n_epochs), dtype=np.int64)[None, :]
+
+
+@torch.no_grad()
+def window_probabilities(model: SleepStagingModel, signals: Mapping[str, Tensor], present: Tensor, *,
+                         autocast_dtype: torch.dtype | None = None) -> Tensor:
+    """Softmax ``(W, L, 5)`` (fp32) of a batch of windows already on the model's device.
+
+    ``signals[m]`` is ``(W, L, 3000)`` per modality present, ``present`` ``(W, L, M)``; with
+    ``autocast_dtype`` the forward pass runs under autocast, the softmax always in fp32.
+    """
+    with torch.autocast(present.device.type, dtype=autocast_dtype or torch.float32,
+                        enabled=autocast_dtype is not None):
+        logits = model(signals, present).logits
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def average_windows(n_epochs: int, windows: Iterable[tuple[np.ndarray | Tensor, np.ndarray | Tensor]]
+                    ) -> np.ndarray:
+    """Each epoch's probabilities averaged over the windows covering it.
+
+    Parameters
+    ----------
+    n_epochs : int
+        Epochs of the night.
+    windows : iterable of (idx, probs)
+        ``idx`` ``(W, L)`` epoch indices (:func:`window_index`) and ``probs`` ``(W, L, 5)`` their
+        probabilities; consumed one item at a time, so a generator bounds memory.
+
+    Returns
+    -------
+    ndarray
+        ``(n, 5)`` float32; sums are accumulated in float64.
+    """
+    sums = torch.zeros(n_epochs, 5, dtype=torch.float64)
+    counts = torch.zeros(n_epochs, dtype=torch.float64)
+    for idx, probs in windows:
+        flat = torch.as_tensor(idx).reshape(-1)
+        sums.index_add_(0, flat, torch.as_tensor(probs).double().reshape(-1, 5))
+        counts.index_add_(0, flat, torch.ones(flat.numel(), dtype=torch.float64))
+    return (sums / counts.clamp_min(1)[:, None]).float().numpy()
 
 
 @torch.no_grad()
@@ -74,22 +120,16 @@ def predict_night(model: SleepStagingModel, signals: Mapping[str, np.ndarray | T
     for m, x in sig.items():
         if x.shape[0] != n:
             raise ValueError(f"signals[{m!r}] has {x.shape[0]} epochs but present has {n}")
-    sums = torch.zeros(n, 5, dtype=torch.float64)
-    counts = torch.zeros(n, dtype=torch.float64)
-    starts = window_starts(n, length, stride)
-    win = min(length, n)
-    for i in range(0, len(starts), batch_size):
-        chunk = starts[i:i + batch_size]
-        idx = torch.as_tensor(chunk)[:, None] + torch.arange(win)[None, :]  # (W, L) epoch indices
-        batch_signals = {m: x[idx].to(device) for m, x in sig.items()}  # (W, L, 3000)
-        batch_present = present_t[idx].to(device)  # (W, L, M)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
-                            enabled=autocast_dtype is not None):
-            logits = model(batch_signals, batch_present).logits
-        probs = torch.softmax(logits.float(), dim=-1).double().cpu()  # (W, L, 5)
-        sums.index_add_(0, idx.reshape(-1), probs.reshape(-1, 5))
-        counts.index_add_(0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.float64))
-    return (sums / counts.clamp_min(1)[:, None]).float().numpy()
+    index = torch.as_tensor(window_index(n, length, stride))
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, len(index), batch_size):
+            idx = index[i:i + batch_size]  # (W, L) epoch indices
+            probs = window_probabilities(model, {m: x[idx].to(device) for m, x in sig.items()},
+                                         present_t[idx].to(device), autocast_dtype=autocast_dtype)
+            yield idx, probs.cpu()
+
+    return average_windows(n, batches())
 
 
-__all__ = ["predict_night", "window_starts"]
+__all__ = ["average_windows", "predict_night", "window_index", "window_probabilities", "window_starts"]

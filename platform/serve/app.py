@@ -146,16 +146,18 @@ class Preprocessor:
     """
 
     def __init__(self, config: ServeConfig):
-        from .inference import ScoringModel
+        from somnray.scoring.scorer import Scorer
+
+        from .inference import ModelSpec
 
         restrict_replica_ports(config.host)
-        self.spec = ScoringModel.load(config.run_uri, device="cpu", precision="fp32").spec
+        self.spec = ModelSpec.of(Scorer.load(config.run_uri, device="cpu", precision="fp32"))
         self.default_profile = config.default_profile
 
     def prepare(self, data: bytes, recording_id: str, profile: str | None,
                 channel_map: dict[str, str] | None) -> PreparedNight | RequestProblem:
         """Prepare one upload; a :class:`RequestProblem` (400/422) for anything wrong with it."""
-        from .inference import prepare_for_scoring, scoring_profile
+        from .inference import model_inputs, prepare_for_scoring, scoring_profile
 
         source = f"upload {recording_id}"  # never the client's file name: it may identify someone
         try:
@@ -174,20 +176,11 @@ class Preprocessor:
             log.warning("upload %s could not be read: %s", recording_id, type(exc).__name__)
             return RequestProblem(422, f"{source}: could not be read as EDF/EDF+/BDF "
                                        f"({type(exc).__name__})")
-        mods = self.spec.modalities
-        available = np.zeros((rec.n_epochs, len(mods)), dtype=bool)
-        signals: dict[str, np.ndarray] = {}
-        for j, m in enumerate(mods):
-            x = rec.signals.get(m)
-            mask = np.asarray(rec.available.get(m, np.zeros(rec.n_epochs, bool)), dtype=bool)
-            if x is None or not mask.any():
-                continue  # no usable epoch: as absent as a missing channel
-            signals[m] = np.ascontiguousarray(x, dtype=np.float32)
-            available[:, j] = mask
-        lacking = [m for m in mods if m not in signals]
+        signals, available = model_inputs(self.spec, rec)
+        lacking = [m for m in self.spec.modalities if m not in signals]
         if self.spec.policy == "require" and lacking:
             return RequestProblem(422, f"{source}: model {self.spec.name!r} needs modalities "
-                                       f"{list(mods)} but {lacking} is absent or unusable")
+                                       f"{list(self.spec.modalities)} but {lacking} is absent or unusable")
         return PreparedNight(recording_id=recording_id, epoch_index=np.asarray(rec.epoch_index),
                              signals=signals, available=available,
                              warnings=[str(w) for w in rec.info.get("warnings", [])])
@@ -196,19 +189,25 @@ class Preprocessor:
 class StageModel:
     """The model deployment: windows of concurrent requests share forward passes.
 
-    :meth:`score` cuts a night into windows of ``L`` epochs (:func:`window_starts`, as
+    Holds a :class:`~somnray.scoring.scorer.Scorer`.  :meth:`score` cuts a night into windows of
+    ``L`` epochs (:func:`~somnray.models.inference.window_index`, as
     :func:`~somnray.models.inference.predict_night` does), submits them in chunks to
     :meth:`_forward_windows` — a ``@serve.batch`` method whose batch is bounded by the number of
     windows (``ServeConfig.max_batch_windows``) — and averages each epoch's softmax over the windows
-    covering it.  Concurrent requests' chunks are concatenated into one forward pass when they
-    have the same window length and modalities, and the results split back.
+    covering it (:func:`~somnray.models.inference.average_windows`).  Concurrent requests' chunks
+    are concatenated into one forward pass (:meth:`Scorer.predict_windows
+    <somnray.scoring.scorer.Scorer.predict_windows>`) when they have the same window length and
+    modalities, and the results split back.
     """
 
     def __init__(self, config: ServeConfig):
-        from .inference import ScoringModel
+        from somnray.scoring.scorer import Scorer
+
+        from .inference import ModelSpec
 
         restrict_replica_ports(config.host)
-        self.scoring = ScoringModel.load(config.run_uri, device=config.device, precision=config.precision)
+        self.scorer = Scorer.load(config.run_uri, device=config.device, precision=config.precision)
+        self.spec = ModelSpec.of(self.scorer)
         self.max_windows = config.max_batch_windows
         self._forward_windows.set_max_batch_size(config.max_batch_windows)
         self._forward_windows.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
@@ -217,49 +216,36 @@ class StageModel:
 
     def describe(self) -> dict[str, Any]:
         """Model identity and batching counters (for ``/healthz``)."""
-        s = self.scoring
+        s = self.scorer
         return {"name": s.info.model, "checkpoint_uri": s.uri, "somnray_version": somnray_version(),
                 "sequence_length": s.length, "modalities": list(s.modalities),
                 "device": str(s.device), "precision": s.precision,
-                "missing_modality_policy": s.policy, "batching": dict(self.stats)}
+                "missing_modality_policy": self.spec.policy, "batching": dict(self.stats)}
 
     async def score(self, prepared: PreparedNight | RequestProblem,
                     stride: int | None = None) -> ScoreResult | RequestProblem:
         """Stage a prepared night (a problem from the preprocessor passes through)."""
-        from somnray.models.inference import window_starts
+        from somnray.models.inference import average_windows, window_index
 
-        from .inference import modalities_used_labels
+        from .inference import scored_night
 
         if isinstance(prepared, RequestProblem):
             return prepared
-        s = self.scoring
-        n, length = prepared.n_epochs, s.length
+        n = prepared.n_epochs
         if n == 0:
             return RequestProblem(422, f"upload {prepared.recording_id}: the recording has no epoch to score")
-        if stride is not None and not 1 <= stride <= length:
-            return RequestProblem(400, f"stride must be in [1, {length}] (the model's window length), "
-                                       f"got {stride}")
-        starts = window_starts(n, length, stride)
-        win = min(length, n)
-        idx = starts[:, None] + np.arange(win)[None, :]  # (windows, L) epoch indices
+        try:
+            self.scorer.check_stride(stride)
+        except ConfigError as exc:
+            return RequestProblem(400, "; ".join(exc.errors))
+        idx = window_index(n, self.scorer.length, stride)  # (windows, L) epoch indices
         chunks = [WindowChunk(prepared.recording_id, prepared.signals, prepared.available,
                               idx[i:i + self.max_windows]) for i in range(0, len(idx), self.max_windows)]
         results = await asyncio.gather(*(self._forward_windows(c) for c in chunks))
-        sums = np.zeros((n, 5), dtype=np.float64)
-        counts = np.zeros(n, dtype=np.float64)
-        for chunk, probs in zip(chunks, results):
-            np.add.at(sums, chunk.idx.reshape(-1), probs.reshape(-1, 5))
-            np.add.at(counts, chunk.idx.reshape(-1), 1.0)
-        probabilities = (sums / np.maximum(counts, 1.0)[:, None]).astype(np.float32)
-        used = modalities_used_labels(s.modalities, prepared.available, s.policy)
-        quality: dict[str, np.ndarray] = {}
-        if s.policy == "impute":
-            quality["imputed_modality"] = prepared.available.any(axis=1) & ~prepared.available.all(axis=1)
+        probabilities = average_windows(n, zip((c.idx for c in chunks), results))
         try:
-            night = ScoredNight(recording_id=prepared.recording_id, epoch_index=prepared.epoch_index,
-                                probabilities=probabilities, modalities=s.modalities,
-                                available=prepared.available, model=s.model_info,
-                                modalities_used=used, quality=quality)
+            night = scored_night(self.spec, prepared.recording_id, prepared.epoch_index, probabilities,
+                                 prepared.available)
             return ScoreResult(night=night, warnings=prepared.warnings)
         except RecordingError as exc:
             return RequestProblem(422, str(exc))
@@ -271,23 +257,15 @@ class StageModel:
         return await asyncio.to_thread(self._forward_sync, chunks)
 
     def _forward_sync(self, chunks: list[WindowChunk]) -> list[np.ndarray]:
-        import torch
-
-        s = self.scoring
         out: list[np.ndarray | None] = [None] * len(chunks)
         groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
         for i, c in enumerate(chunks):
             groups.setdefault(c.group, []).append(i)
         for (_, mods), members in groups.items():
-            signals = {m: torch.from_numpy(np.concatenate([chunks[i].signals[m][chunks[i].idx]
-                                                           for i in members])).to(s.device)
+            signals = {m: np.concatenate([chunks[i].signals[m][chunks[i].idx] for i in members])
                        for m in mods}  # (W, L, 3000) per modality
-            present = torch.from_numpy(np.concatenate([chunks[i].present[chunks[i].idx]
-                                                       for i in members])).to(s.device)  # (W, L, M)
-            with torch.no_grad(), torch.autocast(s.device.type, dtype=s.autocast_dtype or torch.float32,
-                                                 enabled=s.autocast_dtype is not None):
-                logits = s.model(signals, present).logits
-            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()  # (W, L, 5)
+            present = np.concatenate([chunks[i].present[chunks[i].idx] for i in members])  # (W, L, M)
+            probs = self.scorer.predict_windows(signals, present)  # (W, L, 5)
             offset = 0
             for i in members:
                 w = chunks[i].idx.shape[0]

@@ -6,7 +6,7 @@
       │ ray.data.from_items                      one block per recording
       ▼
     read + prepare (task per recording, 1 CPU)   prepare_for_scoring → packed PreparedRecording
-      │ map_batches(_NightScorer, ActorPoolStrategy(size=workers), batch_size=1)
+      │ map_with_scorer(ScoreAndWriteNight)       somnray.scoring's actor pool (size=workers)
       ▼
     score + write (actor: the model loaded once) score_prepared → write_night_outputs
       │                                          (rejects: write_rejected_night)
@@ -23,7 +23,8 @@ Guarantees
 * Private: outputs and logs name recordings by manifest id only; EDF patient/recording header
   fields are never read into results (see :mod:`somnray.data.readers`).
 
-The same function runs from the CLI (``somnray score``) and from the Serve app's cohort jobs.
+The same function runs from the CLI (``somnray score``) and from the Serve app's cohort jobs;
+how it runs is a :class:`~somnray.serve.config.CohortScoringOptions`.
 
 Test hook: with ``SOMNRAY_SCORE_FAULT_AFTER=N`` in the driver's environment, each scoring actor
 raises :class:`InjectedFault` (which is *not* turned into a reject) when it is about to write its
@@ -40,11 +41,9 @@ import pickle
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
 from somnray.core.errors import ConfigError, RecordingError, ServingError
@@ -53,7 +52,10 @@ from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
 from somnray.data.profiles import CohortProfile, load_profile
 
-from .inference import ModelSpec, ScoringModel, prepare_for_scoring, score_prepared, scoring_profile
+from somnray.scoring.scorer import Scorer
+
+from .config import CohortScoringOptions, ProgressCallback
+from .inference import ModelSpec, prepare_for_scoring, score_prepared, scoring_profile
 from .outputs import read_stats_documents, summarize_cohort, write_night_outputs, write_rejected_night
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,6 @@ MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 #: resource requests match, and fused into the scoring actors, reading and preparing would run
 #: serially inside them (holding the GPU while an EDF is parsed) instead of feeding the pool.
 PREPARE_MEMORY = 512 * 2**20
-
-ProgressCallback = Callable[[int, int, int], None]
 
 
 class CohortScoringError(ServingError):
@@ -191,18 +191,17 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
                        seconds=time.monotonic() - t0)
 
 
-class _NightScorer:
-    """Ray Data actor: loads the model once, then scores and writes one night per call."""
+class ScoreAndWriteNight:
+    """Scoring task of the actors (:func:`somnray.scoring.actors.map_with_scorer`).
 
-    def __init__(self, model_uri: str, out_uri: str, *, device: str, precision: str, plots: bool,
-                 stride: int | None, storage_options: Mapping[str, Any] | None,
-                 threads: int | None = None, fault_after: int | None = None):
-        import torch
+    Called with the actor's scorer and one status row from :func:`prepare_entry_for_scoring`:
+    scores the prepared night and writes its outputs, or records a rejected one; returns the
+    night's final status row.  Each actor holds its own copy, so ``written`` counts per actor
+    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).
+    """
 
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = ScoringModel.load(model_uri, device=device, precision=precision,
-                                       storage_options=storage_options)
+    def __init__(self, out_uri: str, *, plots: bool, stride: int | None,
+                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None):
         self.out_uri = out_uri
         self.plots = plots
         self.stride = stride
@@ -210,11 +209,8 @@ class _NightScorer:
         self.fault_after = fault_after
         self.written = 0
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        rows = [self._one({k: batch[k][i] for k in batch}) for i in range(len(batch["recording_id"]))]
-        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-
-    def _one(self, row: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, scorer: Scorer, row: dict[str, Any]) -> dict[str, Any]:
+        """Score and write one night (or record its rejection); the night's status row."""
         rid = str(row["recording_id"])
         t0 = time.monotonic()
         seconds = float(row["seconds"])
@@ -223,7 +219,7 @@ class _NightScorer:
         if row["status"] != STATUS_REJECTED:
             try:
                 rec = pickle.loads(bytes(row["payload"]))
-                night = score_prepared(self.model, rec, stride=self.stride)
+                night = score_prepared(scorer, rec, stride=self.stride)
                 write_night_outputs(night, self.out_uri, plots=self.plots,
                                     storage_options=self.storage_options)
                 self.written += 1
@@ -309,13 +305,125 @@ def _pool_shape(workers: int | None, n_todo: int) -> tuple[int, float, float]:
     return workers, per_actor, 0.0
 
 
-def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
-                 profile: CohortProfile | str | None = None, workers: int | None = None,
-                 plots: bool = False, progress: bool = True, stride: int | None = None,
-                 channel_map: Mapping[str, str] | None = None, device: str = "auto",
-                 precision: str = "auto", threads_per_worker: int | None = None,
-                 storage_options: Mapping[str, Any] | None = None,
-                 progress_callback: ProgressCallback | None = None) -> CohortScoreResult:
+class _Tally:
+    """Counts of a cohort run as status rows arrive, the rejects, and the progress reports."""
+
+    def __init__(self, total: int, skipped: int, callback: ProgressCallback | None):
+        self.total = total
+        self.counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
+        self.rejects: list[dict[str, str]] = []
+        self.callback = callback
+
+    @property
+    def done(self) -> int:
+        """Nights with outputs: scored now or earlier."""
+        return self.counts[STATUS_OK] + self.counts[STATUS_SKIPPED]
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Count one night's final status row (and keep its reason when rejected)."""
+        self.counts[row["status"]] += 1
+        if row["status"] == STATUS_REJECTED:
+            self.rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
+                                 "error_type": row["error_type"]})
+            log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+        self.report()
+
+    def report(self) -> None:
+        """Tell the progress callback, if any."""
+        if self.callback is not None:
+            try:
+                self.callback(self.done, self.counts[STATUS_REJECTED], self.total)
+            except Exception as exc:  # a broken observer must not fail the cohort
+                log.warning("progress_callback failed: %s", exc)
+
+
+def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortScoringOptions
+               ) -> tuple[list[dict[str, Any]], dict[str, CohortProfile]]:
+    """One row per recording (id, PSG, profile key) and the scoring profile of each key.
+
+    Raises
+    ------
+    ConfigError
+        Unusable inputs, or profiles the model cannot be scored with (every problem at once).
+    """
+    profile = options.profile
+    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
+    entries = collect_entries(input_uri, base, storage_options=options.storage_options)
+    profiles: dict[str, CohortProfile] = {}
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for e in entries:
+        # An explicit profile wins; otherwise a manifest row's own profile, else the default.
+        key = base.name if profile is not None or not e.profile else e.profile
+        if key not in profiles:
+            try:
+                profiles[key] = scoring_profile(spec, base if key == base.name else key, options.channel_map)
+            except ConfigError as exc:
+                errors.extend(f"{exc.source}: {x}" for x in exc.errors)
+                profiles[key] = base
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+    if errors:
+        raise ConfigError("profiles", sorted(set(errors)))
+    return rows, profiles
+
+
+def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
+                  profiles: dict[str, CohortProfile], out: StorageLocation,
+                  options: CohortScoringOptions, tally: _Tally, fault_after: int | None) -> None:
+    """Prepare (tasks) and score + write (actors) the ``todo`` rows, counting each into ``tally``.
+
+    Raises
+    ------
+    CohortScoringError
+        The run itself failed; what was written stays.
+    """
+    import ray
+    from tqdm.auto import tqdm
+
+    from somnray.core.session import ensure_ray
+    from somnray.scoring.actors import map_with_scorer
+
+    ensure_ray()
+    opts = worker_storage_options([out.uri, *(r["psg"] for r in todo)], options.storage_options)
+    n_actors, cpus, gpus = _pool_shape(options.workers, len(todo))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
+                fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
+    task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
+                              storage_options=opts, fault_after=fault_after)
+    ds = map_with_scorer(ds, scorer, task, actors=n_actors, device=options.device,
+                         precision=options.precision, threads=options.threads_per_worker,
+                         num_cpus=cpus, num_gpus=gpus)
+    skipped = tally.counts[STATUS_SKIPPED]
+    with tqdm(total=tally.total, initial=skipped, desc=f"score {spec.name}", unit="night",
+              disable=not options.progress) as bar:
+        rows = iter(ds.iter_rows())
+        failure: str | None = None
+        try:
+            for row in rows:
+                tally.add(row)
+                bar.update(1)
+                bar.set_postfix(ok=tally.done, rejected=tally.counts[STATUS_REJECTED], refresh=False)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, without its traceback
+            failure = f"{type(exc).__name__}: {exc}"
+        finally:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                close()
+        if failure is not None:
+            # The scoring actors die when the last reference to them goes.  The executor's
+            # failure traceback holds such references in its frames, so it must not outlive
+            # this function: a caller keeping it (a job registry, pytest.raises) would keep
+            # the actors' CPUs, and the next cohort run on the cluster would wait for ever.
+            del rows, ds
+            gc.collect()
+            raise CohortScoringError(f"cohort scoring stopped after {sum(tally.counts.values())} "
+                                     f"night(s) of {tally.total - skipped}: {failure}")
+
+
+def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
+                 options: CohortScoringOptions | None = None) -> CohortScoreResult:
     """Score every recording of a cohort with the model of a training run.
 
     Parameters
@@ -326,29 +434,8 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
         Manifests (CSV/Parquet), folders (paired by the profile) and single EDF/BDF files.
     out_uri : str
         Output root: ``<out>/<recording_id>/...`` per night plus ``cohort_summary.*``.
-    profile : CohortProfile or str, optional
-        Cohort profile of every recording; default: each manifest entry's own profile, else the
-        bundle's, else ``generic``.
-    workers : int, optional
-        Scoring actors (each loads the model once); default one per GPU, or half the CPUs.
-    plots : bool
-        Write each night's hypnogram PNG and the cohort PNG.
-    progress : bool
-        Show a progress bar on the driver.
-    stride : int, optional
-        Window stride in epochs (default: the model's window length).
-    channel_map : mapping of str to str, optional
-        Modality → EDF signal label for every recording (overrides the profile's aliases).
-    device, precision : str
-        For the actors (see :meth:`ScoringModel.load`).
-    threads_per_worker : int, optional
-        torch threads per actor (default: what Ray gives the actor).
-    storage_options : mapping, optional
-        Filesystem options of the inputs, the bundle and the outputs.
-    progress_callback : callable, optional
-        Called as ``progress_callback(done, failed, total)`` when the run starts and after each
-        recording: ``done`` counts nights with outputs (scored or skipped), ``failed`` rejected
-        ones, ``total`` every recording of the inputs.
+    options : CohortScoringOptions, optional
+        Profile, stride, workers, device, precision, plots, progress (defaults: see the class).
 
     Returns
     -------
@@ -358,120 +445,41 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str, *,
     ------
     ConfigError
         No model bundle, unknown profile, unusable inputs: nothing is written.
+    CohortScoringError
+        The run itself failed midway; rerun to resume.
     InjectedFault
         Only under the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook.
     """
-    import ray
-    from tqdm.auto import tqdm
-
-    from somnray.core.session import ensure_ray
-
+    options = options or CohortScoringOptions()
     started = time.monotonic()
     fault_after = _fault_after()
-    if workers is not None and workers < 1:
-        raise ConfigError("--workers", [f"must be >= 1, got {workers}"])
-    # Loaded on the driver too: a bad bundle fails here, before any cluster work, and the
-    # weight-free spec it yields tells the prepare tasks which channels the model needs.
-    driver_model = ScoringModel.load(run_uri, device="cpu", precision="fp32",
-                                     storage_options=storage_options)
-    spec, model_uri = driver_model.spec, driver_model.uri
-    del driver_model
-    if stride is not None and not 1 <= stride <= spec.length:
-        raise ConfigError("--stride", [f"must be in [1, {spec.length}] (the model's window "
-                                       f"length), got {stride}"])
+    if options.workers is not None and options.workers < 1:
+        raise ConfigError("--workers", [f"must be >= 1, got {options.workers}"])
+    # Loaded on the driver: a bad bundle fails here, before any cluster work; the weight-free
+    # spec tells the prepare tasks which channels the model needs, and the actors get the weights
+    # from it through the object store (each then picks its own device and precision).
+    scorer = Scorer.load(run_uri, device="cpu", precision="fp32", storage_options=options.storage_options)
+    scorer.check_stride(options.stride, "--stride")
+    spec = ModelSpec.of(scorer)
+    rows, profiles = _plan_rows(input_uri, spec, options)
 
-    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
-    entries = collect_entries(input_uri, base, storage_options=storage_options)
-    profiles: dict[str, CohortProfile] = {}
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for e in entries:
-        # An explicit profile wins; otherwise a manifest row's own profile, else the default.
-        key = base.name if profile is not None or not e.profile else e.profile
-        if key not in profiles:
-            try:
-                profiles[key] = scoring_profile(spec, base if key == base.name else key, channel_map)
-            except ConfigError as exc:
-                errors.extend(f"{exc.source}: {x}" for x in exc.errors)
-                profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
-    if errors:
-        raise ConfigError("profiles", sorted(set(errors)))
-
-    out = resolve(out_uri, storage_options)
+    out = resolve(out_uri, options.storage_options)
     out.makedirs()
-    done_ids = {d["recording_id"] for d in read_stats_documents(out)
-                if d.get("status") == STATUS_OK}
+    done_ids = {d["recording_id"] for d in read_stats_documents(out) if d.get("status") == STATUS_OK}
     todo = [r for r in rows if r["recording_id"] not in done_ids]
-    total, skipped = len(rows), len(rows) - len(todo)
-    counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
-    rejects: list[dict[str, str]] = []
-
-    def report() -> None:
-        if progress_callback is not None:
-            try:
-                progress_callback(counts[STATUS_OK] + counts[STATUS_SKIPPED],
-                                  counts[STATUS_REJECTED], total)
-            except Exception as exc:  # a broken observer must not fail the cohort
-                log.warning("progress_callback failed: %s", exc)
-
+    tally = _Tally(len(rows), len(rows) - len(todo), options.progress_callback)
     log.info("scoring %d recording(s) (%d already scored) with %s into %s",
-             len(todo), skipped, spec.name, out.uri)
-    report()
+             len(todo), len(rows) - len(todo), spec.name, out.uri)
+    tally.report()
     if todo:
-        ensure_ray()
-        opts = worker_storage_options([out.uri, model_uri, *(r["psg"] for r in todo)], storage_options)
-        n_actors, cpus, gpus = _pool_shape(workers, len(todo))
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
-                    fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
-        ds = ds.map_batches(
-            _NightScorer,
-            fn_constructor_kwargs={
-                "model_uri": model_uri, "out_uri": out.uri, "device": device,
-                "precision": precision, "plots": plots, "stride": stride,
-                "storage_options": opts, "threads": threads_per_worker,
-                "fault_after": fault_after},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=n_actors),
-            num_cpus=cpus, num_gpus=gpus)
-        with tqdm(total=total, initial=skipped, desc=f"score {spec.name}", unit="night",
-                  disable=not progress) as bar:
-            rows = iter(ds.iter_rows())
-            failure: str | None = None
-            try:
-                for row in rows:
-                    counts[row["status"]] += 1
-                    if row["status"] == STATUS_REJECTED:
-                        rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
-                                        "error_type": row["error_type"]})
-                        log.warning("rejected %s: %s", row["recording_id"], row["reason"])
-                    bar.update(1)
-                    bar.set_postfix(ok=counts[STATUS_OK] + counts[STATUS_SKIPPED],
-                                    rejected=counts[STATUS_REJECTED], refresh=False)
-                    report()
-            except Exception as exc:  # noqa: BLE001 - re-raised below, without its traceback
-                failure = f"{type(exc).__name__}: {exc}"
-            finally:
-                close = getattr(rows, "close", None)
-                if close is not None:
-                    close()
-            if failure is not None:
-                # The scoring actors die when the last reference to them goes.  The executor's
-                # failure traceback holds such references in its frames, so it must not outlive
-                # this function: a caller keeping it (a job registry, pytest.raises) would keep
-                # the actors' CPUs, and the next cohort run on the cluster would wait for ever.
-                del rows, ds
-                gc.collect()
-                raise CohortScoringError(f"cohort scoring stopped after {sum(counts.values())} "
-                                         f"night(s) of {total - skipped}: {failure}")
+        _score_on_ray(scorer, spec, todo, profiles, out, options, tally, fault_after)
 
-    summary = summarize_cohort(out, plots=plots)
-    rejects.sort(key=lambda r: r["recording_id"])
-    return CohortScoreResult(out_uri=out.uri, total=total, scored=counts[STATUS_OK],
-                             skipped=skipped, rejected=counts[STATUS_REJECTED], rejects=rejects,
+    summary = summarize_cohort(out, plots=options.plots)
+    return CohortScoreResult(out_uri=out.uri, total=tally.total, scored=tally.counts[STATUS_OK],
+                             skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
+                             rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
                              summary=summary, seconds=time.monotonic() - started)
 
 
-__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault", "collect_entries",
-           "prepare_entry_for_scoring", "score_cohort"]
+__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault",
+           "ScoreAndWriteNight", "collect_entries", "prepare_entry_for_scoring", "score_cohort"]

@@ -1,10 +1,15 @@
-"""Typed configuration of the scoring service (``somnray serve`` and the Serve app builder).
+"""Typed configuration of the scoring service (``somnray serve`` and the Serve app builder) and of
+cohort scoring runs.
 
 One frozen pydantic model, :class:`ServeConfig`, carries everything the HTTP app needs: which model
 to load, where to listen, request limits, the bearer token, which storage roots cohort jobs may
 read from and write to, and the batching and replica settings of each deployment.  The CLI builds
 it from flags; a Serve config file (KubeRay RayService) passes the same fields as ``args`` to
 ``somnray.serve.app:app_builder``.
+
+:class:`CohortScoringOptions` says how one :func:`~somnray.serve.cohort.score_cohort` run goes
+(``somnray score`` and the app's cohort jobs build it).  It lives here, away from the scoring
+code, so that the job registry can build one without importing torch.
 
 Defaults keep the service private: it listens on 127.0.0.1, and cohort jobs are refused until at
 least one storage root is configured.
@@ -13,7 +18,9 @@ least one storage root is configured.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -21,6 +28,11 @@ from somnray.core.config import validation_lines
 from somnray.core.errors import ConfigError
 from somnray.core.storage import resolve
 
+if TYPE_CHECKING:
+    from somnray.data.profiles import CohortProfile
+
+#: ``progress_callback(done, failed, total)`` of a cohort run.
+ProgressCallback = Callable[[int, int, int], None]
 #: Environment variable read for the bearer token when the config gives none.
 DEFAULT_TOKEN_ENV = "SOMNRAY_SERVE_TOKEN"
 #: Default upload limit: a 24-h PSG at a few hundred Hz is a few hundred MB.
@@ -33,7 +45,8 @@ class ServeConfig(BaseModel):
     Parameters
     ----------
     run_uri : str
-        Training run or model bundle to serve (anything ``ScoringModel.load`` accepts).
+        Training run or model bundle to serve (anything
+        :meth:`somnray.scoring.scorer.Scorer.load` accepts).
     host : str
         Interface the HTTP proxy binds to; loopback by default (expose it deliberately).
     port : int
@@ -64,14 +77,14 @@ class ServeConfig(BaseModel):
     device : str
         Torch device of the model replicas (``auto``, ``cpu``, ``cuda``, ``cuda:1``).
     precision : str
-        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (``ScoringModel.load``'s choice).
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`somnray.scoring.device`'s policy).
     max_concurrent_requests : int
         Requests each ingress replica handles at once (each may hold an upload in memory, so
         this times ``max_upload_bytes`` bounds its memory); more wait in the proxy's queue.
     max_cohort_jobs : int
         Cohort jobs allowed to run at once; further submissions get 429.
     cohort_workers : int, optional
-        Actor-pool size of each cohort job (``score_cohort(workers=...)``); None: its default.
+        Actor-pool size of each cohort job (``CohortScoringOptions.workers``); None: its default.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -152,3 +165,47 @@ class ServeConfig(BaseModel):
         except ConfigError:
             return False
         return any(canonical == root or canonical.startswith(root + "/") for root in self.storage_roots)
+
+
+@dataclass(frozen=True)
+class CohortScoringOptions:
+    """How :func:`score_cohort` runs (every field has a default).
+
+    Attributes
+    ----------
+    profile : CohortProfile or str, optional
+        Cohort profile of every recording; default: each manifest entry's own profile, else the
+        bundle's, else ``generic``.
+    channel_map : mapping of str to str, optional
+        Modality → EDF signal label for every recording (overrides the profile's aliases).
+    stride : int, optional
+        Window stride in epochs (default: the model's window length).
+    workers : int, optional
+        Scoring actors (each holds the model); default one per GPU, or half the CPUs.
+    device, precision : str
+        For the actors (:mod:`somnray.scoring.device`: ``auto`` by default).
+    threads_per_worker : int, optional
+        torch threads per actor (default: what Ray gives the actor).
+    plots : bool
+        Write each night's hypnogram PNG and the cohort PNG.
+    progress : bool
+        Show a progress bar on the driver.
+    progress_callback : callable, optional
+        Called as ``progress_callback(done, failed, total)`` when the run starts and after each
+        recording: ``done`` counts nights with outputs (scored or skipped), ``failed`` rejected
+        ones, ``total`` every recording of the inputs.
+    storage_options : mapping, optional
+        Filesystem options of the inputs, the bundle and the outputs.
+    """
+
+    profile: CohortProfile | str | None = None
+    channel_map: Mapping[str, str] | None = None
+    stride: int | None = None
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    threads_per_worker: int | None = None
+    plots: bool = False
+    progress: bool = True
+    progress_callback: ProgressCallback | None = None
+    storage_options: Mapping[str, Any] | None = None

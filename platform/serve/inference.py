@@ -1,9 +1,11 @@
-"""Score one recording with a trained model: load once, prepare an unscored night, predict.
+"""Score one recording with a trained model: prepare an unscored night, predict, label the epochs.
 
-Both scoring paths use this module: the Ray Serve app (one uploaded night,
-:func:`score_recording`) and cohort batch inference (:mod:`somnray.serve.cohort`, whose actors
-hold one :class:`ScoringModel` each and call :func:`score_prepared` on nights prepared by Ray
-Data tasks).
+The model itself is a :class:`somnray.scoring.scorer.Scorer` (loaded once, the one device and
+precision policy, per-night prediction); this module adds what serving needs around it: the
+cohort profile a night is read with, the model family's missing-modality rules and the
+per-epoch labels of a :class:`~somnray.serve.scored.ScoredNight`.  The Ray Serve app (one
+uploaded night) and cohort batch inference (:mod:`somnray.serve.cohort`, whose actors call
+:func:`score_prepared` on nights prepared by Ray Data tasks) both use it.
 
 What a model does with a modality the recording lacks depends on its family, and that decides
 both which channels a night must have and what ``modalities_used`` reports per epoch:
@@ -24,29 +26,22 @@ MC²SleepNet, anything else    not supported       every modality of the model
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-import torch
 
 from somnray.core.errors import ConfigError, RecordingError
-from somnray.core.storage import StorageLocation, resolve
 from somnray.data.prepared import PreparedRecording
 from somnray.data.profiles import ChannelSpec, CohortProfile, load_profile
 from somnray.data.readers import PathOrData, read_psg
 from somnray.data.recording import prepare_psg
 from somnray.models.base import SleepStagingModel
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, load_bundle
-from somnray.models.inference import predict_night
+from somnray.scoring.scorer import Scorer
 
 from .scored import NOT_SCORED, ModelInfo, ScoredNight, check_recording_id
 
@@ -54,13 +49,10 @@ log = logging.getLogger(__name__)
 
 #: Profile used when neither the caller nor the bundle names one.
 DEFAULT_PROFILE = "generic"
-#: Windows per forward pass: large enough to amortise per-call overhead, small enough that a
-#: 24-hour night (2,880 epochs) never holds more than a few hundred MB of activations.
-DEFAULT_BATCH_SIZE = 8
+#: Checkpoint named in the outputs of a model that was not loaded from a bundle URI.
+IN_MEMORY_MODEL = "<in-memory model>"
 
 MissingPolicy = Literal["drop", "impute", "require"]
-Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 # -- model families ------------------------------------------------------------------------------
@@ -102,96 +94,13 @@ def modalities_used_labels(modalities: tuple[str, ...], available: np.ndarray,
     return labels
 
 
-# -- device and precision ------------------------------------------------------------------------
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX bf16 tiles, where bf16 matmuls are several times faster than fp32.
-
-    Without AMX (or at least AVX512-BF16) bf16 autocast on CPU is *slower* than fp32, so it is
-    only chosen automatically when the hardware supports it natively.
-    """
-    probe = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
-    if probe is not None:
-        with contextlib.suppress(Exception):
-            return bool(probe())
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-                for line in fh:
-                    if line.startswith("flags"):
-                        return "amx_bf16" in line.split()
-    return False
-
-
-def choose_device(device: Device | str = "auto") -> torch.device:
-    """``"auto"``: CUDA when a GPU is visible, else CPU; otherwise the device named."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError("device", [f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r} ({exc})"]) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", [f"device {device!r} was asked for but no CUDA GPU is visible"])
-    return dev
-
-
-def choose_autocast(device: torch.device, precision: Precision | str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device`` (None = plain fp32).
-
-    ``"auto"`` picks bf16 on GPUs that support it and on CPUs with AMX, fp32 elsewhere.
-    """
-    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_amx() else None
-    if precision not in choices:
-        raise ConfigError("precision", [f"precision must be one of ['auto', 'fp32', 'bf16', 'fp16'], "
-                                        f"got {precision!r}"])
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("precision", ["precision 'fp16' is for GPUs; use 'bf16' or 'fp32' on CPU"])
-    return choices[precision]
-
-
-# -- loading -------------------------------------------------------------------------------------
-def bundle_location(run_or_bundle_uri: str | StorageLocation,
-                    storage_options: Mapping[str, Any] | None = None) -> StorageLocation:
-    """The bundle folder of a run URI (``<run>/model/``) or of a bundle folder itself.
-
-    Raises
-    ------
-    ConfigError
-        Neither the URI nor ``<uri>/model`` holds ``model.json`` and ``model.pt``.
-    """
-    root = resolve(run_or_bundle_uri, storage_options)
-    for candidate in (root, root.join("model")):
-        if candidate.join(INFO_FILE).exists() and candidate.join(WEIGHTS_FILE).exists():
-            return candidate
-    raise ConfigError(root.uri, [
-        f"no model bundle: neither {INFO_FILE} + {WEIGHTS_FILE} in this folder nor in its model/ "
-        "subfolder; give a training run URI (which exports <run>/model/) or a bundle folder"])
-
-
-@contextlib.contextmanager
-def _local_bundle(loc: StorageLocation) -> Iterator[str]:
-    if loc.is_local:
-        yield loc.path
-        return
-    tmp = tempfile.mkdtemp(prefix="somnray-bundle-")
-    try:
-        for name in (INFO_FILE, WEIGHTS_FILE):
-            loc.fs.get_file(loc.join(name).path, os.path.join(tmp, name))
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
+# -- what preparing and labelling a night needs to know about the model ------------------------
 @dataclass(frozen=True)
 class ModelSpec:
-    """What preparing a night for a model needs to know, without the weights.
+    """What preparing a night for a model and labelling its epochs need, without the weights.
 
     Small and picklable: the cohort run ships it to the Ray Data tasks that read and prepare
-    recordings, while only the actors hold the model itself.
+    recordings, while only the actors hold the model itself.  Build with :meth:`of`.
     """
 
     name: str
@@ -199,111 +108,30 @@ class ModelSpec:
     policy: MissingPolicy
     profile_name: str
     length: int
+    checkpoint_uri: str = IN_MEMORY_MODEL
 
+    @classmethod
+    def of(cls, scorer: Scorer) -> "ModelSpec":
+        """The spec of a loaded model.
 
-@dataclass
-class ScoringModel:
-    """A trained model loaded once, with everything scoring needs to feed it.
-
-    Build with :meth:`load`.  Holds the module (eval mode, on ``device``), its bundle info, the
-    window length, the modalities in ``present``-column order, the default cohort profile name,
-    the autocast dtype and the family's missing-modality policy.
-    """
-
-    model: SleepStagingModel
-    info: BundleInfo
-    uri: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    autocast_dtype: torch.dtype | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-
-    @property
-    def length(self) -> int:
-        """Window length ``L``: the sequence length the model was trained with."""
-        return int(self.info.sequence_length)
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        """The model's modalities, in the column order of ``present``."""
-        return tuple(self.model.modalities)
-
-    @property
-    def profile_name(self) -> str:
-        """The cohort profile the training data was prepared with (``generic`` if unknown).
-
-        Training's export records it as ``extra["cohort_profile"]``; ``extra["profile"]`` is
-        accepted too (hand-made bundles).
+        The default cohort profile is the one the training data was prepared with: training's
+        export records it as ``extra["cohort_profile"]``; ``extra["profile"]`` is accepted too
+        (hand-made bundles); ``generic`` when neither is there.
         """
-        extra = self.info.extra
-        return str(extra.get("cohort_profile") or extra.get("profile") or DEFAULT_PROFILE)
-
-    @property
-    def policy(self) -> MissingPolicy:
-        """How the model handles a missing modality (:func:`missing_modality_policy`)."""
-        return missing_modality_policy(self.model)
+        extra = scorer.info.extra
+        profile = str(extra.get("cohort_profile") or extra.get("profile") or DEFAULT_PROFILE)
+        return cls(name=scorer.info.model, modalities=scorer.modalities,
+                   policy=missing_modality_policy(scorer.model), profile_name=profile,
+                   length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL)
 
     @property
     def model_info(self) -> ModelInfo:
         """What every output records about the model."""
-        return ModelInfo(name=self.info.model, checkpoint_uri=self.uri)
-
-    @property
-    def spec(self) -> ModelSpec:
-        """The weight-free description used to prepare nights (:class:`ModelSpec`)."""
-        return ModelSpec(name=self.info.model, modalities=self.modalities, policy=self.policy,
-                         profile_name=self.profile_name, length=self.length)
-
-    @property
-    def precision(self) -> str:
-        """``fp32``, ``bf16`` or ``fp16``: the arithmetic scoring runs in."""
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
-
-    @classmethod
-    def load(cls, run_or_bundle_uri: str | StorageLocation, *, device: Device | str = "auto",
-             precision: Precision | str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-             storage_options: Mapping[str, Any] | None = None) -> "ScoringModel":
-        """Load the bundle of a training run (``<run>/model/``) or a bundle folder.
-
-        Parameters
-        ----------
-        run_or_bundle_uri : str or StorageLocation
-            Local path, ``file://`` or remote URI; remote bundles are downloaded to a temporary
-            folder and removed once loaded.
-        device : {"auto", "cpu", "cuda"} or str
-            ``"auto"``: CUDA when available, else CPU.
-        precision : {"auto", "fp32", "bf16", "fp16"}
-            ``"auto"``: bf16 autocast on bf16-capable GPUs and AMX CPUs, fp32 elsewhere.
-        batch_size : int
-            Windows per forward pass.
-        storage_options : mapping, optional
-            fsspec options of a remote URI.
-
-        Raises
-        ------
-        ConfigError
-            No bundle at the URI, a malformed bundle, a bad device or precision.
-        """
-        if batch_size < 1:
-            raise ConfigError("batch_size", [f"batch_size must be >= 1, got {batch_size}"])
-        loc = bundle_location(run_or_bundle_uri, storage_options)
-        dev = choose_device(device)
-        autocast = choose_autocast(dev, precision)
-        with _local_bundle(loc) as folder:
-            try:
-                model, info = load_bundle(folder, map_location="cpu")
-            except (ValueError, FileNotFoundError) as exc:
-                raise ConfigError(loc.uri, [str(exc)]) from exc
-        model = model.to(dev).eval()
-        # The bundle's own folder, not <run>: it is what every output records as the checkpoint.
-        uri = loc.uri.rstrip("/")
-        log.info("loaded %s from %s on %s (%s)", info.model, uri, dev,
-                 {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast])
-        return cls(model=model, info=info, uri=uri, device=dev, autocast_dtype=autocast,
-                   batch_size=batch_size)
+        return ModelInfo(name=self.name, checkpoint_uri=self.checkpoint_uri)
 
 
 # -- profiles for scoring ------------------------------------------------------------------------
-def scoring_profile(model: ScoringModel | ModelSpec, profile: CohortProfile | str | None = None,
+def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | None = None,
                     channel_map: Mapping[str, str] | None = None) -> CohortProfile:
     """The cohort profile a night is prepared with for ``model``.
 
@@ -327,7 +155,7 @@ def scoring_profile(model: ScoringModel | ModelSpec, profile: CohortProfile | st
         model uses a modality neither the profile nor ``channel_map`` says how to find while it
         cannot do without it.
     """
-    spec_ = model.spec if isinstance(model, ScoringModel) else model
+    spec_ = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
     base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec_.profile_name)
     channel_map = dict(channel_map or {})
     errors = [f"channel_map: modality {m!r} is not used by model {spec_.name!r} "
@@ -358,7 +186,7 @@ def scoring_profile(model: ScoringModel | ModelSpec, profile: CohortProfile | st
     return base.model_copy(update={"channels": channels})
 
 
-def prepare_for_scoring(model: ScoringModel | ModelSpec, psg: PathOrData, *, recording_id: str,
+def prepare_for_scoring(model: Scorer | ModelSpec, psg: PathOrData, *, recording_id: str,
                         profile: CohortProfile, psg_source: str | None = None) -> PreparedRecording:
     """Read and prepare an unscored night of ``psg`` with a profile from :func:`scoring_profile`.
 
@@ -392,17 +220,52 @@ def prepare_for_scoring(model: ScoringModel | ModelSpec, psg: PathOrData, *, rec
 
 
 # -- scoring -------------------------------------------------------------------------------------
-def score_prepared(model: ScoringModel, rec: PreparedRecording, *, stride: int | None = None
-                   ) -> ScoredNight:
+def model_inputs(spec: ModelSpec, rec: PreparedRecording) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model's inputs from a prepared night: signals of the modalities it has, and ``(n, M)`` mask.
+
+    A modality the recording lacks, or whose epochs are all unusable, is left out of the signals
+    (and its mask column is all False): the model then drops or imputes it as its family does.
+    """
+    mods = spec.modalities
+    available = np.zeros((rec.n_epochs, len(mods)), dtype=bool)
+    signals: dict[str, np.ndarray] = {}
+    for j, m in enumerate(mods):
+        x = rec.signals.get(m)
+        mask = np.asarray(rec.available.get(m, np.zeros(rec.n_epochs, bool)), dtype=bool)
+        if x is None or not mask.any():
+            continue  # no usable epoch: as absent as a missing channel
+        signals[m] = np.ascontiguousarray(x, dtype=np.float32)
+        available[:, j] = mask
+    return signals, available
+
+
+def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, probabilities: np.ndarray,
+                 available: np.ndarray) -> ScoredNight:
+    """A :class:`ScoredNight` of per-epoch probabilities, labelled with the inputs each came from.
+
+    ``modalities_used`` per epoch (:func:`modalities_used_labels`), and an ``imputed_modality``
+    quality flag for models that imagine missing inputs.
+    """
+    used = modalities_used_labels(spec.modalities, available, spec.policy)
+    quality: dict[str, np.ndarray] = {}
+    if spec.policy == "impute":
+        quality["imputed_modality"] = available.any(axis=1) & ~available.all(axis=1)
+    return ScoredNight(recording_id=recording_id, epoch_index=epoch_index, probabilities=probabilities,
+                       modalities=spec.modalities, available=available, model=spec.model_info,
+                       modalities_used=used, quality=quality)
+
+
+def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None) -> ScoredNight:
     """Stage a prepared (unscored) night.
 
-    Builds the model's batch from the record — modalities the recording lacks are left out, so
-    the model uses what is there — runs :func:`somnray.models.inference.predict_night`, and
-    labels each epoch with the inputs its stage came from.
+    Builds the model's inputs from the record (:func:`model_inputs`: modalities the recording
+    lacks are left out, so the model uses what is there), predicts with the scorer
+    (:meth:`Scorer.predict <somnray.scoring.scorer.Scorer.predict>`), and labels each epoch with
+    the inputs its stage came from (:func:`scored_night`).
 
     Parameters
     ----------
-    model : ScoringModel
+    scorer : Scorer
     rec : PreparedRecording
         From :func:`prepare_for_scoring` (or the data pipeline).
     stride : int, optional
@@ -411,68 +274,48 @@ def score_prepared(model: ScoringModel, rec: PreparedRecording, *, stride: int |
     Returns
     -------
     ScoredNight
-        With ``modalities_used`` per epoch and an ``imputed_modality`` quality flag for models
-        that imagine missing inputs.
 
     Raises
     ------
     RecordingError
-        The night has no epoch, or the stride is outside ``[1, L]``.
+        The night has no epoch, or lacks a modality a model that needs them all needs.
+    ConfigError
+        The stride is outside ``[1, L]``.
     """
     n = rec.n_epochs
     if n == 0:
         raise RecordingError("scoring", "the recording has no epoch to score", rec.recording_id)
-    if stride is not None and not 1 <= stride <= model.length:
-        raise ConfigError("stride", [f"stride must be in [1, {model.length}] (the model's window "
-                                     f"length), got {stride}"])
-    mods = model.modalities
-    available = np.zeros((n, len(mods)), dtype=bool)
-    signals: dict[str, np.ndarray] = {}
-    for j, m in enumerate(mods):
-        x = rec.signals.get(m)
-        if x is None:
-            continue
-        mask = np.asarray(rec.available[m], dtype=bool)
-        if not mask.any():
-            continue  # a modality with no usable epoch is as absent as a missing channel
-        signals[m] = x
-        available[:, j] = mask
-    if model.policy == "require":
-        lacking = [m for m in mods if m not in signals]
+    scorer.check_stride(stride)
+    spec = ModelSpec.of(scorer)
+    signals, available = model_inputs(spec, rec)
+    if spec.policy == "require":
+        lacking = [m for m in spec.modalities if m not in signals]
         if lacking:
-            raise RecordingError("scoring", f"model {model.info.model!r} needs modalities "
-                                            f"{list(mods)} but {lacking} is absent", rec.recording_id)
+            raise RecordingError("scoring", f"model {spec.name!r} needs modalities "
+                                            f"{list(spec.modalities)} but {lacking} is absent", rec.recording_id)
     t0 = time.perf_counter()
-    probs = predict_night(model.model, signals, available, length=model.length, stride=stride,
-                          batch_size=model.batch_size, device=model.device,
-                          autocast_dtype=model.autocast_dtype)
+    probs = scorer.predict(signals, available, stride=stride)
     log.debug("scored %s: %d epochs in %.2f s", rec.recording_id, n, time.perf_counter() - t0)
-    used = modalities_used_labels(mods, available, model.policy)
-    quality: dict[str, np.ndarray] = {}
-    if model.policy == "impute":
-        quality["imputed_modality"] = available.any(axis=1) & ~available.all(axis=1)
-    return ScoredNight(recording_id=rec.recording_id, epoch_index=rec.epoch_index,
-                       probabilities=probs, modalities=mods, available=available,
-                       model=model.model_info, modalities_used=used, quality=quality)
+    return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available)
 
 
-def score_recording(model: ScoringModel, psg_path: PathOrData, *, recording_id: str,
+def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
                     profile: CohortProfile | str | None = None,
-                    channel_map: dict[str, str] | None = None, psg_source: str | None = None,
+                    channel_map: Mapping[str, str] | None = None, psg_source: str | None = None,
                     stride: int | None = None) -> ScoredNight:
     """Score one EDF/EDF+/BDF night.
 
     Parameters
     ----------
-    model : ScoringModel
-        Loaded once (:meth:`ScoringModel.load`).
+    scorer : Scorer
+        Loaded once (:meth:`Scorer.load <somnray.scoring.scorer.Scorer.load>`).
     psg_path : str, path-like, bytes or binary file
         Local path, fsspec URI, or the file's content (an HTTP upload).
     recording_id : str
         The only name the result and its outputs carry (never EDF header fields).
     profile : CohortProfile or str, optional
         Cohort profile (name or YAML path); default the bundle's profile, else ``generic``.
-    channel_map : dict of str to str, optional
+    channel_map : mapping of str to str, optional
         Modality → EDF signal label, overriding the profile's aliases for this call.
     psg_source : str, optional
         Name of the file in error messages (the user's URI or upload name).
@@ -491,14 +334,14 @@ def score_recording(model: ScoringModel, psg_path: PathOrData, *, recording_id: 
     ConfigError
         Unknown profile, a ``channel_map`` naming a modality the model does not use, a bad stride.
     """
-    prof = scoring_profile(model, profile, channel_map)
-    rec = prepare_for_scoring(model, psg_path, recording_id=recording_id, profile=prof,
+    prof = scoring_profile(scorer, profile, channel_map)
+    rec = prepare_for_scoring(scorer, psg_path, recording_id=recording_id, profile=prof,
                               psg_source=psg_source)
-    return score_prepared(model, rec, stride=stride)
+    return score_prepared(scorer, rec, stride=stride)
 
 
 __all__ = [
-    "DEFAULT_BATCH_SIZE", "DEFAULT_PROFILE", "ModelSpec", "ScoringModel", "bundle_location", "choose_autocast",
-    "choose_device", "cpu_has_amx", "missing_modality_policy", "modalities_used_labels",
-    "prepare_for_scoring", "score_prepared", "score_recording", "scoring_profile",
+    "DEFAULT_PROFILE", "IN_MEMORY_MODEL", "ModelSpec", "missing_modality_policy", "model_inputs",
+    "modalities_used_labels", "prepare_for_scoring", "score_prepared", "score_recording",
+    "scored_night", "scoring_profile",
 ]

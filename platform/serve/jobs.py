@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .config import CohortScoringOptions
 from .loopback import bind_replica_grpc_to_loopback
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 #: Finished jobs kept for status queries; the oldest are forgotten beyond this.
 MAX_FINISHED_JOBS = 1000
 
-#: ``score_cohort``'s signature, injectable for tests of the registry alone.
+#: ``score_cohort``'s signature ``(run_uri, manifest_uri, output_uri, CohortScoringOptions)``,
+#: injectable for tests of the registry alone.
 CohortRunner = Callable[..., Any]
 
 
@@ -142,10 +144,10 @@ class CohortJobs:
         runner = self._runner
         if runner is None:
             from .cohort import score_cohort as runner
+        options = CohortScoringOptions(profile=job.profile, workers=self.workers, plots=job.plots,
+                                       progress=False, progress_callback=self._progress(job))
         try:
-            result = runner(self.run_uri, job.manifest_uri, job.output_uri, profile=job.profile,
-                            workers=self.workers, plots=job.plots, progress=False,
-                            progress_callback=self._progress(job))
+            result = runner(self.run_uri, job.manifest_uri, job.output_uri, options)
         except Exception as exc:  # the job fails, the service goes on
             log.warning("cohort job %s failed: %s: %s", job.job_id, type(exc).__name__, exc)
             with self._lock:

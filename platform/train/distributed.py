@@ -8,6 +8,9 @@ machine.
 
 The DeepSpeed config carries batch sizes, ZeRO stage, precision and clipping only: the optimizer
 and the schedule are torch objects handed to ``deepspeed.initialize`` (see :mod:`.optim`).
+
+Scoring a trained model (evaluation, ``somnray score``, the Serve app) has its own device and
+precision policy, with ``bf16`` on AMX CPUs: :mod:`somnray.scoring.device`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 _ZERO_TESTED_OPTIMIZERS = ("adam", "adamw")
 
 
-def choose_device(use_gpu: Literal["auto"] | bool, *, cuda_available: bool | None = None,
+def training_device(use_gpu: Literal["auto"] | bool, *, cuda_available: bool | None = None,
                   device_index: int = 0) -> torch.device:
     """The torch device a worker trains on.
 

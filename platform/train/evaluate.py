@@ -19,9 +19,16 @@ Which recordings are scored (said in the report):
 3. otherwise the manifest's split column, when it names a test part;
 4. otherwise every prepared recording.
 
+Each recording is predicted by a :class:`somnray.scoring.scorer.Scorer` (the one scorer of
+evaluation, ``somnray score`` and the Serve app) under each scenario's signals and masks
+(:func:`score_scenarios`), in fp32 on CPU so that a report is reproducible on any machine.
 Recordings are independent, so the work is distributed per recording: with Ray initialised (or
-``workers > 1``) a Ray Data ``map_batches`` over an actor pool that loads the model once per
-actor; otherwise a plain loop in this process. Both run :func:`score_recording`.
+``workers > 1``) scoring's actor pool (:func:`somnray.scoring.actors.map_with_scorer`, the model
+built once per actor); otherwise a plain loop in this process. Both run
+:class:`EvaluateRecording`.
+
+What is evaluated and how are explicit: :func:`evaluate_run` takes :class:`EvaluationRun` s (one
+per fold) and an :class:`EvaluationOptions`.
 
 Outputs, through :mod:`somnray.core.storage` (local or ``s3://``), in
 ``<run>/evaluation/<dataset>/``: ``report.md``, ``report.json``, ``confusion_<scenario>.png``
@@ -38,10 +45,9 @@ import pickle
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from somnray.core.constants import EPOCH_SAMPLES, STAGES
 from somnray.core.errors import ConfigError
@@ -49,7 +55,8 @@ from somnray.core.storage import resolve
 from somnray.data import schema
 from somnray.data.dataset import PreparedDataset
 from somnray.models.bundle import BundleInfo
-from somnray.models.inference import predict_night
+from somnray.scoring.bundles import bundle_location
+from somnray.scoring.scorer import Scorer
 
 from .metrics import FoldSummary, StagingMetrics, aggregate_folds, compute_metrics, plot_confusion_matrix
 from .missing import DEFAULT_BASE_SEED
@@ -60,13 +67,16 @@ log = logging.getLogger(__name__)
 #: Folder of the evaluations inside a run.
 EVALUATION_DIR = "evaluation"
 REPORT_FORMAT = "somnray-evaluation/1"
-#: A run given as an in-memory bundle.
-Bundle = tuple[torch.nn.Module, BundleInfo]
-RunLike = str | Bundle
+#: Where and how evaluation runs a model: exact fp32 on CPU, so that a report (and the fixed
+#: per-recording masks it is about) reads the same on any machine.
+EVALUATION_DEVICE = "cpu"
+EVALUATION_PRECISION = "fp32"
+#: The report's name of a run given as a model in memory.
+IN_MEMORY_RUN = "<in-memory bundle>"
 
 
 # ------------------------------------------------------------------------------------------------
-# scoring one recording (the same code in-process and in the Ray actors)
+# scoring one recording under every scenario (the same code in-process and in the Ray actors)
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EvalSpec:
@@ -78,8 +88,6 @@ class EvalSpec:
         The prepared dataset.
     modalities : tuple of str
         The model's modalities (``present`` column order).
-    length : int
-        Window length L (the bundle's training sequence length).
     stride : int, optional
         Window stride (default L).
     scenarios : tuple of Scenario
@@ -90,21 +98,17 @@ class EvalSpec:
         Base seed of the fixed per-recording masks and noise.
     chunk_epochs : int
         Chunk length of the partial-missing protocol.
-    batch_size : int
-        Windows per forward pass.
     storage_options : dict
         Filesystem options resolved on the driver.
     """
 
     dataset_uri: str
     modalities: tuple[str, ...]
-    length: int
     stride: int | None
     scenarios: tuple[Scenario, ...]
     columns: tuple[str, ...]
     base_seed: int = DEFAULT_BASE_SEED
     chunk_epochs: int = DEFAULT_CHUNK_EPOCHS
-    batch_size: int = 16
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,7 +149,7 @@ def recording_inputs(arrays: Mapping[str, Any], modalities: Sequence[str]) -> tu
     return signals, present
 
 
-def score_recording(model: torch.nn.Module, arrays: Mapping[str, Any], spec: EvalSpec,
+def score_scenarios(scorer: Scorer, arrays: Mapping[str, Any], spec: EvalSpec,
                     recording_index: int) -> RecordingScores:
     """Score one recording (a :func:`somnray.data.schema.row_to_arrays` dict) under every scenario."""
     signals, present = recording_inputs(arrays, spec.modalities)
@@ -158,8 +162,7 @@ def score_recording(model: torch.nn.Module, arrays: Mapping[str, Any], spec: Eva
         sig = {m: x for m, x in sig.items() if mask[:, spec.modalities.index(m)].any()}
         if not sig or len(labels) == 0:
             continue
-        probs = predict_night(model, sig, mask, length=spec.length, stride=spec.stride,
-                              batch_size=spec.batch_size)
+        probs = scorer.predict(sig, mask, stride=spec.stride)
         predictions[scenario.name] = probs.argmax(axis=1).astype(np.int8)
     return RecordingScores(str(arrays["recording_id"]), int(recording_index), labels, predictions)
 
@@ -169,80 +172,101 @@ def _read(spec: EvalSpec, recording_id: str) -> dict[str, Any]:
     return PreparedDataset.at(spec.dataset_uri, spec.storage_options).read(recording_id, spec.columns)
 
 
-class RecordingScorer:
-    """``map_batches`` callable: loads the model once per actor, scores the recordings it is sent.
+@dataclass(frozen=True)
+class EvaluateRecording:
+    """Evaluation's scoring task: read one prepared recording, score it under every scenario.
 
-    Parameters
-    ----------
-    payload : tuple or ray.ObjectRef
-        ``(model.json text, state_dict)`` of the bundle (an object reference is fetched).
-    spec : EvalSpec
-        What to score.
+    Run in-process (:meth:`score`) or by scoring's Ray actors (called as ``task(scorer, row)``
+    with a ``recording_id`` / ``recording_index`` row: see :mod:`somnray.scoring.actors`).
     """
 
-    def __init__(self, payload: Any, spec: EvalSpec):
-        import ray
+    spec: EvalSpec
 
-        from somnray.models import create_model
+    def score(self, scorer: Scorer, recording_id: str, recording_index: int) -> RecordingScores:
+        """The recording's :class:`RecordingScores`."""
+        return score_scenarios(scorer, _read(self.spec, recording_id), self.spec, recording_index)
 
-        if isinstance(payload, ray.ObjectRef):
-            payload = ray.get(payload)
-        info_json, state = payload
-        info = BundleInfo.from_json(info_json)
-        # One actor per CPU: more intra-op threads would only fight the other actors.
-        torch.set_num_threads(1)
-        self.model = create_model(info.model, **info.overrides)
-        self.model.load_state_dict(state)
-        self.model.eval()
-        self.spec = spec
-
-    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Score each ``(recording_id, recording_index)`` of the batch; results pickled per row."""
-        out = []
-        for rid, index in zip(batch["recording_id"], batch["recording_index"]):
-            scores = score_recording(self.model, _read(self.spec, str(rid)), self.spec, int(index))
-            out.append(pickle.dumps(scores, protocol=pickle.HIGHEST_PROTOCOL))
-        return {"recording_id": np.asarray(batch["recording_id"]), "scores": np.array(out, dtype=object)}
+    def __call__(self, scorer: Scorer, row: Mapping[str, Any]) -> dict[str, Any]:
+        """An actor's output row: the recording id and its pickled :class:`RecordingScores`."""
+        scores = self.score(scorer, str(row["recording_id"]), int(row["recording_index"]))
+        return {"recording_id": scores.recording_id,
+                "scores": pickle.dumps(scores, protocol=pickle.HIGHEST_PROTOCOL)}
 
 
-def _score_local(model: torch.nn.Module, spec: EvalSpec, items: Sequence[tuple[str, int]]) -> list[RecordingScores]:
-    return [score_recording(model, _read(spec, rid), spec, index) for rid, index in items]
-
-
-def _score_ray(model: torch.nn.Module, info: BundleInfo, spec: EvalSpec, items: Sequence[tuple[str, int]],
-               workers: int) -> list[RecordingScores]:
+def _score_recordings(scorer: Scorer, spec: EvalSpec, items: Sequence[tuple[str, int]],
+                      workers: int | None) -> list[RecordingScores]:
+    """Every ``(recording_id, recording_index)`` of ``items`` scored, in-process or on Ray."""
+    task = EvaluateRecording(spec)
+    if not _use_ray(workers):
+        return [task.score(scorer, rid, index) for rid, index in items]
     import ray
 
     from somnray.core.session import ensure_ray
+    from somnray.scoring.actors import map_with_scorer
 
     ensure_ray()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = ray.put((info.to_json(), state))
-    size = max(1, min(workers, len(items)))
+    size = max(1, min(workers or _default_workers(), len(items)))
     ds = ray.data.from_items([{"recording_id": rid, "recording_index": int(i)} for rid, i in items],
                              override_num_blocks=len(items))
-    ds = ds.map_batches(RecordingScorer, fn_constructor_kwargs={"payload": payload, "spec": spec},
-                        batch_size=1, batch_format="numpy", num_cpus=1,
-                        compute=ray.data.ActorPoolStrategy(size=size))
+    # One actor per CPU, one torch thread each: more intra-op threads would only fight the others.
+    ds = map_with_scorer(ds, scorer, task, actors=size, device=EVALUATION_DEVICE,
+                         precision=EVALUATION_PRECISION, threads=1, num_cpus=1)
     return [pickle.loads(row["scores"]) for row in ds.iter_rows()]
 
 
 # ------------------------------------------------------------------------------------------------
 # runs, splits, the dataset
 # ------------------------------------------------------------------------------------------------
-def _load_run(run: RunLike, storage_options: Mapping[str, Any] | None) -> tuple[torch.nn.Module, BundleInfo, str | None]:
-    if isinstance(run, tuple):
-        model, info = run
-        return model, info, None
-    from .export import load_run_bundle
+@dataclass(frozen=True)
+class EvaluationRun:
+    """One run (a fold) to evaluate: a run or bundle folder URI, or a model already in memory.
 
+    Give exactly one of the two.
+
+    Attributes
+    ----------
+    uri : str, optional
+        A training run (its ``model/`` bundle is loaded) or a bundle folder, local or remote; the
+        report goes to ``<uri>/evaluation/<dataset>/`` by default.
+    scorer : Scorer, optional
+        A model in memory (:meth:`Scorer.from_model <somnray.scoring.scorer.Scorer.from_model>`);
+        its report is written only to an explicit ``EvaluationOptions.out_uri``.
+    """
+
+    uri: str | None = None
+    scorer: Scorer | None = None
+
+    def __post_init__(self) -> None:
+        if (self.uri is None) == (self.scorer is None):
+            raise ValueError("EvaluationRun takes exactly one of uri= and scorer=")
+
+
+@dataclass(frozen=True)
+class _LoadedRun:
+    """A run ready to score: its URI (None in memory) and its scorer."""
+
+    uri: str | None
+    scorer: Scorer
+
+    @property
+    def label(self) -> str:
+        """How the report names the run."""
+        return self.uri or IN_MEMORY_RUN
+
+
+def _load_run(run: EvaluationRun, batch_size: int, storage_options: Mapping[str, Any] | None) -> _LoadedRun:
+    if run.scorer is not None:
+        return _LoadedRun(None, replace(run.scorer, batch_size=batch_size))
     try:
-        model, info = load_run_bundle(str(run), storage_options=storage_options)
-    except FileNotFoundError as exc:
-        raise ConfigError(str(run), [f"no trained model to evaluate: {exc}"]) from None
-    except ValueError as exc:
-        raise ConfigError(str(run), [f"the run's model bundle cannot be loaded: {exc}"]) from None
-    return model, info, resolve(str(run), storage_options).uri
+        location = bundle_location(run.uri, storage_options)
+    except ConfigError as exc:
+        raise ConfigError(run.uri, [f"no trained model to evaluate: {'; '.join(exc.errors)}"]) from None
+    try:
+        scorer = Scorer.load(location, device=EVALUATION_DEVICE, precision=EVALUATION_PRECISION,
+                             batch_size=batch_size)
+    except ConfigError as exc:
+        raise ConfigError(run.uri, [f"the run's model bundle cannot be loaded: {'; '.join(exc.errors)}"]) from None
+    return _LoadedRun(resolve(run.uri, storage_options).uri, scorer)
 
 
 def dataset_name(dataset_uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -609,36 +633,25 @@ def _default_workers() -> int:
     return max(1, int(ray.available_resources().get("CPU", 1)))
 
 
-def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str | None = None,
-                 scenarios: Iterable[str | Scenario] | None = None, stride: int | None = None,
-                 folds: Sequence[RunLike] | None = None, workers: int | None = None, fold: int = 0,
-                 batch_size: int = 16, base_seed: int = DEFAULT_BASE_SEED,
-                 chunk_epochs: int = DEFAULT_CHUNK_EPOCHS, out_uri: str | None = None, write: bool = True,
-                 storage_options: Mapping[str, Any] | None = None) -> EvaluationReport:
-    """Score one or more trained runs on a prepared dataset under missing-modality scenarios.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How :func:`evaluate_run` scores and reports (every field has a default).
 
-    Parameters
+    Attributes
     ----------
-    run : str, (model, BundleInfo), or a sequence of them
-        A run folder URI (its ``model/`` bundle is loaded), a bundle folder URI, or a model with
-        its :class:`~somnray.models.bundle.BundleInfo`. A sequence means several folds.
-    data_uri : str
-        The prepared dataset (local path or URI).
     split : str, optional
         ``all``, ``manifest``, a split name stored with the dataset, or a split file path/URI;
-        default: the run's recorded split (see the module docstring).
-    scenarios : iterable of str or Scenario, optional
+        default: each run's recorded split (see the module docstring).
+    fold : int
+        Fold of a multi-fold ``split`` file for the first run (run ``i`` takes ``fold + i``).
+    scenarios : sequence of str or Scenario, optional
         Scenario names or groups (:mod:`somnray.train.scenarios`); default: every scenario that
         makes sense for the model's modalities.
     stride : int, optional
         Window stride in epochs (default: the window length, non-overlapping).
-    folds : sequence, optional
-        More runs (folds), each scored on its own split's test part; pooled with ``run``.
     workers : int, optional
         Ray actors scoring recordings. Default: Ray when it is initialised (one actor per free
         CPU), else in-process; 1 forces in-process.
-    fold : int
-        Fold of a multi-fold ``split`` file for the first run (run ``i`` takes ``fold + i``).
     batch_size : int
         Windows per forward pass.
     base_seed : int
@@ -647,11 +660,74 @@ def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str 
         Chunk length of the partial-missing protocol.
     out_uri : str, optional
         Where to write the report; default ``<first run>/evaluation/<dataset>/`` for a run URI
-        (nothing is written for an in-memory bundle without ``out_uri``).
+        (nothing is written for a model in memory without ``out_uri``).
     write : bool
         Write the report files.
     storage_options : mapping, optional
-        Filesystem options of the run and the dataset.
+        Filesystem options of the runs, the dataset and the report.
+    """
+
+    split: str | None = None
+    fold: int = 0
+    scenarios: Sequence[str | Scenario] | None = None
+    stride: int | None = None
+    workers: int | None = None
+    batch_size: int = 16
+    base_seed: int = DEFAULT_BASE_SEED
+    chunk_epochs: int = DEFAULT_CHUNK_EPOCHS
+    out_uri: str | None = None
+    write: bool = True
+    storage_options: Mapping[str, Any] | None = None
+
+
+def _check_options(options: EvaluationOptions) -> None:
+    if options.stride is not None and options.stride < 1:
+        raise ConfigError("--stride", [f"must be >= 1, got {options.stride}"])
+    if options.batch_size < 1:
+        raise ConfigError("--batch-size", [f"must be >= 1, got {options.batch_size}"])
+
+
+def _common_modalities(runs: Sequence[_LoadedRun]) -> tuple[str, ...]:
+    """The modalities every fold's model consumes (folds must be the same model)."""
+    modalities = tuple(runs[0].scorer.info.modalities)
+    for run in runs[1:]:
+        if tuple(run.scorer.info.modalities) != modalities:
+            raise ConfigError(run.label, [f"this fold's model consumes {list(run.scorer.info.modalities)}, "
+                                          f"the first fold's {list(modalities)}; folds must be the same model"])
+    return modalities
+
+
+def _evaluate_fold(run: _LoadedRun, position: int, spec: EvalSpec, index_of: Mapping[str, int],
+                   options: EvaluationOptions) -> FoldResult:
+    """Score the ``position``-th run on its test recordings; its per-scenario metrics."""
+    fold = options.fold + position if options.split else 0
+    selection = select_test_recordings(spec.dataset_uri, run.scorer.info, options.split, fold, spec.storage_options)
+    items = [(rid, index_of[rid]) for rid in selection.recording_ids]
+    log.info("scoring %d recording(s) of %s under %d scenario(s)%s", len(items), run.label,
+             len(spec.scenarios), " on Ray" if _use_ray(options.workers) else "")
+    scores = sorted(_score_recordings(run.scorer, spec, items, options.workers), key=lambda r: r.recording_id)
+    metrics = {}
+    for s in spec.scenarios:
+        got = [r for r in scores if s.name in r.predictions]
+        labels = np.concatenate([r.labels for r in got]) if got else np.zeros(0, np.int8)
+        preds = np.concatenate([r.predictions[s.name] for r in got]) if got else np.zeros(0, np.int8)
+        metrics[s.name] = compute_metrics(labels, preds)
+    return FoldResult(run.label, selection, tuple(scores), metrics)
+
+
+def evaluate_run(runs: Sequence[EvaluationRun], data_uri: str,
+                 options: EvaluationOptions | None = None) -> EvaluationReport:
+    """Score one or more trained runs on a prepared dataset under missing-modality scenarios.
+
+    Parameters
+    ----------
+    runs : sequence of EvaluationRun
+        The runs to evaluate; several are folds, each scored on its own split's test part and
+        pooled.
+    data_uri : str
+        The prepared dataset (local path or URI).
+    options : EvaluationOptions, optional
+        Split, scenarios, stride, workers, where to write (defaults: see the class).
 
     Returns
     -------
@@ -661,77 +737,45 @@ def evaluate_run(run: RunLike | Sequence[RunLike], data_uri: str, *, split: str 
     Raises
     ------
     ConfigError
-        Bad run URI (no bundle), not a prepared dataset, bad split or scenarios, or folds whose
-        models consume different modalities.
+        Bad run URI (no bundle), not a prepared dataset, bad split, scenarios or stride, or folds
+        whose models consume different modalities.
     """
-    runs: list[RunLike] = list(run) if isinstance(run, (list, tuple)) and not _is_bundle(run) else [run]
-    runs += list(folds or ())
+    options = options or EvaluationOptions()
+    runs = list(runs)
     if not runs:
         raise ConfigError("evaluate", ["no run to evaluate"])
-    if stride is not None and stride < 1:
-        raise ConfigError("--stride", [f"must be >= 1, got {stride}"])
-    data = resolve(data_uri, storage_options)
-    options = dict(data.storage_options)
-    name = dataset_name(data.uri, options)
+    _check_options(options)
+    data = resolve(data_uri, options.storage_options)
+    storage = dict(data.storage_options)
+    name = dataset_name(data.uri, storage)
     # Masks are seeded by the recording's index among ALL prepared recordings, so a recording gets
     # the same mask whichever split, fold or model it is scored in.
     index_of = {rid: i for i, rid in enumerate(sorted(e.recording_id for e in
-                                                      PreparedDataset.at(data.uri, options).entries()))}
+                                                      PreparedDataset.at(data.uri, storage).entries()))}
 
-    loaded = [_load_run(r, storage_options) for r in runs]
-    first_model, first_info, first_uri = loaded[0]
-    modalities = tuple(first_info.modalities)
-    for _, info, uri in loaded[1:]:
-        if tuple(info.modalities) != modalities:
-            raise ConfigError(uri or "<bundle>", [f"this fold's model consumes {list(info.modalities)}, the first "
-                                                  f"fold's {list(modalities)}; folds must be the same model"])
-    chosen = resolve_scenarios(scenarios, modalities)
-    length = int(first_info.sequence_length)
-    if stride is not None and stride > length:
-        raise ConfigError("--stride", [f"must not exceed the window length {length}, got {stride}"])
-    columns = _existing_columns(data.uri, modalities, options)
-    spec = EvalSpec(dataset_uri=data.uri, modalities=modalities, length=length, stride=stride, scenarios=chosen,
-                    columns=columns, base_seed=base_seed, chunk_epochs=chunk_epochs, batch_size=batch_size,
-                    storage_options=options)
-    use_ray = _use_ray(workers)
+    loaded = [_load_run(r, options.batch_size, options.storage_options) for r in runs]
+    first = loaded[0]
+    modalities = _common_modalities(loaded)
+    chosen = resolve_scenarios(options.scenarios, modalities)
+    first.scorer.check_stride(options.stride, "--stride")
+    spec = EvalSpec(dataset_uri=data.uri, modalities=modalities, stride=options.stride, scenarios=chosen,
+                    columns=_existing_columns(data.uri, modalities, storage), base_seed=options.base_seed,
+                    chunk_epochs=options.chunk_epochs, storage_options=storage)
 
-    results = []
-    for i, (model, info, uri) in enumerate(loaded):
-        selection = select_test_recordings(data.uri, info, split, fold + i if split else 0, options)
-        items = [(rid, index_of[rid]) for rid in selection.recording_ids]
-        log.info("scoring %d recording(s) of %s under %d scenario(s)%s", len(items), uri or "<bundle>",
-                 len(chosen), " on Ray" if use_ray else "")
-        fold_spec = replace(spec, length=int(info.sequence_length))
-        if use_ray:
-            scores = _score_ray(model, info, fold_spec, items, workers or _default_workers())
-        else:
-            scores = _score_local(model, fold_spec, items)
-        scores = sorted(scores, key=lambda r: r.recording_id)
-        metrics = {}
-        for s in chosen:
-            got = [r for r in scores if s.name in r.predictions]
-            labels = np.concatenate([r.labels for r in got]) if got else np.zeros(0, np.int8)
-            preds = np.concatenate([r.predictions[s.name] for r in got]) if got else np.zeros(0, np.int8)
-            metrics[s.name] = compute_metrics(labels, preds)
-        results.append(FoldResult(uri or "<in-memory bundle>", selection, tuple(scores), metrics))
-
-    summaries = {s.name: aggregate_folds([f.metrics[s.name] for f in results]) for s in chosen}
-    report = EvaluationReport(model=first_info.model, modalities=modalities, sequence_length=length,
-                              stride=stride or length, dataset_uri=data.uri, dataset=name, scenarios=chosen,
-                              folds=tuple(results), summaries=summaries, base_seed=base_seed,
-                              chunk_epochs=chunk_epochs)
-    if write:
-        target = out_uri or (resolve(first_uri, storage_options).join(EVALUATION_DIR, name).uri if first_uri else None)
-        if target is not None:
-            report.write(target, storage_options)
+    folds = [_evaluate_fold(run, i, spec, index_of, options) for i, run in enumerate(loaded)]
+    summaries = {s.name: aggregate_folds([f.metrics[s.name] for f in folds]) for s in chosen}
+    report = EvaluationReport(model=first.scorer.info.model, modalities=modalities,
+                              sequence_length=first.scorer.length, stride=options.stride or first.scorer.length,
+                              dataset_uri=data.uri, dataset=name, scenarios=chosen, folds=tuple(folds),
+                              summaries=summaries, base_seed=options.base_seed, chunk_epochs=options.chunk_epochs)
+    target = options.out_uri or (resolve(first.uri, options.storage_options).join(EVALUATION_DIR, name).uri
+                                 if first.uri else None)
+    if options.write and target is not None:
+        report.write(target, options.storage_options)
     return report
 
 
-def _is_bundle(value: Any) -> bool:
-    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.nn.Module)
-            and isinstance(value[1], BundleInfo))
-
-
-__all__ = ["EVALUATION_DIR", "EvalSpec", "EvaluationReport", "FoldResult", "RecordingScorer", "RecordingScores",
-           "EvalSelection", "dataset_name", "evaluate_run", "recording_inputs", "score_recording",
+__all__ = ["EVALUATION_DEVICE", "EVALUATION_DIR", "EVALUATION_PRECISION", "EvalSelection", "EvalSpec",
+           "EvaluateRecording", "EvaluationOptions", "EvaluationReport", "EvaluationRun", "FoldResult",
+           "RecordingScores", "dataset_name", "evaluate_run", "recording_inputs", "score_scenarios",
            "select_test_recordings"]

@@ -8,14 +8,15 @@ A run folder (``<storage.uri>/<storage.name>``) holds, after :func:`somnray.trai
     <phase>/checkpoint_*/        Ray Train checkpoints (state/, model.pt, trainer_state.json)
     model/model.pt, model.json   the bundle: the LAST phase's best weights and their provenance
 
-The bundle is what scoring and evaluation load: plain PyTorch files readable with
+The bundle is what scoring and evaluation load (:meth:`somnray.scoring.scorer.Scorer.load`, from
+the run URI or the bundle folder, local or remote): plain PyTorch files readable with
 :func:`somnray.models.bundle.load_bundle` and no platform. Its ``model.json`` ``extra`` records
 where the weights came from (run, phase, checkpoint, validation metrics, dataset and its cohort
 profile, the split, the somnray version).
 
 :func:`export_bundle` (re-)exports from an existing run, e.g. from an earlier phase, and works on
 any storage URI: remote runs are assembled in a temporary folder and uploaded file by file with
-atomic writes. :func:`load_run_bundle` does the reverse.
+atomic writes.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from somnray.core.config import parse_yaml
 from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageLocation, resolve
 from somnray.core.version import somnray_version
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, load_bundle, save_bundle
+from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, save_bundle
+from somnray.scoring.bundles import BUNDLE_DIR
 
 from .config import ExperimentConfig, PhaseConfig, validate_experiment
 
 log = logging.getLogger(__name__)
 
-#: Folder of the exported bundle inside a run.
-BUNDLE_DIR = "model"
 #: Per-phase best metrics of a run.
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -198,35 +198,5 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
     return target.uri
 
 
-def load_run_bundle(run_uri: str, *, storage_options: Mapping[str, Any] | None = None,
-                    map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleInfo]:
-    """Load the model bundle of a run (``<run>/model/``), local or remote.
-
-    ``run_uri`` may also name a bundle folder itself (one holding ``model.json``).
-
-    Returns
-    -------
-    tuple
-        The model in eval mode with its weights, and the bundle's :class:`BundleInfo`.
-
-    Raises
-    ------
-    FileNotFoundError
-        No bundle there (the run has not finished, or was trained before bundles were exported:
-        run :func:`export_bundle`).
-    """
-    loc = resolve(run_uri, storage_options)
-    folder = loc if loc.join(INFO_FILE).exists() else loc.join(BUNDLE_DIR)
-    if not folder.join(INFO_FILE).exists():
-        raise FileNotFoundError(f"{folder.uri}: no model bundle ({INFO_FILE}); the run has not finished, "
-                                f"or export one with somnray.train.export.export_bundle({run_uri!r})")
-    if folder.is_local:
-        return load_bundle(folder.path, map_location=map_location)
-    with tempfile.TemporaryDirectory(prefix="somnray-bundle-") as tmp:
-        for name in (INFO_FILE, WEIGHTS_FILE):
-            folder.fs.get_file(folder.join(name).path, str(Path(tmp) / name))
-        return load_bundle(tmp, map_location=map_location)
-
-
-__all__ = ["BUNDLE_DIR", "METRICS_FILE", "bundle_extra", "export_bundle", "load_run_bundle",
-           "read_phase_result", "read_run_config", "write_run_metrics"]
+__all__ = ["METRICS_FILE", "bundle_extra", "export_bundle", "read_phase_result", "read_run_config",
+           "write_run_metrics"]

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from .config import PhaseConfig
-from .distributed import autocast_dtype, build_deepspeed_config, choose_device, precision_of
+from .distributed import autocast_dtype, build_deepspeed_config, precision_of, training_device
 from .inputs import TrainingStatistics, apply_training_statistics, iter_window_batches, to_sleep_batch
 from .metrics import StagingMetrics
 from .missing import MissingSimulator
@@ -285,7 +285,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # The driver resolved use_gpu ("auto" → whether the cluster has GPUs); Ray Train then
     # assigns each worker its GPU and reports it through get_device().
-    device = ray.train.torch.get_device() if config["use_gpu"] else choose_device(False)
+    device = ray.train.torch.get_device() if config["use_gpu"] else training_device(False)
 
     # Same seed on every rank for the initial weights (DeepSpeed also broadcasts rank 0's).
     _seed_everything(phase.seed)

@@ -117,7 +117,8 @@ def _declare_large_body(service: Service) -> _Answer:
 def test_score_returns_hypnogram_consistent_with_stats_and_local_scoring(service):
     """An uploaded night gets one stage per epoch, statistics matching them, and the probabilities
     the model gives when scored locally without Serve (so cross-request batching changes nothing)."""
-    from somnray.serve.inference import ScoringModel, score_recording
+    from somnray.scoring.scorer import Scorer
+    from somnray.serve.inference import score_recording
 
     t0 = time.perf_counter()
     r = service.score(recording_id="night-a")
@@ -142,7 +143,7 @@ def test_score_returns_hypnogram_consistent_with_stats_and_local_scoring(service
     assert doc["modalities_used"][0] == "eeg+eog"
     assert doc["model"]["name"] == "coresleep_tiny"
 
-    local = score_recording(ScoringModel.load(str(service.bundle), device="cpu", precision="fp32"),
+    local = score_recording(Scorer.load(str(service.bundle), device="cpu", precision="fp32"),
                             service.psg, recording_id="night-a")
     np.testing.assert_allclose(probs, local.probabilities, atol=2e-4)
     print(f"\n[serve latency] one request: {latency * 1000:.0f} ms")
@@ -234,9 +235,10 @@ def test_model_deployment_batches_windows_across_requests(service):
 
     from somnray.data.profiles import load_profile
     from somnray.serve.app import PreparedNight
-    from somnray.serve.inference import ScoringModel, prepare_for_scoring, scoring_profile
+    from somnray.scoring.scorer import Scorer
+    from somnray.serve.inference import prepare_for_scoring, scoring_profile
 
-    model = ScoringModel.load(str(service.bundle), device="cpu", precision="fp32")
+    model = Scorer.load(str(service.bundle), device="cpu", precision="fp32")
     rec = prepare_for_scoring(model, service.psg, recording_id="b0",
                               profile=scoring_profile(model, load_profile("sleep-edf")))
     available = np.stack([rec.available[m] for m in model.modalities], axis=1)
@@ -427,10 +429,10 @@ def test_job_registry_counts_progress_limits_jobs_and_records_failures():
         rejects = [{"recording_id": "n3", "reason": "no EEG", "error_type": "RecordingError"}]
         out_uri = "file:///out"
 
-    def runner(run_uri, manifest, out, *, progress_callback, **kw):
+    def runner(run_uri, manifest, out, options):
         if manifest == "boom":
             raise ValueError("manifest is empty")
-        progress_callback(1, 0, 3)
+        options.progress_callback(1, 0, 3)
         release.wait(10)
         return Result()
 

@@ -14,6 +14,7 @@ from somnray.core.errors import ConfigError
 from somnray.data.profiles import load_profile
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
 from somnray.serve.cohort import FAULT_ENV, collect_entries, score_cohort
+from somnray.serve.config import CohortScoringOptions
 from somnray.serve.outputs import OUTPUT_SUFFIXES, read_stats_documents
 
 N_NIGHTS = 3
@@ -65,8 +66,9 @@ def _output_sets(out) -> dict[str, list[str]]:
 _CRASHING_DRIVER = """
 import sys, ray
 from somnray.serve.cohort import score_cohort
+from somnray.serve.config import CohortScoringOptions
 ray.init(address=sys.argv[1], configure_logging=False)
-score_cohort(sys.argv[2], sys.argv[3], sys.argv[4], workers=1, progress=False)
+score_cohort(sys.argv[2], sys.argv[3], sys.argv[4], CohortScoringOptions(workers=1, progress=False))
 """
 
 
@@ -98,8 +100,9 @@ def test_crash_midway_then_rerun_writes_each_night_once(ray_local, run_dir, coho
 
     monkeypatch.delenv(FAULT_ENV, raising=False)  # the crash ran in its own process
     calls = []
-    result = score_cohort(str(run_dir), str(cohort.manifest), str(out), workers=1, progress=False,
-                          progress_callback=lambda *a: calls.append(a))
+    result = score_cohort(str(run_dir), str(cohort.manifest), str(out),
+                          CohortScoringOptions(workers=1, progress=False,
+                                               progress_callback=lambda *a: calls.append(a)))
     assert (result.total, result.skipped, result.scored, result.rejected) == (N_NIGHTS, 1, N_NIGHTS - 1, 0)
     assert result.exit_code == 0
     assert calls[0] == (1, 0, N_NIGHTS) and calls[-1] == (N_NIGHTS, 0, N_NIGHTS)
@@ -119,7 +122,7 @@ def test_cohort_to_s3(ray_local, s3_server, run_dir, cohort, tmp_path):
     bucket = s3_server.make_bucket()
     src = copy_cohort(cohort.path, tmp_path / "cohort")
     result = score_cohort(str(run_dir), str(src / cohort.entries[0].psg), f"{bucket}/scored",
-                          progress=False, plots=True)
+                          CohortScoringOptions(progress=False, plots=True))
     assert (result.scored, result.rejected) == (1, 0)
     rid = cohort.entries[0].recording_id
     root = storage.resolve(f"{bucket}/scored")

@@ -1,4 +1,7 @@
-"""Scoring one recording: loading a bundle, preparing an unscored night, per-epoch outputs."""
+"""Scoring one recording: what serving knows of a model, preparing an unscored night, per-epoch outputs.
+
+Loading a bundle and the device and precision policy are :mod:`somnray.scoring`'s (tests/scoring).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from scoring_factory import TEST_LENGTH, identifying_hits, make_run  # tests/serve is on sys.path
 
 from somnray.core.errors import ConfigError, RecordingError
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS, ArtefactConfig
 from somnray.models import create_model
-from somnray.serve.inference import (
-    ScoringModel,
-    choose_autocast,
-    cpu_has_amx,
-    missing_modality_policy,
-    modalities_used_labels,
-    score_recording,
-)
+from somnray.scoring.scorer import Scorer
+from somnray.serve.inference import ModelSpec, missing_modality_policy, modalities_used_labels, score_recording
 from somnray.serve.outputs import read_epochs, write_night_outputs
 
 EPOCHS_1H = 120
@@ -34,7 +30,7 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorer(run_dir):
     """The run's model, loaded once for the module, in fp32 for reproducible numbers."""
-    return ScoringModel.load(str(run_dir), device="cpu", precision="fp32")
+    return Scorer.load(str(run_dir), device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +48,12 @@ def night_without_eog(synth_cohort):
     return cohort.path / cohort.entries[0].psg
 
 
-def test_load_from_run_or_bundle_folder(run_dir):
-    """A run URI resolves to <run>/model/, a bundle folder is used as it is, both as file:// too."""
-    a = ScoringModel.load(str(run_dir), precision="fp32")
-    b = ScoringModel.load(f"file://{run_dir}/model", precision="fp32")
-    assert a.uri == b.uri == f"file://{run_dir}/model"
-    assert a.length == TEST_LENGTH and a.modalities == ("eeg", "eog")
-    assert a.profile_name == "sleep-edf" and a.policy == "drop"
-    assert not a.model.training
-    for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()):
-        assert torch.equal(x, y)
+def test_model_spec_of_a_loaded_run(run_dir):
+    """The spec of a run's model: its bundle's profile, its family's policy, length and checkpoint."""
+    spec = ModelSpec.of(Scorer.load(str(run_dir), precision="fp32"))
+    assert spec.profile_name == "sleep-edf" and spec.policy == "drop"
+    assert spec.name == "coresleep_tiny" and spec.modalities == ("eeg", "eog")
+    assert spec.model_info.checkpoint_uri == f"file://{run_dir}/model"
 
 
 def test_default_profile_comes_from_the_training_export(tmp_path):
@@ -70,25 +62,10 @@ def test_default_profile_comes_from_the_training_export(tmp_path):
 
     save_bundle(create_model("coresleep_tiny"), tmp_path / "model", name="coresleep_tiny",
                 sequence_length=TEST_LENGTH, extra={"cohort_profile": "shhs"})
-    assert ScoringModel.load(str(tmp_path)).profile_name == "shhs"
+    assert ModelSpec.of(Scorer.load(str(tmp_path))).profile_name == "shhs"
     save_bundle(create_model("coresleep_tiny"), tmp_path / "bare", name="coresleep_tiny",
                 sequence_length=TEST_LENGTH)
-    assert ScoringModel.load(str(tmp_path / "bare")).profile_name == "generic"
-
-
-def test_load_rejects_a_folder_without_a_bundle(tmp_path):
-    """A folder with neither model.json nor model/ is a ConfigError naming both places looked at."""
-    with pytest.raises(ConfigError, match="no model bundle"):
-        ScoringModel.load(str(tmp_path))
-
-
-def test_precision_auto_follows_the_hardware():
-    """'auto' picks bf16 on CPU exactly when AMX is there; fp16 on CPU is refused."""
-    expected = torch.bfloat16 if cpu_has_amx() else None
-    assert choose_autocast(torch.device("cpu"), "auto") is expected
-    assert choose_autocast(torch.device("cpu"), "fp32") is None
-    with pytest.raises(ConfigError, match="fp16"):
-        choose_autocast(torch.device("cpu"), "fp16")
+    assert ModelSpec.of(Scorer.load(str(tmp_path / "bare"))).profile_name == "generic"
 
 
 def test_policy_per_model_family():
@@ -154,7 +131,7 @@ def test_night_without_eog_is_scored_and_flagged_everywhere(scorer, night_withou
 def test_cimsleepnet_reports_the_imputed_modality(tmp_path, night_without_eog):
     """CIMSleepNet imagines the absent EOG: epochs say 'eeg+eog(imputed)' and carry the flag."""
     run = make_run(tmp_path / "cim", model="cimsleepnet_tiny")
-    model = ScoringModel.load(str(run), precision="fp32")
+    model = Scorer.load(str(run), precision="fp32")
     scored = score_recording(model, night_without_eog, recording_id="cim")
     assert set(scored.modalities_used) == {"eeg+eog(imputed)"}
     assert scored.quality["imputed_modality"].all()

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from somnray.train.config import DataConfig, ModelConfig, OptimConfig, PhaseConfig
-from somnray.train.distributed import (build_deepspeed_config, choose_backend, choose_device,
-                                       choose_precision, micro_batch_size, precision_of)
+from somnray.train.distributed import (build_deepspeed_config, choose_backend, choose_precision,
+                                       micro_batch_size, precision_of, training_device)
 from somnray.train.optim import build_optimizer, build_scheduler, lr_factor
 
 
@@ -22,15 +22,15 @@ def _phase(tiny_model_name: str, **sections) -> PhaseConfig:
 @pytest.mark.parametrize("use_gpu, cuda, expected", [
     ("auto", False, "cpu"), ("auto", True, "cuda:0"), (False, True, "cpu"), (True, True, "cuda:0"),
 ])
-def test_choose_device(use_gpu, cuda, expected) -> None:
+def test_training_device(use_gpu, cuda, expected) -> None:
     """The device follows use_gpu and what the worker sees."""
-    assert str(choose_device(use_gpu, cuda_available=cuda)) == expected
+    assert str(training_device(use_gpu, cuda_available=cuda)) == expected
 
 
 def test_gpu_required_but_absent_raises() -> None:
     """use_gpu true without CUDA fails with advice instead of silently training on CPU."""
     with pytest.raises(RuntimeError, match="use_gpu is true"):
-        choose_device(True, cuda_available=False)
+        training_device(True, cuda_available=False)
 
 
 @pytest.mark.parametrize("precision, device, bf16, expected", [

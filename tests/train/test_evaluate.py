@@ -13,6 +13,7 @@ from somnray.core.errors import ConfigError
 from somnray.core.storage import resolve
 from somnray.models import create_model
 from somnray.models.bundle import save_bundle
+from somnray.scoring import scorer as scorer_module
 from somnray.train import evaluate as ev
 from somnray.train.metrics import compute_metrics
 from somnray.train.scenarios import DEFAULT_RATES, apply_scenario, default_scenarios, missing, only, resolve_scenarios
@@ -103,18 +104,23 @@ def runs(models, dataset, tmp_path_factory) -> dict[str, str]:
             "mc2": _run(tmp, models["mc2sleepnet_tiny"], "mc2sleepnet_tiny", dataset, None)}
 
 
+def evaluate(runs: list[str], dataset: str, **options) -> ev.EvaluationReport:
+    """``evaluate_run`` of run URIs (several are folds) with these options."""
+    return ev.evaluate_run([ev.EvaluationRun(r) for r in runs], dataset, ev.EvaluationOptions(**options))
+
+
 @pytest.fixture(scope="module")
 def report(runs, dataset) -> ev.EvaluationReport:
     """The default evaluation of the fold-0 coresleep_tiny run, in-process, written beside the run."""
-    return ev.evaluate_run(runs["core0"], dataset, workers=1)
+    return evaluate([runs["core0"]], dataset, workers=1)
 
 
 class PredictSpy:
-    """Wraps ``predict_night`` and records what each call passed to the model."""
+    """Wraps the scorer's ``predict_night`` and records what each call passed to the model."""
 
     def __init__(self):
         self.calls: list[tuple[str, frozenset, np.ndarray]] = []
-        self.real = ev.predict_night
+        self.real = scorer_module.predict_night
 
     def __call__(self, model, signals, present, **kwargs):
         self.calls.append((type(model).__name__, frozenset(signals), np.array(present, copy=True)))
@@ -203,8 +209,8 @@ def test_missing_rate_zero_equals_all(report) -> None:
 def test_eeg_only_really_passes_no_eog(runs, dataset, monkeypatch) -> None:
     """Under eeg_only the model receives no EOG signal and an all-absent EOG mask column."""
     spy = PredictSpy()
-    monkeypatch.setattr(ev, "predict_night", spy)
-    ev.evaluate_run(runs["core0"], dataset, scenarios=["eeg_only"], workers=1, write=False)
+    monkeypatch.setattr(scorer_module, "predict_night", spy)
+    evaluate([runs["core0"]], dataset, scenarios=["eeg_only"], workers=1, write=False)
     assert spy.calls
     for _, keys, present in spy.calls:
         assert keys == {"eeg"}
@@ -215,8 +221,8 @@ def test_fixed_masks_are_identical_across_evaluations_and_models(runs, dataset, 
     """missing_0.3 masks (and noise) repeat across two evaluations and two different models."""
     def masks(run: str) -> list[tuple[str, np.ndarray]]:
         spy = PredictSpy()
-        monkeypatch.setattr(ev, "predict_night", spy)
-        ev.evaluate_run(run, dataset, scenarios=["missing_0.3"], workers=1, write=False)
+        monkeypatch.setattr(scorer_module, "predict_night", spy)
+        evaluate([run], dataset, scenarios=["missing_0.3"], workers=1, write=False)
         return [(model, present) for model, _, present in spy.calls]
 
     first, again, other = masks(runs["core0"]), masks(runs["core0"]), masks(runs["other0"])
@@ -230,8 +236,8 @@ def test_fixed_masks_are_identical_across_evaluations_and_models(runs, dataset, 
 
 def test_folds_pool_and_report_mean_and_std(runs, dataset, tmp_path) -> None:
     """Two runs (folds) give pooled = summed confusion matrices and a mean ± std table."""
-    rep = ev.evaluate_run(runs["core0"], dataset, folds=[runs["core1"]], scenarios=["all", "eeg_only"],
-                          workers=1, out_uri=f"file://{tmp_path / 'cv'}")
+    rep = evaluate([runs["core0"], runs["core1"]], dataset, scenarios=["all", "eeg_only"],
+                   workers=1, out_uri=f"file://{tmp_path / 'cv'}")
     assert len(rep.folds) == 2
     ids = [r.recording_id for f in rep.folds for r in f.recordings]
     assert len(ids) == len(set(ids)) == 4  # the two test parts cover the cohort once
@@ -246,29 +252,44 @@ def test_folds_pool_and_report_mean_and_std(runs, dataset, tmp_path) -> None:
 
 def test_one_modality_model_gets_only_meaningful_scenarios(runs, dataset) -> None:
     """MC²SleepNet (EEG only) is scored under all + noisy_eeg; eog_only is refused."""
-    rep = ev.evaluate_run(runs["mc2"], dataset, workers=1, write=False)
+    rep = evaluate([runs["mc2"]], dataset, workers=1, write=False)
     assert rep.scenario_names == ["all", "noisy_eeg"]
     assert "manifest" in rep.folds[0].selection.source or "every" in rep.folds[0].selection.source
     with pytest.raises(ConfigError, match="several modalities"):
-        ev.evaluate_run(runs["mc2"], dataset, scenarios=["eeg_only"], workers=1, write=False)
+        evaluate([runs["mc2"]], dataset, scenarios=["eeg_only"], workers=1, write=False)
 
 
 def test_explicit_split_and_bad_inputs(runs, dataset, tmp_path) -> None:
     """--split all scores every recording; a bad run, dataset or split is a ConfigError naming it."""
-    rep = ev.evaluate_run(runs["core0"], dataset, split="all", scenarios=["all"], workers=1, write=False)
+    rep = evaluate([runs["core0"]], dataset, split="all", scenarios=["all"], workers=1, write=False)
     assert len(rep.folds[0].recordings) == 4 and "--split all" in rep.folds[0].selection.source
     with pytest.raises(ConfigError, match="no trained model"):
-        ev.evaluate_run(str(tmp_path / "nothing"), dataset, workers=1)
+        evaluate([str(tmp_path / "nothing")], dataset, workers=1)
     with pytest.raises(ConfigError, match="manifest.json"):
-        ev.evaluate_run(runs["core0"], str(tmp_path), workers=1)
+        evaluate([runs["core0"]], str(tmp_path), workers=1)
     with pytest.raises(ConfigError, match="no split file"):
-        ev.evaluate_run(runs["core0"], dataset, split="nope", workers=1)
+        evaluate([runs["core0"]], dataset, split="nope", workers=1)
+
+
+def test_a_model_in_memory_is_evaluated_like_its_run(report, runs, dataset, models) -> None:
+    """EvaluationRun(scorer=...) scores exactly as the run URI does, names no URI and writes nothing."""
+    from somnray.scoring.scorer import Scorer
+
+    loaded = Scorer.load(runs["core0"], device="cpu", precision="fp32")
+    in_memory = Scorer.from_model(models["coresleep_tiny"], loaded.info, device="cpu", precision="fp32")
+    rep = ev.evaluate_run([ev.EvaluationRun(scorer=in_memory)], dataset, ev.EvaluationOptions(workers=1))
+    assert rep.folds[0].run == "<in-memory bundle>" and rep.written == {}
+    for got, want in zip(rep.folds[0].recordings, report.folds[0].recordings):
+        assert got.recording_id == want.recording_id
+        np.testing.assert_array_equal(got.predictions["all"], want.predictions["all"])
+    with pytest.raises(ValueError, match="exactly one"):
+        ev.EvaluationRun()
 
 
 def test_ray_actor_pool_matches_in_process(report, runs, dataset) -> None:
     """Scoring on a Ray Data actor pool gives the same predictions as the in-process loop."""
-    rep = ev.evaluate_run(runs["core0"], dataset, scenarios=["all", "eog_only", "missing_0.5", "noisy_eeg"],
-                          workers=2, write=False)
+    rep = evaluate([runs["core0"]], dataset, scenarios=["all", "eog_only", "missing_0.5", "noisy_eeg"],
+                   workers=2, write=False)
     for got, want in zip(rep.folds[0].recordings, report.folds[0].recordings):
         assert got.recording_id == want.recording_id
         for name in rep.scenario_names:
@@ -278,7 +299,7 @@ def test_ray_actor_pool_matches_in_process(report, runs, dataset) -> None:
 def test_report_is_written_to_s3(runs, dataset, tmp_uri) -> None:
     """The report goes through somnray.core.storage, so an s3:// target works."""
     out = tmp_uri("s3", "eval")
-    rep = ev.evaluate_run(runs["core0"], dataset, scenarios=["all", "eeg_only"], workers=1, out_uri=out)
+    rep = evaluate([runs["core0"]], dataset, scenarios=["all", "eeg_only"], workers=1, out_uri=out)
     doc = json.loads(resolve(out).join("report.json").read_text())
     assert doc["format"] == ev.REPORT_FORMAT and set(doc["pooled"]) == {"all", "eeg_only"}
     assert resolve(out).join("confusion_eeg_only.png").exists() and rep.written["report.md"].startswith("s3://")

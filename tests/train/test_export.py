@@ -21,7 +21,8 @@ from somnray.models import create_model
 from somnray.models.bundle import load_bundle
 from somnray.train.config import dump_experiment, load_experiment
 from somnray.train.driver import PhaseResult
-from somnray.train.export import export_bundle, load_run_bundle, read_run_config, write_run_metrics
+from somnray.scoring.scorer import Scorer
+from somnray.train.export import export_bundle, read_run_config, write_run_metrics
 
 
 def _finished_run(tmp_path: Path, run_uri: str | None = None) -> tuple[str, dict[str, dict[str, torch.Tensor]]]:
@@ -85,12 +86,13 @@ def test_export_writes_last_phase_bundle_with_provenance(tmp_path: Path) -> None
     assert metrics["final_phase"] == "finetune" and set(metrics["phases"]) == {"pretrain", "finetune"}
 
 
-def test_reexport_an_earlier_phase_and_load_run_bundle(tmp_path: Path) -> None:
-    """export_bundle(phase=...) replaces the bundle; load_run_bundle accepts the run or the bundle folder."""
+def test_reexport_an_earlier_phase_and_load_it_for_scoring(tmp_path: Path) -> None:
+    """export_bundle(phase=...) replaces the bundle; Scorer.load accepts the run or the bundle folder."""
     run_uri, weights = _finished_run(tmp_path)
     export_bundle(run_uri, phase="pretrain")
     for uri in (run_uri, f"{run_uri}/model"):
-        model, info = load_run_bundle(uri)
+        scorer = Scorer.load(uri, device="cpu", precision="fp32")
+        model, info = scorer.model, scorer.info
         assert info.extra["phase"] == "pretrain" and info.overrides == {"phase": "pretrain"}
         assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["pretrain"].items())
         assert not model.training
@@ -106,13 +108,13 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
         export_bundle(run_uri)
     with pytest.raises(ConfigError, match="not a somnray run folder"):
         read_run_config(str(tmp_path / "elsewhere"))
-    with pytest.raises(FileNotFoundError, match="no model bundle"):
-        load_run_bundle(run_uri)
+    with pytest.raises(ConfigError, match="no model bundle"):
+        Scorer.load(run_uri)
 
 
 @pytest.mark.integration
 def test_export_and_load_on_s3(tmp_path: Path, s3_server) -> None:
-    """A run on S3 exports its bundle to <run>/model/ on S3, and load_run_bundle downloads it."""
+    """A run on S3 exports its bundle to <run>/model/ on S3, and Scorer.load downloads it."""
     import s3fs
 
     run_uri = s3_server.make_bucket() + "/runs/mc2"
@@ -122,6 +124,7 @@ def test_export_and_load_on_s3(tmp_path: Path, s3_server) -> None:
     bucket_path = run_uri.removeprefix("s3://")
     assert fs.exists(f"{bucket_path}/model/model.pt") and fs.exists(f"{bucket_path}/model/model.json")
     assert fs.exists(f"{bucket_path}/metrics.json")
-    model, info = load_run_bundle(run_uri)
+    scorer = Scorer.load(run_uri, device="cpu", precision="fp32")
+    model, info = scorer.model, scorer.info
     assert info.extra["run_uri"] == run_uri
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["finetune"].items())

@@ -15,11 +15,11 @@ from run_factory import write_config
 
 @pytest.mark.integration
 def test_run_on_s3_writes_everything_and_bundle_loads(tmp_path: Path, ray_local, s3_server, monkeypatch) -> None:
-    """storage.uri s3://bucket/runs: every run artefact is an object there and load_run_bundle reads it back."""
+    """storage.uri s3://bucket/runs: every run artefact is an object there and Scorer.load reads the bundle back."""
     import s3fs
 
     from somnray.train.driver import run_experiment
-    from somnray.train.export import load_run_bundle
+    from somnray.scoring.scorer import Scorer
 
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     data = tmp_path / "prepared"
@@ -45,7 +45,8 @@ def test_run_on_s3_writes_everything_and_bundle_loads(tmp_path: Path, ray_local,
     metrics = json.loads(fs.cat_file(f"{run}/metrics.json"))
     assert metrics["phases"]["train"]["metrics"]["val_macro_f1"] == result.metrics["val_macro_f1"]
 
-    model, info = load_run_bundle(f"s3://{run}")
+    scorer = Scorer.load(f"s3://{run}", device="cpu", precision="fp32")
+    model, info = scorer.model, scorer.info
     assert info.model == "coresleep_tiny" and info.extra["run_uri"] == f"s3://{run}"
     assert info.extra["checkpoint_uri"] == result.checkpoint_uri
     assert not model.training

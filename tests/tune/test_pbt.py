@@ -214,8 +214,9 @@ def test_pbt_search_exploits_and_continues_the_donor_checkpoint(tmp_path, tmp_pa
 
     from run_factory import prepared_cohort
 
-    from somnray.train.evaluate import evaluate_run
+    from somnray.train.evaluate import EvaluationOptions, EvaluationRun, evaluate_run
 
     prepared = prepared_cohort(tmp_path_factory, synth_cohort, n_nights=4, hours=1.0)  # shared with test_evaluate
-    report = evaluate_run(str(search / "best"), prepared, split="all", scenarios=["all"], workers=1, write=False)
+    report = evaluate_run([EvaluationRun(str(search / "best"))], prepared,
+                          EvaluationOptions(split="all", scenarios=["all"], workers=1, write=False))
     assert report.model == "coresleep_tiny" and 0.0 <= report.pooled("all").accuracy <= 1.0

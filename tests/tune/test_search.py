@@ -154,9 +154,9 @@ def test_asha_search_writes_leaderboard_plot_and_an_evaluable_best(tmp_path, ray
         from somnray.train.evaluate import evaluate_run  # noqa: F401 - present once evaluation lands
     except ImportError:
         return
-    from somnray.train.export import load_run_bundle
+    from somnray.scoring.scorer import Scorer
 
-    assert load_run_bundle(str(search / "best"))[1].model == "coresleep_tiny"
+    assert Scorer.load(str(search / "best"), device="cpu", precision="fp32").info.model == "coresleep_tiny"
 
 
 @pytest.mark.integration

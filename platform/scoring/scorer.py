@@ -1,0 +1,219 @@
+"""A trained model loaded once, turning nights (or batches of windows) into per-epoch probabilities.
+
+:class:`Scorer` is what every scoring path holds: evaluation (per scenario), cohort scoring and
+the Serve app.  It carries the module (eval mode, on its device), the bundle's
+:class:`~somnray.models.bundle.BundleInfo`, the autocast dtype of the precision policy
+(:mod:`.device`) and the windows per forward pass, and it predicts with
+:func:`somnray.models.inference.predict_night`, so a night gets the same probabilities whichever
+path scores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from somnray.core.errors import ConfigError
+from somnray.core.storage import StorageLocation
+from somnray.models.base import SleepStagingModel
+from somnray.models.bundle import BundleInfo, load_bundle
+from somnray.models.inference import predict_night, window_probabilities
+
+from .bundles import bundle_location, local_bundle
+from .device import Device, Precision, precision_name, scoring_autocast, scoring_device
+
+log = logging.getLogger(__name__)
+
+#: Windows per forward pass: large enough to amortise per-call overhead, small enough that a
+#: 24-hour night (2,880 epochs) never holds more than a few hundred MB of activations.
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ScorerWeights:
+    """A scorer's model as plain data (``model.json`` text, CPU ``state_dict``, bundle URI).
+
+    What travels through Ray's object store to the actors (:mod:`.actors`); rebuilt with
+    :meth:`Scorer.from_weights`, so no pickled module crosses the cluster.
+    """
+
+    info_json: str
+    state: dict[str, torch.Tensor]
+    uri: str | None = None
+
+
+@dataclass
+class Scorer:
+    """A trained model and how to run it.  Build with :meth:`load` (or :meth:`from_model`).
+
+    Attributes
+    ----------
+    model : SleepStagingModel
+        In eval mode, on ``device``.
+    info : BundleInfo
+        The bundle's ``model.json``.
+    uri : str or None
+        The bundle folder's URI (what outputs record as the checkpoint); None for a model that
+        came from memory.
+    device : torch.device
+    autocast_dtype : torch.dtype or None
+        None: plain fp32.
+    batch_size : int
+        Windows per forward pass.
+    """
+
+    model: SleepStagingModel
+    info: BundleInfo
+    uri: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    # -- what it is ------------------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        """Window length ``L``: the sequence length the model was trained with."""
+        return int(self.info.sequence_length)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The model's modalities, in the column order of ``present``."""
+        return tuple(self.model.modalities)
+
+    @property
+    def precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: the arithmetic scoring runs in."""
+        return precision_name(self.autocast_dtype)
+
+    # -- building one ----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_or_bundle_uri: str | os.PathLike[str] | StorageLocation, *,
+             device: Device | str = "auto", precision: Precision | str = "auto",
+             batch_size: int = DEFAULT_BATCH_SIZE,
+             storage_options: Mapping[str, Any] | None = None) -> "Scorer":
+        """Load the bundle of a training run (``<run>/model/``) or a bundle folder.
+
+        Parameters
+        ----------
+        run_or_bundle_uri : str, path or StorageLocation
+            Local path, ``file://`` or remote URI; remote bundles are downloaded to a temporary
+            folder and removed once loaded.
+        device : {"auto", "cpu", "cuda"} or str
+            ``"auto"``: CUDA when available, else CPU (:func:`~.device.scoring_device`).
+        precision : {"auto", "fp32", "bf16", "fp16"}
+            ``"auto"``: bf16 autocast on bf16-capable GPUs and AMX CPUs, fp32 elsewhere
+            (:func:`~.device.scoring_autocast`).
+        batch_size : int
+            Windows per forward pass.
+        storage_options : mapping, optional
+            fsspec options of a remote URI.
+
+        Raises
+        ------
+        ConfigError
+            No bundle at the URI, a malformed bundle, a bad device, precision or batch size.
+        """
+        loc = bundle_location(run_or_bundle_uri, storage_options)
+        with local_bundle(loc) as folder:
+            try:
+                model, info = load_bundle(folder, map_location="cpu")
+            except (ValueError, FileNotFoundError) as exc:
+                raise ConfigError(loc.uri, [str(exc)]) from exc
+        # The bundle's own folder, not <run>: it is what every output records as the checkpoint.
+        scorer = cls.from_model(model, info, uri=loc.uri.rstrip("/"), device=device,
+                                precision=precision, batch_size=batch_size)
+        log.info("loaded %s from %s on %s (%s)", info.model, scorer.uri, scorer.device, scorer.precision)
+        return scorer
+
+    @classmethod
+    def from_model(cls, model: SleepStagingModel, info: BundleInfo, *, uri: str | None = None,
+                   device: Device | str = "auto", precision: Precision | str = "auto",
+                   batch_size: int = DEFAULT_BATCH_SIZE) -> "Scorer":
+        """A scorer of a model already in memory (moved to ``device``, put in eval mode).
+
+        Raises
+        ------
+        ConfigError
+            A bad device, precision or batch size.
+        """
+        if batch_size < 1:
+            raise ConfigError("batch_size", [f"batch_size must be >= 1, got {batch_size}"])
+        dev = scoring_device(device)
+        autocast = scoring_autocast(dev, precision)
+        return cls(model=model.to(dev).eval(), info=info, uri=uri, device=dev, autocast_dtype=autocast,
+                   batch_size=batch_size)
+
+    def weights(self) -> ScorerWeights:
+        """The model as plain data, for :meth:`from_weights` elsewhere (a Ray actor)."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return ScorerWeights(self.info.to_json(), state, self.uri)
+
+    @classmethod
+    def from_weights(cls, weights: ScorerWeights, *, device: Device | str = "auto",
+                     precision: Precision | str = "auto", batch_size: int = DEFAULT_BATCH_SIZE
+                     ) -> "Scorer":
+        """Rebuild a scorer from :meth:`weights`, on this process's ``device``."""
+        from somnray.models import create_model
+
+        info = BundleInfo.from_json(weights.info_json)
+        model = create_model(info.model, **info.overrides)
+        model.load_state_dict(weights.state)
+        return cls.from_model(model, info, uri=weights.uri, device=device, precision=precision,
+                              batch_size=batch_size)
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def check_stride(self, stride: int | None, source: str = "stride") -> None:
+        """Refuse a window stride outside ``[1, L]`` (None, the default, is ``L``).
+
+        Raises
+        ------
+        ConfigError
+            Named ``source`` (the option the stride came from).
+        """
+        if stride is not None and not 1 <= stride <= self.length:
+            raise ConfigError(source, [f"stride must be in [1, {self.length}] (the model's window "
+                                       f"length), got {stride}"])
+
+    def predict(self, signals: Mapping[str, np.ndarray], present: np.ndarray, *,
+                stride: int | None = None) -> np.ndarray:
+        """Per-epoch probabilities ``(n, 5)`` of one night.
+
+        Parameters
+        ----------
+        signals : mapping of str to ndarray
+            ``(n, 3000)`` per modality the night has; a modality left out is absent, and the
+            model drops or imputes it as its family does.
+        present : ndarray
+            ``(n, M)`` bool, columns in :attr:`modalities` order.
+        stride : int, optional
+            Window stride in epochs (default: the window length; 1 averages every position).
+
+        Raises
+        ------
+        ConfigError
+            The stride is outside ``[1, L]``.
+        """
+        self.check_stride(stride)
+        return predict_night(self.model, signals, present, length=self.length, stride=stride,
+                             batch_size=self.batch_size, device=self.device,
+                             autocast_dtype=self.autocast_dtype)
+
+    def predict_windows(self, signals: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
+        """Probabilities ``(W, L, 5)`` (float32) of a batch of windows, in one forward pass.
+
+        For callers that cut and batch windows themselves (the Serve app gathers windows of
+        concurrent requests); ``signals[m]`` is ``(W, L, 3000)`` and ``present`` ``(W, L, M)``.
+        """
+        sig = {m: torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device) for m, x in signals.items()}
+        mask = torch.from_numpy(np.asarray(present, dtype=bool)).to(self.device)
+        probs = window_probabilities(self.model, sig, mask, autocast_dtype=self.autocast_dtype)
+        return probs.cpu().numpy()
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Scorer", "ScorerWeights"]

@@ -14,9 +14,10 @@ Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks)
 * the variables in :data:`FORWARDED_ENV` (the architecture plugin modules) join the session's
   runtime environment, so every task and actor of the session sees them as the driver does:
   Ray Train workers, Ray Data actors, and Serve replicas (``serve.run`` gives them the job's
-  runtime environment). Workers of another node do not inherit the driver's environment;
-  a local instance's would, but only what was set before it started. Inside a job submitted
-  with ``somnray submit`` the job's own runtime environment already carries them (``--env``).
+  runtime environment). Ray workers do not inherit the driver's environment: they are started
+  by the node's raylet, which on a cluster (or a local instance started earlier) never saw it.
+  Inside a job submitted with ``somnray submit`` the job's own runtime environment already
+  carries them (``--env``).
 """
 
 from __future__ import annotations

@@ -1,13 +1,16 @@
 """Pure-PyTorch sleep-staging architectures: CoRe-Sleep, MC²SleepNet, CIMSleepNet.
 
-This package imports only torch and numpy, so a model can be used without the platform.
+This package imports only torch and numpy, so a model can be used without the platform. More
+architectures come from plugin modules outside it (``docs/extending.md``).
 """
 
 from .base import (
                    EPOCH_SAMPLES,
                    IGNORE_INDEX,
+                   MISSING_POLICIES,
                    N_CLASSES,
                    SAMPLING_RATE_HZ,
+                   MissingPolicy,
                    ModelOutput,
                    SleepBatch,
                    SleepStagingModel,
@@ -16,7 +19,7 @@ from .base import (
 from .registry import create_model, is_model, list_models, register_model
 
 __all__ = [
-    "EPOCH_SAMPLES", "IGNORE_INDEX", "N_CLASSES", "SAMPLING_RATE_HZ", "ModelOutput", "SleepBatch",
-    "SleepStagingModel", "create_model", "is_model", "list_models", "masked_cross_entropy",
-    "register_model",
+    "EPOCH_SAMPLES", "IGNORE_INDEX", "MISSING_POLICIES", "N_CLASSES", "SAMPLING_RATE_HZ", "MissingPolicy",
+    "ModelOutput", "SleepBatch", "SleepStagingModel", "create_model", "is_model", "list_models",
+    "masked_cross_entropy", "register_model",
 ]

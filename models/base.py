@@ -13,6 +13,15 @@ A model returns a :class:`ModelOutput` (per-epoch logits ``(B, L, 5)`` plus name
 tensors) and owns its loss: ``model.loss(output, batch, weights)`` returns a dict of named terms
 whose ``"total"`` entry is what the trainer back-propagates.
 
+Everything else the platform needs to know about an architecture is declared here too, so that
+training, evaluation and scoring never name a concrete class (``docs/extending.md``):
+
+* :attr:`SleepStagingModel.missing_policy`: what the model does when a night lacks a modality;
+* :attr:`SleepStagingModel.needs_epoch_sample` and :meth:`SleepStagingModel.fit_training_statistics`:
+  what it fits on the training split (normalisation statistics, class weights);
+* :meth:`SleepStagingModel.parameter_groups`: the names a recipe's ``freeze`` may use;
+* :attr:`SleepStagingModel.phases`: the values of its ``phase=`` constructor keyword, if it has one.
+
 Notation used in the model files: ``B`` sequences in a batch, ``L`` epochs a sequence,
 ``N = B * L`` flattened epochs, ``M`` modalities, ``T`` tokens an epoch, ``D`` model width.
 """
@@ -20,7 +29,7 @@ Notation used in the model files: ``B`` sequences in a batch, ``L`` epochs a seq
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping, Sequence
+from typing import ClassVar, Literal, Mapping, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +37,12 @@ from torch import Tensor, nn
 # The data contract's facts (100-Hz, 30-s epochs; five classes; -1 ignored; the modality names) are
 # the platform's own, shared with data preparation and scoring.
 from somnray.core.constants import EPOCH_SAMPLES, IGNORE_INDEX, KNOWN_MODALITIES, N_CLASSES, SAMPLING_RATE_HZ
+
+
+#: What a model does with a modality a night (or an epoch) lacks: ``"drop"`` scores from the
+#: modalities present, ``"impute"`` imagines the missing one, ``"require"`` needs them all.
+MissingPolicy = Literal["drop", "impute", "require"]
+MISSING_POLICIES: tuple[str, ...] = get_args(MissingPolicy)
 
 
 @dataclass
@@ -111,7 +126,10 @@ class SleepStagingModel(nn.Module):
     """Base class: the batch contract, checked in one place, and the loss interface.
 
     Subclasses implement :meth:`forward_checked` and :meth:`loss`, and set
-    :attr:`default_loss_weights`.
+    :attr:`default_loss_weights`. What the platform asks of an architecture besides the forward
+    pass has a default here that a subclass overrides when it differs:
+    :attr:`multimodal_missing_policy`, :attr:`needs_epoch_sample` with
+    :meth:`fit_training_statistics`, :meth:`parameter_groups` and :attr:`phases`.
 
     Parameters
     ----------
@@ -121,6 +139,22 @@ class SleepStagingModel(nn.Module):
 
     #: Loss-term weights used when ``loss`` is called without ``weights``.
     default_loss_weights: ClassVar[dict[str, float]] = {}
+    #: What the architecture does with a missing modality when it has several (see
+    #: :data:`MissingPolicy`); read it through :attr:`missing_policy`.
+    multimodal_missing_policy: ClassVar[MissingPolicy] = "require"
+    #: Whether :meth:`fit_training_statistics` needs a sample of training epochs per modality.
+    #: False: it uses the class counts only, and the trainer reads no signal for it.
+    needs_epoch_sample: ClassVar[bool] = False
+    #: Values the constructor's ``phase=`` keyword takes (a recipe sets one per training phase
+    #: with ``model.overrides.phase``); empty: the model has no phases and no such keyword.
+    phases: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # A typo in a declaration fails when the architecture module is imported, not mid-scoring.
+        if cls.multimodal_missing_policy not in MISSING_POLICIES:
+            raise TypeError(f"{cls.__name__}.multimodal_missing_policy must be one of "
+                            f"{list(MISSING_POLICIES)}, got {cls.multimodal_missing_policy!r}")
 
     def __init__(self, modalities: Sequence[str]):
         super().__init__()
@@ -133,6 +167,69 @@ class SleepStagingModel(nn.Module):
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; known modalities are {list(KNOWN_MODALITIES)}")
         self.modalities = modalities
+
+    # -- what the platform asks of an architecture ----------------------------------------------
+    @property
+    def missing_policy(self) -> MissingPolicy:
+        """What this model does with a modality a night lacks.
+
+        :attr:`multimodal_missing_policy`, except that a one-modality model is ``"require"``
+        whatever its class declares: with its only input missing there is nothing to score from.
+        """
+        return "require" if len(self.modalities) == 1 else self.multimodal_missing_policy
+
+    def fit_training_statistics(self, class_counts: Tensor, epochs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Fit what the model takes from the training split, install it, and return what was set.
+
+        The trainer calls it once, on the driver, with statistics of the training recordings
+        only; each training worker then installs the returned tensors in its own copy with
+        :meth:`load_training_statistics`. They must be buffers, so that checkpoints and bundles
+        carry them. The default fits nothing.
+
+        Parameters
+        ----------
+        class_counts : Tensor
+            ``(5,)`` int64 labelled training epochs per stage (W, N1, N2, N3, REM).
+        epochs : mapping of str to Tensor
+            ``(n_m, 3000)`` float32 present training epochs per modality, a uniform sample of a
+            few thousand; empty unless :attr:`needs_epoch_sample`, and a modality without any
+            present training epoch is left out.
+
+        Returns
+        -------
+        dict of str to Tensor
+            The buffers set, by ``state_dict`` name, with their new values (for the workers and
+            the run log); empty when nothing was fitted.
+        """
+        return {}
+
+    def load_training_statistics(self, fitted: Mapping[str, Tensor]) -> list[str]:
+        """Install what :meth:`fit_training_statistics` returned on another copy of this model.
+
+        Returns
+        -------
+        list of str
+            The buffer names set, sorted.
+
+        Raises
+        ------
+        ValueError
+            A name that is not a buffer of this model, or a value of another shape.
+        """
+        buffers = dict(self.named_buffers())
+        unknown = sorted(set(fitted) - set(buffers))
+        if unknown:
+            raise ValueError(f"training statistics {unknown} are not buffers of {type(self).__name__}")
+        with torch.no_grad():
+            for name, value in fitted.items():
+                target = buffers[name]
+                value = torch.as_tensor(value, dtype=target.dtype, device=target.device)
+                if value.shape != target.shape:
+                    # copy_ would broadcast a wrong shape silently.
+                    raise ValueError(f"training statistic {name!r} has shape {tuple(value.shape)}, "
+                                     f"the buffer {tuple(target.shape)}")
+                target.copy_(value)
+        return sorted(fitted)
 
     # -- the contract -------------------------------------------------------------------------
     def check_inputs(self, signals: Mapping[str, Tensor], present: Tensor) -> tuple[int, int]:
@@ -210,9 +307,10 @@ class SleepStagingModel(nn.Module):
         return merged
 
     def parameter_groups(self) -> dict[str, list[str]]:
-        """Named groups of parameter names, e.g. for freezing in a later training phase.
+        """Named groups of parameter names: what a recipe's ``freeze`` may name.
 
-        The default puts every parameter in ``"all"``; models with phases override it.
+        The config validator checks ``freeze`` against these names before training starts. The
+        default puts every parameter in ``"all"``; each architecture documents its groups.
         """
         return {"all": [name for name, _ in self.named_parameters()]}
 

@@ -36,8 +36,8 @@ Decisions where the released code is wrong or silent (docs/models.md §1.6):
 * **lambda** (§1.6.4): one detached scalar per batch, the mean pairwise normalised mutual information.
 * **KL** (§1.6.5): summed over epochs and latent dims (released); ``kl_reduction="mean"`` averages over
   epochs. As released, every modality's imagination term carries the KL.
-* **Class weights** (§1.3.1): the ``class_weights`` buffer (ones by default = plain CE); compute it
-  from *training* counts with :func:`attnsleep_class_weights` and :meth:`CIMSleepNet.set_class_weights`.
+* **Class weights** (§1.3.1): the ``class_weights`` buffer (ones by default = plain CE), set from
+  *training* counts by :meth:`CIMSleepNet.fit_training_statistics` (:func:`attnsleep_class_weights`).
 * **M modalities**: fusion, SMCCL modality labels and the token concatenation generalise to any
   ``M >= 2``; ``M = 2`` (EEG, EOG) is the released model.
 * **Sequence length**: the inter-epoch convs mix a fixed context of ``context_epochs`` (25); other
@@ -144,6 +144,8 @@ class CIMSleepNet(SleepStagingModel):
     """
 
     default_loss_weights = {"alpha": 0.001, "beta": 0.01}
+    #: A missing modality is imagined by MAIM and completed (module docstring).
+    multimodal_missing_policy = "impute"
 
     def __init__(self, modalities: Sequence[str] = ("eeg", "eog"), *, context_epochs: int = 25,
                  maim_widths: Sequence[int] = (32, 64, 128), latent_dim: int = 128, latent_hidden: int = 128,
@@ -201,8 +203,21 @@ class CIMSleepNet(SleepStagingModel):
                              f"got {weights.tolist()}")
         self.class_weights.copy_(weights.to(self.class_weights.device))
 
+    def fit_training_statistics(self, class_counts: Tensor, epochs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Set the CE class weights by the AttnSleep rule from training class counts (§1.3.1).
+
+        Returns the ``class_weights`` buffer set.
+        """
+        self.set_class_weights(attnsleep_class_weights(class_counts))
+        return {"class_weights": self.class_weights.clone()}
+
     def parameter_groups(self) -> dict[str, list[str]]:
-        """Parameters by component: ``maim``, ``smccl_heads``, ``temporal_cnn``, ``mcta``, ``classifier``."""
+        """Parameters by component: ``maim``, ``smccl_heads``, ``temporal_cnn``, ``mcta``,
+        ``classifier``, and ``all``.
+
+        The released recipe trains in one phase and freezes nothing; any component may be frozen
+        (e.g. ``[maim, smccl_heads]`` to keep a trained imagination module fixed).
+        """
         prefixes = {"maim": "maim.", "smccl_heads": "smccl_heads.", "temporal_cnn": "temporal_cnns.",
                     "mcta": "transformer.", "classifier": "classifier."}
         names = [n for n, _ in self.named_parameters()]

@@ -133,6 +133,11 @@ class _CoReSleepBase(SleepStagingModel):
     #: Epochs a sequence in the paper (10.5 min); the model itself accepts any ``L``.
     default_seq_length: ClassVar[int] = 21
     default_loss_weights: ClassVar[dict[str, float]] = dict(PAPER_LOSS_WEIGHTS)
+    #: An epoch without a modality is scored from the others (the unimodal heads, see the
+    #: module docstring).
+    multimodal_missing_policy = "drop"
+    #: The spectrogram statistics are fitted on training epochs.
+    needs_epoch_sample = True
 
     def __init__(self, modalities: Sequence[str] = ("eeg", "eog"), d_model: int = 128,
                  n_heads: int = 8, d_ff: int = 1024, n_inner_layers: int = 4, n_outer_layers: int = 4,
@@ -256,6 +261,20 @@ class _CoReSleepBase(SleepStagingModel):
                              f"uses {list(self.modalities)}")
         self.front_end[modality].set_statistics(mean, std)
 
+    def fit_training_statistics(self, class_counts: Tensor, epochs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Set each sampled modality's spectrogram normalisation from training epochs (§II-A).
+
+        Class counts are not used (the loss is unweighted). Returns the ``front_end.<m>.bin_mean``
+        and ``front_end.<m>.bin_std`` buffers set; a modality without epochs keeps its statistics.
+        """
+        fitted = {}
+        for modality, (mean, std) in self.spectrogram_statistics(epochs).items():
+            self.set_spectrogram_statistics(modality, mean, std)
+            front = self.front_end[modality]
+            fitted[f"front_end.{modality}.bin_mean"] = front.bin_mean.clone()
+            fitted[f"front_end.{modality}.bin_std"] = front.bin_std.clone()
+        return fitted
+
     @torch.no_grad()
     def spectrogram_statistics(self, signals: Mapping[str, Tensor],
                                present: Tensor | None = None) -> dict[str, tuple[Tensor, Tensor]]:
@@ -359,7 +378,13 @@ class _CoReSleepBase(SleepStagingModel):
     def parameter_groups(self) -> dict[str, list[str]]:
         """Parameter names by block: ``front_end``, ``inner_<m>``, ``outer_<m>`` (the CLS vector
         belongs to ``inner_<m>``), ``cross_attention``, ``heads`` (Early fusion: ``inner``,
-        ``outer`` for the shared encoder)."""
+        ``outer`` for the shared encoder).
+
+        The paper trains in one phase and freezes nothing; any of these groups may be frozen, e.g.
+        ``[inner_eeg, outer_eeg]`` to fine-tune the rest of an EEG-pretrained model. A group
+        exists only if it has parameters (no ``front_end`` for CoRe and Mid-Late fusion at
+        ``d_model = 128``, no ``cross_attention`` for Mid-Late fusion or one modality).
+        """
         groups: dict[str, list[str]] = {}
         for name, _ in self.named_parameters():
             groups.setdefault(self._group_of(name), []).append(name)

@@ -193,6 +193,10 @@ class MC2SleepNet(SleepStagingModel):
         Overrides of :attr:`PHASE_LOSS_WEIGHTS`, per phase.
     """
 
+    #: The recipe's two phases, set with ``phase=`` (``model.overrides.phase`` in a config).
+    phases = PHASES
+    #: The spectrogram statistics are fitted on training epochs.
+    needs_epoch_sample = True
     #: Loss weights per phase (Eq. 19 and 23; ``contrastive`` is the epoch-level InfoNCE).
     PHASE_LOSS_WEIGHTS: ClassVar[dict[str, dict[str, float]]] = {
         "pretrain": {"contrastive": 1.0, "raw": 1.0, "spec": 0.1, "concat": 0.1},
@@ -291,7 +295,12 @@ class MC2SleepNet(SleepStagingModel):
 
     # -- parameter groups and freezing ----------------------------------------------------------
     def parameter_groups(self) -> dict[str, list[str]]:
-        """Named parameter groups; ``epoch_level`` is what fine-tuning freezes (§3.2)."""
+        """Named parameter groups: ``raw_backbone``, ``spec_backbone``, ``epoch_attention``,
+        ``projection``, ``sequence``, ``heads``, ``mask_tokens``, ``epoch_level`` (the first four
+        together, :data:`EPOCH_LEVEL_GROUPS`) and ``all``.
+
+        The fine-tuning phase freezes ``epoch_level`` (§3.2; ``freeze: [epoch_level]``).
+        """
         prefixes = {
             "raw_backbone": ("raw_backbone.",),
             "spec_backbone": ("spec_backbone.",),
@@ -348,6 +357,18 @@ class MC2SleepNet(SleepStagingModel):
             raise ValueError(f"MC2SleepNet computes a spectrogram for {self.modality!r} only, "
                              f"got statistics for {modality!r}")
         self.stft.set_statistics(mean, std)
+
+    def fit_training_statistics(self, class_counts: Tensor, epochs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Set the spectrogram normalisation from training epochs of the model's modality.
+
+        Class counts are not used. Returns the ``stft.bin_mean`` and ``stft.bin_std`` buffers
+        set; without epochs of the modality nothing is set.
+        """
+        if self.modality not in epochs:
+            return {}
+        mean, std = self.spectrogram_statistics({self.modality: epochs[self.modality]})[self.modality]
+        self.set_spectrogram_statistics(self.modality, mean, std)
+        return {"stft.bin_mean": self.stft.bin_mean.clone(), "stft.bin_std": self.stft.bin_std.clone()}
 
     @torch.no_grad()
     def spectrogram_statistics(self, signals: Mapping[str, Tensor],

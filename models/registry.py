@@ -2,19 +2,39 @@
 
 Each variant is a few-line function named after the variant, so the list of models is the list
 of functions decorated here (timm's ``_registry.py`` habit).
+
+Architectures outside ``somnray.models`` register themselves the same way, in their own module
+(``docs/extending.md``). Before it answers, the registry imports, in whichever process asks (the
+CLI, a Ray Train worker, a Ray Data actor, a Serve replica):
+
+* the modules named by the :data:`ENTRY_POINT_GROUP` entry points of the installed distributions
+  (``[project.entry-points."somnray.models"]`` ``toy = "toy_package.arch"``): installed once,
+  found everywhere that environment is;
+* the modules named, comma-separated, by the ``SOMNRAY_MODEL_MODULES`` environment variable, for
+  code that is not installed (it must be importable: on ``sys.path``, e.g. the working directory).
+  :func:`somnray.core.session.ensure_ray` passes the variable on to every Ray worker.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib
+import os
+from importlib import metadata
 from typing import Callable, TypeVar
 
 from somnray.core.config import did_you_mean
+from somnray.core.constants import MODEL_MODULES_ENV
 
 from .base import SleepStagingModel
 
+#: Entry-point group through which installed distributions add architecture modules.
+ENTRY_POINT_GROUP = "somnray.models"
+
 _MODELS: dict[str, Callable[..., SleepStagingModel]] = {}
 _F = TypeVar("_F", bound=Callable[..., SleepStagingModel])
+# Scanning the installed distributions costs tens of milliseconds: once per process.
+_entry_points_loaded = False
 
 
 def register_model(fn: _F) -> _F:
@@ -56,5 +76,34 @@ def create_model(name: str, **overrides) -> SleepStagingModel:
 
 def _import_architectures() -> None:
     # The architecture modules register themselves on import; importing them here (not at the top)
-    # keeps registry.py free of import cycles.
+    # keeps registry.py free of import cycles. Built-ins first, so a plugin reusing a built-in
+    # name fails in register_model instead of shadowing it.
     from . import architectures  # noqa: F401
+
+    _import_plugins()
+
+
+def _import_plugins() -> None:
+    """Import the entry-point modules (once) and the ``SOMNRAY_MODEL_MODULES`` ones.
+
+    Raises
+    ------
+    ImportError
+        Naming the entry point or the variable whose module cannot be imported.
+    """
+    global _entry_points_loaded
+    if not _entry_points_loaded:
+        for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                entry.load()
+            except ImportError as exc:
+                raise ImportError(f"entry point {entry.name} = {entry.value!r} (group {ENTRY_POINT_GROUP!r}): "
+                                  f"cannot import it: {exc}") from exc
+        _entry_points_loaded = True
+    value = os.environ.get(MODEL_MODULES_ENV, "")
+    for module in filter(None, (part.strip() for part in value.split(","))):
+        try:
+            importlib.import_module(module)  # a dictionary lookup once imported
+        except ImportError as exc:
+            raise ImportError(f"{MODEL_MODULES_ENV}={value!r}: cannot import architecture module {module!r} "
+                              f"({exc}); it must be installed or on sys.path (docs/extending.md)") from exc

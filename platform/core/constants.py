@@ -1,4 +1,5 @@
-"""The domain facts every part of somnray agrees on: the scoring epoch, the stages, the modalities.
+"""The domain facts every part of somnray agrees on: the scoring epoch, the stages, the modalities,
+and the names of the environment variables more than one package reads.
 
 Pure Python, no dependencies, so that :mod:`somnray.models` (pure PyTorch) can import it too.
 """
@@ -29,3 +30,7 @@ KNOWN_MODALITIES: tuple[str, ...] = (*CANONICAL_MODALITIES, "eeg2", "ecg")
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
 STATUS_REJECTED = "rejected"
+
+#: Comma-separated modules that register extra architectures (``somnray.models.registry``). Every
+#: process that builds a model reads it, so ``somnray.core.session`` forwards it to Ray workers.
+MODEL_MODULES_ENV = "SOMNRAY_MODEL_MODULES"

@@ -11,12 +11,26 @@ Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks)
 * token authentication: Ray 2.60 turns it on by default for new clusters; a client of such a
   cluster needs ``RAY_AUTH_MODE=token`` and the token, which Ray reads from its own environment
   variables and files. somnray passes the caller's environment through untouched.
+* the variables in :data:`FORWARDED_ENV` (the architecture plugin modules) join the session's
+  runtime environment, so every task and actor of the session sees them as the driver does:
+  Ray Train workers, Ray Data actors, and Serve replicas (``serve.run`` gives them the job's
+  runtime environment). Ray workers do not inherit the driver's environment: they are started
+  by the node's raylet, which on a cluster (or a local instance started earlier) never saw it.
+  Inside a job submitted with ``somnray submit`` the job's own runtime environment already
+  carries them (``--env``).
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from .constants import MODEL_MODULES_ENV
+
+#: Driver environment variables every worker of a session must see.
+FORWARDED_ENV: tuple[str, ...] = (MODEL_MODULES_ENV,)
+#: Set by Ray in the driver of a submitted job (``ray._private.runtime_env.constants``).
+_SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
@@ -37,7 +51,8 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
     log_to_driver : bool
         Forward worker output to this process.
     runtime_env : dict, optional
-        Ray runtime environment for every task and actor of the session.
+        Ray runtime environment for every task and actor of the session; the variables of
+        :data:`FORWARDED_ENV` set here are added to its ``env_vars``.
 
     Returns
     -------
@@ -49,6 +64,7 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
 
     if ray.is_initialized():
         return False
+    runtime_env = session_runtime_env(runtime_env)
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
@@ -58,3 +74,19 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
              log_to_driver=log_to_driver, runtime_env=runtime_env)
     return True
+
+
+def session_runtime_env(runtime_env: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """``runtime_env`` with the :data:`FORWARDED_ENV` variables of this process in its ``env_vars``.
+
+    For callers that start Ray themselves (``ray.init(runtime_env=session_runtime_env())``); a
+    variable ``runtime_env`` sets already wins. Inside a submitted job it is returned unchanged:
+    the job's runtime environment reaches every worker, and Ray refuses a driver runtime
+    environment that sets one of the job's variables again.
+    """
+    forwarded = {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+    if not forwarded or _SUBMITTED_JOB_ENV in os.environ:
+        return runtime_env
+    merged = dict(runtime_env or {})
+    merged["env_vars"] = {**forwarded, **merged.get("env_vars", {})}
+    return merged

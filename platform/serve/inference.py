@@ -57,22 +57,12 @@ MissingPolicy = Literal["drop", "impute", "require"]
 
 # -- model families ------------------------------------------------------------------------------
 def missing_modality_policy(model: SleepStagingModel) -> MissingPolicy:
-    """How ``model`` handles a modality a night lacks (see the module docstring).
+    """How ``model`` handles a modality a night lacks: what it declares (``model.missing_policy``).
 
     ``"drop"``: scores from the modalities present (CoRe-Sleep's unimodal branch);
     ``"impute"``: imagines the missing one (CIMSleepNet's MAIM); ``"require"``: needs them all.
     """
-    # Imported here: the architecture modules are heavy and models may register new families.
-    from somnray.models.cimsleepnet import CIMSleepNet
-    from somnray.models.coresleep import CoReSleep, CoReSleepEarly
-
-    if len(model.modalities) == 1:
-        return "require"
-    if isinstance(model, CIMSleepNet):
-        return "impute"
-    if isinstance(model, (CoReSleep, CoReSleepEarly)):
-        return "drop"
-    return "require"
+    return model.missing_policy
 
 
 def modalities_used_labels(modalities: tuple[str, ...], available: np.ndarray,

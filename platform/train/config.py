@@ -26,7 +26,8 @@ sections, and every phase is then validated as a complete :class:`PhaseConfig`. 
 :func:`load_experiment` applies ``--set key.sub=value`` overrides to the raw YAML, validates
 everything and raises one :class:`~somnray.core.errors.ConfigError` listing every problem as a
 ``field.path: problem`` line, before any Ray or cluster work. The model section is checked
-against the model registry (name, constructor overrides, loss-weight names) on the driver.
+against the model registry (name, constructor overrides and phase, loss-weight names, frozen
+parameter groups) on the driver, from what the model declares about itself.
 :func:`dump_experiment` writes the resolved config back to YAML (every phase complete), which
 :func:`load_experiment` reads back to an equal object.
 """
@@ -581,11 +582,17 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> tuple[dict
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What the config validation needs to know about a model (built once on the driver)."""
+    """What the config validation needs to know about a model (built once on the driver).
+
+    Everything comes from the model's own declarations (``somnray.models.SleepStagingModel``), so
+    a recipe for any registered architecture is checked the same way.
+    """
 
     modalities: tuple[str, ...]
     loss_weight_names: tuple[str, ...]
     parameter_groups: tuple[str, ...]
+    #: Values of the model's ``phase=`` keyword (``model.overrides.phase``); empty: no phases.
+    phases: tuple[str, ...] = ()
 
 
 def _freeze_value(value: Any) -> str:
@@ -604,7 +611,7 @@ def _model_facts_cached(name: str, overrides_json: str) -> ModelFacts:
     with torch.device("meta"):
         model = create_model(name, **overrides)
     return ModelFacts(tuple(model.modalities), tuple(model.default_loss_weights),
-                      tuple(model.parameter_groups()))
+                      tuple(model.parameter_groups()), tuple(model.phases))
 
 
 def model_facts(name: str, overrides: Mapping[str, Any]) -> ModelFacts:
@@ -618,8 +625,26 @@ def model_facts(name: str, overrides: Mapping[str, Any]) -> ModelFacts:
     return _model_facts_cached(name, _freeze_value(dict(overrides)))
 
 
+def _check_phase_override(name: str, overrides: Mapping[str, Any]) -> list[tuple[tuple, str]]:
+    """``model.overrides.phase`` against the phases the model declares (built without it)."""
+    others = {k: v for k, v in overrides.items() if k != "phase"}
+    try:
+        phases = model_facts(name, others).phases
+    except (TypeError, ValueError):
+        return []  # the full overrides are rejected too, and reported with the builder's message
+    phase = overrides["phase"]
+    where = ("model", "overrides", "phase")
+    if not phases:
+        return [(where, f"{name} has no training phases; remove model.overrides.phase")]
+    if phase not in phases:
+        hint = did_you_mean(str(phase), phases, n=1)
+        return [(where, f"unknown phase {phase!r} for {name}{hint} (its phases: {', '.join(phases)})")]
+    return []
+
+
 def _check_against_model(phase_raw: Mapping[str, Any]) -> list[tuple[tuple, str]]:
-    """Registry checks on a raw phase: constructor overrides, loss-weight names, modalities.
+    """Registry checks on a raw phase: constructor overrides and the model's phase, loss-weight
+    names, modalities, frozen parameter groups.
 
     They run on the raw mapping, whatever else is wrong with the phase, so one load reports
     them together with every structural problem.
@@ -628,11 +653,22 @@ def _check_against_model(phase_raw: Mapping[str, Any]) -> list[tuple[tuple, str]
         model = ModelConfig.model_validate(phase_raw.get("model"))
     except ValidationError:
         return []  # reported by the phase validation itself
+    if "phase" in model.overrides:
+        problems = _check_phase_override(model.name, model.overrides)
+        if problems:
+            return problems
     try:
         facts = model_facts(model.name, model.overrides)
     except (TypeError, ValueError) as exc:
         return [(("model", "overrides"), f"create_model({model.name!r}) rejected them: {exc}")]
     problems = []
+    freeze = phase_raw.get("freeze")
+    if isinstance(freeze, list):
+        unknown = [str(g) for g in freeze if g not in facts.parameter_groups]
+        if unknown:
+            hints = [repr(g) + did_you_mean(g, facts.parameter_groups, n=1) for g in unknown]
+            problems.append((("freeze",), f"unknown parameter groups {', '.join(hints)}; "
+                                          f"{model.name} has {sorted(facts.parameter_groups)}"))
     weights = phase_raw.get("loss_weights")
     if isinstance(weights, Mapping):
         unknown = sorted(str(k) for k in set(weights) - set(facts.loss_weight_names))

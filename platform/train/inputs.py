@@ -36,7 +36,7 @@ from somnray.core.constants import EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES
 from somnray.core.errors import ConfigError
 from somnray.data import schema
 from somnray.data.dataset import PreparedDataset
-from somnray.models.base import SleepBatch
+from somnray.models.base import SleepBatch, SleepStagingModel
 from somnray.models.inference import window_starts
 
 from .config import DataConfig
@@ -356,35 +356,37 @@ def average_window_probabilities(probabilities: np.ndarray, recording_index: np.
 # ------------------------------------------------------------------------------------------------
 @dataclass
 class TrainingStatistics:
-    """Statistics of the training split that models normalise with.
+    """What the model fitted on the training split, as plain arrays the driver ships to the workers.
 
     Attributes
     ----------
     class_counts : ndarray
         ``(5,)`` labelled epochs per stage in the training recordings.
-    spectrogram : dict
-        ``modality → (mean, std)`` per-bin log-spectrogram statistics, for models that have
-        ``spectrogram_statistics``; empty otherwise.
+    fitted : dict
+        ``buffer name → value``: what the model's
+        :meth:`~somnray.models.SleepStagingModel.fit_training_statistics` set (spectrogram
+        statistics, class weights, ...); empty when it fits nothing.
     """
 
     class_counts: np.ndarray
-    spectrogram: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    fitted: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_ids: Sequence[str],
+def compute_training_statistics(model: SleepStagingModel, dataset_uri: str, train_ids: Sequence[str],
                                 modalities: Sequence[str], *, max_epochs: int = 4096, seed: int = 0,
                                 storage_options: Mapping[str, Any] | None = None) -> TrainingStatistics:
-    """Class counts and (if the model has them) spectrogram statistics of the training recordings.
+    """Class counts of the training recordings, and what ``model`` fits on them (installed in it).
 
-    Class counts use every training epoch. Spectrogram statistics use up to ``max_epochs``
-    present epochs per modality, drawn uniformly with ``seed`` across the recordings.
+    Class counts use every training epoch. A model that declares ``needs_epoch_sample`` also gets
+    up to ``max_epochs`` present epochs per modality, drawn uniformly with ``seed`` across the
+    recordings.
     """
     from somnray.data.splits import Split
 
     ids = tuple(sorted(train_ids))
     split = Split("statistics", "manifest", None, ids, (), (), (), (), ())
-    wants_spec = hasattr(model, "spectrogram_statistics")
-    columns = ["labels"] + ([c for m in modalities for c in (m, schema.available_column(m))] if wants_spec else [])
+    wants_epochs = model.needs_epoch_sample
+    columns = ["labels"] + ([c for m in modalities for c in (m, schema.available_column(m))] if wants_epochs else [])
     counts = np.zeros(N_CLASSES, dtype=np.int64)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
     rng = np.random.default_rng(seed)
@@ -393,7 +395,7 @@ def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_
     for rec in PreparedDataset.open(dataset_uri, storage_options).iter(split, "train", columns=columns):
         labels = rec["labels"]
         counts += np.bincount(labels[labels >= 0].astype(np.int64), minlength=N_CLASSES)[:N_CLASSES]
-        if not wants_spec:
+        if not wants_epochs:
             continue
         for m in modalities:
             sig = rec.get(m)
@@ -403,26 +405,11 @@ def compute_training_statistics(model: torch.nn.Module, dataset_uri: str, train_
             if len(usable):
                 take = rng.choice(usable, size=min(per_recording, len(usable)), replace=False)
                 pools[m].append(np.asarray(sig[np.sort(take)], dtype=np.float32))
-    stats = TrainingStatistics(counts)
-    if wants_spec:
-        epochs = {m: torch.from_numpy(np.concatenate(p)) for m, p in pools.items() if p}
-        if epochs:
-            fn = model.spectrogram_statistics
-            result = fn(epochs)
-            stats.spectrogram = {m: (mean.cpu().numpy(), std.cpu().numpy()) for m, (mean, std) in result.items()}
-    return stats
+    epochs = {m: torch.from_numpy(np.concatenate(p)) for m, p in pools.items() if p}
+    fitted = model.fit_training_statistics(torch.from_numpy(counts), epochs)
+    return TrainingStatistics(counts, {name: value.detach().cpu().numpy() for name, value in fitted.items()})
 
 
-def apply_training_statistics(model: torch.nn.Module, stats: TrainingStatistics) -> list[str]:
-    """Install the statistics in a model that takes them; return what was set (for the run log)."""
-    done = []
-    if stats.spectrogram and hasattr(model, "set_spectrogram_statistics"):
-        for m, (mean, std) in stats.spectrogram.items():
-            model.set_spectrogram_statistics(m, torch.as_tensor(mean), torch.as_tensor(std))
-            done.append(f"spectrogram statistics of {m}")
-    if hasattr(model, "set_class_weights"):
-        from somnray.models.cimsleepnet import attnsleep_class_weights
-
-        model.set_class_weights(attnsleep_class_weights(stats.class_counts))
-        done.append("class weights")
-    return done
+def apply_training_statistics(model: SleepStagingModel, stats: TrainingStatistics) -> list[str]:
+    """Install the fitted statistics in a worker's copy of the model; return the buffer names set."""
+    return model.load_training_statistics(stats.fitted)

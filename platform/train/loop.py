@@ -113,7 +113,7 @@ def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: Training
         "use_gpu": bool(use_gpu),
         "modalities": list(modalities),
         "class_counts": stats.class_counts.tolist(),
-        "spectrogram": {m: (mean.tolist(), std.tolist()) for m, (mean, std) in stats.spectrogram.items()},
+        "fitted": {name: value.tolist() for name, value in stats.fitted.items()},
         "init_checkpoint": init_checkpoint,
         "continue_from": continue_from,
     }
@@ -291,8 +291,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _seed_everything(phase.seed)
     model = create_model(phase.model.name, **phase.model.overrides)
     stats = TrainingStatistics(np.asarray(config["class_counts"]),
-                               {m: (np.asarray(a), np.asarray(b)) for m, (a, b) in config["spectrogram"].items()})
-    apply_training_statistics(model, stats)
+                               {name: np.asarray(value) for name, value in config["fitted"].items()})
+    fitted = apply_training_statistics(model, stats)
+    if rank == 0 and fitted:
+        print(f"[{phase.name}] fitted on the training split: {', '.join(fitted)}", flush=True)
     if config.get("init_checkpoint") is not None:
         # The previous phase's best weights; its statistics buffers come with them.
         model.load_state_dict(_load_model_file(config["init_checkpoint"]))

@@ -242,6 +242,20 @@ def test_class_weights_rule_and_use():
         model.set_class_weights([1.0, 2.0])
 
 
+def test_fit_training_statistics_sets_the_attnsleep_weights_of_the_counts():
+    """fit_training_statistics installs attnsleep_class_weights(counts), as the trainer did before,
+    returns it as the class_weights buffer, and needs no epoch sample."""
+    counts = torch.tensor([1000, 200, 2000, 400, 600])
+    model, twin = create_model("cimsleepnet_tiny"), create_model("cimsleepnet_tiny")
+    fitted = model.fit_training_statistics(counts, {})
+    assert list(fitted) == ["class_weights"]
+    assert torch.equal(model.class_weights, attnsleep_class_weights(counts.numpy()))
+    assert model.class_weights.tolist() == pytest.approx([0.3, 0.85, 0.3, 0.2, 0.3])
+    assert twin.load_training_statistics(fitted) == ["class_weights"]
+    assert torch.equal(twin.class_weights, model.class_weights)
+    assert not model.needs_epoch_sample and model.missing_policy == "impute" and model.phases == ()
+
+
 # -- imagination targets ----------------------------------------------------------------------
 def test_random_observed_target_draws_observed_epochs_of_the_same_sequence():
     """Missing epochs get a copy of an observed epoch of the same sequence, reproducibly."""

@@ -349,6 +349,48 @@ def test_spectrogram_statistics_round_trip():
         model.set_spectrogram_statistics("emg", stats["eeg"][0], stats["eeg"][1])
 
 
+def _old_trainer_statistics(model, epochs) -> None:
+    """How the trainer installed CoRe-Sleep's statistics before fit_training_statistics: computed on
+    the driver, shipped to the workers as lists, set there."""
+    for m, (mean, std) in model.spectrogram_statistics(epochs).items():
+        shipped = np.asarray(mean.cpu().numpy().tolist()), np.asarray(std.cpu().numpy().tolist())
+        model.set_spectrogram_statistics(m, torch.as_tensor(shipped[0]), torch.as_tensor(shipped[1]))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_fit_training_statistics_matches_the_old_trainer_numbers(name):
+    """fit_training_statistics sets exactly the spectrogram buffers the trainer used to set, returns
+    them by state_dict name, and load_training_statistics installs them bit-identically in a twin."""
+    b = _batch()
+    epochs = {"eeg": b.signals["eeg"].reshape(-1, 3000) * 30, "eog": b.signals["eog"].reshape(-1, 3000) * 3}
+    old, new, twin = _tiny(name), _tiny(name), _tiny(name)
+    _old_trainer_statistics(old, epochs)
+    fitted = new.fit_training_statistics(torch.tensor([3, 1, 4, 1, 5]), epochs)
+    assert sorted(fitted) == [f"front_end.{m}.bin_{k}" for m in EEG_EOG for k in ("mean", "std")]
+    assert twin.load_training_statistics(fitted) == sorted(fitted)
+    for model in (new, twin):
+        state, expected = model.state_dict(), old.state_dict()
+        for key in expected:
+            assert torch.equal(state[key], expected[key]), key
+    assert new.needs_epoch_sample and new.missing_policy == "drop" and new.phases == ()
+
+
+def test_fit_training_statistics_skips_a_modality_without_epochs():
+    """A modality the training split never has keeps its default statistics (nothing returned for it)."""
+    model = _tiny()
+    fitted = model.fit_training_statistics(torch.tensor([1, 1, 1, 1, 1]), {"eeg": torch.randn(4, 3000)})
+    assert sorted(fitted) == ["front_end.eeg.bin_mean", "front_end.eeg.bin_std"]
+    assert torch.equal(model.front_end["eog"].bin_std, torch.ones(128))
+    assert model.fit_training_statistics(torch.tensor([1, 1, 1, 1, 1]), {}) == {}
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_missing_policy_drops_with_several_modalities_and_requires_one(name):
+    """CoRe-Sleep and both benchmarks score from the modalities present; with one modality they need it."""
+    assert _tiny(name).missing_policy == "drop"
+    assert _tiny(name, modalities=("eeg",)).missing_policy == "require"
+
+
 def test_shared_head_flag():
     """shared_head builds one head used for the multimodal and both unimodal predictions."""
     model = _tiny(shared_head=True)

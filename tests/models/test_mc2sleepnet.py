@@ -495,3 +495,29 @@ def test_spectrogram_statistics_round_trip():
         model.spectrogram_statistics({"eeg": epochs, "eog": epochs})
     with pytest.raises(ValueError, match="no 'eeg' epochs"):
         model.spectrogram_statistics({})
+
+
+def test_fit_training_statistics_matches_the_old_trainer_numbers():
+    """fit_training_statistics sets the stft buffers the trainer used to set (spectrogram_statistics,
+    shipped as lists, set_spectrogram_statistics) and a twin loads them bit-identically."""
+    epochs = {"eeg": torch.randn(30, 3000) * 3.0}
+    old, new, twin = tiny(), tiny(), tiny()
+    for m, (mean, std) in old.spectrogram_statistics(epochs).items():
+        old.set_spectrogram_statistics(m, torch.as_tensor(np.asarray(mean.numpy().tolist())),
+                                       torch.as_tensor(np.asarray(std.numpy().tolist())))
+    fitted = new.fit_training_statistics(torch.tensor([3, 1, 4, 1, 5]), epochs)
+    assert sorted(fitted) == ["stft.bin_mean", "stft.bin_std"]
+    twin.load_training_statistics(fitted)
+    for model in (new, twin):
+        assert torch.equal(model.stft.bin_mean, old.stft.bin_mean)
+        assert torch.equal(model.stft.bin_std, old.stft.bin_std)
+    assert tiny().fit_training_statistics(torch.tensor([1, 1, 1, 1, 1]), {}) == {}
+
+
+def test_declared_phases_policy_and_statistics_need():
+    """MC2SleepNet declares its two phases, needs its one modality, and samples training epochs."""
+    model = tiny()
+    assert model.phases == ("pretrain", "finetune") == type(model).phases
+    assert model.missing_policy == "require" and model.needs_epoch_sample
+    for phase in model.phases:
+        assert create_model("mc2sleepnet_tiny", phase=phase).phase == phase

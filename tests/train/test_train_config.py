@@ -137,6 +137,46 @@ def test_phases_deep_merge_and_report_their_own_errors(tmp_path: Path, tiny_mode
     assert [e.split(":")[0] for e in info.value.errors] == ["phases[1].optim.lr"]
 
 
+def test_model_phase_is_checked_against_the_phases_the_model_declares(tmp_path: Path) -> None:
+    """model.overrides.phase must be one of the model's declared phases (a close name is suggested);
+    a model without phases refuses the key; a declared phase loads and reaches ModelFacts."""
+    def config(model: str, phase: str) -> str:
+        return f"""
+            data: {{dataset: ds, split: fixed}}
+            model: {{name: {model}, overrides: {{phase: {phase}}}}}
+            storage: {{uri: runs, name: demo}}
+            """
+    cfg = load_experiment(_write(tmp_path, config("mc2sleepnet_tiny", "finetune")))
+    assert cfg.phases[0].model.overrides == {"phase": "finetune"}
+    assert model_facts("mc2sleepnet_tiny", {}).phases == ("pretrain", "finetune")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(_write(tmp_path, config("mc2sleepnet_tiny", "fine_tune"), "typo.yaml"))
+    (line,) = info.value.errors
+    assert line.startswith("model.overrides.phase: unknown phase 'fine_tune' for mc2sleepnet_tiny")
+    assert "did you mean 'finetune'" in line and "pretrain, finetune" in line
+    with pytest.raises(ConfigError) as info:
+        load_experiment(_write(tmp_path, config("coresleep_tiny", "pretrain"), "none.yaml"))
+    assert info.value.errors == ["model.overrides.phase: coresleep_tiny has no training phases; "
+                                 "remove model.overrides.phase"]
+
+
+def test_freeze_names_the_model_parameter_groups(tmp_path: Path) -> None:
+    """freeze is checked against model.parameter_groups() when the config loads, per phase."""
+    body = """
+        data: {dataset: ds, split: fixed}
+        model: {name: mc2sleepnet_tiny}
+        storage: {uri: runs, name: demo}
+        phases:
+          - {name: pretrain, model: {overrides: {phase: pretrain}}}
+          - {name: finetune, init_from: previous, freeze: [GROUP], model: {overrides: {phase: finetune}}}
+        """
+    assert load_experiment(_write(tmp_path, body.replace("GROUP", "epoch_level"))).phases[1].freeze == ("epoch_level",)
+    with pytest.raises(ConfigError) as info:
+        load_experiment(_write(tmp_path, body.replace("GROUP", "epoch_levels"), "bad.yaml"))
+    (line,) = info.value.errors
+    assert line.startswith("phases[1].freeze: unknown parameter groups 'epoch_levels'; did you mean 'epoch_level'?")
+
+
 def test_first_phase_cannot_init_from_previous(tmp_path: Path, tiny_model_name: str) -> None:
     """init_from: previous on the first phase and duplicate phase names are errors."""
     path = _write(tmp_path, f"""

@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = sub.add_parser("demo", help="run the whole workflow on generated data, locally",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray demo``."""
     p.add_argument("--out", default="demo-output", help="folder for everything the demo writes")
     p.add_argument("--nights", type=int, default=8, help="synthetic nights (two per subject)")
     p.add_argument("--hours", type=float, default=4.0, help="length of each synthetic night")
@@ -41,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the tiny recipe's)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.set_defaults(func=run)
 
 
 def _step(title: str):
@@ -74,7 +79,7 @@ def _fragment_profile(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; returns 0 when every step succeeded."""
+    """Run the demo; returns 0, or 2 when some synthetic recordings were rejected."""
     from somnray.core.session import ensure_ray
     from somnray.data.manifest import ManifestEntry, format_manifest_csv
     from somnray.data.pipeline import prepare_cohort, read_manifest

@@ -455,15 +455,16 @@ def test_job_registry_counts_progress_limits_jobs_and_records_failures():
 
 
 def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys):
-    """`somnray serve` takes repeatable storage roots and stops with status 2, naming the URI,
-    when the run holds no model bundle (before starting Ray)."""
+    """`somnray serve` takes repeatable storage roots and stops with status 1 (a bad input, like every
+    command), naming the URI, when the run holds no model bundle (before starting Ray)."""
     from somnray.jobs.cli import build_parser, main
 
     args = build_parser().parse_args(["serve", "file:///runs/x", "--port", "9001", "--storage-root",
                                       "file:///a", "--storage-root", "s3://b/c", "--max-upload-mb", "2"])
     assert args.storage_roots == ["file:///a", "s3://b/c"] and args.port == 9001
     assert args.host == "127.0.0.1" and args.token_env == "SOMNRAY_SERVE_TOKEN"
-    assert main(["serve", str(tmp_path / "no-run")]) == 2
+    assert main(["serve", str(tmp_path / "no-run")]) == 1
     err = capsys.readouterr().err
     assert "no model bundle" in err and "no-run" in err
-    assert main(["serve", str(tmp_path), "--profile", "nope"]) == 2
+    assert main(["serve", str(tmp_path), "--profile", "nope"]) == 1
+

@@ -182,14 +182,12 @@ def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     """Serve the run on loopback, score ``psg`` over HTTP, write its outputs and picture."""
     import socket
 
-    import numpy as np
     import requests
     from ray import serve
 
-    from somnray.serve.app import build_app
+    from somnray.serve.app import build_app, night_from_answer
     from somnray.serve.config import ServeConfig
     from somnray.serve.outputs import write_night_outputs
-    from somnray.serve.scored import ModelInfo, ScoredNight
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -210,11 +208,5 @@ def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     print(f"   {doc['n_epochs']} epochs scored; TST {stats['tst_min']:.0f} min, "
           f"sleep efficiency {stats['sleep_efficiency_pct']:.0f} %, "
           f"REM latency {stats['rem_latency_min']} min")
-    modalities = tuple(doc["availability"])
-    night = ScoredNight(
-        recording_id=doc["recording_id"], epoch_index=np.asarray(doc["epoch_index"]),
-        probabilities=np.asarray(doc["probabilities"], dtype=np.float32), modalities=modalities,
-        available=np.stack([np.asarray(doc["availability"][m], bool) for m in modalities], axis=1),
-        model=ModelInfo(name=doc["model"]["name"], checkpoint_uri=run_uri))
-    written = write_night_outputs(night, f"file://{out / 'scored'}", plots=True)
+    written = write_night_outputs(night_from_answer(doc), f"file://{out / 'scored'}", plots=True)
     return Path(written["plot"].removeprefix("file://"))

@@ -468,3 +468,25 @@ def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys
     assert "no model bundle" in err and "no-run" in err
     assert main(["serve", str(tmp_path), "--profile", "nope"]) == 1
 
+
+def test_night_from_answer_reads_back_the_score_answer():
+    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model."""
+    from night_factory import night_from_stages, realistic_stages
+
+    from somnray.serve.app import ScoreResult, _score_answer, night_from_answer
+
+    stages = realistic_stages(1.0)
+    available = np.ones((stages.size, 2), dtype=bool)
+    available[10:20, 1] = False
+    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2})
+    back = night_from_answer(json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"])))))
+    assert back.recording_id == night.recording_id and back.modalities == night.modalities
+    assert back.model == night.model and back.epoch_s == night.epoch_s
+    np.testing.assert_array_equal(back.epoch_index, night.epoch_index)
+    np.testing.assert_array_equal(back.stages, night.stages)
+    np.testing.assert_array_equal(back.available, night.available)
+    np.testing.assert_allclose(back.probabilities, night.probabilities, atol=1e-5)
+    assert list(back.modalities_used) == list(night.modalities_used)
+    assert set(back.quality) == set(night.quality)
+    for name, flags in night.quality.items():
+        np.testing.assert_array_equal(back.quality[name], flags)

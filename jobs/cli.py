@@ -54,12 +54,13 @@ EXIT_TRAINING_FAILED = 3
 EXIT_STATUS_HELP = f"""\
 exit status:
   {EXIT_OK}  done
-  {EXIT_ERROR}  bad config, arguments or input, or another known failure: one line on stderr
-     (`somnray COMMAND: error: ...`, every problem of a config listed); --debug adds the traceback
-  {EXIT_PARTIAL}  prepare, score: some recordings were rejected (the others are written, the rejects listed)
-  {EXIT_TRAINING_FAILED}  train: the training run failed after it started (the run URI is still printed last)
-  submit --wait/--follow and jobs logs --follow exit with the job's own status; jobs status exits
-  {EXIT_ERROR} when the job failed or was stopped.
+  {EXIT_ERROR}  a bad config, bad arguments or input, or another known failure: one message on stderr,
+     `somnray COMMAND: error: ...`, listing every problem of a config (--debug adds the traceback)
+  {EXIT_PARTIAL}  prepare, score, demo: some recordings were rejected (the others are written, the
+     rejects listed)
+  {EXIT_TRAINING_FAILED}  train: the training run failed after it started (its URI is still printed last)
+  submit --wait/--follow and jobs logs --follow exit with the job's own status (submit: 130 when
+  watching is interrupted); jobs status exits {EXIT_ERROR} when the job failed or was stopped.
 """
 
 #: Failures that are the user's environment or input, never a somnray bug: one line, no traceback.
@@ -90,7 +91,7 @@ class SomnrayParser(argparse.ArgumentParser):
     """argparse's parser, except that a usage error exits :data:`EXIT_ERROR` (argparse's own 2
     would read as "some recordings rejected").  Sub-parsers inherit the class."""
 
-    def error(self, message: str):  # noqa: D401 - argparse hook
+    def error(self, message: str):  # argparse hook
         self.print_usage(sys.stderr)
         self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
 

@@ -356,7 +356,7 @@ class PreparedCommand:
 class _Raising(argparse.ArgumentParser):
     """A parser raising :class:`ConfigError` on a bad argument instead of printing usage and exiting."""
 
-    def error(self, message: str):  # noqa: D401 - argparse hook
+    def error(self, message: str):  # argparse hook
         raise ConfigError(self.prog, [message])
 
 
@@ -385,7 +385,7 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
 
     Raises
     ------
-    ValueError
+    TypeError
         ``parser`` declares an action this cannot write back (sub-parsers, a custom action).
     """
     positionals: list[str] = []
@@ -408,7 +408,7 @@ def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
         elif isinstance(action, argparse._StoreAction):
             options += [flag, *_words(action, value)] if value != action.default else []
         else:
-            raise ValueError(f"{parser.prog}: cannot write a {type(action).__name__} ({action.dest!r}) "
+            raise TypeError(f"{parser.prog}: cannot write a {type(action).__name__} ({action.dest!r}) "
                              f"back into a command line")
     return positionals + options
 
@@ -525,6 +525,7 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
         Listing every problem found (every config validation error, unknown profile, malformed
         URIs), or the first bad argument; nothing has been submitted.
     """
+    from somnray.jobs.cmd_train import cli_overrides
     from somnray.jobs.cmd_tune import argument_problems
 
     source = f"somnray submit {command}"
@@ -557,16 +558,13 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
     else:  # train, or a new search
         from somnray.train.config import load_experiment
 
-        if command == "train":
-            from somnray.jobs.cmd_train import cli_overrides
-
-            if args.run_uri is not None:
-                args.run_uri = _check_uri(args.run_uri, "--run-uri", errors, warnings)
-            overrides = cli_overrides(args.config, args.overrides, args.run_uri, args.workers)
-        else:
-            overrides = args.overrides
+        if command == "train" and args.run_uri is not None:
+            args.run_uri = _check_uri(args.run_uri, "--run-uri", errors, warnings)
         cfg = None
         try:
+            # Validated as the command will load it: train's --run-uri and --workers included.
+            overrides = (cli_overrides(args.config, args.overrides, args.run_uri, args.workers)
+                         if command == "train" else args.overrides)
             cfg = load_experiment(args.config, overrides)
             summary = (f"experiment {cfg.storage.name!r}: {len(cfg.phases)} phase(s) "
                        f"({', '.join(p.name for p in cfg.phases)}), run folder {cfg.run_uri}")

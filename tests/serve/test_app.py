@@ -472,7 +472,6 @@ def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys
 def test_night_from_answer_reads_back_the_score_answer():
     """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model."""
     from night_factory import night_from_stages, realistic_stages
-
     from somnray.serve.app import ScoreResult, _score_answer, night_from_answer
 
     stages = realistic_stages(1.0)

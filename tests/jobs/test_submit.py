@@ -267,8 +267,7 @@ def test_submit_options_may_follow_the_workflow_arguments():
                "--device", "cpu", "--precision", "fp32", "--workers", "2"]),
 ])
 def test_command_line_is_written_back_from_the_commands_own_parser(command, argv):
-    """The cluster's command line, rebuilt from the parsed values, parses back to the same values
-    with the parser `somnray <command>` itself uses (one declaration of the arguments)."""
+    """The cluster's command line, rebuilt from the parsed values, parses back to them with the command's own parser."""
     from somnray.jobs.cli import build_parser
 
     parser = sub.command_parser(command)

@@ -2,13 +2,15 @@
 
 Two measurements, side by side in one run:
 
-(a) **Framework overhead.** The wall time of one training step (forward + model-owned loss +
-    backward + optimizer step) of the same model on the same fixed batch, (i) in a bare PyTorch loop
-    in this process and (ii) inside a Ray Train ``TorchTrainer`` worker (1 worker) through a
-    ``deepspeed.initialize`` engine built exactly as :mod:`somnray.train.loop` builds it (client
-    Adam optimizer, ZeRO 0, fp32, ``dist_init_required=False`` on Ray's gloo group). Both use the
-    same number of torch threads. Steady state only: the first ``warmup`` steps and every start-up
-    cost (Ray, the worker group, DeepSpeed's initialisation) are excluded. Target: ≤ 1.10×.
+(a) **Framework overhead.** The wall time of one training step of the same model on the same
+    fixed batch: the training loop's own step (:class:`somnray.train.loop.ForwardBackward` —
+    forward, model-owned loss, backward — then ``engine.step()``), (i) in this process with a
+    plain PyTorch stand-in for the engine (:class:`PlainEngine`: ``loss.backward()``, the phase's
+    Adam and schedule) and (ii) inside a Ray Train ``TorchTrainer`` worker (1 worker) with the
+    DeepSpeed engine the loop builds (:func:`somnray.train.loop.build_engine`: client Adam
+    optimizer, ZeRO 0, fp32, ``dist_init_required=False`` on Ray's gloo group). Both use the same
+    number of torch threads. Steady state only: the first ``warmup`` steps and every start-up cost
+    (Ray, the worker group, DeepSpeed's initialisation) are excluded. Target: ≤ 1.10×.
 (b) **Input pipeline headroom.** Windows per second that :func:`somnray.train.inputs.iter_window_batches`
     delivers from a prepared dataset (Ray Data reads the Parquet recordings and cuts training
     windows with random offsets), against the rate at which the model of (a) consumes them under
@@ -47,65 +49,104 @@ def _fixed_batch(model: Any, batch: int, length: int, seed: int = 0):
     return SleepBatch(signals, present, labels, tuple(model.modalities))
 
 
+def _bench_phase(model_name: str, batch: int, length: int, dataset: str = "unused"):
+    """The phase both sides train: Adam at 1e-4, ZeRO 0, fp32, one worker (``dataset`` is not read)."""
+    from somnray.train.config import PhaseConfig
+
+    return PhaseConfig.model_validate({
+        "name": "bench", "data": {"dataset": dataset, "split": "manifest", "sequence_length": length},
+        "model": {"name": model_name}, "optim": {"optimizer": "adam", "lr": 1e-4, "batch_size": batch},
+        "deepspeed": {"zero_stage": 0, "precision": "fp32"}, "scaling": {"num_workers": 1, "use_gpu": False}})
+
+
+def _timed_steps(engine: Any, phase: Any, length: int, steps: int, warmup: int) -> list[float]:
+    """Seconds per training step of ``engine`` after ``warmup`` steps, on one fixed batch.
+
+    A step is the training loop's own unit: :class:`somnray.train.loop.ForwardBackward` (forward,
+    the model's loss, the engine's backward), then ``engine.step()``, as the loop runs them.
+    """
+    from somnray.train.loop import ForwardBackward
+
+    model = engine.module
+    weights = model.resolve_loss_weights(phase.loss_weights)
+    forward_backward = ForwardBackward(engine, world=1, zero_stage=phase.deepspeed.zero_stage)
+    b = _fixed_batch(model, phase.optim.batch_size, length)
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        forward_backward(b, weights)
+        engine.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+class PlainEngine:
+    """The DeepSpeed engine's part that the training step uses, in plain PyTorch (the bare side).
+
+    The bare side must run the same step as the Ray Train side, not a loop of its own, or the
+    ratio would compare two pieces of code rather than measure the framework.  So it runs the
+    training loop's own step (:func:`_timed_steps`) with this object in DeepSpeed's place: the
+    same model call and model-owned loss, ``loss.backward()``, then the phase's optimizer and
+    schedule step and the gradients are zeroed, as ``DeepSpeedEngine.step`` does at ZeRO 0.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model, as ``engine.module``.
+    phase : PhaseConfig
+        Its optimizer and schedule are built with :mod:`somnray.train.optim`, as the loop's are.
+    """
+
+    def __init__(self, model: Any, phase: Any):
+        from somnray.train.optim import build_optimizer, build_scheduler
+
+        self.module = model
+        self.optimizer = build_optimizer(model.parameters(), phase.optim)
+        self.scheduler = build_scheduler(self.optimizer, phase.optim)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.module(*inputs)
+
+    def backward(self, loss: Any) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def bare_step_times(model_name: str, batch: int, length: int, steps: int, warmup: int, threads: int) -> list[float]:
-    """Seconds per step of a plain PyTorch loop (Adam, fp32) after ``warmup`` steps."""
+    """Seconds per training step in this process, without Ray or DeepSpeed, after ``warmup`` steps."""
     import torch
 
     from somnray.models import create_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = create_model(model_name).train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    b = _fixed_batch(model, batch, length)
-    weights = model.resolve_loss_weights({})
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        out = model(b.signals, b.present)
-        loss = model.loss(out, b, weights)["total"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    phase = _bench_phase(model_name, batch, length)
+    engine = PlainEngine(create_model(model_name).train(), phase)
+    return _timed_steps(engine, phase, length, steps, warmup)
 
 
 def deepspeed_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: the training step of :mod:`somnray.train.loop` on a fixed batch, timed."""
+    """Ray Train worker: the training loop's step on a fixed batch, in the loop's DeepSpeed engine, timed."""
     import json
 
-    import deepspeed
     import ray.train
     import torch
 
     from somnray.models import create_model
     from somnray.train.config import PhaseConfig
-    from somnray.train.distributed import build_deepspeed_config
-    from somnray.train.optim import build_optimizer, build_scheduler
+    from somnray.train.loop import build_engine
 
     torch.set_num_threads(config["threads"])
     phase = PhaseConfig.model_validate(config["phase"])
     torch.manual_seed(0)
-    model = create_model(phase.model.name).train()
-    weights = model.resolve_loss_weights({})
-    ds_config = build_deepspeed_config(phase, 1, torch.device("cpu"))
-    optimizer = build_optimizer(model.parameters(), phase.optim)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           lr_scheduler=build_scheduler(optimizer, phase.optim),
-                                           config=ds_config, dist_init_required=False)
-    b = _fixed_batch(model, config["batch"], config["length"])
-    times = []
-    for i in range(config["warmup"] + config["steps"]):
-        start = time.perf_counter()
-        out = engine(b.signals, b.present)
-        loss = engine.module.loss(out, b, weights)["total"]
-        engine.backward(loss)
-        engine.step()
-        if i >= config["warmup"]:
-            times.append(time.perf_counter() - start)
-    # Ray Train (V2) leaves Result.metrics empty unless a report carried a checkpoint, hence one.
+    engine = build_engine(create_model(phase.model.name).train(), phase, 1, torch.device("cpu"))[0]
+    times = _timed_steps(engine, phase, config["length"], config["steps"], config["warmup"])
+    # Result.metrics is only filled when a report carries a checkpoint.
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "times.json").write_text(json.dumps(times))
         ray.train.report({"median_step_s": statistics.median(times), "times": times},
@@ -118,19 +159,14 @@ def ray_deepspeed_step_times(model_name: str, batch: int, length: int, steps: in
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from somnray.train.config import PhaseConfig
-
-    phase = PhaseConfig.model_validate({
-        "name": "bench", "data": {"dataset": storage, "split": "manifest", "sequence_length": length},
-        "model": {"name": model_name}, "optim": {"optimizer": "adam", "lr": 1e-4, "batch_size": batch},
-        "deepspeed": {"zero_stage": 0, "precision": "fp32"}, "scaling": {"num_workers": 1, "use_gpu": False}})
+    phase = _bench_phase(model_name, batch, length, storage)
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(threads)}
     for name in ("GLOO_SOCKET_IFNAME", "TORCH_EXTENSIONS_DIR"):
         if name in os.environ:
             env[name] = os.environ[name]
     trainer = TorchTrainer(
         deepspeed_worker,
-        train_loop_config={"phase": phase.model_dump(mode="json"), "batch": batch, "length": length,
+        train_loop_config={"phase": phase.model_dump(mode="json"), "length": length,
                            "steps": steps, "warmup": warmup, "threads": threads},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": threads}),
         run_config=RunConfig(name="bench-train", storage_path=storage, worker_runtime_env={"env_vars": env}),

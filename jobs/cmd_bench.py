@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``bench`` sub-command."""
     p = sub.add_parser("bench", help="run a benchmark and update docs/benchmarks.md",
                        description=__doc__)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray bench``."""
     p.add_argument("which", choices=BENCHMARKS + ("all",), help="benchmark to run")
     p.add_argument("--results", default="bench-results", help="folder for the JSON results")
     p.add_argument("--docs", default="docs/benchmarks.md",
@@ -23,7 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per case (models)")
     p.add_argument("--nights", type=int, default=8, help="nights per configuration (prepare)")
     p.add_argument("--hours", type=float, default=8.0, help="length of each synthetic night (prepare)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = sub.add_parser("demo", help="run the whole workflow on generated data, locally",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray demo``."""
     p.add_argument("--out", default="demo-output", help="folder for everything the demo writes")
     p.add_argument("--nights", type=int, default=8, help="synthetic nights (two per subject)")
     p.add_argument("--hours", type=float, default=4.0, help="length of each synthetic night")
@@ -41,7 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the tiny recipe's)")
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers")
-    p.set_defaults(func=run)
 
 
 def _step(title: str):
@@ -74,7 +79,7 @@ def _fragment_profile(out: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; returns 0 when every step succeeded."""
+    """Run the demo; returns 0, or 2 when some synthetic recordings were rejected."""
     from somnray.core.session import ensure_ray
     from somnray.data.manifest import ManifestEntry, format_manifest_csv
     from somnray.data.dataset import PreparedDataset
@@ -178,14 +183,12 @@ def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     """Serve the run on loopback, score ``psg`` over HTTP, write its outputs and picture."""
     import socket
 
-    import numpy as np
     import requests
     from ray import serve
 
-    from somnray.serve.app import build_app
+    from somnray.serve.app import build_app, night_from_answer
     from somnray.serve.config import ServeConfig
     from somnray.serve.outputs import write_night_outputs
-    from somnray.serve.scored import ModelInfo, ScoredNight
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -206,11 +209,5 @@ def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     print(f"   {doc['n_epochs']} epochs scored; TST {stats['tst_min']:.0f} min, "
           f"sleep efficiency {stats['sleep_efficiency_pct']:.0f} %, "
           f"REM latency {stats['rem_latency_min']} min")
-    modalities = tuple(doc["availability"])
-    night = ScoredNight(
-        recording_id=doc["recording_id"], epoch_index=np.asarray(doc["epoch_index"]),
-        probabilities=np.asarray(doc["probabilities"], dtype=np.float32), modalities=modalities,
-        available=np.stack([np.asarray(doc["availability"][m], bool) for m in modalities], axis=1),
-        model=ModelInfo(name=doc["model"]["name"], checkpoint_uri=run_uri))
-    written = write_night_outputs(night, f"file://{out / 'scored'}", plots=True)
+    written = write_night_outputs(night_from_answer(doc), f"file://{out / 'scored'}", plots=True)
     return Path(written["plot"].removeprefix("file://"))

@@ -21,7 +21,6 @@ URI, dataset, split or scenario (the message says which).
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -29,6 +28,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate", help="score trained runs under missing-modality scenarios (tables + figures)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray evaluate``."""
+    from somnray.jobs.cli import positive_int
+
     p.add_argument("runs", nargs="+", metavar="RUN_URI",
                    help="run folder(s) (<storage.uri>/<storage.name>) or model bundle folder(s); "
                         "several runs are folds, pooled")
@@ -42,31 +49,21 @@ def register(subparsers) -> None:
                    help="scenarios or groups (default: every scenario that fits the model)")
     p.add_argument("--stride", type=int, default=None, metavar="N",
                    help="window stride in epochs (default: the window length)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="Ray actors scoring recordings (default: in-process; >1 starts local Ray "
                         "or uses RAY_ADDRESS)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="windows per forward pass")
     p.add_argument("--out", default=None, metavar="URI",
                    help="report folder (default: <first run>/evaluation/<dataset>)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; print the scenario table; return the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Run the evaluation; print the scenario table; returns 0."""
     from somnray.train.evaluate import EvaluationOptions, EvaluationRun, evaluate_run
 
-    if args.workers is not None and args.workers < 1:
-        print(f"somnray evaluate: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 1
     options = EvaluationOptions(split=args.split, fold=args.fold, scenarios=args.scenarios, stride=args.stride,
                                 workers=args.workers, batch_size=args.batch_size, out_uri=args.out)
-    try:
-        report = evaluate_run([EvaluationRun(uri) for uri in args.runs], args.data, options)
-    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
-        # Expected, user-fixable problems: a clear message, no traceback.
-        print(f"somnray evaluate: error: {exc}", file=sys.stderr)
-        return 1
+    report = evaluate_run([EvaluationRun(uri) for uri in args.runs], args.data, options)
     n_rec = sum(len(f.recordings) for f in report.folds)
     print(f"{report.model} on {report.dataset}: {n_rec} test recording(s), {len(report.folds)} fold(s)")
     for i, fold in enumerate(report.folds):

@@ -21,11 +21,17 @@ import sys
 
 
 def register(subparsers) -> None:
-    """Add the ``jobs`` sub-command and its actions."""
-    from somnray.jobs.submit import DEFAULT_ADDRESS
-
+    """Add the ``jobs`` sub-command."""
     p = subparsers.add_parser("jobs", help="list / status / logs / stop Ray jobs on a cluster",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the actions of ``somnray jobs`` and their arguments."""
+    from somnray.jobs.submit import DEFAULT_ADDRESS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=None, metavar="URL",
                         help=f"Ray Jobs API of the cluster (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
@@ -43,7 +49,6 @@ def register(subparsers) -> None:
     lg.add_argument("--follow", "-f", action="store_true", help="stream until the job ends")
     sp = actions.add_parser("stop", parents=[common], help="stop a pending or running job")
     sp.add_argument("job_id", metavar="ID")
-    p.set_defaults(func=run)
 
 
 def _time(ms: int | None) -> str:
@@ -66,15 +71,11 @@ def _row(job) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Carry out the action; returns the exit status."""
+    """Carry out the action; returns 0, or the job's status (``status``, ``logs --follow``)."""
     from somnray.jobs import submit as sub
 
-    try:
-        client = sub.connect(args.address)
-    except sub.SubmitError as exc:
-        print(f"somnray jobs: error: {exc}", file=sys.stderr)
-        return 1
-    try:
+    client = sub.connect(args.address)
+    with sub.job_api_errors(f"{args.action} {getattr(args, 'job_id', '')}".strip()):
         if args.action == "list":
             return _list(client, args)
         if args.action == "status":
@@ -102,10 +103,6 @@ def run(args: argparse.Namespace) -> int:
         status = str(client.get_job_status(args.job_id).value)
         print(f"{args.job_id}: {'stop requested' if stopped else 'not running'} ({status})")
         return 0
-    except RuntimeError as exc:
-        # The SDK raises RuntimeError for HTTP errors, e.g. "Request failed with status code 404".
-        print(f"somnray jobs {args.action}: error: {exc}", file=sys.stderr)
-        return 1
 
 
 def _list(client, args: argparse.Namespace) -> int:

@@ -12,7 +12,6 @@ profile).  The last line printed is the prepared dataset's URI, for scripts.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -20,6 +19,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "prepare", help="prepare a cohort into a versioned Parquet dataset (Ray Data)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray prepare`` (also parsed by ``somnray submit prepare``)."""
     p.add_argument("input", metavar="INPUT",
                    help="manifest CSV/Parquet, or a folder of recordings (local path or URI)")
     p.add_argument("--profile", required=True, metavar="NAME|PATH",
@@ -31,23 +36,16 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="prepare at most N recordings not prepared yet (rerun to continue)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the preparation; returns the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Run the preparation; returns 0, or 2 when some recordings were rejected."""
     from somnray.data.pipeline import prepare_cohort
     from somnray.data.profiles import load_profile
 
-    try:
-        profile = load_profile(args.profile)
-        result = prepare_cohort(args.input, profile, args.out, num_workers=args.workers,
-                                progress=not args.no_progress, limit=args.limit)
-    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
-        # Expected, user-fixable problems: a clear message, no traceback.
-        print(f"somnray prepare: error: {exc}", file=sys.stderr)
-        return 1
+    profile = load_profile(args.profile)
+    result = prepare_cohort(args.input, profile, args.out, num_workers=args.workers,
+                            progress=not args.no_progress, limit=args.limit)
     print(f"dataset {result.version}: {result.total} recording(s): {result.prepared} prepared, "
           f"{result.skipped} already prepared, {result.rejected} rejected"
           + (f", {result.pending} pending (--limit)" if result.pending else ""))

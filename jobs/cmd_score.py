@@ -20,7 +20,6 @@ The last line printed is the output URI, for scripts.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -28,6 +27,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="score recordings with a trained model (hypnograms, statistics)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray score`` (also parsed by ``somnray submit score``)."""
     p.add_argument("run", metavar="RUN_URI",
                    help="training run (with model/) or model bundle folder (path or URI)")
     p.add_argument("inputs", metavar="INPUT", nargs="+",
@@ -48,24 +53,17 @@ def register(subparsers) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic (default: bf16 on AMX CPUs and bf16 GPUs, else fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Score the inputs; returns the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Score the inputs; returns 0, or 2 when some recordings were rejected."""
     from somnray.serve.cohort import score_cohort
     from somnray.serve.config import CohortScoringOptions
 
     options = CohortScoringOptions(profile=args.profile, workers=args.workers, plots=args.plots,
                                    stride=args.stride, device=args.device, precision=args.precision,
                                    progress=not args.no_progress)
-    try:
-        result = score_cohort(args.run, args.inputs, args.out, options)
-    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
-        # Expected, user-fixable problems: a clear message, no traceback.
-        print(f"somnray score: error: {exc}", file=sys.stderr)
-        return 1
+    result = score_cohort(args.run, args.inputs, args.out, options)
     print(f"{result.total} recording(s): {result.scored} scored, {result.skipped} already scored, "
           f"{result.rejected} rejected ({result.seconds:.1f} s)")
     for r in result.rejects:

@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Listens on 127.0.0.1 unless --host says otherwise.  Blocks until Ctrl-C."
         ),
     )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray serve``."""
     parser.add_argument("run_uri", metavar="RUN_URI",
                         help="training run (its model/ bundle) or model bundle folder: path, file://, s3://")
     parser.add_argument("--host", default="127.0.0.1",
@@ -52,7 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic of the model (default: auto)")
-    parser.set_defaults(func=run)
 
 
 def _is_loopback(host: str) -> bool:
@@ -65,35 +70,29 @@ def _is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Deploy the app and block until interrupted.  Returns the exit status."""
+    """Deploy the app and block until interrupted.  Returns 0 once stopped."""
     import signal
     import time
 
-    from somnray.core.errors import SomnrayError
+    from somnray.core.errors import ConfigError
     from somnray.serve.config import ServeConfig
     from somnray.scoring.bundles import bundle_location
 
-    try:
-        config = ServeConfig.from_mapping({
-            "run_uri": args.run_uri, "host": args.host, "port": args.port,
-            "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
-            "token_env": args.token_env, "storage_roots": tuple(args.storage_roots),
-            "default_profile": args.profile, "model_replicas": args.replicas,
-            "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
-            "device": args.device, "precision": args.precision,
-        }, source="somnray serve")
-        if args.profile is not None:
-            from somnray.data.profiles import list_profiles
+    config = ServeConfig.from_mapping({
+        "run_uri": args.run_uri, "host": args.host, "port": args.port,
+        "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
+        "token_env": args.token_env, "storage_roots": tuple(args.storage_roots),
+        "default_profile": args.profile, "model_replicas": args.replicas,
+        "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
+        "device": args.device, "precision": args.precision,
+    }, source="command-line options")
+    if args.profile is not None:
+        from somnray.data.profiles import list_profiles
 
-            if args.profile not in list_profiles():
-                print(f"somnray serve: error: --profile {args.profile!r} is not a shipped profile "
-                      f"({list_profiles()})", file=sys.stderr)
-                return 2
-        # Fail here, in a second, rather than after replicas retried loading a missing bundle.
-        bundle_location(config.run_uri)
-    except SomnrayError as exc:
-        print(f"somnray serve: error: {exc}", file=sys.stderr)
-        return 2
+        if args.profile not in list_profiles():
+            raise ConfigError("--profile", [f"{args.profile!r} is not a shipped profile ({list_profiles()})"])
+    # Fail here, in a second, rather than after replicas retried loading a missing bundle.
+    bundle_location(config.run_uri)
     token = config.resolved_token()
     if token is None and not _is_loopback(config.host):
         print(f"somnray serve: warning: listening on {config.host} without a token; set "

@@ -12,7 +12,6 @@ printed is the URI of the split file.
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers) -> None:
@@ -20,6 +19,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "split", help="write a subject-wise ratio or k-fold split beside a prepared dataset",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray split``."""
     p.add_argument("dataset", metavar="DATASET_URI", help="a prepared dataset folder")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--kfold", type=int, metavar="K", help="subject-wise K-fold cross-validation")
@@ -31,32 +36,25 @@ def register(subparsers) -> None:
                    help="validation subjects (ratio: default 100; k-fold: per fold, default 2)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--name", default=None, help="split name (file splits/<name>.json)")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute and write the split; returns the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Compute and write the split; returns 0."""
     from somnray.data.dataset import PreparedDataset
     from somnray.data.splits import kfold_split, manifest_split, ratio_split
 
-    try:
-        dataset = PreparedDataset.open(args.dataset)
-        entries = dataset.entries()
-        if args.kfold is not None:
-            val = 2 if args.val_subjects is None else args.val_subjects
-            splits = kfold_split(entries, args.kfold, seed=args.seed, n_val_subjects=val,
-                                 name=args.name)
-        elif args.ratio is not None:
-            val = 100 if args.val_subjects is None else args.val_subjects
-            splits = [ratio_split(entries, test_fraction=args.ratio, n_val_subjects=val,
-                                  seed=args.seed, name=args.name)]
-        else:
-            splits = [manifest_split(entries, name=args.name or "manifest")]
-        uri = dataset.write_splits(splits, name=args.name)
-    except (SomnrayError, FileNotFoundError) as exc:
-        print(f"somnray split: error: {exc}", file=sys.stderr)
-        return 1
+    dataset = PreparedDataset.open(args.dataset)
+    entries = dataset.entries()
+    if args.kfold is not None:
+        val = 2 if args.val_subjects is None else args.val_subjects
+        splits = kfold_split(entries, args.kfold, seed=args.seed, n_val_subjects=val, name=args.name)
+    elif args.ratio is not None:
+        val = 100 if args.val_subjects is None else args.val_subjects
+        splits = [ratio_split(entries, test_fraction=args.ratio, n_val_subjects=val,
+                              seed=args.seed, name=args.name)]
+    else:
+        splits = [manifest_split(entries, name=args.name or "manifest")]
+    uri = dataset.write_splits(splits, name=args.name)
     for s in splits:
         fold = f" fold {s.fold}" if s.fold is not None else ""
         print(f"{s.name}{fold}: train {len(s.train)} rec / {len(s.train_subjects)} subj, "

@@ -53,17 +53,23 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the ``submit`` sub-command."""
-    from somnray.jobs.submit import SUBMITTABLE
-
     p = subparsers.add_parser(
         "submit", help="run prepare/train/tune/score on a Ray cluster (Ray Jobs API)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare ``submit``'s own options, COMMAND and its arguments (parsed by :func:`run` with the
+    command's own declaration, ``somnray.jobs.cmd_<command>.add_arguments``)."""
+    from somnray.jobs.submit import SUBMITTABLE
+
     _add_submit_options(p)
     p.add_argument("workflow", choices=SUBMITTABLE, metavar="COMMAND",
                    help=f"the somnray sub-command to run: {', '.join(SUBMITTABLE)}")
     p.add_argument("workflow_args", nargs=argparse.REMAINDER, metavar="ARGS",
                    help="its arguments, as `somnray COMMAND` takes them")
-    p.set_defaults(func=run)
 
 
 def split_submit_options(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]:
@@ -72,7 +78,9 @@ def split_submit_options(args: argparse.Namespace) -> tuple[argparse.Namespace, 
     argparse hands everything after COMMAND to the workflow (so its options need no ``--``); the
     submit options given there are parsed here, the rest is returned in order.
     """
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    from somnray.jobs.cli import SomnrayParser
+
+    own = SomnrayParser(prog="somnray submit", add_help=False, allow_abbrev=False)
     _add_submit_options(own)
     later, rest = own.parse_known_args(args.workflow_args)
     merged = argparse.Namespace(**vars(args))
@@ -86,30 +94,29 @@ def split_submit_options(args: argparse.Namespace) -> tuple[argparse.Namespace, 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Validate, package and submit; optionally wait or follow.  Returns the exit status."""
-    from somnray.core.errors import ConfigError
+    """Validate, package and submit; optionally wait or follow.
+
+    Returns 0 once submitted; with ``--wait``/``--follow`` the job's own exit status (130 when
+    watching is interrupted; the job keeps running).
+    """
+    from somnray.core.errors import SomnrayError
     from somnray.jobs import submit as sub
 
     args, workflow_argv = split_submit_options(args)
     try:
         prepared = sub.prepare_command(args.workflow, workflow_argv)
         env_vars = sub.parse_env(args.env)
-    except ConfigError as exc:
-        print(f"somnray submit: error: {exc}\nnothing was submitted.", file=sys.stderr)
-        return 1
-    for warning in prepared.warnings:
-        print(f"somnray submit: warning: {warning}", file=sys.stderr)
-    if prepared.summary:
-        print(f"validated: {prepared.summary}")
-
-    try:
+        for warning in prepared.warnings:
+            print(f"somnray submit: warning: {warning}", file=sys.stderr)
+        if prepared.summary:
+            print(f"validated: {prepared.summary}")
         job = sub.submit(prepared, address=args.address, use_installed=args.use_installed,
                          source=args.source, env_vars=env_vars, submission_id=args.submission_id,
                          entrypoint_num_cpus=args.entrypoint_num_cpus,
                          entrypoint_num_gpus=args.entrypoint_num_gpus)
-    except sub.SubmitError as exc:
-        print(f"somnray submit: error: {exc}", file=sys.stderr)
-        return 1
+    except SomnrayError as exc:
+        exc.add_note("nothing was submitted.")
+        raise
     code = (f"wheel {job.wheel.wheel.name} (sources {job.wheel.source_hash})" if job.wheel
             else "the cluster's installed somnray")
     print(f"submitted {job.submission_id} to {job.address}: {job.entrypoint}  [{code}]")
@@ -120,10 +127,9 @@ def run(args: argparse.Namespace) -> int:
 
     client = sub.connect(job.address)
     try:
-        if args.follow:
-            status = sub.follow_logs(client, job.submission_id)
-        else:
-            status = sub.wait(client, job.submission_id)
+        with sub.job_api_errors(f"watching {job.submission_id}"):
+            status = (sub.follow_logs(client, job.submission_id) if args.follow
+                      else sub.wait(client, job.submission_id))
     except KeyboardInterrupt:
         print(f"\nstopped watching; the job keeps running (somnray jobs stop {job.submission_id})",
               file=sys.stderr)

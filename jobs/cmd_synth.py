@@ -9,7 +9,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import sys
 
 #: Kept in sync with ``somnray.data.synth.PROFILES`` (a test checks); listed here so that building
 #: the parser does not import numpy, scipy and edfio.
@@ -40,6 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "seed writes byte-identical files."
         ),
     )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray synth``."""
     parser.add_argument("--profile", required=True, choices=PROFILES, help="file layout to write")
     parser.add_argument("--nights", required=True, type=int, metavar="N",
                         help="number of recordings (Sleep-EDF: two nights per subject)")
@@ -53,24 +58,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(default: the --artefacts preset's: 0, 0.1 or 0.25)")
     parser.add_argument("--embed-annotations", action="store_true",
                         help="generic profile: stages as EDF+ annotations inside the PSG instead of a CSV")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the cohort; print a one-line summary.  Returns the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Write the cohort; print a one-line summary.  Returns 0."""
     from somnray.data import synth
 
-    try:
-        artefacts = synth.ArtefactConfig.preset(args.artefacts, args.missing_eog_fraction)
-        entries = synth.synthesize_cohort(
-            args.profile, args.out, args.nights, seed=args.seed, hours=args.hours,
-            artefacts=artefacts if artefacts.enabled else None,
-            embed_annotations=args.embed_annotations, progress=args.nights > 1,
-        )
-    except SomnrayError as exc:
-        print(f"somnray synth: error: {exc}", file=sys.stderr)
-        return 2
+    artefacts = synth.ArtefactConfig.preset(args.artefacts, args.missing_eog_fraction)
+    entries = synth.synthesize_cohort(
+        args.profile, args.out, args.nights, seed=args.seed, hours=args.hours,
+        artefacts=artefacts if artefacts.enabled else None,
+        embed_annotations=args.embed_annotations, progress=args.nights > 1,
+    )
     subjects = len({e.subject_id for e in entries})
     print(f"somnray synth: wrote {len(entries)} {args.profile} recording(s) of {args.hours:g} h from "
           f"{subjects} subject(s) to {args.out} (manifest.csv, seed {args.seed}, artefacts {args.artefacts})")

@@ -19,8 +19,6 @@ run's URI (``<storage.uri>/<storage.name>``), for scripts.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -28,6 +26,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a model from an experiment config (Ray Train + DeepSpeed)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray train`` (also parsed by ``somnray submit train``)."""
+    from somnray.jobs.cli import positive_int
+
     p.add_argument("config", metavar="CONFIG", help="experiment YAML (see somnray.train.config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. optim.lr=3e-4 or phases.1.optim.max_steps=500 "
@@ -35,16 +41,15 @@ def register(subparsers) -> None:
     p.add_argument("--run-uri", default=None, metavar="URI",
                    help="run folder (default <storage.uri>/<storage.name> of the config); its last "
                         "component becomes storage.name")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="Ray Train workers of every phase (scaling.num_workers)")
-    p.set_defaults(func=run)
 
 
 def cli_overrides(config: str, overrides: list[str], run_uri: str | None, workers: int | None) -> list[str]:
     """The ``--set`` assignments equivalent to the command's options (``--run-uri``, ``--workers``).
 
-    ``--workers`` also replaces a ``scaling.num_workers`` that a phase sets itself, so one flag
-    scales the whole recipe.
+    ``--workers`` also replaces a ``scaling.num_workers`` that a phase sets itself (in the file or
+    through ``--set``), so one flag scales the whole recipe.
     """
     out = list(overrides)
     if run_uri is not None:
@@ -54,37 +59,41 @@ def cli_overrides(config: str, overrides: list[str], run_uri: str | None, worker
         out += [f"storage.uri={loc.parent.uri}", f"storage.name={loc.name}"]
     if workers is not None:
         out.append(f"scaling.num_workers={workers}")
-        try:
-            import yaml
-
-            raw = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raw = None  # load_experiment reports the unreadable file
-        phases = raw.get("phases") if isinstance(raw, dict) else None
-        for i, phase in enumerate(phases if isinstance(phases, list) else []):
-            if isinstance(phase, dict) and isinstance(phase.get("scaling"), dict) \
-                    and "num_workers" in phase["scaling"]:
-                out.append(f"phases.{i}.scaling.num_workers={workers}")
+        out += [f"phases.{i}.scaling.num_workers={workers}" for i in _phases_setting_workers(config, overrides)]
     return out
 
 
+def _phases_setting_workers(config: str, overrides: list[str]) -> list[int]:
+    """Indices of the phases that set ``scaling.num_workers`` themselves, ``--set`` applied.
+
+    The document is read and overridden by the experiment loader's own functions; a file they
+    cannot read gives no index (:func:`~somnray.train.config.load_experiment` then reports why).
+    """
+    from somnray.core.config import read_yaml_file
+    from somnray.core.errors import ConfigError
+    from somnray.train.config import apply_overrides
+
+    try:
+        _, raw = read_yaml_file(config, "config")
+    except ConfigError:
+        return []
+    if not isinstance(raw, dict):
+        return []
+    phases = apply_overrides(raw, overrides)[0].get("phases")
+    return [i for i, phase in enumerate(phases if isinstance(phases, list) else [])
+            if isinstance(phase, dict) and isinstance(phase.get("scaling"), dict)
+            and "num_workers" in phase["scaling"]]
+
+
 def run(args: argparse.Namespace) -> int:
-    """Validate, train, export; returns the exit status."""
-    from somnray.core.errors import SomnrayError
+    """Validate, train, export; returns 0 (a failed training raises :class:`CommandFailed`, status 3)."""
+    from somnray.jobs.cli import EXIT_TRAINING_FAILED, KNOWN_FAILURES, CommandFailed
     from somnray.train.config import load_experiment
     from somnray.train.tracking import check_sinks_available
 
-    if args.workers is not None and args.workers < 1:
-        print(f"somnray train: error: --workers must be >= 1, got {args.workers}", file=sys.stderr)
-        return 1
-    try:
-        overrides = cli_overrides(args.config, args.overrides, args.run_uri, args.workers)
-        cfg = load_experiment(args.config, overrides)
-        for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
-            check_sinks_available(phase.logging, f"{args.config} (phase {phase.name})")
-    except SomnrayError as exc:
-        print(f"somnray train: error: {exc}", file=sys.stderr)
-        return 1
+    cfg = load_experiment(args.config, cli_overrides(args.config, args.overrides, args.run_uri, args.workers))
+    for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
+        check_sinks_available(phase.logging, f"{args.config} (phase {phase.name})")
 
     import ray
 
@@ -94,18 +103,20 @@ def run(args: argparse.Namespace) -> int:
     names = " → ".join(p.name for p in cfg.phases)
     print(f"run {cfg.run_uri}: {len(cfg.phases)} phase(s) {names}", flush=True)
     ensure_ray()
+    failure = None
     try:
         results = run_experiment(cfg)
-    except (SomnrayError, FileNotFoundError, PermissionError) as exc:
-        print(f"somnray train: error: {exc}", file=sys.stderr)
-        return 1
+    except KNOWN_FAILURES:
+        raise
     except Exception as exc:  # a failed Ray Train run: the cause is in the worker logs above
-        print(f"somnray train: training failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
-        print(cfg.run_uri)
-        return 3
+        failure = exc
     finally:
         # Disconnecting flushes the forwarded worker output, so the URI below really is last.
         ray.shutdown()
+    if failure is not None:
+        print(cfg.run_uri)
+        raise CommandFailed(f"training failed: {failure.__class__.__name__}: {failure}",
+                            EXIT_TRAINING_FAILED) from failure
     for r in results:
         m = r.metrics
         print(f"phase {r.name}: best at step {int(m.get('step', 0))}: val accuracy {m.get('val_accuracy', float('nan')):.3f}, "

@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``tune`` sub-command."""
     p = sub.add_parser("tune", help="search curricula, loss weights and other hyperparameters with Ray Tune",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Declare the arguments of ``somnray tune`` (also parsed by ``somnray submit tune``)."""
     p.add_argument("config", nargs="?", help="experiment config YAML")
     p.add_argument("space", nargs="?", help="search-space YAML")
     p.add_argument("--resume", metavar="URI", help="complete the interrupted search in this folder")
@@ -58,31 +64,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="search folder name (default <storage.name>-tune)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an experiment-config field (repeatable), e.g. optim.max_steps=500")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run or resume a search; prints the ``best/`` URI last. Returns the exit status."""
+    """Run or resume a search; prints the ``best/`` URI last. Returns 0."""
     from somnray.core.errors import ConfigError
+    from somnray.jobs.cli import CommandFailed
 
-    if args.resume and (args.config or args.space):
-        print("somnray tune: give CONFIG SPACE for a new search, or --resume URI, not both", file=sys.stderr)
-        return 2
-    if not args.resume and not (args.config and args.space):
-        print("somnray tune: give CONFIG and SPACE (or --resume URI)", file=sys.stderr)
-        return 2
-    try:
-        outcome = _resume(args.resume) if args.resume else _new(args)
-    except ConfigError as exc:
-        print(f"somnray tune: {exc}", file=sys.stderr)
-        return 2
+    problems = argument_problems(args)
+    if problems:
+        raise ConfigError("arguments", problems)
+    outcome = _resume(args.resume) if args.resume else _new(args)
     _summary(outcome)
     if outcome.best_uri is None:
-        print("somnray tune: no trial produced a checkpoint on the last phase (see the leaderboard)",
-              file=sys.stderr)
-        return 1
+        raise CommandFailed("no trial produced a checkpoint on the last phase (see the leaderboard)")
     print(outcome.best_uri)
     return 0
+
+
+def argument_problems(args: argparse.Namespace) -> list[str]:
+    """What argparse cannot check: a new search (CONFIG SPACE) or a resumed one (--resume), one of them."""
+    if args.resume and (args.config or args.space):
+        return ["give CONFIG SPACE for a new search, or --resume URI, not both"]
+    if not args.resume and not (args.config and args.space):
+        return ["give CONFIG and SPACE (or --resume URI)"]
+    return []
 
 
 def _new(args: argparse.Namespace):
@@ -102,7 +108,7 @@ def _new(args: argparse.Namespace):
                               resample_probability=args.resample_probability, seed=args.seed)
     problems = settings.problems(space, cfg)
     if problems:
-        raise ConfigError("somnray tune", problems)
+        raise ConfigError("search settings", problems)
     ensure_ray()
     return run_search(cfg, space, settings, storage=args.storage, name=args.name)
 
@@ -126,14 +132,10 @@ def _summary(outcome) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m somnray.jobs.cmd_tune ...``: the sub-command on its own (no other CLI modules)."""
-    parser = argparse.ArgumentParser(prog="somnray")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["tune", *(sys.argv[1:] if argv is None else argv)])
-    import logging
+    """``python -m somnray.jobs.cmd_tune ...``: ``somnray -v tune ...`` (info logging)."""
+    from somnray.jobs.cli import main as cli_main
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    return cli_main(["-v", "tune", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import logging
 import os
 import re
@@ -114,6 +115,20 @@ def connect(address: str | None = None):
             hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and put the "
                     "cluster's token in ~/.ray/auth_token)")
         raise SubmitError(f"cannot reach the Ray Jobs API at {target}: {exc}{hint}") from None
+
+
+@contextlib.contextmanager
+def job_api_errors(what: str) -> Iterator[None]:
+    """Raise the Jobs SDK's HTTP errors inside the block as :class:`SubmitError` naming ``what``.
+
+    The SDK raises a bare ``RuntimeError`` ("Request failed with status code 404: ...") for an
+    unknown job or a refused request: a known failure, not a bug, so it joins the family the
+    command line reports in one line.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        raise SubmitError(f"{what}: {exc}" if what else str(exc)) from exc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,44 +353,73 @@ class PreparedCommand:
         return [self.command, *self.argv]
 
 
-class _Quiet(argparse.ArgumentParser):
-    """A parser raising on errors instead of printing usage and exiting."""
+class _Raising(argparse.ArgumentParser):
+    """A parser raising :class:`ConfigError` on a bad argument instead of printing usage and exiting."""
 
-    def error(self, message: str):  # noqa: D401 - argparse hook
-        raise ConfigError(f"somnray {self.prog.split()[-1]}", [message])
+    def error(self, message: str):  # argparse hook
+        raise ConfigError(self.prog, [message])
 
 
-def _shape(command: str) -> argparse.ArgumentParser:
-    """The arguments of ``somnray <command>`` that submission must understand.
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``somnray <command>``'s arguments, from the declaration the local CLI uses.
 
-    Only what is validated or rewritten is declared; every other option passes through
-    untouched (``parse_known_args``) and is checked by the real parser when the sub-command is
-    registered in this installation.
+    Built from ``somnray.jobs.cmd_<command>.add_arguments``, so submission accepts exactly what the
+    command accepts; a bad argument raises :class:`ConfigError` instead of exiting.
+
+    Raises
+    ------
+    ConfigError
+        ``command`` is not one of :data:`SUBMITTABLE`.
     """
-    p = _Quiet(prog=f"somnray submit {command}", add_help=False, allow_abbrev=False)
-    if command == "prepare":
-        p.add_argument("input")
-        p.add_argument("--profile", required=True)
-        p.add_argument("--out", required=True)
-    elif command == "train":
-        p.add_argument("config")
-        p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    elif command == "tune":
-        # A new search takes CONFIG SPACE; an interrupted one is completed with --resume URI.
-        p.add_argument("config", nargs="?")
-        p.add_argument("space", nargs="?")
-        p.add_argument("--resume", default=None)
-        p.add_argument("--storage", default=None)
-        p.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    elif command == "score":
-        p.add_argument("run_uri")
-        p.add_argument("inputs", nargs="+")
-        p.add_argument("--out", required=True)
-        p.add_argument("--profile", default=None)
-    else:
+    if command not in SUBMITTABLE:
         raise ConfigError(f"somnray submit {command}",
                           [f"cannot submit {command!r}; choose one of {', '.join(SUBMITTABLE)}"])
-    return p
+    parser = _Raising(prog=f"somnray {command}", add_help=False)
+    importlib.import_module(f"somnray.jobs.cmd_{command}").add_arguments(parser)
+    return parser
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Arguments that ``parser`` parses back into ``args``: the positionals, then every option
+    whose value is not its default, in declaration order.
+
+    Raises
+    ------
+    TypeError
+        ``parser`` declares an action this cannot write back (sub-parsers, a custom action).
+    """
+    positionals: list[str] = []
+    options: list[str] = []
+    # argparse keeps the declared actions in ``_actions``; it has no public accessor for them.
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        value = getattr(args, action.dest)
+        if not action.option_strings and isinstance(action, argparse._StoreAction):
+            positionals += _words(action, value)
+            continue
+        flag = max(action.option_strings, key=len) if action.option_strings else None
+        if isinstance(action, argparse._StoreConstAction):  # also store_true and store_false
+            options += [flag] if value != action.default else []
+        elif isinstance(action, argparse._AppendAction):
+            options += [word for item in value[len(action.default or []):] for word in (flag, str(item))]
+        elif isinstance(action, argparse._CountAction):
+            options += [flag] * ((value or 0) - (action.default or 0))
+        elif isinstance(action, argparse._StoreAction):
+            options += [flag, *_words(action, value)] if value != action.default else []
+        else:
+            raise TypeError(f"{parser.prog}: cannot write a {type(action).__name__} ({action.dest!r}) "
+                             f"back into a command line")
+    return positionals + options
+
+
+def _words(action: argparse.Action, value: Any) -> list[str]:
+    """The command-line words of one stored value (a list for ``nargs`` that take several)."""
+    if value is None:
+        return []
+    if action.nargs in ("+", "*", argparse.REMAINDER) or isinstance(action.nargs, int):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def _check_uri(value: str, what: str, errors: list[str], warnings: list[str]) -> str:
@@ -461,6 +505,9 @@ def _stage_profile(value: str, what: str, uploads: dict[str, Path], errors: list
 def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
     """Validate ``somnray <command> <argv>`` locally and rewrite it to run on the cluster.
 
+    The arguments are parsed by the command's own declaration (:func:`command_parser`) and the
+    cluster's command line is written back from the parsed values (:func:`command_line`).
+
     Parameters
     ----------
     command : str
@@ -475,105 +522,66 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
     Raises
     ------
     ConfigError
-        Listing every problem found (bad arguments, every config validation error, unknown
-        profile, malformed URIs); nothing has been submitted.
+        Listing every problem found (every config validation error, unknown profile, malformed
+        URIs), or the first bad argument; nothing has been submitted.
     """
+    from somnray.jobs.cmd_train import cli_overrides
+    from somnray.jobs.cmd_tune import argument_problems
+
     source = f"somnray submit {command}"
-    args, extra = _shape(command).parse_known_args(list(argv))
+    parser = command_parser(command)
+    args = parser.parse_args(list(argv))
     errors: list[str] = []
     warnings: list[str] = []
     uploads: dict[str, Path] = {}
-    out: list[str]
     summary = ""
 
+    # The namespace is rewritten in place (URIs made absolute, configs renamed to their staged
+    # copies) and written back as a command line by the same parser.
     if command == "prepare":
-        profile_arg, name = _stage_profile(args.profile, "--profile", uploads, errors)
+        args.profile, name = _stage_profile(args.profile, "--profile", uploads, errors)
         summary = f"cohort profile {name!r}" if name else ""
-        out = [_check_uri(args.input, "INPUT", errors, warnings), "--profile", profile_arg,
-               "--out", _check_uri(args.out, "--out", errors, warnings)]
-    elif command in ("train", "tune"):
+        args.input = _check_uri(args.input, "INPUT", errors, warnings)
+        args.out = _check_uri(args.out, "--out", errors, warnings)
+    elif command == "score":
+        summary = f"{len(args.inputs)} input(s) scored with the run at {args.run}"
+        args.run = _check_uri(args.run, "RUN_URI", errors, warnings)
+        args.inputs = [_check_uri(u, "INPUT", errors, warnings) for u in args.inputs]
+        args.out = _check_uri(args.out, "--out", errors, warnings)
+        if args.profile is not None:
+            args.profile = _stage_profile(args.profile, "--profile", uploads, errors)[0]
+    elif command == "tune" and (problems := argument_problems(args)):
+        errors += problems
+    elif command == "tune" and args.resume is not None:
+        summary = f"resume the search at {args.resume}"
+        args.resume = _check_uri(args.resume, "--resume", errors, warnings)
+    else:  # train, or a new search
         from somnray.train.config import load_experiment
 
-        out = []
-        if command == "tune" and args.resume is not None:
-            if args.config or args.space:
-                errors.append("give CONFIG SPACE for a new search, or --resume URI, not both")
-            out += ["--resume", _check_uri(args.resume, "--resume", errors, warnings)]
-            summary = f"resume the search at {args.resume}"
-        elif command == "tune" and not (args.config and args.space):
-            errors.append("give CONFIG and SPACE (or --resume URI)")
-        else:
-            cfg = None
-            try:
-                cfg = load_experiment(args.config, args.overrides)
-                summary = (f"experiment {cfg.storage.name!r}: {len(cfg.phases)} phase(s) "
-                           f"({', '.join(p.name for p in cfg.phases)}), run folder {cfg.run_uri}")
-                _check_experiment_uris(cfg, errors, warnings)
-            except ConfigError as exc:
-                errors += [f"{exc.source}: {e}" for e in exc.errors]
-            out.append(_stage(args.config, "CONFIG", uploads, errors))
-            if command == "tune":
-                if cfg is not None and Path(args.space).expanduser().is_file():
-                    _check_search_space(args.space, cfg, errors)
-                out.append(_stage(args.space, "SPACE", uploads, errors))
-            for item in args.overrides:
-                out += ["--set", item]
-        if command == "tune" and args.storage is not None:
-            out += ["--storage", _check_uri(args.storage, "--storage", errors, warnings)]
-    else:  # score
-        out = [_check_uri(args.run_uri, "RUN_URI", errors, warnings)]
-        out += [_check_uri(u, "INPUT", errors, warnings) for u in args.inputs]
-        out += ["--out", _check_uri(args.out, "--out", errors, warnings)]
-        if args.profile is not None:
-            out += ["--profile", _stage_profile(args.profile, "--profile", uploads, errors)[0]]
-        summary = f"{len(args.inputs)} input(s) scored with the run at {args.run_uri}"
-    out += extra
+        if command == "train" and args.run_uri is not None:
+            args.run_uri = _check_uri(args.run_uri, "--run-uri", errors, warnings)
+        cfg = None
+        try:
+            # Validated as the command will load it: train's --run-uri and --workers included.
+            overrides = (cli_overrides(args.config, args.overrides, args.run_uri, args.workers)
+                         if command == "train" else args.overrides)
+            cfg = load_experiment(args.config, overrides)
+            summary = (f"experiment {cfg.storage.name!r}: {len(cfg.phases)} phase(s) "
+                       f"({', '.join(p.name for p in cfg.phases)}), run folder {cfg.run_uri}")
+            _check_experiment_uris(cfg, errors, warnings)
+        except ConfigError as exc:
+            errors += [f"{exc.source}: {e}" for e in exc.errors]
+        args.config = _stage(args.config, "CONFIG", uploads, errors)
+        if command == "tune":
+            if cfg is not None and Path(args.space).expanduser().is_file():
+                _check_search_space(args.space, cfg, errors)
+            args.space = _stage(args.space, "SPACE", uploads, errors)
+    if command == "tune" and args.storage is not None:
+        args.storage = _check_uri(args.storage, "--storage", errors, warnings)
 
-    errors += _check_with_cli(command, list(argv))
     if errors:
         raise ConfigError(source, errors)
-    return PreparedCommand(command, tuple(out), dict(uploads), tuple(warnings), summary)
-
-
-def registered_commands() -> tuple[str, ...]:
-    """The sub-commands this installation's ``somnray`` CLI registers."""
-    from somnray.jobs.cli import COMMAND_MODULES
-
-    return tuple(COMMAND_MODULES)
-
-
-def _check_with_cli(command: str, argv: Sequence[str]) -> list[str]:
-    """Parse ``somnray <command> <argv>`` with the real CLI parser; its error, if any, as a line.
-
-    The command must be registered locally: the cluster runs the same code (the wheel of this
-    checkout), so a command this CLI does not know would fail there after queueing.
-    """
-    if command not in registered_commands():
-        return [f"{command!r} is not a sub-command of this somnray installation "
-                f"(registered: {', '.join(registered_commands())})"]
-    from somnray.jobs.cli import build_parser
-
-    parser = build_parser()
-    messages: list[str] = []
-
-    def _error(message: str):
-        messages.append(message)
-        raise SystemExit(2)
-
-    # Sub-parsers are separate objects: route every parser's error() into `messages`.
-    stack = [parser]
-    while stack:
-        p = stack.pop()
-        p.error = _error  # type: ignore[method-assign]
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                stack += list(action.choices.values())
-    try:
-        with contextlib.redirect_stderr(open(os.devnull, "w")):
-            parser.parse_args([command, *argv])
-    except SystemExit:
-        return [f"somnray {command}: {m}" for m in messages] or [f"somnray {command}: invalid arguments"]
-    return []
+    return PreparedCommand(command, tuple(command_line(parser, args)), dict(uploads), tuple(warnings), summary)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from somnray.data.profiles import list_profiles
 from .config import ServeConfig
 from .jobs import CohortJobs
 from .loopback import is_loopback, restrict_replica_ports
-from .scored import ScoredNight, check_recording_id
+from .scored import STANDARD_FLAGS, ModelInfo, ScoredNight, check_recording_id
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +422,26 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         "warnings": list(result.warnings),
         "model": night.model.to_dict(),
     }
+
+
+def night_from_answer(doc: Mapping[str, Any]) -> ScoredNight:
+    """The :class:`ScoredNight` of a ``POST /v1/score`` answer (the JSON :func:`_score_answer` makes).
+
+    A client that scored a night over HTTP writes the files ``somnray score`` writes with
+    ``write_night_outputs(night_from_answer(answer), ...)``.  The answer's probabilities are rounded
+    to 5 decimals; the standard quality flags are derived again from the night, as for any night.
+    """
+    modalities = tuple(doc["availability"])
+    n = len(doc["epoch_index"])
+    available = (np.stack([np.asarray(doc["availability"][m], dtype=bool) for m in modalities], axis=1)
+                 if modalities else np.zeros((n, 0), dtype=bool))
+    return ScoredNight(
+        recording_id=doc["recording_id"], epoch_index=np.asarray(doc["epoch_index"], dtype=np.int64),
+        probabilities=np.asarray(doc["probabilities"], dtype=np.float32),
+        stages=np.asarray(doc["stages"], dtype=np.int8), modalities=modalities, available=available,
+        model=ModelInfo.from_dict(doc["model"]), modalities_used=list(doc["modalities_used"]),
+        quality={k: v for k, v in doc["quality"].items() if k not in STANDARD_FLAGS},
+        epoch_s=float(doc["epoch_s"]))
 
 
 # Everything the routes call must be defined above the ingress class: @serve.ingress serialises

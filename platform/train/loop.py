@@ -265,6 +265,30 @@ class ForwardBackward:
         return losses
 
 
+def build_engine(model: torch.nn.Module, phase: PhaseConfig, world: int,
+                 device: torch.device) -> tuple[Any, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR,
+                                                dict[str, Any]]:
+    """The DeepSpeed engine of one phase on a worker of ``world``.
+
+    ``phase.optim``'s torch optimizer and schedule (:mod:`.optim`) are handed to
+    ``deepspeed.initialize`` as client objects, with the DeepSpeed config of ``phase``; the engine
+    joins the process group Ray Train created (``dist_init_required=False``).
+
+    Returns
+    -------
+    tuple
+        ``(engine, optimizer, scheduler, ds_config)``.
+    """
+    import deepspeed
+
+    ds_config = build_deepspeed_config(phase, world, device)
+    optimizer = build_optimizer(model.parameters(), phase.optim)
+    scheduler = build_scheduler(optimizer, phase.optim)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config, dist_init_required=False)
+    return engine, optimizer, scheduler, ds_config
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train one phase on this worker (Ray Train's ``train_loop_per_worker``).
 
@@ -273,7 +297,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     config : dict
         Built by :func:`loop_config` on the driver.
     """
-    import deepspeed
     import ray.train
     import ray.train.torch
 
@@ -302,12 +325,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.freeze(phase.freeze)
     loss_weights = model.resolve_loss_weights(phase.loss_weights)
 
-    ds_config = build_deepspeed_config(phase, world, device)
+    engine, optimizer, scheduler, ds_config = build_engine(model, phase, world, device)
     dtype = autocast_dtype(precision_of(ds_config))
-    optimizer = build_optimizer(model.parameters(), phase.optim)
-    scheduler = build_scheduler(optimizer, phase.optim)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config, dist_init_required=False)
 
     state = LoopState()
     resume = ray.train.get_checkpoint()

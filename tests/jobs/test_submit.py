@@ -255,6 +255,42 @@ def test_submit_options_may_follow_the_workflow_arguments():
     assert rest == ["m.csv", "--profile", "shhs", "--out", "s3://b/p"]
 
 
+@pytest.mark.parametrize("command, argv", [
+    ("prepare", ["s3://b/m.csv", "--profile", "shhs", "--out", "s3://b/p", "--workers", "3", "--limit", "5",
+                 "--no-progress"]),
+    ("train", ["exp.yaml", "--set", "optim.lr=3e-4", "--set", "seed=2", "--run-uri", "s3://b/runs/r",
+               "--workers", "2"]),
+    ("tune", ["exp.yaml", "space.yaml", "--samples", "4", "--scheduler", "pbt", "--mode", "min",
+              "--reduction-factor", "3.5", "--storage", "s3://b/s", "--set", "optim.max_steps=8"]),
+    ("tune", ["--resume", "s3://b/s/search"]),
+    ("score", ["s3://b/runs/r", "s3://b/a.edf", "s3://b/b.edf", "--out", "s3://b/o", "--plots", "--stride", "1",
+               "--device", "cpu", "--precision", "fp32", "--workers", "2"]),
+])
+def test_command_line_is_written_back_from_the_commands_own_parser(command, argv):
+    """The cluster's command line, rebuilt from the parsed values, parses back to them with the command's own parser."""
+    from somnray.jobs.cli import build_parser
+
+    parser = sub.command_parser(command)
+    args = parser.parse_args(argv)
+    again = sub.command_line(parser, args)
+    assert parser.parse_args(again) == args
+    local = build_parser().parse_args([command, *again])
+    assert {k: v for k, v in vars(local).items() if k in vars(args)} == vars(args)
+
+
+def test_arguments_the_command_refuses_are_refused_before_submission(tmp_path):
+    """An option `somnray train` does not take, or a --workers the batch cannot split, stops the submission."""
+    config = _experiment(tmp_path)
+    with pytest.raises(ConfigError, match="unrecognized arguments: --bogus"):
+        sub.prepare_command("train", [str(config), "--bogus", "1"])
+    with pytest.raises(ConfigError) as info:
+        sub.prepare_command("train", [str(config), "--workers", "3"])
+    assert any("multiple of scaling.num_workers" in e for e in info.value.errors)
+    cmd = sub.prepare_command("train", [str(config), "--workers", "2", "--run-uri", "s3://bucket/runs/r2"])
+    assert cmd.argv == ("configs/experiment.yaml", "--run-uri", "s3://bucket/runs/r2", "--workers", "2")
+    assert "run folder s3://bucket/runs/r2" in cmd.summary
+
+
 def test_env_items_are_validated(monkeypatch):
     """--env takes KEY=VALUE or a KEY set locally; anything else is an error naming the item."""
     monkeypatch.setenv("SOMNRAY_TEST_VAR", "x")

@@ -457,15 +457,37 @@ def test_job_registry_counts_progress_limits_jobs_and_records_failures():
 
 
 def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys):
-    """`somnray serve` takes repeatable storage roots and stops with status 2, naming the URI,
-    when the run holds no model bundle (before starting Ray)."""
+    """`somnray serve` takes repeatable storage roots and stops with status 1 (a bad input, like every
+    command), naming the URI, when the run holds no model bundle (before starting Ray)."""
     from somnray.jobs.cli import build_parser, main
 
     args = build_parser().parse_args(["serve", "file:///runs/x", "--port", "9001", "--storage-root",
                                       "file:///a", "--storage-root", "s3://b/c", "--max-upload-mb", "2"])
     assert args.storage_roots == ["file:///a", "s3://b/c"] and args.port == 9001
     assert args.host == "127.0.0.1" and args.token_env == "SOMNRAY_SERVE_TOKEN"
-    assert main(["serve", str(tmp_path / "no-run")]) == 2
+    assert main(["serve", str(tmp_path / "no-run")]) == 1
     err = capsys.readouterr().err
     assert "no model bundle" in err and "no-run" in err
-    assert main(["serve", str(tmp_path), "--profile", "nope"]) == 2
+    assert main(["serve", str(tmp_path), "--profile", "nope"]) == 1
+
+
+def test_night_from_answer_reads_back_the_score_answer():
+    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model."""
+    from night_factory import night_from_stages, realistic_stages
+    from somnray.serve.app import ScoreResult, _score_answer, night_from_answer
+
+    stages = realistic_stages(1.0)
+    available = np.ones((stages.size, 2), dtype=bool)
+    available[10:20, 1] = False
+    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2})
+    back = night_from_answer(json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"])))))
+    assert back.recording_id == night.recording_id and back.modalities == night.modalities
+    assert back.model == night.model and back.epoch_s == night.epoch_s
+    np.testing.assert_array_equal(back.epoch_index, night.epoch_index)
+    np.testing.assert_array_equal(back.stages, night.stages)
+    np.testing.assert_array_equal(back.available, night.available)
+    np.testing.assert_allclose(back.probabilities, night.probabilities, atol=1e-5)
+    assert list(back.modalities_used) == list(night.modalities_used)
+    assert set(back.quality) == set(night.quality)
+    for name, flags in night.quality.items():
+        np.testing.assert_array_equal(back.quality[name], flags)

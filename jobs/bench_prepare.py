@@ -46,7 +46,7 @@ def run(nights: int = 8, hours: float = 8.0, profile: str = "shhs", seed: int = 
     import ray
 
     from somnray.core.session import ensure_ray
-    from somnray.data.pipeline import prepare_cohort
+    from somnray.data import prepare_cohort
     from somnray.data.profiles import load_profile
     from somnray.data.synth import synthesize_cohort
 

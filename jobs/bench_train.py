@@ -220,7 +220,7 @@ def run(model: str = "coresleep", batch: int = 4, length: int = 21, steps: int =
     import ray
 
     from somnray.core.session import ensure_ray
-    from somnray.data.pipeline import prepare_cohort
+    from somnray.data import prepare_cohort
     from somnray.data.profiles import load_profile
     from somnray.data.synth import synthesize_cohort
     from somnray.models import create_model

@@ -83,9 +83,10 @@ def run(args: argparse.Namespace) -> int:
     from somnray.core.session import ensure_ray
     from somnray.data.manifest import ManifestEntry, format_manifest_csv
     from somnray.data.dataset import PreparedDataset
-    from somnray.data.pipeline import prepare_cohort
+    from somnray.data import prepare_cohort
     from somnray.data.profiles import load_profile
-    from somnray.data.splits import kfold_split, save_splits
+    from somnray.data.dataset import PreparedDataset
+    from somnray.data.splits import kfold_split
     from somnray.data.synth import synthesize_cohort
 
     out = Path(args.out).resolve()
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = _step("4. subject-wise k-fold cross-validation splits")
     folds = kfold_split(entries, k=min(4, max(2, len(entries) // 2)), seed=args.seed, n_val_subjects=1)
-    save_splits(result.dataset_uri, folds, name="kfold")
+    PreparedDataset.at(result.dataset_uri).write_splits(folds, name="kfold")
     for s in folds:
         print(f"   fold {s.fold}: train {len(s.train)}, val {len(s.val)}, test {len(s.test)} recordings")
     _done(t)

@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the preparation; returns 0, or 2 when some recordings were rejected."""
-    from somnray.data.pipeline import prepare_cohort
+    from somnray.data import prepare_cohort
     from somnray.data.profiles import load_profile
 
     profile = load_profile(args.profile)

@@ -74,12 +74,17 @@ def create_model(name: str, **overrides) -> SleepStagingModel:
     return _MODELS[name](**overrides)
 
 
-def _import_architectures() -> None:
-    # The architecture modules register themselves on import; importing them here (not at the top)
-    # keeps registry.py free of import cycles. Built-ins first, so a plugin reusing a built-in
-    # name fails in register_model instead of shadowing it.
-    from . import architectures  # noqa: F401
+#: The built-in architecture modules, one per paper; each registers its variants when imported.
+BUILTIN_MODULES = ("somnray.models.cimsleepnet", "somnray.models.mc2sleepnet", "somnray.models.coresleep")
 
+
+def _import_architectures() -> None:
+    # The architecture modules import this one to register themselves, so they are found by name,
+    # like plugins, rather than imported from here (which would make registry and architectures
+    # import each other). Built-ins first, so a plugin reusing a built-in name fails in
+    # register_model instead of shadowing it.
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)  # a dictionary lookup once imported
     _import_plugins()
 
 

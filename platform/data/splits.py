@@ -14,7 +14,7 @@ manifest order.
 * :func:`manifest_split` — the fixed ``split`` column of a manifest, when the cohort ships one.
 
 A split set is stored as JSON (``splits/<name>.json`` beside a prepared dataset): see
-:func:`save_splits` / :func:`load_splits`.
+:meth:`somnray.data.dataset.PreparedDataset.write_splits` / :func:`load_splits`.
 """
 
 from __future__ import annotations
@@ -292,18 +292,6 @@ def splits_from_json(text: str, source: str = "<splits>") -> list[Split]:
         return [Split.from_dict(d) for d in doc["folds"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise SplitError(f"{source}: not a somnray split file ({exc})") from None
-
-
-def save_splits(dataset_uri: str, splits: Sequence[Split], name: str | None = None,
-                storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write ``splits`` with a prepared dataset as ``<name>.json``; returns that file's URI.
-
-    ``name`` defaults to the first split's name; see
-    :meth:`somnray.data.dataset.PreparedDataset.write_splits`.
-    """
-    from .dataset import PreparedDataset  # dataset.py imports this module
-
-    return PreparedDataset.at(dataset_uri, storage_options).write_splits(splits, name)
 
 
 def load_splits(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[Split]:

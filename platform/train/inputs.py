@@ -73,7 +73,7 @@ def resolve_split(data: DataConfig, storage_options: Mapping[str, Any] | None = 
             folds = dataset.split(cfg.name)
         except FileNotFoundError:
             raise ConfigError(uri, [f"data.split.name: no split file {cfg.name!r} with this dataset "
-                                    f"(use 'manifest', or write one with somnray.data.splits.save_splits)"]) from None
+                                    f"(use 'manifest', or write one with somnray split)"]) from None
         if cfg.fold >= len(folds):
             raise ConfigError(uri, [f"data.split.fold: {cfg.fold} out of range; the file has {len(folds)} fold(s)"])
         return folds[cfg.fold]

@@ -131,8 +131,7 @@ def test_argument_errors_exit_1(capsys):
 
 def test_prepare_with_rejects_exits_2(monkeypatch, capsys):
     """A cohort run that rejected some recordings exits 2, lists them, and prints the dataset last."""
-    from somnray.data import pipeline
-    from somnray.data.pipeline import PrepareResult
+    from somnray.data import PrepareResult, pipeline
 
     result = PrepareResult(dataset_uri="file:///store/sleep-edf-0123", version="0123", total=2, prepared=1,
                            skipped=0, rejected=1, pending=0,

@@ -24,7 +24,7 @@ def prepared_cohort(tmp_path_factory: Any, synth_cohort: Any, *, n_nights: int =
     """
     key = (n_nights, hours, seed, out_uri)
     if key not in _PREPARED:
-        from somnray.data.pipeline import prepare_cohort
+        from somnray.data import prepare_cohort
         from somnray.data.profiles import load_profile
 
         cohort = synth_cohort("sleep-edf", n_nights=n_nights, hours=hours, seed=seed)

@@ -43,12 +43,12 @@ def dataset(ray_local, synth_cohort, tmp_path_factory) -> str:
     from run_factory import prepared_cohort
 
     from somnray.data.dataset import PreparedDataset
-    from somnray.data.splits import kfold_split, save_splits
+    from somnray.data.splits import kfold_split
 
     uri = prepared_cohort(tmp_path_factory, synth_cohort, n_nights=4, hours=1.0)
     prepared = PreparedDataset.open(uri)
     if "cv2" not in prepared.splits():
-        save_splits(uri, kfold_split(prepared.entries(), 2, seed=0, n_val_subjects=0), name="cv2")
+        prepared.write_splits(kfold_split(prepared.entries(), 2, seed=0, n_val_subjects=0), name="cv2")
     return uri
 
 

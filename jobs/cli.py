@@ -1,9 +1,9 @@
 """The ``somnray`` command line: one sub-command per workflow.
 
 Each sub-command lives in its own module ``somnray.jobs.cmd_<name>`` exposing
-``add_arguments(parser)``, the one declaration of its arguments, and ``register(subparsers)``, which
-adds the sub-parser, declares the arguments with ``add_arguments`` and sets ``func`` to a callable
-taking the parsed namespace and returning the exit status.  ``somnray submit <command>`` parses
+``HELP`` (its line in ``somnray --help``; its ``--help`` shows the module docstring, or ``DESCRIPTION``),
+``add_arguments(parser)``, the one declaration of its arguments, and ``run(args)``, which takes the
+parsed namespace and returns the exit status; :func:`build_parser` wires them the same way for all.  ``somnray submit <command>`` parses
 and rewrites a command's arguments with the same ``add_arguments`` (:mod:`somnray.jobs.submit`).
 Modules are imported here, but they import Ray, DeepSpeed or MNE only inside ``func``, so
 ``somnray --help`` stays fast.
@@ -120,7 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print the traceback of a known failure, not just its one-line message")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        importlib.import_module(f"somnray.jobs.cmd_{name}").register(sub)
+        module = importlib.import_module(f"somnray.jobs.cmd_{name}")
+        command = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", module.__doc__),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
     return parser
 
 

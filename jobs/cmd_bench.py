@@ -11,12 +11,8 @@ from pathlib import Path
 BENCHMARKS = ("prepare", "models", "score", "train")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``bench`` sub-command."""
-    p = sub.add_parser("bench", help="run a benchmark and update docs/benchmarks.md",
-                       description=__doc__)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "run a benchmark and update docs/benchmarks.md"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

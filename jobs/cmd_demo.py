@@ -30,12 +30,8 @@ from pathlib import Path
 FRAGMENT_DIR = Path(__file__).resolve().parents[1] / "tests" / "data" / "fixtures" / "sleep-edf-sc4001"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``demo`` sub-command."""
-    p = sub.add_parser("demo", help="run the whole workflow on generated data, locally",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "run the whole workflow on generated data, locally"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,11 +77,10 @@ def _fragment_profile(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0, or 2 when some synthetic recordings were rejected."""
     from somnray.core.session import ensure_ray
-    from somnray.data.manifest import ManifestEntry, format_manifest_csv
-    from somnray.data.dataset import PreparedDataset
     from somnray.data import prepare_cohort
-    from somnray.data.profiles import load_profile
     from somnray.data.dataset import PreparedDataset
+    from somnray.data.manifest import ManifestEntry, format_manifest_csv
+    from somnray.data.profiles import load_profile
     from somnray.data.splits import kfold_split
     from somnray.data.synth import synthesize_cohort
 

@@ -23,13 +23,8 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
-    """Add the ``evaluate`` sub-command."""
-    p = subparsers.add_parser(
-        "evaluate", help="score trained runs under missing-modality scenarios (tables + figures)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "score trained runs under missing-modality scenarios (tables + figures)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

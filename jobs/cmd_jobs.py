@@ -20,12 +20,8 @@ import json
 import sys
 
 
-def register(subparsers) -> None:
-    """Add the ``jobs`` sub-command."""
-    p = subparsers.add_parser("jobs", help="list / status / logs / stop Ray jobs on a cluster",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "list / status / logs / stop Ray jobs on a cluster"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-
-def register(subparsers) -> None:
-    """Add the ``prepare`` sub-command."""
-    p = subparsers.add_parser(
-        "prepare", help="prepare a cohort into a versioned Parquet dataset (Ray Data)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "prepare a cohort into a versioned Parquet dataset (Ray Data)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,13 +22,8 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
-    """Add the ``score`` sub-command."""
-    p = subparsers.add_parser(
-        "score", help="score recordings with a trained model (hypnograms, statistics)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "score recordings with a trained model (hypnograms, statistics)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

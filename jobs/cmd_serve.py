@@ -18,20 +18,15 @@ import ipaddress
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``serve`` sub-command."""
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve a trained model over HTTP: score uploaded EDFs, run cohort jobs",
-        description=(
-            "Deploy the somnray scoring service on Ray Serve: POST /v1/score scores one uploaded "
-            "EDF/EDF+/BDF night, POST /v1/cohorts starts a cohort scoring job (GET "
-            "/v1/cohorts/{id} follows it), GET /healthz and /openapi.json describe the service.  "
-            "Listens on 127.0.0.1 unless --host says otherwise.  Blocks until Ctrl-C."
-        ),
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "serve a trained model over HTTP: score uploaded EDFs, run cohort jobs"
+#: What ``somnray serve --help`` says first.
+DESCRIPTION = (
+    "Deploy the somnray scoring service on Ray Serve: POST /v1/score scores one uploaded "
+    "EDF/EDF+/BDF night, POST /v1/cohorts starts a cohort scoring job (GET "
+    "/v1/cohorts/{id} follows it), GET /healthz and /openapi.json describe the service.  "
+    "Listens on 127.0.0.1 unless --host says otherwise.  Blocks until Ctrl-C."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,13 +14,8 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
-    """Add the ``split`` sub-command."""
-    p = subparsers.add_parser(
-        "split", help="write a subject-wise ratio or k-fold split beside a prepared dataset",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "write a subject-wise ratio or k-fold split beside a prepared dataset"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -51,13 +51,8 @@ def _add_submit_options(p: argparse.ArgumentParser) -> None:
                    help="GPUs reserved for the job's driver process (default 0)")
 
 
-def register(subparsers) -> None:
-    """Add the ``submit`` sub-command."""
-    p = subparsers.add_parser(
-        "submit", help="run prepare/train/tune/score on a Ray cluster (Ray Jobs API)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "run prepare/train/tune/score on a Ray cluster (Ray Jobs API)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -26,21 +26,16 @@ def _fraction(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``synth`` sub-command."""
-    parser = subparsers.add_parser(
-        "synth",
-        help="write a synthetic PSG cohort (EDF + annotations + manifest.csv) in a cohort's file format",
-        description=(
-            "Simulate PSG nights (stage-dependent EEG/EOG/EMG with realistic hypnograms) and write them "
-            "in the file layout of a cohort profile: Sleep-EDF SC (PSG + Hypnogram EDF+), SHHS-1 "
-            "(EDF + NSRR XML) or generic (EDF+ + CSV hypnogram).  The output folder also gets "
-            "manifest.csv and, with --artefacts, one <recording_id>.artefacts.json per night.  The same "
-            "seed writes byte-identical files."
-        ),
-    )
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "write a synthetic PSG cohort (EDF + annotations + manifest.csv) in a cohort's file format"
+#: What ``somnray synth --help`` says first.
+DESCRIPTION = (
+    "Simulate PSG nights (stage-dependent EEG/EOG/EMG with realistic hypnograms) and write them "
+    "in the file layout of a cohort profile: Sleep-EDF SC (PSG + Hypnogram EDF+), SHHS-1 "
+    "(EDF + NSRR XML) or generic (EDF+ + CSV hypnogram).  The output folder also gets "
+    "manifest.csv and, with --artefacts, one <recording_id>.artefacts.json per night.  The same "
+    "seed writes byte-identical files."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

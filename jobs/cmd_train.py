@@ -21,13 +21,8 @@ from __future__ import annotations
 import argparse
 
 
-def register(subparsers) -> None:
-    """Add the ``train`` sub-command."""
-    p = subparsers.add_parser(
-        "train", help="train a model from an experiment config (Ray Train + DeepSpeed)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "train a model from an experiment config (Ray Train + DeepSpeed)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

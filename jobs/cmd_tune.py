@@ -26,12 +26,8 @@ import argparse
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add the ``tune`` sub-command."""
-    p = sub.add_parser("tune", help="search curricula, loss weights and other hyperparameters with Ray Tune",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
+#: One line for ``somnray --help``.
+HELP = "search curricula, loss weights and other hyperparameters with Ray Tune"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -347,14 +347,17 @@ def test_answers_outputs_and_logs_carry_no_edf_header_fields(service, ray_local)
 
 # -- health and description ------------------------------------------------------------------------
 @pytest.mark.integration
-def test_every_replica_port_listens_on_loopback_only(service):
+def test_every_replica_port_listens_on_loopback_only(service, ray_local):
     """No Serve replica of a loopback service listens beyond 127.0.0.1 (Ray's internal gRPC port included)."""
     import ipaddress
 
     import psutil
     from ray.util.state import list_actors
 
-    replicas = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+    # The session's own cluster by address: without one the State API looks for a cluster on the
+    # machine and refuses when another Ray instance runs beside the tests.
+    replicas = [a for a in list_actors(address=ray_local.address, filters=[("state", "=", "ALIVE")],
+                                       detail=True, limit=1000)
                 if a.class_name.startswith(f"ServeReplica:{service.app_name}:")]
     assert {a.class_name.rsplit(":", 1)[1] for a in replicas} == {"ScoringIngress", "Preprocessor", "StageModel",
                                                                   "CohortJobs"}

@@ -56,7 +56,8 @@ SCRIPT = textwrap.dedent('''
         ray.init(address=cluster.address, configure_logging=False)
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         results = run_experiment(load_experiment(config))  # scaling.placement_strategy: STRICT_SPREAD
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=100)
+        workers = list_actors(address=cluster.address, filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                              limit=100)
         json.dump({"nodes": nodes, "worker_nodes": [w.node_id for w in workers],
                    "checkpoint_uri": results[-1].checkpoint_uri, "metrics": results[-1].metrics},
                   open(out, "w"))

@@ -507,16 +507,8 @@ class MC2SleepNet(SleepStagingModel):
 
         Terms: ``raw``, ``spec``, ``concat`` (cross-entropies of the three heads) and, when its
         weight is non-zero (pre-training), ``contrastive`` (the epoch-level InfoNCE). Epochs whose
-        modality is absent count in none of them.
-
-        Parameters
-        ----------
-        output : ModelOutput
-            What :meth:`forward` returned for ``batch``.
-        batch : SleepBatch
-            The batch, with labels.
-        weights : mapping of str to float, optional
-            Overrides of :attr:`default_loss_weights` (the current phase's weights).
+        modality is absent count in none of them. Parameters as :meth:`SleepStagingModel.loss`
+        (``weights`` are the current phase's).
         """
         if batch.labels is None:
             raise ValueError("MC2SleepNet.loss needs batch.labels, got None")

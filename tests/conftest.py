@@ -38,6 +38,22 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
+# -- torch ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention.
+
+    Module-scoped, so a module's own module-scoped fixtures (in-process training) run under it too:
+    request it from an autouse fixture of the module.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- Ray --------------------------------------------------------------------------------------------
 @dataclass
 class RayLocal:

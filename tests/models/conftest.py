@@ -7,12 +7,8 @@ Their batches are tiny, so a second intra-op thread buys nothing and, when the o
 from __future__ import annotations
 
 import pytest
-import torch
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test of this module (and its module fixtures) on one torch thread."""

@@ -27,13 +27,9 @@ LENGTH = 11
 N_EPOCHS = 37  # not a multiple of LENGTH: the last window is aligned to the end
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared machine: one intra-op thread avoids spin-wait contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test of this module (and its module fixtures) on one torch thread."""
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from scoring_factory import copy_cohort, identifying_hits, make_run  # tests/serve is on sys.path
+from scoring_factory import copy_cohort, identifying_hits  # tests/serve is on sys.path
 
 from somnray.core import storage
 from somnray.core.errors import ConfigError
@@ -18,12 +18,6 @@ from somnray.serve.config import CohortScoringOptions
 from somnray.serve.outputs import OUTPUT_SUFFIXES, read_stats_documents
 
 N_NIGHTS = 3
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A training run with a random coresleep_tiny bundle."""
-    return make_run(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,6 @@ EPOCHS_1H = 120
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A training run with a random coresleep_tiny bundle trained (nominally) on sleep-edf."""
-    return make_run(tmp_path_factory.mktemp("run"))
-
-
-@pytest.fixture(scope="module")
 def scorer(run_dir):
     """The run's model, loaded once for the module, in fp32 for reproducible numbers."""
     return Scorer.load(str(run_dir), device="cpu", precision="fp32")

@@ -29,12 +29,8 @@ TWO_MODALITY_SCENARIOS = (["all", "eeg_only", "eog_only"] + [missing(r).name for
 # fixtures: a small prepared cohort and tiny models trained for a few steps in-process
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spin-wait contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every test of this module (and its module fixtures) on one torch thread."""
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = " → ".join(p.name for p in cfg.phases)
     print(f"run {cfg.run_uri}: {len(cfg.phases)} phase(s) {names}", flush=True)
-    ensure_ray()
+    started = ensure_ray()
     failure = None
     try:
         results = run_experiment(cfg)
@@ -106,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a failed Ray Train run: the cause is in the worker logs above
         failure = exc
     finally:
-        # Disconnecting flushes the forwarded worker output, so the URI below really is last.
-        ray.shutdown()
+        # Disconnecting flushes the forwarded worker output, so the URI below really is last; a
+        # session this process did not start (a caller's, a test's) is left alone.
+        if started:
+            ray.shutdown()
     if failure is not None:
         print(cfg.run_uri)
         raise CommandFailed(f"training failed: {failure.__class__.__name__}: {failure}",

@@ -32,16 +32,8 @@ from .preprocess import (
     trim_wake,
 )
 from .profiles import ChannelSpec, CohortProfile, normalize_label
-from .readers import (
-    PSG,
-    ChannelData,
-    Hypnogram,
-    PathOrData,
-    hypnogram_from_annotations,
-    hypnogram_to_epochs,
-    read_hypnogram,
-    read_psg,
-)
+from .hypnograms import Hypnogram, hypnogram_from_annotations, hypnogram_to_epochs, read_hypnogram
+from .readers import PSG, ChannelData, PathOrData, read_psg
 
 __all__ = ["prepare_psg", "prepare_recording", "find_channel"]
 

@@ -13,7 +13,8 @@ from psg_factory import START, sine, write_edf, write_hypnogram
 
 from somnray.core.errors import RecordingError
 from somnray.data.profiles import AnnotationSpec, load_profile
-from somnray.data.readers import Hypnogram, hypnogram_to_epochs, read_hypnogram, read_psg
+from somnray.data.hypnograms import Hypnogram, hypnogram_to_epochs, read_hypnogram
+from somnray.data.readers import read_psg
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sleep-edf-sc4001"
 PSG_FILE = FIXTURES / "short_psg.edf"

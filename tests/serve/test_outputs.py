@@ -213,7 +213,7 @@ def test_edf_hypnogram_signal_follows_the_epoch_grid(tmp_path):
 def test_edf_annotations_read_back_by_the_generic_profile(tmp_path):
     """somnray's own hypnogram reader maps the EDF+ output back to the scored stages."""
     from somnray.data.profiles import load_profile
-    from somnray.data.readers import hypnogram_to_epochs, read_hypnogram
+    from somnray.data.hypnograms import hypnogram_to_epochs, read_hypnogram
 
     night = night_from_stages(**GAPPY)
     path = storage.resolve(write_night_outputs(night, tmp_path)["annotations"]).path

@@ -70,6 +70,19 @@ class RecordingError(DataError):
     def __reduce__(self):  # keep the fields across Ray's pickling of task errors
         return (type(self), (self.source, self.reason, self.recording_id))
 
+    @classmethod
+    def of_problems(cls, source: str, reasons: list[str],
+                    recording_id: str | None = None) -> RecordingError:
+        """One error listing every independent problem of a recording, so one run shows them all.
+
+        A single problem keeps its reason as it is; several become
+        ``N problems: (1) ...; (2) ...``.
+        """
+        if len(reasons) == 1:
+            return cls(source, reasons[0], recording_id)
+        listed = "; ".join(f"({i}) {r}" for i, r in enumerate(reasons, start=1))
+        return cls(source, f"{len(reasons)} problems: {listed}", recording_id)
+
 
 class SplitError(DataError, ValueError):
     """A split cannot be made or applied (too few subjects, unknown split or fold)."""

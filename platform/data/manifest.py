@@ -53,6 +53,32 @@ def _resolve(ref: str, base: str | None) -> str:
     return posixpath.normpath(posixpath.join(base, ref)) if "://" not in base else f"{base.rstrip('/')}/{ref}"
 
 
+def _read_rows(reader: csv.DictReader, source: str) -> list[dict[str, str]]:
+    """Every row, or a ConfigError naming the line where the CSV stops making sense.
+
+    The reader is strict because a lenient one reads an unbalanced quote as a field running to the
+    end of the file: the rows after it would silently vanish into one path.
+    """
+    rows: list[dict[str, str]] = []
+    first_line = 1  # where the row being read starts (the header first)
+    while True:
+        try:
+            if first_line == 1:
+                reader.fieldnames  # noqa: B018 - reads the header row, which can be malformed too
+            else:
+                rows.append(next(reader))
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                problem = (f"line {first_line}: a quoted field opened on this line is never closed "
+                           "(unbalanced '\"'); everything after it would be one value")
+            else:
+                problem = f"line {first_line}: malformed CSV ({exc})"
+            raise ConfigError(source, [f"malformed manifest: {problem}"]) from None
+        first_line = reader.line_num + 1
+
+
 def parse_manifest_csv(text: str, source: str, base: str | None = None) -> list[ManifestEntry]:
     """Parse manifest CSV ``text``; every problem is reported at once.
 
@@ -70,7 +96,8 @@ def parse_manifest_csv(text: str, source: str, base: str | None = None) -> list[
     ConfigError
         Missing columns, empty required cells, duplicate ids or unknown splits.
     """
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), strict=True)
+    rows = _read_rows(reader, source)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
@@ -78,7 +105,7 @@ def parse_manifest_csv(text: str, source: str, base: str | None = None) -> list[
     errors: list[str] = []
     entries: list[ManifestEntry] = []
     seen: dict[str, int] = {}
-    for line_no, raw in enumerate(reader, start=2):
+    for line_no, raw in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         for col in REQUIRED_COLUMNS:
             if not row.get(col):

@@ -101,7 +101,8 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
     source = entry["psg"]
     try:
         hyp_uri = entry.get("hypnogram")
-        if not hyp_uri and profile.annotations.format != "embedded":
+        # embedded and edf_signal scorings may live inside the PSG itself
+        if not hyp_uri and profile.annotations.format not in ("embedded", "edf_signal"):
             raise RecordingError(
                 entry["psg"], f"no hypnogram paired with this PSG, and profile {profile.name!r} "
                 f"expects separate {profile.annotations.format} hypnograms "
@@ -180,6 +181,12 @@ class PrepareResult:
     def n_epochs(self) -> int:
         """Epochs in the dataset's recordings (prepared and skipped)."""
         return int(self.manifest.get("counts", {}).get("epochs", 0))
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """``recording_id`` and ``warning``, one per warning of a recording in the dataset."""
+        return [{"recording_id": r["recording_id"], "warning": w}
+                for r in self.manifest.get("recordings", []) for w in r["warnings"]]
 
     @property
     def exit_code(self) -> int:

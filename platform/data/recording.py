@@ -32,7 +32,13 @@ from .preprocess import (
     trim_wake,
 )
 from .profiles import ChannelSpec, CohortProfile, normalize_label
-from .hypnograms import Hypnogram, hypnogram_from_annotations, hypnogram_to_epochs, read_hypnogram
+from .hypnograms import (
+    Hypnogram,
+    hypnogram_from_annotations,
+    hypnogram_from_signal,
+    hypnogram_to_epochs,
+    read_hypnogram,
+)
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
 __all__ = ["prepare_psg", "prepare_recording", "find_channel"]
@@ -179,8 +185,10 @@ def _labels(psg: PSG, hyp: Hypnogram | None, n_epochs: int, profile: CohortProfi
     if hyp is None:
         return None
     check_alignment(psg.start, hyp.start, hyp_source)
-    labels, warns = hypnogram_to_epochs(hyp, n_epochs, profile.annotations.label_map, hyp_source,
-                                        min_coverage=profile.annotations.min_coverage)
+    spec = profile.annotations
+    labels, warns = hypnogram_to_epochs(hyp, n_epochs, spec.label_map, hyp_source,
+                                        min_coverage=spec.min_coverage, label_period=spec.label_period,
+                                        min_purity=spec.min_purity, max_overrun_s=spec.max_overrun_s)
     warnings.extend(warns)
     return labels
 
@@ -224,12 +232,23 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     if n_epochs == 0:
         raise RecordingError(psg_source, f"the recording lasts {psg.duration_s:g} s, shorter than "
                                          f"one {EPOCH_SECONDS:g}-s epoch")
+    # Channels and labels fail independently: collect their problems so one run reports all.
+    problems: list[RecordingError] = []
     prepared: dict[str, _Prepared | None] = {}
     for modality, spec in profile.channels.items():
-        prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile, psg_source,
-                                               warnings)
-
-    labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+        try:
+            prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile,
+                                                   psg_source, warnings)
+        except RecordingError as exc:
+            problems.append(exc)
+    try:
+        labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+    except RecordingError as exc:
+        problems.append(exc)
+    if problems:
+        raise RecordingError.of_problems(
+            problems[0].source, [p.reason if p.source == problems[0].source else str(p)
+                                 for p in problems])
     scored = labels is not None
     if labels is None:
         labels = np.full(n_epochs, -1, dtype=np.int8)
@@ -303,8 +322,8 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
         The EDF/EDF+/BDF file (local path, fsspec URI, or its content).
     hypnogram_path : str, path-like, bytes or binary file, optional
         The scoring file in the profile's annotation format.  None with format ``embedded`` uses
-        the PSG's own EDF+ annotations; None otherwise prepares an unscored recording (labels -1,
-        no trimming), as scoring a new night needs.
+        the PSG's own EDF+ annotations, with ``edf_signal`` the PSG's own stage-code signal; None
+        otherwise prepares an unscored recording (labels -1, no trimming).
     profile : CohortProfile
         Channels, filters, labels, trimming and normalisation of the cohort.
     recording_id, subject_id : str
@@ -338,6 +357,8 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
             if len(hyp) == 0:
                 raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
                                                  "EDF+ annotations, but the file has none")
+        elif spec.format == "edf_signal":
+            hyp = hypnogram_from_signal(psg, spec, psg_source)
         else:
             hyp = None
         return prepare_psg(psg, hyp, profile, recording_id=recording_id, subject_id=subject_id,

@@ -35,6 +35,7 @@ cohort with exactly one output set per recording; it has no other use.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import pickle
@@ -150,11 +151,13 @@ def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
 
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
-            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"") -> dict[str, Any]:
-    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify.
+            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
+            warnings: str = "[]") -> dict[str, Any]:
+    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify (so the
+    # night's warnings travel as JSON text, not as lists that may be empty).
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
-            "payload": payload}
+            "payload": payload, "warnings": warnings}
 
 
 def _reason(exc: BaseException, source: str) -> tuple[str, str]:
@@ -184,7 +187,7 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
                                   psg_source=source)
         payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
-                       payload=payload)
+                       payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])))
     except Exception as exc:
         reason, etype = _reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
@@ -224,7 +227,7 @@ class ScoreAndWriteNight:
                                     storage_options=self.storage_options)
                 self.written += 1
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
-                               seconds=seconds + time.monotonic() - t0)
+                               seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
             except Exception as exc:
                 reason, etype = _reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
@@ -253,6 +256,9 @@ class CohortScoreResult:
         Scored by this run; already scored by an earlier run; not scorable.
     rejects : list of dict
         ``recording_id``, ``reason`` and ``error_type`` of each rejected recording.
+    warnings : list of dict
+        ``recording_id`` and ``warning``, one per warning a night scored by this run got while it
+        was read and prepared.
     summary : dict of str to str
         URIs of ``cohort_summary.csv`` / ``.parquet`` (/ ``.png``).
     seconds : float
@@ -265,6 +271,7 @@ class CohortScoreResult:
     skipped: int
     rejected: int
     rejects: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
     summary: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -312,6 +319,7 @@ class _Tally:
         self.total = total
         self.counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
         self.rejects: list[dict[str, str]] = []
+        self.warnings: list[dict[str, str]] = []
         self.callback = callback
 
     @property
@@ -326,6 +334,8 @@ class _Tally:
             self.rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
                                  "error_type": row["error_type"]})
             log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+        self.warnings.extend({"recording_id": row["recording_id"], "warning": w}
+                             for w in json.loads(row.get("warnings") or "[]"))
         self.report()
 
     def report(self) -> None:
@@ -478,6 +488,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     return CohortScoreResult(out_uri=out.uri, total=tally.total, scored=tally.counts[STATUS_OK],
                              skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
                              rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
+                             warnings=sorted(tally.warnings, key=lambda w: w["recording_id"]),
                              summary=summary, seconds=time.monotonic() - started)
 
 

@@ -65,6 +65,8 @@ class RecordingError(DataError):
         self.source = str(source)
         self.reason = reason
         self.recording_id = recording_id
+        #: The independent problems the reason lists (one, unless made by :meth:`of_problems`).
+        self.problems = [reason]
         super().__init__(f"{self.source}: {reason}")
 
     def __reduce__(self):  # keep the fields across Ray's pickling of task errors
@@ -81,7 +83,9 @@ class RecordingError(DataError):
         if len(reasons) == 1:
             return cls(source, reasons[0], recording_id)
         listed = "; ".join(f"({i}) {r}" for i, r in enumerate(reasons, start=1))
-        return cls(source, f"{len(reasons)} problems: {listed}", recording_id)
+        error = cls(source, f"{len(reasons)} problems: {listed}", recording_id)
+        error.problems = list(reasons)
+        return error
 
 
 class SplitError(DataError, ValueError):

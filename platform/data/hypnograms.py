@@ -213,10 +213,11 @@ def read_hypnogram(path: PathOrData, spec: AnnotationSpec, source: str | None = 
     return _read_table(raw, spec, source)
 
 
-def _code_text(value: float) -> str:
-    # Stage codes are stored as physical values of a digitised signal: 2 comes back as 2.0000001.
+def _code_text(value: float, resolution: float) -> str:
+    # Stage codes are stored as physical values of a digitised signal: 2 comes back as the
+    # representable value nearest to 2, up to half a quantisation step away.
     nearest = round(value)
-    return str(int(nearest)) if abs(value - nearest) < 1e-3 else f"{value:g}"
+    return str(int(nearest)) if abs(value - nearest) <= max(1e-3, resolution / 2) else f"{value:g}"
 
 
 def hypnogram_from_signal(psg: PSG, spec: AnnotationSpec, source: str) -> Hypnogram:
@@ -240,13 +241,13 @@ def hypnogram_from_signal(psg: PSG, spec: AnnotationSpec, source: str) -> Hypnog
     values = ch.data
     if values.size == 0:
         return Hypnogram(np.array([]), np.array([]), [], start=psg.start)
-    change = np.flatnonzero(np.diff(values) != 0) + 1
+    change = np.flatnonzero(np.diff(values) != 0) + 1  # a run is a stretch of one code
     starts = np.concatenate([[0], change])
     stops = np.concatenate([change, [values.size]])
     return Hypnogram(
         onsets_s=starts / ch.sfreq,
         durations_s=(stops - starts) / ch.sfreq,
-        labels=[_code_text(float(values[i])) for i in starts],
+        labels=[_code_text(float(values[i]), ch.resolution or 0.0) for i in starts],
         start=psg.start,
     )
 

@@ -246,9 +246,9 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     except RecordingError as exc:
         problems.append(exc)
     if problems:
+        first = problems[0].source
         raise RecordingError.of_problems(
-            problems[0].source, [p.reason if p.source == problems[0].source else str(p)
-                                 for p in problems])
+            first, [r if p.source == first else f"{p.source}: {r}" for p in problems for r in p.problems])
     scored = labels is not None
     if labels is None:
         labels = np.full(n_epochs, -1, dtype=np.int8)

@@ -37,7 +37,7 @@ from somnray.core.version import somnray_version
 from . import schema
 from .dataset import DATA_FORMAT_VERSION, PreparedDataset
 from .discovery import load_manifest
-from .manifest import SPLITS, ManifestEntry
+from .manifest import LIGHTS_COLUMNS, SPLITS, ManifestEntry
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,9 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
     ctx.enable_progress_bars = progress
     # One block per recording, so the recordings spread over the task pool instead of queueing
     # behind each other in a few large blocks.
-    ds = ray.data.from_items([e.as_dict() for e in todo], override_num_blocks=len(todo))
+    # Lights times matter to scoring only; leaving them out keeps every row's columns the same.
+    rows = [{k: v for k, v in e.as_dict().items() if k not in LIGHTS_COLUMNS} for e in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(todo))
     ds = ds.map(
         prepare_entry,
         fn_kwargs={"profile": profile, "dataset_uri": dataset.uri, "storage_options": worker_opts},

@@ -200,12 +200,15 @@ class ScoreAndWriteNight:
     Called with the actor's scorer and one status row from :func:`prepare_entry_for_scoring`:
     scores the prepared night and writes its outputs, or records a rejected one; returns the
     night's final status row.  Each actor holds its own copy, so ``written`` counts per actor
-    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).
+    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).  ``lights`` maps a recording id to
+    its manifest's (lights-off, lights-on) seconds, which the sleep statistics start and end at.
     """
 
     def __init__(self, out_uri: str, *, plots: bool, stride: int | None,
-                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None):
+                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None,
+                 lights: Mapping[str, tuple[float | None, float | None]] | None = None):
         self.out_uri = out_uri
+        self.lights = dict(lights or {})
         self.plots = plots
         self.stride = stride
         self.storage_options = dict(storage_options or {})
@@ -223,8 +226,9 @@ class ScoreAndWriteNight:
             try:
                 rec = pickle.loads(bytes(row["payload"]))
                 night = score_prepared(scorer, rec, stride=self.stride)
-                write_night_outputs(night, self.out_uri, plots=self.plots,
-                                    storage_options=self.storage_options)
+                lights_off, lights_on = self.lights.get(rid, (None, None))
+                write_night_outputs(night, self.out_uri, plots=self.plots, lights_off_s=lights_off,
+                                    lights_on_s=lights_on, storage_options=self.storage_options)
                 self.written += 1
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
                                seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
@@ -371,7 +375,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key,
+                     "lights": (e.lights_off, e.lights_on)})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
     return rows, profiles
@@ -397,11 +402,14 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
     opts = worker_storage_options([out.uri, *(r["psg"] for r in todo)], options.storage_options)
     n_actors, cpus, gpus = _pool_shape(options.workers, len(todo))
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    # The manifest's lights times go to the actors that write the statistics, not through the rows.
+    lights = {r["recording_id"]: r["lights"] for r in todo if r["lights"] != (None, None)}
+    ds = ray.data.from_items([{k: v for k, v in r.items() if k != "lights"} for r in todo],
+                             override_num_blocks=len(todo))
     ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
                 fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
     task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
-                              storage_options=opts, fault_after=fault_after)
+                              storage_options=opts, fault_after=fault_after, lights=lights)
     ds = map_with_scorer(ds, scorer, task, actors=n_actors, device=options.device,
                          precision=options.precision, threads=options.threads_per_worker,
                          num_cpus=cpus, num_gpus=gpus)

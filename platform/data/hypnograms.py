@@ -381,9 +381,11 @@ def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int]
             f"({period:g} s) the scoring's, and is this the scoring of this recording? (max_overrun_s: "
             "null keeps the recording and drops the labels past its end)")
     elif past_end:
+        how_far = (f"{past_s // EPOCH_SECONDS:g} epochs ({past_s:g} s)" if past_s % EPOCH_SECONDS == 0
+                   else f"{past_s:g} s")
         warns.append(
-            f"the hypnogram runs {past_s / EPOCH_SECONDS:g} epochs ({past_s:g} s) past the end of the "
-            f"signal ({n_epochs} epochs); the labels beyond the signal were dropped")
+            f"the hypnogram runs {how_far} past the end of the signal ({n_epochs} epochs); the "
+            "labels beyond the signal were dropped")
 
     labels, covered, mixed_out = _majority(cells.reshape(n_epochs, per_epoch), min_purity)
     n_covered = int(covered.sum())

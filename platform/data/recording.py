@@ -218,6 +218,13 @@ def _trim(labels: np.ndarray, profile: CohortProfile, source: str) -> slice:
     return keep
 
 
+def _together(problems: list[RecordingError]) -> RecordingError:
+    """One error listing every problem; those of another file than the first are prefixed by it."""
+    first = problems[0].source
+    return RecordingError.of_problems(
+        first, [r if p.source == first else f"{p.source}: {r}" for p in problems for r in p.problems])
+
+
 def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *,
                 recording_id: str, subject_id: str, psg_source: str = "<psg>",
                 hypnogram_source: str | None = None) -> PreparedRecording:
@@ -246,9 +253,7 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     except RecordingError as exc:
         problems.append(exc)
     if problems:
-        first = problems[0].source
-        raise RecordingError.of_problems(
-            first, [r if p.source == first else f"{p.source}: {r}" for p in problems for r in p.problems])
+        raise _together(problems)
     scored = labels is not None
     if labels is None:
         labels = np.full(n_epochs, -1, dtype=np.int8)
@@ -310,6 +315,24 @@ def _name(path: PathOrData | None) -> str | None:
     return os.fspath(path)
 
 
+def _read_scoring(psg: PSG, hypnogram_path: PathOrData | None, profile: CohortProfile,
+                  psg_source: str, hyp_source: str) -> Hypnogram | None:
+    """The night's stage runs: from the hypnogram file, or from the PSG itself for the formats
+    that live there; None when there is no scoring (a night to score)."""
+    spec = profile.annotations
+    if hypnogram_path is not None:
+        return read_hypnogram(hypnogram_path, spec, source=hyp_source)
+    if spec.format == "embedded":
+        hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
+        if len(hyp) == 0:
+            raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
+                                             "EDF+ annotations, but the file has none")
+        return hyp
+    if spec.format == "edf_signal":
+        return hypnogram_from_signal(psg, spec, psg_source)
+    return None
+
+
 def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
                       profile: CohortProfile, *, recording_id: str, subject_id: str,
                       psg_source: str | None = None,
@@ -342,25 +365,25 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
     RecordingError
         With ``recording_id`` set, for: a file that is not EDF or is truncated/corrupt; a missing
         or unusable (all-NaN, flat, too slow for its filter) required channel; a hypnogram whose
-        start differs, that covers too little of the signal, has labels off the 30-s grid or
-        unknown labels; no sleep/scored epoch left after trimming; ``require_all_stages`` unmet.
+        start differs, that covers too little of the signal or runs too far past it, has labels
+        off the ``label_period`` grid or unknown labels; no sleep/scored epoch left after
+        trimming; ``require_all_stages`` unmet.  The channels' and the scoring's problems are
+        independent, so they come together in one error (``N problems: (1) ...; (2) ...``).
     """
     psg_source = psg_source or _name(psg_path) or "<psg>"
     hyp_source = hypnogram_source or _name(hypnogram_path) or psg_source
     try:
         psg = read_psg(psg_path, source=psg_source)
-        spec = profile.annotations
-        if hypnogram_path is not None:
-            hyp = read_hypnogram(hypnogram_path, spec, source=hyp_source)
-        elif spec.format == "embedded":
-            hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
-            if len(hyp) == 0:
-                raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
-                                                 "EDF+ annotations, but the file has none")
-        elif spec.format == "edf_signal":
-            hyp = hypnogram_from_signal(psg, spec, psg_source)
-        else:
-            hyp = None
+        try:
+            hyp = _read_scoring(psg, hypnogram_path, profile, psg_source, hyp_source)
+        except RecordingError as hyp_problem:
+            # An unreadable scoring leaves the signals to check: report their problems with it.
+            try:
+                prepare_psg(psg, None, profile, recording_id=recording_id, subject_id=subject_id,
+                            psg_source=psg_source)
+            except RecordingError as channel_problems:
+                raise _together([channel_problems, hyp_problem]) from None
+            raise
         return prepare_psg(psg, hyp, profile, recording_id=recording_id, subject_id=subject_id,
                            psg_source=psg_source, hypnogram_source=hyp_source)
     except RecordingError as exc:

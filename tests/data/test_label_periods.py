@@ -218,3 +218,18 @@ def test_edf_signal_needs_the_signal_key(tmp_path):
     assert info.value.errors == [
         "annotations: format 'edf_signal' needs annotations.signal: the label of the "
         "signal that holds the stage codes"]
+
+
+def test_unreadable_scoring_and_channel_problems_are_reported_together(tmp_path):
+    """A hypnogram table without its stage column and a missing required channel: one reject."""
+    profile = _profile(tmp_path, "  format: csv", "  table_layout: epochs", AASM)
+    psg = write_edf(tmp_path / "night.edf", {"E1-M2": (sine(0.5, 50, 90, seed=2), 50.0)})
+    hyp = _table(tmp_path, ["label", "W", "N2", "N2"])
+    with pytest.raises(RecordingError) as info:
+        _prepare(psg, hyp, profile)
+    assert str(info.value) == (
+        f"{psg}: 2 problems: (1) required channel 'eeg' not found: no signal matches its aliases "
+        f"['C4-M1']; the file has signals ['E1-M2']; (2) {hyp}: hypnogram table lacks column(s) "
+        "['stage']; columns found: ['label'] (set annotations.onset_column/duration_column/"
+        "stage_column in the profile)")
+    assert info.value.recording_id == "night"

@@ -76,22 +76,20 @@ def _read_rows(reader: csv.DictReader, source: str) -> list[dict[str, str]]:
     """
     rows: list[dict[str, str]] = []
     first_line = 1  # where the row being read starts (the header first)
-    while True:
-        try:
-            if first_line == 1:
-                reader.fieldnames  # noqa: B018 - reads the header row, which can be malformed too
-            else:
-                rows.append(next(reader))
-        except StopIteration:
-            return rows
-        except csv.Error as exc:
-            if "unexpected end of data" in str(exc):
-                problem = (f"line {first_line}: a quoted field opened on this line is never closed "
-                           "(unbalanced '\"'); everything after it would be one value")
-            else:
-                problem = f"line {first_line}: malformed CSV ({exc})"
-            raise ConfigError(source, [f"malformed manifest: {problem}"]) from None
+    try:
+        _ = reader.fieldnames  # reads the header row, which can be malformed too
         first_line = reader.line_num + 1
+        for row in reader:
+            rows.append(row)
+            first_line = reader.line_num + 1
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            problem = (f"line {first_line}: a quoted field opened on this line is never closed "
+                       "(unbalanced '\"'); everything after it would be one value")
+        else:
+            problem = f"line {first_line}: malformed CSV ({exc})"
+        raise ConfigError(source, [f"malformed manifest: {problem}"]) from None
+    return rows
 
 
 def _seconds(text: str, column: str, line_no: int, errors: list[str]) -> float | None:

@@ -113,12 +113,41 @@ def test_events_with_durations_in_label_periods(tmp_path):
     assert _prepare(_psg(tmp_path, 90), hyp, profile).labels.tolist() == [0, 2, 2]
 
 
+#: TWENTY_S as runs of (onset, duration, stage), as event lists and annotations hold them.
+TWENTY_S_RUNS = [(0, 20, "W"), (20, 20, "N1"), (40, 40, "N2"), (80, 20, "R"), (100, 20, "W"),
+                 (120, 20, "N2"), (140, 40, "N3")]
+
+
 def test_edf_annotations_scored_at_20_s(tmp_path):
     """An EDF+ hypnogram of 20-s runs gives the same epochs as the 20-s table."""
     profile = _profile(tmp_path, "  format: edf_annotations", "  label_period: 20", AASM)
-    runs = [(0, 20, "W"), (20, 20, "N1"), (40, 40, "N2"), (80, 20, "R"), (100, 20, "W"),
-            (120, 20, "N2"), (140, 40, "N3")]
-    hyp = write_hypnogram(tmp_path / "night-hyp.edf", runs)
+    hyp = write_hypnogram(tmp_path / "night-hyp.edf", TWENTY_S_RUNS)
+    assert _prepare(_psg(tmp_path, 180), hyp, profile).labels.tolist() == [0, 2, 2, 0, 2, 3]
+
+
+def test_embedded_edf_annotations_scored_at_20_s(tmp_path):
+    """EDF+ stage annotations inside the PSG, scored at 20 s, map like the separate file."""
+    profile = _profile(tmp_path, "  format: embedded", "  label_period: 20", AASM)
+    psg = write_edf(tmp_path / "night.edf", {"C4-M1": (sine(10, 50, 180, seed=1), 50.0),
+                                             "E1-M2": (sine(0.5, 50, 180, seed=2), 50.0)},
+                    annotations=TWENTY_S_RUNS)
+    assert _prepare(psg, None, profile).labels.tolist() == [0, 2, 2, 0, 2, 3]
+
+
+def test_nsrr_xml_scored_at_20_s(tmp_path):
+    """NSRR XML stage events of 20-s runs map like the other forms."""
+    profile = _profile(tmp_path, "  format: nsrr_xml", "  label_period: 20",
+                       '  label_map: {"Wake|0": 0, "Stage 1 sleep|1": 1, "Stage 2 sleep|2": 2, '
+                       '"Stage 3 sleep|3": 3, "REM sleep|5": 4}')
+    concept = {"W": "Wake|0", "N1": "Stage 1 sleep|1", "N2": "Stage 2 sleep|2",
+               "N3": "Stage 3 sleep|3", "R": "REM sleep|5"}
+    events = "".join(
+        f"<ScoredEvent><EventType>Stages|Stages</EventType><EventConcept>{concept[text]}"
+        f"</EventConcept><Start>{onset}</Start><Duration>{duration}</Duration></ScoredEvent>"
+        for onset, duration, text in TWENTY_S_RUNS)
+    hyp = tmp_path / "night-nsrr.xml"
+    hyp.write_text(f"<?xml version='1.0'?><PSGAnnotation><ScoredEvents>{events}</ScoredEvents>"
+                   "</PSGAnnotation>")
     assert _prepare(_psg(tmp_path, 180), hyp, profile).labels.tolist() == [0, 2, 2, 0, 2, 3]
 
 

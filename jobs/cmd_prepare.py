@@ -6,12 +6,15 @@ Example::
 
 Exit status: 0 every recording prepared (or already there), 2 some rejected (the others are
 written; reasons in ``manifest.json``), 1 a fatal error (bad URI, malformed manifest, unknown
-profile).  The last line printed is the prepared dataset's URI, for scripts.
+profile).  The last line printed is the prepared dataset's URI, for scripts; every warning
+of a recording (labels dropped, a modality absent, ...) is listed on stderr at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .recording_warnings import print_recording_warnings
 
 #: One line for ``somnray --help``.
 HELP = "prepare a cohort into a versioned Parquet dataset (Ray Data)"
@@ -46,4 +49,5 @@ def run(args: argparse.Namespace) -> int:
     for r in result.rejects:
         print(f"  rejected {r['recording_id']}: {r['reason']}")
     print(result.dataset_uri)
+    print_recording_warnings(result.warnings)
     return result.exit_code

@@ -14,12 +14,15 @@ A rerun skips nights already scored, so an interrupted run is completed by runni
 
 Exit status: 0 every recording scored (or already scored), 2 some rejected (listed with their
 reasons; the others are written), 1 a fatal error (no model bundle, unknown profile, bad input).
-The last line printed is the output URI, for scripts.
+The last line printed is the output URI, for scripts; every warning a scored night got while it
+was read and prepared is listed on stderr at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from .recording_warnings import print_recording_warnings
 
 
 #: One line for ``somnray --help``.
@@ -64,4 +67,5 @@ def run(args: argparse.Namespace) -> int:
     for r in result.rejects:
         print(f"  rejected {r['recording_id']}: {r['reason']}")
     print(result.out_uri)
+    print_recording_warnings(result.warnings)
     return result.exit_code

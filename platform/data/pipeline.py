@@ -37,7 +37,7 @@ from somnray.core.version import somnray_version
 from . import schema
 from .dataset import DATA_FORMAT_VERSION, PreparedDataset
 from .discovery import load_manifest
-from .manifest import SPLITS, ManifestEntry
+from .manifest import LIGHTS_COLUMNS, SPLITS, ManifestEntry
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
     source = entry["psg"]
     try:
         hyp_uri = entry.get("hypnogram")
-        if not hyp_uri and profile.annotations.format != "embedded":
+        # embedded and edf_signal scorings may live inside the PSG itself
+        if not hyp_uri and profile.annotations.format not in ("embedded", "edf_signal"):
             raise RecordingError(
                 entry["psg"], f"no hypnogram paired with this PSG, and profile {profile.name!r} "
                 f"expects separate {profile.annotations.format} hypnograms "
@@ -180,6 +181,12 @@ class PrepareResult:
     def n_epochs(self) -> int:
         """Epochs in the dataset's recordings (prepared and skipped)."""
         return int(self.manifest.get("counts", {}).get("epochs", 0))
+
+    @property
+    def warnings(self) -> list[dict[str, str]]:
+        """``recording_id`` and ``warning``, one per warning of a recording in the dataset."""
+        return [{"recording_id": r["recording_id"], "warning": w}
+                for r in self.manifest.get("recordings", []) for w in r["warnings"]]
 
     @property
     def exit_code(self) -> int:
@@ -275,7 +282,9 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
     ctx.enable_progress_bars = progress
     # One block per recording, so the recordings spread over the task pool instead of queueing
     # behind each other in a few large blocks.
-    ds = ray.data.from_items([e.as_dict() for e in todo], override_num_blocks=len(todo))
+    # Lights times matter to scoring only; leaving them out keeps every row's columns the same.
+    rows = [{k: v for k, v in e.as_dict().items() if k not in LIGHTS_COLUMNS} for e in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(todo))
     ds = ds.map(
         prepare_entry,
         fn_kwargs={"profile": profile, "dataset_uri": dataset.uri, "storage_options": worker_opts},

@@ -112,14 +112,18 @@ class AnnotationSpec(_Strict):
 
     Parameters
     ----------
-    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"}
+    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"}
         ``edf_annotations``: a separate EDF+ file of annotations (Sleep-EDF ``*-Hypnogram.edf``);
         ``embedded``: EDF+ annotations inside the PSG file itself; ``nsrr_xml``: NSRR XML
-        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table.
+        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table;
+        ``edf_signal``: a signal whose sample values are stage codes, in a separate EDF file or,
+        without one, in the PSG itself (``signal`` names it).
     label_map : dict of str to int
         Every stage label string the source uses → 0 W, 1 N1, 2 N2, 3 N3, 4 REM, or -1
         (movement/unscored: kept in the sequence, ignored by losses).  Labels are compared after
         stripping surrounding whitespace; an unlisted label rejects the recording, listing it.
+        Numeric codes (R&K ``0``–``5``, ``edf_signal`` values) may be written as plain YAML
+        integers; they are compared as text.
     ignore : list of str
         Glob patterns (``fnmatch``) of annotation texts that are not stages (arousals, lights
         off, ...) and are skipped rather than rejected.
@@ -127,7 +131,7 @@ class AnnotationSpec(_Strict):
         NSRR XML only: the ``EventType`` of stage events.
     table_layout : {"events", "epochs"}
         CSV/TSV only: ``events`` = one row per run (onset, duration, stage columns, seconds from
-        the PSG start); ``epochs`` = one stage per row, each row one consecutive 30-s epoch.
+        the PSG start); ``epochs`` = one stage per row, each row the next ``label_period``.
     onset_column, duration_column, stage_column : str
         CSV/TSV column names (used when ``header`` is true).
     delimiter : str, optional
@@ -138,9 +142,23 @@ class AnnotationSpec(_Strict):
     min_coverage : float
         Reject the recording when the hypnogram covers less than this fraction of the signal's
         epochs (usually a PSG paired with the wrong hypnogram).
+    label_period : int
+        Seconds between two labels of the scoring (5, 10, 15, 20, 30, 60, ...): stage onsets and
+        durations must be multiples of it.  Labels are mapped onto the 30-s epochs by majority
+        of duration (see :func:`somnray.data.hypnograms.hypnogram_to_epochs`).
+    min_purity : float
+        An epoch whose majority stage covers less than this fraction of its 30 s, or whose two
+        largest stages tie, is unscored (-1).
+    max_overrun_s : float, optional
+        Seconds of labels past the end of the signal that are dropped with a warning; more
+        rejects the recording (a hypnogram read at the wrong period, or another night's).
+        None: any overrun is dropped with a warning.
+    signal : str, optional
+        ``edf_signal`` only: the label of the hypnogram signal (matching ignores case, spaces
+        and punctuation, as channel aliases do).
     """
 
-    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"]
+    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"]
     label_map: dict[str, int] = Field(min_length=1)
     ignore: list[str] = Field(default_factory=list)
     event_type: str = "Stages|Stages"
@@ -151,6 +169,26 @@ class AnnotationSpec(_Strict):
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     header: bool = True
     min_coverage: float = Field(default=0.5, ge=0, le=1)
+    label_period: int = Field(default=30, ge=1)
+    min_purity: float = Field(default=0.5, ge=0, le=1)
+    max_overrun_s: float | None = Field(default=60.0, ge=0)
+    signal: str | None = Field(default=None, min_length=1)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numeric_codes_as_text(cls, value):
+        # YAML reads `0: 0` as an int key; stage codes are compared with the text the files hold.
+        if isinstance(value, dict):
+            return {(str(k) if isinstance(k, int) and not isinstance(k, bool) else k): v
+                    for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _signal_named(self) -> AnnotationSpec:
+        if self.format == "edf_signal" and self.signal is None:
+            raise ValueError("format 'edf_signal' needs annotations.signal: the label of the "
+                             "signal that holds the stage codes")
+        return self
 
     @field_validator("label_map")
     @classmethod

@@ -32,7 +32,13 @@ from .preprocess import (
     trim_wake,
 )
 from .profiles import ChannelSpec, CohortProfile, normalize_label
-from .hypnograms import Hypnogram, hypnogram_from_annotations, hypnogram_to_epochs, read_hypnogram
+from .hypnograms import (
+    Hypnogram,
+    hypnogram_from_annotations,
+    hypnogram_from_signal,
+    hypnogram_to_epochs,
+    read_hypnogram,
+)
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
 __all__ = ["prepare_psg", "prepare_recording", "find_channel"]
@@ -179,8 +185,10 @@ def _labels(psg: PSG, hyp: Hypnogram | None, n_epochs: int, profile: CohortProfi
     if hyp is None:
         return None
     check_alignment(psg.start, hyp.start, hyp_source)
-    labels, warns = hypnogram_to_epochs(hyp, n_epochs, profile.annotations.label_map, hyp_source,
-                                        min_coverage=profile.annotations.min_coverage)
+    spec = profile.annotations
+    labels, warns = hypnogram_to_epochs(hyp, n_epochs, spec.label_map, hyp_source,
+                                        min_coverage=spec.min_coverage, label_period=spec.label_period,
+                                        min_purity=spec.min_purity, max_overrun_s=spec.max_overrun_s)
     warnings.extend(warns)
     return labels
 
@@ -210,6 +218,13 @@ def _trim(labels: np.ndarray, profile: CohortProfile, source: str) -> slice:
     return keep
 
 
+def _together(problems: list[RecordingError]) -> RecordingError:
+    """One error listing every problem; those of another file than the first are prefixed by it."""
+    first = problems[0].source
+    return RecordingError.of_problems(
+        first, [r if p.source == first else f"{p.source}: {r}" for p in problems for r in p.problems])
+
+
 def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *,
                 recording_id: str, subject_id: str, psg_source: str = "<psg>",
                 hypnogram_source: str | None = None) -> PreparedRecording:
@@ -224,12 +239,21 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     if n_epochs == 0:
         raise RecordingError(psg_source, f"the recording lasts {psg.duration_s:g} s, shorter than "
                                          f"one {EPOCH_SECONDS:g}-s epoch")
+    # Channels and labels fail independently: collect their problems so one run reports all.
+    problems: list[RecordingError] = []
     prepared: dict[str, _Prepared | None] = {}
     for modality, spec in profile.channels.items():
-        prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile, psg_source,
-                                               warnings)
-
-    labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+        try:
+            prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile,
+                                                   psg_source, warnings)
+        except RecordingError as exc:
+            problems.append(exc)
+    try:
+        labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+    except RecordingError as exc:
+        problems.append(exc)
+    if problems:
+        raise _together(problems)
     scored = labels is not None
     if labels is None:
         labels = np.full(n_epochs, -1, dtype=np.int8)
@@ -291,6 +315,24 @@ def _name(path: PathOrData | None) -> str | None:
     return os.fspath(path)
 
 
+def _read_scoring(psg: PSG, hypnogram_path: PathOrData | None, profile: CohortProfile,
+                  psg_source: str, hyp_source: str) -> Hypnogram | None:
+    """The night's stage runs: from the hypnogram file, or from the PSG itself for the formats
+    that live there; None when there is no scoring (a night to score)."""
+    spec = profile.annotations
+    if hypnogram_path is not None:
+        return read_hypnogram(hypnogram_path, spec, source=hyp_source)
+    if spec.format == "embedded":
+        hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
+        if len(hyp) == 0:
+            raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
+                                             "EDF+ annotations, but the file has none")
+        return hyp
+    if spec.format == "edf_signal":
+        return hypnogram_from_signal(psg, spec, psg_source)
+    return None
+
+
 def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
                       profile: CohortProfile, *, recording_id: str, subject_id: str,
                       psg_source: str | None = None,
@@ -303,8 +345,8 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
         The EDF/EDF+/BDF file (local path, fsspec URI, or its content).
     hypnogram_path : str, path-like, bytes or binary file, optional
         The scoring file in the profile's annotation format.  None with format ``embedded`` uses
-        the PSG's own EDF+ annotations; None otherwise prepares an unscored recording (labels -1,
-        no trimming), as scoring a new night needs.
+        the PSG's own EDF+ annotations, with ``edf_signal`` the PSG's own stage-code signal; None
+        otherwise prepares an unscored recording (labels -1, no trimming).
     profile : CohortProfile
         Channels, filters, labels, trimming and normalisation of the cohort.
     recording_id, subject_id : str
@@ -323,23 +365,25 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
     RecordingError
         With ``recording_id`` set, for: a file that is not EDF or is truncated/corrupt; a missing
         or unusable (all-NaN, flat, too slow for its filter) required channel; a hypnogram whose
-        start differs, that covers too little of the signal, has labels off the 30-s grid or
-        unknown labels; no sleep/scored epoch left after trimming; ``require_all_stages`` unmet.
+        start differs, that covers too little of the signal or runs too far past it, has labels
+        off the ``label_period`` grid or unknown labels; no sleep/scored epoch left after
+        trimming; ``require_all_stages`` unmet.  The channels' and the scoring's problems are
+        independent, so they come together in one error (``N problems: (1) ...; (2) ...``).
     """
     psg_source = psg_source or _name(psg_path) or "<psg>"
     hyp_source = hypnogram_source or _name(hypnogram_path) or psg_source
     try:
         psg = read_psg(psg_path, source=psg_source)
-        spec = profile.annotations
-        if hypnogram_path is not None:
-            hyp = read_hypnogram(hypnogram_path, spec, source=hyp_source)
-        elif spec.format == "embedded":
-            hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
-            if len(hyp) == 0:
-                raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
-                                                 "EDF+ annotations, but the file has none")
-        else:
-            hyp = None
+        try:
+            hyp = _read_scoring(psg, hypnogram_path, profile, psg_source, hyp_source)
+        except RecordingError as hyp_problem:
+            # An unreadable scoring leaves the signals to check: report their problems with it.
+            try:
+                prepare_psg(psg, None, profile, recording_id=recording_id, subject_id=subject_id,
+                            psg_source=psg_source)
+            except RecordingError as channel_problems:
+                raise _together([channel_problems, hyp_problem]) from None
+            raise
         return prepare_psg(psg, hyp, profile, recording_id=recording_id, subject_id=subject_id,
                            psg_source=psg_source, hypnogram_source=hyp_source)
     except RecordingError as exc:

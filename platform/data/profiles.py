@@ -29,6 +29,7 @@ __all__ = [
     "ChannelSpec",
     "CohortProfile",
     "PairingSpec",
+    "ReadingSpec",
     "TrimSpec",
     "list_profiles",
     "load_profile",
@@ -244,6 +245,20 @@ class AvailabilitySpec(_Strict):
     clip_fraction: float = Field(default=0.1, gt=0, le=1)
 
 
+class ReadingSpec(_Strict):
+    """How forgiving reading a PSG file is.
+
+    Parameters
+    ----------
+    truncated : {"keep", "reject"}
+        A file that ends inside its data records (a download cut short): ``keep`` prepares its
+        complete records, with a warning and ``truncated: true`` in the recording's info;
+        ``reject`` rejects the recording.
+    """
+
+    truncated: Literal["keep", "reject"] = "keep"
+
+
 class CohortProfile(_Strict):
     """Everything somnray needs to know about one cohort's files (one YAML file).
 
@@ -267,6 +282,8 @@ class CohortProfile(_Strict):
         Reject recordings lacking any of the five stages (CoRe-Sleep's 5,463 SHHS subset).
     availability : AvailabilitySpec
         Flat/clipped epoch thresholds.
+    reading : ReadingSpec
+        What a truncated file becomes.
     """
 
     name: str = Field(min_length=1)
@@ -278,6 +295,7 @@ class CohortProfile(_Strict):
     pairing: PairingSpec
     require_all_stages: bool = False
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    reading: ReadingSpec = Field(default_factory=ReadingSpec)
 
     @field_validator("channels")
     @classmethod

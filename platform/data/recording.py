@@ -133,6 +133,8 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
                             f"{spec.reference}; the file has signals {psg.labels}")
     parts = [(label, psg.signals[label])] + ([(ref_label, psg.signals[ref_label])] if ref_label else [])
     for part_label, ch in parts:
+        if ch.unusable:
+            return unusable(f"(signal '{part_label}') is unusable: {ch.unusable}")
         try:
             check_filter_rate(ch.sfreq, spec.band, spec.min_sfreq)
         except ValueError as exc:
@@ -269,6 +271,9 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "normalization": profile.normalization,
         "warnings": warnings,
     }
+    if psg.truncated:
+        # Only set when true, so the info of every complete file stays as it was.
+        info["truncated"] = True
     return PreparedRecording(
         recording_id=recording_id,
         subject_id=subject_id,
@@ -329,7 +334,7 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
     psg_source = psg_source or _name(psg_path) or "<psg>"
     hyp_source = hypnogram_source or _name(hypnogram_path) or psg_source
     try:
-        psg = read_psg(psg_path, source=psg_source)
+        psg = read_psg(psg_path, source=psg_source, truncated=profile.reading.truncated)
         spec = profile.annotations
         if hypnogram_path is not None:
             hyp = read_hypnogram(hypnogram_path, spec, source=hyp_source)

@@ -192,7 +192,7 @@ def prepare_for_scoring(model: Scorer | ModelSpec, psg: PathOrData, *, recording
     source = psg_source or (os.fspath(psg) if isinstance(psg, (str, os.PathLike)) else "<upload>")
     try:
         check_recording_id(recording_id)
-        data = read_psg(psg, source=source)
+        data = read_psg(psg, source=source, truncated=profile.reading.truncated)
         rec = prepare_psg(data, None, profile, recording_id=recording_id, subject_id=recording_id,
                           psg_source=source)
     except RecordingError as exc:

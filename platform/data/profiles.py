@@ -74,6 +74,10 @@ class ChannelSpec(_Strict):
         Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
         is not the physiological signal the modality stands for: absent with a warning when the
         channel is optional, a rejection when it is required.
+    band_fit : {"strict", "auto"}
+        A band whose upper edge is at/above the native Nyquist frequency: ``strict`` makes the
+        channel unusable (the band is a protocol the data must meet); ``auto`` clips the upper
+        edge to 0.9 × the native Nyquist frequency, with a warning.
     """
 
     aliases: list[str] = Field(min_length=1)
@@ -81,6 +85,7 @@ class ChannelSpec(_Strict):
     required: bool = True
     band: tuple[float, float] | None = None
     min_sfreq: float | None = Field(default=None, gt=0)
+    band_fit: Literal["strict", "auto"] = "strict"
 
     @field_validator("aliases", "reference")
     @classmethod

@@ -27,6 +27,7 @@ from .preprocess import (
     check_filter_rate,
     derive_channel,
     epoch,
+    fit_band,
     normalize,
     resample,
     trim_wake,
@@ -136,16 +137,29 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
         if ch.unusable:
             return unusable(f"(signal '{part_label}') is unusable: {ch.unusable}")
         try:
-            check_filter_rate(ch.sfreq, spec.band, spec.min_sfreq)
+            check_filter_rate(ch.sfreq, spec.band if spec.band_fit == "strict" else None,
+                              spec.min_sfreq)
         except ValueError as exc:
             return unusable(f"(signal '{part_label}'): {exc}")
+    native = min(ch.sfreq for _, ch in parts)
+    band = spec.band
+    if band is not None and spec.band_fit == "auto":
+        try:
+            band = fit_band(band, native)
+        except ValueError as exc:
+            return unusable(f"(signal '{label}'): {exc}")
+        if band != tuple(spec.band):
+            warnings.append(
+                f"channel '{modality}' (signal '{label}'): band-pass upper edge {spec.band[1]:g} Hz "
+                f"is at/above the Nyquist frequency {native / 2:g} Hz of the native rate "
+                f"{native:g} Hz; the band is clipped to [{band[0]:g}, {band[1]:g}] Hz "
+                "(band_fit: auto)")
 
     # Availability at the native rate, where NaN runs and rail values are exact.
     flags = [_channel_flags(ch, n_epochs, profile) for _, ch in parts]
     usable = np.logical_and.reduce([f.usable for f in flags])
 
     filled = [np.where(np.isnan(ch.data), 0.0, ch.data) for _, ch in parts]
-    native = min(ch.sfreq for _, ch in parts)
     if ref_label is None:
         x, rate = filled[0], parts[0][1].sfreq
     else:
@@ -159,9 +173,9 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
                         f"{_why_unusable(flags, parts[0][1], n_epochs, profile.availability.flat_lsb)}")
 
     x = resample(x, rate, SAMPLING_RATE_HZ)
-    if spec.band is not None:
+    if band is not None:
         try:
-            x = bandpass(x, SAMPLING_RATE_HZ, spec.band, native_sfreq=native)
+            x = bandpass(x, SAMPLING_RATE_HZ, band, native_sfreq=native)
         except ValueError as exc:
             return unusable(f"(signal '{label}'): {exc}")
     epochs = _native_epochs(x, SAMPLING_RATE_HZ, n_epochs)
@@ -170,7 +184,7 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
     epochs[short] = 0.0
 
     facts: dict[str, Any] = {"label": label, "native_sfreq": parts[0][1].sfreq,
-                             "unit": parts[0][1].unit, "band": list(spec.band) if spec.band else None}
+                             "unit": parts[0][1].unit, "band": list(band) if band else None}
     if ref_label is not None:
         facts.update(reference=ref_label, reference_sfreq=parts[1][1].sfreq)
     return _Prepared(epochs, usable, facts)

@@ -26,6 +26,7 @@ from somnray.core.errors import ConfigError
 __all__ = [
     "AnnotationSpec",
     "AvailabilitySpec",
+    "ChannelAlternative",
     "ChannelSpec",
     "CohortProfile",
     "PairingSpec",
@@ -54,8 +55,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChannelSpec(_Strict):
-    """How one canonical modality is found (and derived) in a PSG file.
+class ChannelAlternative(_Strict):
+    """One way to find a modality's signal: a label, optionally minus a reference.
 
     Parameters
     ----------
@@ -64,7 +65,40 @@ class ChannelSpec(_Strict):
         and punctuation (``EOG(L)`` = ``EOG L`` = ``EOGL``).
     reference : list of str, optional
         Aliases of a reference channel subtracted from the channel (a bipolar derivation such as
-        SHHS's EOG(L) − EOG(R)).  Both are brought to a common rate before the subtraction.
+        SHHS's EOG(L) − EOG(R), or C3 − A2 from monopolar electrodes).  Both are brought to a
+        common rate before the subtraction.
+    """
+
+    aliases: list[str] = Field(min_length=1)
+    reference: list[str] | None = None
+
+    @field_validator("aliases", "reference")
+    @classmethod
+    def _non_empty_labels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("must list at least one label (or be omitted)")
+        bad = [v for v in value if not normalize_label(v)]
+        if bad:
+            raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
+        return value
+
+
+class ChannelSpec(ChannelAlternative):
+    """How one canonical modality is found (and derived) in a PSG file.
+
+    Parameters
+    ----------
+    aliases, reference
+        The primary signal (see :class:`ChannelAlternative`).
+    fallbacks : list of ChannelAlternative
+        Tried in order when the primary signal is missing or unusable (not found, no reference,
+        an unscalable header, too slow, no usable epoch): C4-A1, else C3-A2, ...  The signal
+        actually used is recorded in the recording's ``channels`` info.
+    combine : {"first", "average"}
+        ``first``: the first usable alternative; ``average``: the per-epoch mean of every usable
+        alternative (an epoch is available when at least one of them is).
     required : bool
         Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
     band : (float, float), optional
@@ -80,24 +114,12 @@ class ChannelSpec(_Strict):
         edge to 0.9 × the native Nyquist frequency, with a warning.
     """
 
-    aliases: list[str] = Field(min_length=1)
-    reference: list[str] | None = None
+    fallbacks: list[ChannelAlternative] = Field(default_factory=list)
+    combine: Literal["first", "average"] = "first"
     required: bool = True
     band: tuple[float, float] | None = None
     min_sfreq: float | None = Field(default=None, gt=0)
     band_fit: Literal["strict", "auto"] = "strict"
-
-    @field_validator("aliases", "reference")
-    @classmethod
-    def _non_empty_labels(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return value
-        if not value:
-            raise ValueError("must list at least one label (or be omitted)")
-        bad = [v for v in value if not normalize_label(v)]
-        if bad:
-            raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
-        return value
 
     @field_validator("band")
     @classmethod

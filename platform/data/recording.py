@@ -36,7 +36,7 @@ from .profiles import ChannelAlternative, ChannelSpec, CohortProfile, normalize_
 from .hypnograms import Hypnogram, hypnogram_from_annotations, hypnogram_to_epochs, read_hypnogram
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
-__all__ = ["prepare_psg", "prepare_recording", "find_channel"]
+__all__ = ["channels_used", "prepare_psg", "prepare_recording", "find_channel"]
 
 
 def find_channel(psg: PSG, aliases: list[str]) -> str | None:
@@ -200,6 +200,19 @@ def _average(found: list[tuple[int, _Prepared]]) -> _Prepared:
 def _signal_name(facts: dict[str, Any]) -> str:
     """How the used signal is shown: its label, or ``label - reference`` for a derivation."""
     return f"{facts['label']} - {facts['reference']}" if "reference" in facts else facts["label"]
+
+
+def channels_used(info: dict[str, Any]) -> dict[str, str]:
+    """Modality → the signal a prepared recording used, as outputs show it.
+
+    ``C4-A1``; ``E1 - E2`` for a derivation; ``mean(C4-A1, C3-A2)`` for an average of
+    alternatives.  Absent modalities are left out.
+    """
+    used = {}
+    for modality, facts in (info.get("channels") or {}).items():
+        averaged = facts.get("averaged")
+        used[modality] = f"mean({', '.join(averaged)})" if averaged else _signal_name(facts)
+    return used
 
 
 def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,

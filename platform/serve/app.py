@@ -331,6 +331,8 @@ class ScoreResponse(BaseModel):
                                                        "models that imagine a missing input).")
     modalities_used: list[str] = Field(description="Inputs each stage came from (`eeg+eog`, `eeg`, "
                                                    "`eeg+eog(imputed)`, `none`).")
+    channels: dict[str, str] = Field(description="Modality -> the EDF signal it was read from (`C4-A1`, "
+                                                 "`E1 - E2` for a derivation).")
     sleep_statistics: dict[str, Any] = Field(description="AASM statistics: TST, sleep efficiency, SOL, "
                                                          "WASO, REM latency, minutes and % per stage.")
     warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...).")
@@ -424,6 +426,7 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         "availability": {m: night.available[:, j].tolist() for j, m in enumerate(night.modalities)},
         "quality": {k: v.astype(bool).tolist() for k, v in night.quality.items()},
         "modalities_used": [str(u) for u in night.modalities_used],
+        "channels": dict(night.channels),
         "sleep_statistics": stats.to_dict(),
         "warnings": list(result.warnings),
         "model": night.model.to_dict(),
@@ -447,6 +450,7 @@ def night_from_answer(doc: Mapping[str, Any]) -> ScoredNight:
         stages=np.asarray(doc["stages"], dtype=np.int8), modalities=modalities, available=available,
         model=ModelInfo.from_dict(doc["model"]), modalities_used=list(doc["modalities_used"]),
         quality={k: v for k, v in doc["quality"].items() if k not in STANDARD_FLAGS},
+        channels=dict(doc.get("channels") or {}),
         epoch_s=float(doc["epoch_s"]))
 
 

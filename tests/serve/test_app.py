@@ -495,3 +495,19 @@ def test_night_from_answer_reads_back_the_score_answer():
     assert set(back.quality) == set(night.quality)
     for name, flags in night.quality.items():
         np.testing.assert_array_equal(back.quality[name], flags)
+
+
+@pytest.mark.integration
+def test_channel_map_with_alternatives_and_a_derivation_over_http(service):
+    """A request's channel map falls back past a missing label and derives the EOG; the answer names both."""
+    resp = service.score(recording_id="mapped", channel_map=json.dumps({
+        "eeg": ["C4-A1", "EEG Pz-Oz"], "eog": {"signal": "EOG horizontal", "reference": "EEG Fpz-Cz"}}))
+    assert resp.status_code == 200, resp.text[:300]
+    doc = resp.json()
+    assert doc["channels"] == {"eeg": "EEG Pz-Oz", "eog": "EOG horizontal - EEG Fpz-Cz"}
+    assert all(doc["availability"]["eeg"]) and all(doc["availability"]["eog"])
+    bad = service.score(channel_map=json.dumps({"eog": {"signal": "E1", "ref": "E2"}}))
+    assert bad.status_code == 400
+    assert bad.json()["detail"] == (
+        "channel_map: 1 problem(s):\n  - channel_map['eog']: a derivation is an object "
+        "{\"signal\": \"<EDF label>\", \"reference\": \"<EDF label>\"}, got {'signal': 'E1', 'ref': 'E2'}")

@@ -26,7 +26,7 @@ from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import StorageLocation, resolve
 
 from .profiles import normalize_label
-from .readers import PSG, _annotations, _open_edf, read_psg
+from .readers import _ANNOTATION_LABELS, PSG, _annotations, _check_header, _open_edf, read_psg
 
 __all__ = [
     "HypnogramReport",
@@ -205,10 +205,11 @@ def _inspect_edf_hypnogram(loc: StorageLocation) -> HypnogramReport | None:
     """An annotation-only EDF+ file (Sleep-EDF's ``*-Hypnogram.edf``), else None."""
     raw = loc.read_bytes()
     try:
-        rec, layout = _open_edf(raw, loc.uri)
+        # The header alone tells a PSG (any signal) from a scoring file; only the latter is parsed.
+        if any(lbl not in _ANNOTATION_LABELS for lbl in _check_header(raw, loc.uri).labels):
+            return None
+        rec, _ = _open_edf(raw, loc.uri)
     except RecordingError:
-        return None
-    if any(lbl not in ("EDF Annotations", "BDF Annotations") for lbl in layout.labels):
         return None
     report = HypnogramReport(uri=loc.uri, format="edf_annotations")
     try:

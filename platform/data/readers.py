@@ -163,7 +163,6 @@ class _HeaderLayout:
     n_signals: int
     labels: tuple[str, ...]
     samples_per_record: tuple[int, ...]
-    declared_records: int
     truncated: bool = False
     notes: tuple[str, ...] = ()
 
@@ -189,7 +188,7 @@ def _header_number(raw: bytes, start: int, length: int, name: str, source: str, 
             source, f"corrupt EDF header: field '{name}' is {text!r}, not a number") from None
 
 
-def _check_header(raw: bytes, source: str, truncated: str = "keep") -> _HeaderLayout:
+def _check_header(raw: bytes, source: str, truncated: str = "reject") -> _HeaderLayout:
     """Validate the fixed EDF/BDF header and count the data records the file really holds.
 
     The rule for a record count that disagrees with the file size: every complete data record
@@ -234,8 +233,7 @@ def _check_header(raw: bytes, source: str, truncated: str = "keep") -> _HeaderLa
     samples = tuple(
         _header_number(raw, spr_offset + 8 * i, 8, f"number of samples of signal {i + 1}", source)
         for i in range(n_signals))
-    layout = _HeaderLayout(is_bdf, header_bytes, declared, record_s, n_signals, labels, samples,
-                           declared)
+    layout = _HeaderLayout(is_bdf, header_bytes, declared, record_s, n_signals, labels, samples)
     if layout.record_bytes <= 0:
         raise RecordingError(source, "corrupt EDF header: data records hold no samples")
     if declared < -1:
@@ -260,7 +258,7 @@ def _check_header(raw: bytes, source: str, truncated: str = "keep") -> _HeaderLa
                      f"complete records of {layout.record_bytes} bytes; all {complete} are read "
                      f"({complete * record_s:g} s instead of {declared * record_s:g} s)")
     return _HeaderLayout(is_bdf, header_bytes, complete, record_s, n_signals, labels, samples,
-                         declared, is_truncated, tuple(notes))
+                         is_truncated, tuple(notes))
 
 
 def _parse_legacy_start(raw: bytes) -> datetime | None:

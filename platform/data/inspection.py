@@ -406,6 +406,13 @@ def format_report(result: Inspection) -> str:
         for w in p.warnings:
             out.append(f"  warning: {w}")
         out.append(f"  hypnogram: {p.hypnogram or 'none paired'}")
+        hyp = next((h for h in result.hypnograms if h.name == p.hypnogram), None)
+        if hyp is not None and len(hyp.columns) == 1 and hyp.labels:
+            # One label per row: the row period follows from the recording's length, and a
+            # period other than 30 s needs saying before anyone maps rows onto 30-s epochs.
+            rows = sum(hyp.labels.values())
+            out.append(f"  one label per row: {rows} rows over {p.duration_s:g} s = one label every "
+                       f"{p.duration_s / rows:.3g} s")
     for h in result.hypnograms:
         out.append(h.name)
         if h.error:

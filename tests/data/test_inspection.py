@@ -102,6 +102,15 @@ def test_inspect_pairs_sleep_edf_names_by_a_common_prefix(tmp_path):
     assert [Path(e.hypnogram).name for e in entries] == ["SC4001EC-Hypnogram.edf"]
 
 
+def test_inspect_reports_the_period_of_a_one_label_per_row_hypnogram(tmp_path):
+    """A text file of one label per 5 s beside a 300-s PSG: the report states the implied period."""
+    _clinic_psg(tmp_path / "n7.edf")
+    (tmp_path / "n7_hypnogram.txt").write_text("W\n" * 30 + "N2\n" * 30)
+    text = format_report(inspect_path(str(tmp_path)))
+    assert "  hypnogram: n7_hypnogram.txt\n  one label per row: 60 rows over 300 s = one label every 5 s" in text
+    assert "n7_hypnogram.txt\n  csv, columns ['column 1']\n  labels: 'N2' ×30, 'W' ×30" in text
+
+
 def test_inspect_file_with_embedded_stages_and_events(tmp_path):
     """EDF+ annotations are listed by kind; stages go to label_map, events to ignore."""
     path = _clinic_psg(tmp_path / "n.edf", annotations=[(0, 150, "Sleep stage W"), (40, 3, "Arousal"),

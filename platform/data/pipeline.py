@@ -205,13 +205,14 @@ def _check_profiles(entries: Sequence[ManifestEntry], profile, source: str) -> N
 
 def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | None = None,
                    storage_options: Mapping[str, Any] | None = None, progress: bool = True,
-                   limit: int | None = None) -> PrepareResult:
+                   limit: int | None = None, hypnogram: str | None = None) -> PrepareResult:
     """Prepare every recording of a cohort into a versioned Parquet dataset.
 
     Parameters
     ----------
     input_uri : str
-        A manifest (CSV/Parquet) or a folder of recordings (paired by the profile).
+        A manifest (CSV/Parquet), a folder of recordings (paired by the profile), or one EDF/BDF
+        file.
     profile : CohortProfile or str
         The cohort profile, or a shipped profile name / YAML path.
     out_uri : str
@@ -225,6 +226,9 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     limit : int, optional
         Prepare at most this many recordings not prepared yet (already-written ones are always
         accounted for); a later run without it completes the dataset.
+    hypnogram : str, optional
+        The scoring file when ``input_uri`` is one EDF/BDF file (default: the file the profile's
+        pairing rules pair with it, if any).
 
     Returns
     -------
@@ -245,7 +249,7 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     if limit is not None and limit < 0:
         raise ConfigError("--limit", [f"must be >= 0, got {limit}"])
     started = time.monotonic()
-    entries = load_manifest(input_uri, profile, storage_options)
+    entries = load_manifest(input_uri, profile, storage_options, hypnogram=hypnogram)
     _check_profiles(entries, profile, str(input_uri))
     dataset = PreparedDataset.create(out_uri, profile, entries, storage_options)
     version = dataset.version

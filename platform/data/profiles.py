@@ -26,9 +26,11 @@ from somnray.core.errors import ConfigError
 __all__ = [
     "AnnotationSpec",
     "AvailabilitySpec",
+    "ChannelAlternative",
     "ChannelSpec",
     "CohortProfile",
     "PairingSpec",
+    "ReadingSpec",
     "TrimSpec",
     "list_profiles",
     "load_profile",
@@ -53,8 +55,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChannelSpec(_Strict):
-    """How one canonical modality is found (and derived) in a PSG file.
+class ChannelAlternative(_Strict):
+    """One way to find a modality's signal: a label, optionally minus a reference.
 
     Parameters
     ----------
@@ -63,23 +65,12 @@ class ChannelSpec(_Strict):
         and punctuation (``EOG(L)`` = ``EOG L`` = ``EOGL``).
     reference : list of str, optional
         Aliases of a reference channel subtracted from the channel (a bipolar derivation such as
-        SHHS's EOG(L) − EOG(R)).  Both are brought to a common rate before the subtraction.
-    required : bool
-        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
-    band : (float, float), optional
-        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
-        low-pass.  None = no filter.
-    min_sfreq : float, optional
-        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
-        is not the physiological signal the modality stands for: absent with a warning when the
-        channel is optional, a rejection when it is required.
+        SHHS's EOG(L) − EOG(R), or C3 − A2 from monopolar electrodes).  Both are brought to a
+        common rate before the subtraction.
     """
 
     aliases: list[str] = Field(min_length=1)
     reference: list[str] | None = None
-    required: bool = True
-    band: tuple[float, float] | None = None
-    min_sfreq: float | None = Field(default=None, gt=0)
 
     @field_validator("aliases", "reference")
     @classmethod
@@ -92,6 +83,43 @@ class ChannelSpec(_Strict):
         if bad:
             raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
         return value
+
+
+class ChannelSpec(ChannelAlternative):
+    """How one canonical modality is found (and derived) in a PSG file.
+
+    Parameters
+    ----------
+    aliases, reference
+        The primary signal (see :class:`ChannelAlternative`).
+    fallbacks : list of ChannelAlternative
+        Tried in order when the primary signal is missing or unusable (not found, no reference,
+        an unscalable header, too slow, no usable epoch): C4-A1, else C3-A2, ...  The signal
+        actually used is recorded in the recording's ``channels`` info.
+    combine : {"first", "average"}
+        ``first``: the first usable alternative; ``average``: the per-epoch mean of every usable
+        alternative (an epoch is available when at least one of them is).
+    required : bool
+        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
+    band : (float, float), optional
+        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
+        low-pass.  None = no filter.
+    min_sfreq : float, optional
+        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
+        is not the physiological signal the modality stands for: absent with a warning when the
+        channel is optional, a rejection when it is required.
+    band_fit : {"strict", "auto"}
+        A band whose upper edge is at/above the native Nyquist frequency: ``strict`` makes the
+        channel unusable (the band is a protocol the data must meet); ``auto`` clips the upper
+        edge to 0.9 × the native Nyquist frequency, with a warning.
+    """
+
+    fallbacks: list[ChannelAlternative] = Field(default_factory=list)
+    combine: Literal["first", "average"] = "first"
+    required: bool = True
+    band: tuple[float, float] | None = None
+    min_sfreq: float | None = Field(default=None, gt=0)
+    band_fit: Literal["strict", "auto"] = "strict"
 
     @field_validator("band")
     @classmethod
@@ -282,6 +310,20 @@ class AvailabilitySpec(_Strict):
     clip_fraction: float = Field(default=0.1, gt=0, le=1)
 
 
+class ReadingSpec(_Strict):
+    """How forgiving reading a PSG file is.
+
+    Parameters
+    ----------
+    truncated : {"keep", "reject"}
+        A file that ends inside its data records (a download cut short): ``keep`` prepares its
+        complete records, with a warning and ``truncated: true`` in the recording's info;
+        ``reject`` rejects the recording.
+    """
+
+    truncated: Literal["keep", "reject"] = "keep"
+
+
 class CohortProfile(_Strict):
     """Everything somnray needs to know about one cohort's files (one YAML file).
 
@@ -305,6 +347,8 @@ class CohortProfile(_Strict):
         Reject recordings lacking any of the five stages (CoRe-Sleep's 5,463 SHHS subset).
     availability : AvailabilitySpec
         Flat/clipped epoch thresholds.
+    reading : ReadingSpec
+        What a truncated file becomes.
     """
 
     name: str = Field(min_length=1)
@@ -316,6 +360,7 @@ class CohortProfile(_Strict):
     pairing: PairingSpec
     require_all_stages: bool = False
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    reading: ReadingSpec = Field(default_factory=ReadingSpec)
 
     @field_validator("channels")
     @classmethod

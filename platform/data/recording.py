@@ -27,11 +27,12 @@ from .preprocess import (
     check_filter_rate,
     derive_channel,
     epoch,
+    fit_band,
     normalize,
     resample,
     trim_wake,
 )
-from .profiles import ChannelSpec, CohortProfile, normalize_label
+from .profiles import ChannelAlternative, ChannelSpec, CohortProfile, normalize_label
 from .hypnograms import (
     Hypnogram,
     hypnogram_from_annotations,
@@ -41,7 +42,7 @@ from .hypnograms import (
 )
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
-__all__ = ["prepare_psg", "prepare_recording", "find_channel"]
+__all__ = ["channels_used", "prepare_psg", "prepare_recording", "find_channel"]
 
 
 def find_channel(psg: PSG, aliases: list[str]) -> str | None:
@@ -117,39 +118,51 @@ class _Prepared:
     facts: dict[str, Any]
 
 
-def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
-                      profile: CohortProfile, source: str, warnings: list[str]) -> _Prepared | None:
-    """One modality at 100 Hz, or None when an optional modality is absent/unusable."""
+class _Unusable(Exception):
+    """One alternative of a modality cannot be used; the message says why."""
 
-    def unusable(problem: str) -> None:
-        if spec.required:
-            raise RecordingError(source, f"required channel '{modality}' {problem}")
-        warnings.append(f"optional channel '{modality}' {problem}; the modality is absent")
-        return None
 
-    label = find_channel(psg, spec.aliases)
+def _prepare_alternative(psg: PSG, modality: str, spec: ChannelSpec, alt: ChannelAlternative,
+                         n_epochs: int, profile: CohortProfile, warnings: list[str]) -> _Prepared:
+    """One alternative of a modality at 100 Hz, or :class:`_Unusable` saying why not."""
+    label = find_channel(psg, alt.aliases)
     if label is None:
-        return unusable(f"not found: no signal matches its aliases {spec.aliases}; "
+        raise _Unusable(f"not found: no signal matches its aliases {alt.aliases}; "
                         f"the file has signals {psg.labels}")
     ref_label = None
-    if spec.reference:
-        ref_label = find_channel(psg, spec.reference)
+    if alt.reference:
+        ref_label = find_channel(psg, alt.reference)
         if ref_label is None:
-            return unusable(f"(signal '{label}') lacks its reference: no signal matches "
-                            f"{spec.reference}; the file has signals {psg.labels}")
+            raise _Unusable(f"(signal '{label}') lacks its reference: no signal matches "
+                            f"{alt.reference}; the file has signals {psg.labels}")
     parts = [(label, psg.signals[label])] + ([(ref_label, psg.signals[ref_label])] if ref_label else [])
     for part_label, ch in parts:
+        if ch.unusable:
+            raise _Unusable(f"(signal '{part_label}') is unusable: {ch.unusable}")
         try:
-            check_filter_rate(ch.sfreq, spec.band, spec.min_sfreq)
+            check_filter_rate(ch.sfreq, spec.band if spec.band_fit == "strict" else None,
+                              spec.min_sfreq)
         except ValueError as exc:
-            return unusable(f"(signal '{part_label}'): {exc}")
+            raise _Unusable(f"(signal '{part_label}'): {exc}") from None
+    native = min(ch.sfreq for _, ch in parts)
+    band = spec.band
+    if band is not None and spec.band_fit == "auto":
+        try:
+            band = fit_band(band, native)
+        except ValueError as exc:
+            raise _Unusable(f"(signal '{label}'): {exc}") from None
+        if band != tuple(spec.band):
+            warnings.append(
+                f"channel '{modality}' (signal '{label}'): band-pass upper edge {spec.band[1]:g} Hz "
+                f"is at/above the Nyquist frequency {native / 2:g} Hz of the native rate "
+                f"{native:g} Hz; the band is clipped to [{band[0]:g}, {band[1]:g}] Hz "
+                "(band_fit: auto)")
 
     # Availability at the native rate, where NaN runs and rail values are exact.
     flags = [_channel_flags(ch, n_epochs, profile) for _, ch in parts]
     usable = np.logical_and.reduce([f.usable for f in flags])
 
     filled = [np.where(np.isnan(ch.data), 0.0, ch.data) for _, ch in parts]
-    native = min(ch.sfreq for _, ch in parts)
     if ref_label is None:
         x, rate = filled[0], parts[0][1].sfreq
     else:
@@ -159,25 +172,89 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
         usable &= availability(_native_epochs(x, rate, n_epochs),
                                flat_std=profile.availability.flat_lsb * step)
     if not usable.any():
-        return unusable(f"(signal '{label}') carries no usable signal: "
+        raise _Unusable(f"(signal '{label}') carries no usable signal: "
                         f"{_why_unusable(flags, parts[0][1], n_epochs, profile.availability.flat_lsb)}")
 
     x = resample(x, rate, SAMPLING_RATE_HZ)
-    if spec.band is not None:
+    if band is not None:
         try:
-            x = bandpass(x, SAMPLING_RATE_HZ, spec.band, native_sfreq=native)
+            x = bandpass(x, SAMPLING_RATE_HZ, band, native_sfreq=native)
         except ValueError as exc:
-            return unusable(f"(signal '{label}'): {exc}")
+            raise _Unusable(f"(signal '{label}'): {exc}") from None
     epochs = _native_epochs(x, SAMPLING_RATE_HZ, n_epochs)
     short = np.isnan(epochs).any(axis=1)  # the signal ended before the last record
     usable &= ~short
     epochs[short] = 0.0
 
     facts: dict[str, Any] = {"label": label, "native_sfreq": parts[0][1].sfreq,
-                             "unit": parts[0][1].unit, "band": list(spec.band) if spec.band else None}
+                             "unit": parts[0][1].unit, "band": list(band) if band else None}
     if ref_label is not None:
         facts.update(reference=ref_label, reference_sfreq=parts[1][1].sfreq)
     return _Prepared(epochs, usable, facts)
+
+
+def _average(found: list[tuple[int, _Prepared]]) -> _Prepared:
+    """Per-epoch mean of the alternatives available in each epoch (``combine: average``)."""
+    mask = np.stack([p.available for _, p in found])  # (k, n_epochs)
+    total = sum(np.where(p.available[:, None], p.epochs, 0.0) for _, p in found)
+    count = mask.sum(axis=0)
+    epochs = total / np.maximum(count, 1)[:, None]
+    facts = dict(found[0][1].facts, averaged=[_signal_name(p.facts) for _, p in found])
+    return _Prepared(epochs, count > 0, facts)
+
+
+def _signal_name(facts: dict[str, Any]) -> str:
+    """How the used signal is shown: its label, or ``label - reference`` for a derivation."""
+    return f"{facts['label']} - {facts['reference']}" if "reference" in facts else facts["label"]
+
+
+def channels_used(info: dict[str, Any]) -> dict[str, str]:
+    """Modality → the signal a prepared recording used, as outputs show it.
+
+    ``C4-A1``; ``E1 - E2`` for a derivation; ``mean(C4-A1, C3-A2)`` for an average of
+    alternatives.  Absent modalities are left out.
+    """
+    used = {}
+    for modality, facts in (info.get("channels") or {}).items():
+        averaged = facts.get("averaged")
+        used[modality] = f"mean({', '.join(averaged)})" if averaged else _signal_name(facts)
+    return used
+
+
+def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
+                      profile: CohortProfile, source: str, warnings: list[str]) -> _Prepared | None:
+    """One modality at 100 Hz, or None when an optional modality is absent/unusable.
+
+    The primary signal and then each fallback are tried in order; with ``combine: average`` every
+    usable one is kept and averaged.
+    """
+    problems: list[str] = []
+    found: list[tuple[int, _Prepared]] = []
+    for k, alt in enumerate([spec, *spec.fallbacks]):
+        try:
+            found.append((k, _prepare_alternative(psg, modality, spec, alt, n_epochs, profile,
+                                                  warnings)))
+        except _Unusable as exc:
+            problems.append(str(exc) if k == 0 else f"fallback {k} {exc}")
+            continue
+        if spec.combine == "first":
+            break
+    if not found:
+        problem = "; ".join(problems)
+        if spec.required:
+            raise RecordingError(source, f"required channel '{modality}' {problem}")
+        warnings.append(f"optional channel '{modality}' {problem}; the modality is absent")
+        return None
+    if len(found) > 1:
+        return _average(found)
+    k, prepared = found[0]
+    if k > 0:
+        # Only set when a fallback stands in, so recordings that use the primary signal keep the
+        # facts they always had.
+        prepared.facts["fallback"] = k
+        warnings.append(f"channel '{modality}': {'; '.join(problems)}; fallback {k} "
+                        f"'{_signal_name(prepared.facts)}' is used")
+    return prepared
 
 
 def _labels(psg: PSG, hyp: Hypnogram | None, n_epochs: int, profile: CohortProfile,
@@ -293,6 +370,9 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "normalization": profile.normalization,
         "warnings": warnings,
     }
+    if psg.truncated:
+        # Only set when true, so the info of every complete file stays as it was.
+        info["truncated"] = True
     return PreparedRecording(
         recording_id=recording_id,
         subject_id=subject_id,
@@ -373,7 +453,7 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
     psg_source = psg_source or _name(psg_path) or "<psg>"
     hyp_source = hypnogram_source or _name(hypnogram_path) or psg_source
     try:
-        psg = read_psg(psg_path, source=psg_source)
+        psg = read_psg(psg_path, source=psg_source, truncated=profile.reading.truncated)
         try:
             hyp = _read_scoring(psg, hypnogram_path, profile, psg_source, hyp_source)
         except RecordingError as hyp_problem:

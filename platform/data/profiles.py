@@ -1,8 +1,10 @@
 """Cohort profiles: every per-cohort quirk (channel aliases, derivations, filters, annotation
 format, label map, wake trimming, file pairing) as one validated, frozen object.
 
-A profile is a YAML file.  Three ship with somnray (``sleep-edf``, ``shhs`` and ``generic``, the
-annotated template to copy for a new cohort); any other YAML path works the same way.  Loading
+A profile is a YAML file.  Several ship with somnray (``sleep-edf`` and its ``sleep-edf-20`` /
+``sleep-edf-78`` cassette subsets, ``shhs`` and ``shhs-5463``, and ``generic``, the annotated
+template to copy for a new cohort); any other YAML path works the same way, and a profile may
+``extends:`` another one.  Loading
 validates the whole file and reports every problem at once in one :class:`ConfigError`, so a user
 fixes a new profile in one round instead of one error at a time.  See ``docs/profiles.md``.
 
@@ -248,10 +250,16 @@ class TrimSpec(_Strict):
         ``shhs_paper``: the rule as CoRe-Sleep's paper states it.
     edge_minutes : float
         Margin of the ``edges`` rule.
+    unscored : {"keep", "drop"}
+        What happens to unscored and movement epochs (-1) inside the kept span: ``keep`` leaves
+        them in the sequence (masked out of the loss, so neighbouring windows keep their real
+        time context); ``drop`` cuts them out, as the pipelines of several papers do, so the
+        remaining epochs are concatenated (``epoch_index`` then has gaps).
     """
 
     rule: Literal["none", "edges", "shhs_code", "shhs_paper"] = "none"
     edge_minutes: float = Field(default=30.0, ge=0)
+    unscored: Literal["keep", "drop"] = "keep"
 
 
 class PairingSpec(_Strict):
@@ -391,22 +399,62 @@ def list_profiles() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
-    """Return (source name for messages, YAML text)."""
+def _resolve(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> tuple[str, str, Path | None]:
+    """Return (source name for messages, YAML text, folder of the file or None when shipped).
+
+    A relative path is looked up beside ``relative_to`` first (the folder of a profile that
+    ``extends`` it), then from the working directory.
+    """
     text_name = os.fspath(name_or_path)
     shipped = list_profiles()
     if text_name in shipped:
         ref = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER, f"{text_name}.yaml")
-        return f"profile {text_name!r} ({ref})", ref.read_text(encoding="utf-8")
+        return f"profile {text_name!r} ({ref})", ref.read_text(encoding="utf-8"), None
     path = Path(text_name).expanduser()
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        path = relative_to / path
     if path.is_file():
-        return str(path), path.read_text(encoding="utf-8")
+        return str(path), path.read_text(encoding="utf-8"), path.resolve().parent
     raise ConfigError(text_name, [
         f"no such profile: not a shipped profile name ({', '.join(shipped)}) and no file at this path"])
 
 
+def _merged(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _raw_profile(name_or_path: str | os.PathLike, relative_to: Path | None = None,
+                 seen: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The profile's mapping with every ``extends`` chain resolved (the child's keys win)."""
+    source, text, folder = _resolve(name_or_path, relative_to)
+    if source in seen:
+        raise ConfigError(source, [f"extends: circular chain {' -> '.join((*seen, source))}"])
+    raw = parse_yaml(text, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return source, raw
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(source, ["extends: expected the name of a shipped profile or a YAML path"])
+    _, base = _raw_profile(parent, folder, (*seen, source))
+    return source, _merged(base, raw)
+
+
 def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
     """Load and validate a cohort profile.
+
+    A profile may start from another one with ``extends: NAME_OR_PATH`` (a shipped profile name, or
+    a YAML path relative to the extending file): its keys are laid over the base's, mappings merged
+    key by key (``channels: {eeg: {band: [0.3, 35]}}`` changes only the EEG band) and every other
+    value replaced.
 
     Parameters
     ----------
@@ -421,13 +469,10 @@ def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
     Raises
     ------
     ConfigError
-        The name is unknown, the YAML does not parse, or the content is invalid; every
-        validation problem is listed as a ``field.path: message`` line.
+        The name is unknown, the YAML does not parse, an ``extends`` chain is circular, or the
+        content is invalid; every validation problem is listed as a ``field.path: message`` line.
     """
-    source, text = _resolve(name_or_path)
-    raw = parse_yaml(text, source)
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
+    source, raw = _raw_profile(name_or_path)
     try:
         return CohortProfile.model_validate(raw)
     except ValidationError as exc:

@@ -337,6 +337,14 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         keep = slice(0, n_epochs)
     else:
         keep = _trim(labels, profile, hyp_source)
+    span = keep
+    n_dropped = 0
+    if scored and profile.trimming.unscored == "drop":
+        # An index array instead of a slice: the epochs left are no longer contiguous.
+        index = np.arange(n_epochs)[keep]
+        scored_index = index[labels[index] >= 0]
+        n_dropped = len(index) - len(scored_index)
+        keep = scored_index
     kept_labels = labels[keep]
     n_kept = len(kept_labels)
 
@@ -359,8 +367,8 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "scored": scored,
         "n_epochs_signal": n_epochs,
         "n_epochs": n_kept,
-        "epochs_trimmed_start": int(keep.start),
-        "epochs_trimmed_end": int(n_epochs - keep.stop),
+        "epochs_trimmed_start": int(span.start),
+        "epochs_trimmed_end": int(n_epochs - span.stop),
         "epochs_unscored": int((kept_labels < 0).sum()),
         "class_counts": {STAGES[c]: int(counts[c]) for c in range(5)},
         "native_sfreq": {m: f["native_sfreq"] for m, f in channels.items()},
@@ -373,6 +381,8 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     if psg.truncated:
         # Only set when true, so the info of every complete file stays as it was.
         info["truncated"] = True
+    if profile.trimming.unscored == "drop":  # only then: other profiles' outputs stay byte-identical
+        info["epochs_unscored_dropped"] = n_dropped
     return PreparedRecording(
         recording_id=recording_id,
         subject_id=subject_id,

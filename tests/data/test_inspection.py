@@ -163,7 +163,7 @@ def test_bare_edf_is_one_entry_with_its_paired_or_named_hypnogram(tmp_path):
     psg = _clinic_psg(tmp_path / "SC4001E0-PSG.edf", rate=100.0)
     write_hypnogram(tmp_path / "SC4001EC-Hypnogram.edf", [(0, 300, "Sleep stage W")])
     (entry,) = load_manifest(str(psg), profile)
-    assert (entry.recording_id, entry.subject_id) == ("SC4001E0", "00")
+    assert (entry.recording_id, entry.subject_id) == ("SC4001E0", "SC400")
     assert Path(entry.hypnogram).name == "SC4001EC-Hypnogram.edf"
     other = write_hypnogram(tmp_path / "other.edf", [(0, 300, "Sleep stage 2")])
     (entry,) = load_manifest(str(psg), profile, hypnogram=str(other))

@@ -474,7 +474,11 @@ def _channel_plan(signals: list[SignalReport]) -> dict[str, dict[str, Any]]:
 def _label_lines(labels: Counter) -> tuple[list[str], list[str]]:
     """``label_map`` lines (with a comment where a guess needs checking) and ``ignore`` patterns."""
     numeric = [t for t in labels if re.fullmatch(r"-?\d+", t.split("|")[0].strip())]
-    rk = any(t.split("|")[0].strip() == "5" for t in numeric)
+    # R&K numbering shows itself by a 5 (REM), or by a 4 beside a REM written as a word (R, REM):
+    # then 4 can only be stage S4, which AASM merges into N3.
+    worded_rem = any(guess_stage(t) == 4 for t in labels if t not in numeric)
+    rk = any(t.split("|")[0].strip() == "5" for t in numeric) or (
+        worded_rem and any(t.split("|")[0].strip() == "4" for t in numeric))
     lines, ignore = [], []
     for text in sorted(labels):
         stage = guess_stage(text, numeric_rk=rk)
@@ -556,7 +560,11 @@ def draft_profile(result: Inspection, name: str = "my-cohort") -> str:
         cols = table.columns
         stage_at = _stage_column(cols, [])
         layout = "events" if len(cols) >= 3 else "epochs"
-        out.append(f"  table_layout: {layout}             # epochs = one stage per 30-s row")
+        out.append(f"  table_layout: {layout}             # epochs = one stage per row, label_period apart")
+        period = _row_period(result) if layout == "epochs" else None
+        if period is not None:
+            out.append(f"  label_period: {period:g}            # seconds per row, from the rows and the "
+                       "signal's length: check it")
         out.append(f"  header: {'true' if table.header else 'false'}")
         if table.delimiter not in (",", "\t"):
             out.append(f"  delimiter: {_q(table.delimiter)}")
@@ -583,6 +591,26 @@ def draft_profile(result: Inspection, name: str = "my-cohort") -> str:
             f"  subject_regex: {_q(result.key_regex)}   # edit: group 1 should be the subject",
             "  recording_id_regex: null", ""]
     return "\n".join(out)
+
+
+#: Label periods a one-label-per-row scoring is snapped to (the ones clinics score at).
+_ROW_PERIODS = (5, 10, 15, 20, 30, 60)
+
+
+def _row_period(result: Inspection) -> float | None:
+    """The label period one-label-per-row scorings imply (signal length / rows), snapped to a
+    common scoring period when within 5 % of one; None when no such scoring is paired."""
+    ratios = []
+    for p in result.psgs:
+        hyp = next((h for h in result.hypnograms if h.name == p.hypnogram), None)
+        if p.error or hyp is None or hyp.error or len(hyp.columns) != 1 or not hyp.labels:
+            continue
+        ratios.append(p.duration_s / sum(hyp.labels.values()))
+    if not ratios:
+        return None
+    ratio = sorted(ratios)[len(ratios) // 2]
+    nearest = min(_ROW_PERIODS, key=lambda c: abs(ratio - c) / c)
+    return float(nearest) if abs(ratio - nearest) / nearest <= 0.05 else None
 
 
 def _common_suffix(names: list[str]) -> str:

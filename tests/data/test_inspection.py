@@ -111,6 +111,33 @@ def test_inspect_reports_the_period_of_a_one_label_per_row_hypnogram(tmp_path):
     assert "n7_hypnogram.txt\n  csv, columns ['column 1']\n  labels: 'N2' ×30, 'W' ×30" in text
 
 
+def test_draft_of_a_5_s_rk_text_scoring_states_its_period_and_maps_s4_to_n3(tmp_path):
+    """R&K letters every 5 s: the draft says label_period 5 and 4 = S4 → N3; prepared labels are right."""
+    _clinic_psg(tmp_path / "n8.edf")
+    # 20-s scoring written as four 5-s rows each: W, 4, R, 2, then W again (300 s in all)
+    rows = ["W"] * 4 + ["4"] * 4 + ["R"] * 4 + ["2"] * 4 + ["W"] * 44
+    (tmp_path / "n8_hypnogram.txt").write_text("\n".join(rows) + "\n")
+    draft = draft_profile(inspect_path(str(tmp_path)))
+    assert "  label_period: 5 " in draft
+    assert '    "4": 3\n' in draft and '    "R": 4\n' in draft
+    (tmp_path / "draft.yaml").write_text(draft)
+    [entry] = discover(str(tmp_path), load_profile(tmp_path / "draft.yaml"))
+    rec = prepare_recording(entry.psg, entry.hypnogram, _without_trimming(tmp_path / "draft.yaml"),
+                            recording_id="n8", subject_id="n8")
+    # rows: W 0-20 s, S4 20-40 s, R 40-60 s, 2 60-80 s, W 80-300 s.  By majority of duration:
+    # epoch 0 (0-30 s) W 20 s + N3 10 s → W; epoch 1 (30-60 s) N3 10 s + REM 20 s → REM;
+    # epoch 2 (60-90 s) N2 20 s + W 10 s → N2; epochs 3-9 W
+    assert rec.labels.tolist() == [0, 4, 2, 0, 0, 0, 0, 0, 0, 0]
+
+
+def _without_trimming(path: Path):
+    from somnray.data.profiles import CohortProfile
+
+    data = load_profile(path).model_dump()
+    data["trimming"]["rule"] = "none"
+    return CohortProfile.model_validate(data)
+
+
 def test_inspect_file_with_embedded_stages_and_events(tmp_path):
     """EDF+ annotations are listed by kind; stages go to label_map, events to ignore."""
     path = _clinic_psg(tmp_path / "n.edf", annotations=[(0, 150, "Sleep stage W"), (40, 3, "Arousal"),

@@ -6,7 +6,6 @@ import datetime as dt
 from pathlib import Path
 
 import edfio
-import numpy as np
 import pytest
 from psg_factory import START, sine, write_edf, write_hypnogram
 

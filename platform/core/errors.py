@@ -8,6 +8,8 @@ and an exit code in one place (:mod:`somnray.jobs.cli`).  Below it the families 
                         malformed; every problem found is listed at once
 :class:`DataError`      input data cannot be used (:class:`RecordingError` for one recording, which
                         a cohort run records as rejected and goes past; :class:`SplitError`)
+:class:`StorageError`   a store cannot be reached, read or written (credentials, endpoint,
+                        permissions, a file where a folder is needed, a read-only protocol)
 :class:`SubmitError`    a cluster's Job Submission API refused or could not be reached
 :class:`ServingError`   a scoring job cannot go on (the cohort-scoring driver gives up)
 ======================  ===========================================================================
@@ -73,6 +75,26 @@ class RecordingError(DataError):
 
 class SplitError(DataError, ValueError):
     """A split cannot be made or applied (too few subjects, unknown split or fold)."""
+
+
+class StorageError(SomnrayError):
+    """A storage location cannot be reached, read or written as asked.
+
+    Parameters
+    ----------
+    uri : str
+        The location (as :func:`somnray.core.storage.resolve` normalised it).
+    problem : str
+        What went wrong and what to do about it.
+    """
+
+    def __init__(self, uri: str, problem: str):
+        self.uri = str(uri)
+        self.problem = problem
+        super().__init__(f"{self.uri}: {problem}")
+
+    def __reduce__(self):  # keep the fields across Ray's pickling of task errors
+        return (type(self), (self.uri, self.problem))
 
 
 class SubmitError(SomnrayError):

@@ -631,18 +631,22 @@ class ScoringIngress:
         (`--storage-root`); outputs are written per night plus a cohort summary.
         """
         self._authorize(credentials)
+        roots = self.config.roots
+        if not roots:
+            raise _problem(403, "cohort jobs are not enabled on this service")
+        located = {}
         for name in ("manifest_uri", "output_uri"):
             uri = getattr(body, name)
             try:
                 resolve(uri)
             except ConfigError as exc:
                 raise _problem(400, f"{name} {uri!r}: {'; '.join(exc.errors)}") from None
-            if not self.config.allowed_uri(uri):
-                roots = list(self.config.storage_roots)
-                raise _problem(403, f"{name} {uri!r} is outside the storage roots this service may use "
-                                    f"({roots or 'none configured: start it with --storage-root'})")
+            # The answer names the client's URI only: never the roots, never whether it exists.
+            located[name] = roots.locate(uri)
+            if located[name] is None:
+                raise _problem(403, f"{name} {uri!r} is outside the storage roots this service may use")
         profile = self._check_profile(body.profile or self.config.default_profile)
-        if not await asyncio.to_thread(resolve(body.manifest_uri).exists):
+        if not await asyncio.to_thread(located["manifest_uri"].exists):
             raise _problem(400, f"manifest_uri {body.manifest_uri!r} does not exist")
         job_id = await self.jobs.submit.remote(body.manifest_uri, body.output_uri, profile, body.plots)
         if job_id is None:
@@ -691,7 +695,8 @@ def build_app(config: ServeConfig) -> Application:
         preprocessor.bind(config),
         model.bind(config),
         jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
-                  default_profile=config.default_profile, loopback_only=is_loopback(config.host)),
+                  default_profile=config.default_profile, loopback_only=is_loopback(config.host),
+                  storage_roots=config.storage_roots),
     )
 
 

@@ -34,6 +34,7 @@ cohort with exactly one output set per recording; it has no other use.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -47,10 +48,10 @@ from typing import Any
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
 from somnray.core.errors import ConfigError, RecordingError, ServingError
-from somnray.core.storage import StorageLocation, resolve, worker_storage_options
+from somnray.core.storage import StorageLocation, StorageRoots, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
-from somnray.data.profiles import CohortProfile, load_profile
+from somnray.data.profiles import CohortProfile, list_profiles, load_profile
 
 from somnray.scoring.scorer import Scorer
 
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable of the crash-injection test hook (module docstring).
 FAULT_ENV = "SOMNRAY_SCORE_FAULT_AFTER"
+#: What a confined run says of a location outside its storage roots, whether it exists or not.
+OUTSIDE_ROOTS = "no such file or folder under the storage roots"
 #: File suffixes accepted as a single recording.
 PSG_SUFFIXES = (".edf", ".bdf", ".rec")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -146,6 +149,78 @@ def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
         return discover(loc.uri, profile, storage_options)
     finally:
         disc_log.setLevel(level)
+
+
+# -- confinement (the service's cohort jobs) ------------------------------------------------------
+def confine_inputs(inputs: Sequence[str], out_uri: str, roots: StorageRoots,
+                   storage_options: Mapping[str, Any] | None = None) -> tuple[list[str], str]:
+    """The inputs and output as the locations they really name, all under ``roots``.
+
+    Raises
+    ------
+    ConfigError
+        Any of them lies outside the roots (one line each; the same words whether it exists).
+    """
+    errors, located = [], []
+    for uri in inputs:
+        loc = roots.locate(uri, storage_options)
+        if loc is None:
+            errors.append(f"input {uri!r}: {OUTSIDE_ROOTS}")
+        else:
+            located.append(loc.uri)
+    out = roots.locate(out_uri, storage_options)
+    if out is None:
+        errors.append(f"output {out_uri!r}: not under the storage roots")
+    if errors:
+        raise ConfigError("cohort job", errors)
+    return located, out.uri  # type: ignore[union-attr]
+
+
+def confine_profile(name: str, roots: StorageRoots,
+                    storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """A shipped profile name as it is, a profile file under ``roots`` as its real path, else None.
+
+    Nothing outside the roots is opened or even tested for existence.
+    """
+    if name in list_profiles():
+        return name
+    loc = roots.locate(name, storage_options)
+    # load_profile reads local files only; a remote profile would be "no such profile" anyway.
+    return loc.path if loc is not None and loc.is_local and os.path.isfile(loc.path) else None
+
+
+def confine_entries(entries: Sequence[ManifestEntry], roots: StorageRoots,
+                    storage_options: Mapping[str, Any] | None = None) -> list[ManifestEntry]:
+    """``entries`` with every PSG, hypnogram and profile file checked against ``roots``.
+
+    Returns the entries rewritten to the real locations (symbolic links resolved), so that what
+    is opened later is what was checked.
+
+    Raises
+    ------
+    ConfigError
+        One line per row naming a location outside the roots, before any of them is opened.
+    """
+    errors: list[str] = []
+    confined: list[ManifestEntry] = []
+    for e in entries:
+        psg = roots.locate(e.psg, storage_options)
+        hyp = roots.locate(e.hypnogram, storage_options) if e.hypnogram else None
+        profile = confine_profile(e.profile, roots, storage_options) if e.profile else None
+        row = f"recording {e.recording_id!r}"
+        if psg is None:
+            errors.append(f"{row}: psg {e.psg!r}: {OUTSIDE_ROOTS}")
+        if e.hypnogram and hyp is None:
+            errors.append(f"{row}: hypnogram {e.hypnogram!r}: {OUTSIDE_ROOTS}")
+        if e.profile and profile is None:
+            errors.append(f"{row}: profile {e.profile!r}: not a shipped profile "
+                          f"({', '.join(list_profiles())}) and {OUTSIDE_ROOTS}")
+        if psg is not None:
+            confined.append(dataclasses.replace(e, psg=psg.uri, hypnogram=hyp.uri if hyp else None,
+                                                profile=profile))
+    if errors:
+        raise ConfigError("manifest", errors)
+    return confined
 
 
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
@@ -347,8 +422,17 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
         Unusable inputs, or profiles the model cannot be scored with (every problem at once).
     """
     profile = options.profile
+    roots = options.storage_roots
+    if roots is not None and isinstance(profile, (str, os.PathLike)):
+        confined = confine_profile(os.fspath(profile), roots, options.storage_options)
+        if confined is None:
+            raise ConfigError("profile", [f"{os.fspath(profile)!r}: not a shipped profile and "
+                                          f"{OUTSIDE_ROOTS}"])
+        profile = confined
     base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
     entries = collect_entries(input_uri, base, storage_options=options.storage_options)
+    if roots is not None:
+        entries = confine_entries(entries, roots, options.storage_options)
     profiles: dict[str, CohortProfile] = {}
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -458,6 +542,10 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     # Loaded on the driver: a bad bundle fails here, before any cluster work; the weight-free
     # spec tells the prepare tasks which channels the model needs, and the actors get the weights
     # from it through the object store (each then picks its own device and precision).
+    if options.storage_roots is not None:
+        inputs = [input_uri] if isinstance(input_uri, (str, os.PathLike)) else list(input_uri)
+        input_uri, out_uri = confine_inputs([os.fspath(u) for u in inputs], out_uri,
+                                            options.storage_roots, options.storage_options)
     scorer = Scorer.load(run_uri, device="cpu", precision="fp32", storage_options=options.storage_options)
     scorer.check_stride(options.stride, "--stride")
     spec = ModelSpec.of(scorer)
@@ -481,5 +569,6 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
                              summary=summary, seconds=time.monotonic() - started)
 
 
-__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault",
-           "ScoreAndWriteNight", "collect_entries", "prepare_entry_for_scoring", "score_cohort"]
+__all__ = ["FAULT_ENV", "OUTSIDE_ROOTS", "CohortScoreResult", "CohortScoringError", "InjectedFault",
+           "ScoreAndWriteNight", "collect_entries", "confine_entries", "confine_inputs",
+           "confine_profile", "prepare_entry_for_scoring", "score_cohort"]

@@ -166,7 +166,6 @@ class CohortJobs:
             job.failed = int(result.rejected)
             job.done = int(result.scored + result.skipped + result.rejected)
             job.rejects = [dict(r) for r in result.rejects]
-            job.output_uri = str(result.out_uri)
             job.status, job.finished_at = SUCCEEDED, time.time()
         log.info("cohort job %s succeeded: %d scored, %d skipped, %d rejected", job.job_id,
                  result.scored, result.skipped, result.rejected)

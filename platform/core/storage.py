@@ -310,6 +310,9 @@ def _storage_problem(exc: BaseException, loc: StorageLocation) -> str | None:
                 "write, or grant access to it")
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
         where = exc.filename or loc.path
+        # The OS names the folder it failed to make; the user needs the file standing in its way.
+        while loc.is_local and not os.path.lexists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
         return f"{where} is a file where a folder is needed: name a new or existing folder"
     if isinstance(exc, IsADirectoryError):
         where = exc.filename or loc.path

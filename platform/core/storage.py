@@ -456,6 +456,21 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
                            dict(storage_options or {}))
 
 
+def relative_uri(uri: str | StorageLocation, base: str | StorageLocation) -> str:
+    """``uri`` as a record names it: relative to the folder ``base`` whenever it can be.
+
+    Local files are always given relative to ``base`` (with ``..`` when they lie outside it), so a
+    record never holds an absolute path — clinic folders and file names often carry patient names
+    above the cohort's folder.  A file on another store, or outside ``base`` on an object store,
+    keeps its URI.
+    """
+    loc, folder = resolve(uri), resolve(base)
+    if loc.is_local and folder.is_local:
+        return os.path.relpath(loc.path, folder.path)
+    prefix = folder.uri.rstrip("/") + "/"
+    return loc.uri[len(prefix):] if loc.protocol == folder.protocol and loc.uri.startswith(prefix) else loc.uri
+
+
 def _format_uri(protocol: str, path: str) -> str:
     if protocol in LOCAL_PROTOCOLS:
         return "file://" + path

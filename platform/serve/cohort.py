@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import logging
 import os
 import pickle
@@ -48,7 +49,7 @@ from typing import Any
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
 from somnray.core.errors import ConfigError, RecordingError, ServingError
-from somnray.core.storage import StorageLocation, StorageRoots, resolve, worker_storage_options
+from somnray.core.storage import StorageLocation, StorageRoots, relative_uri, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
 from somnray.data.profiles import CohortProfile, list_profiles, load_profile
@@ -85,8 +86,30 @@ class InjectedFault(RuntimeError):
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _single_file_entry(loc: StorageLocation, profile: CohortProfile) -> ManifestEntry:
-    """A manifest entry for one PSG file, named by the profile's pairing rules (or its stem)."""
+#: How a single PSG file's recording id is chosen (``somnray score --id-from``).
+ID_FROM = ("name", "hash")
+
+
+def content_id(loc: StorageLocation) -> str:
+    """``sha256-<12 hex>`` of a file's content: an id that says nothing of the file's name."""
+    digest = hashlib.sha256()
+    with loc.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256-{digest.hexdigest()[:12]}"
+
+
+def _single_file_entry(loc: StorageLocation, profile: CohortProfile, id_from: str = "name"
+                       ) -> tuple[ManifestEntry, str]:
+    """A manifest entry for one PSG file and the name records give it.
+
+    ``id_from="name"``: the id comes from the profile's pairing rules (or the file's stem) and
+    records name the file; ``"hash"``: both are :func:`content_id`, so no output carries the
+    file name (which may be a patient's).
+    """
+    if id_from == "hash":
+        rid = content_id(loc)
+        return ManifestEntry(recording_id=rid, subject_id=rid, psg=loc.uri, profile=profile.name), rid
     pairing = profile.pairing
     name = loc.name
     m = re.match(pairing.recording_id_regex or pairing.key_regex, name)
@@ -94,25 +117,30 @@ def _single_file_entry(loc: StorageLocation, profile: CohortProfile) -> Manifest
     rid = m.group(1) if m else re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "recording"
     sm = re.match(pairing.subject_regex, name)
     return ManifestEntry(recording_id=rid, subject_id=sm.group(1) if sm else rid, psg=loc.uri,
-                         profile=profile.name)
+                         profile=profile.name), name
 
 
-def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
-                    storage_options: Mapping[str, Any] | None = None) -> list[ManifestEntry]:
-    """The recordings named by ``inputs``: manifests, folders and single EDF/BDF files.
+def collect_recordings(inputs: str | Sequence[str], profile: CohortProfile, *,
+                       storage_options: Mapping[str, Any] | None = None, id_from: str = "name"
+                       ) -> list[tuple[ManifestEntry, str]]:
+    """The recordings named by ``inputs`` (manifests, folders, single EDF/BDF files), each with the
+    name records and messages give its file.
 
-    Folders are paired with ``profile`` (hypnograms are found but not needed).  Every problem —
-    a missing input, an unknown file type, repeated recording ids across inputs — is reported
-    at once.
+    Folders are paired with ``profile`` (hypnograms are found but not needed).  A file is named
+    relative to its manifest's folder, or to the input folder, never by absolute path; a single
+    file by its name, or by its content hash with ``id_from="hash"``.  Every problem — a missing
+    input, an unknown file type, repeated recording ids across inputs — is reported at once.
 
     Raises
     ------
     ConfigError
         Nothing to score, or any input is unusable.
     """
+    if id_from not in ID_FROM:
+        raise ConfigError("--id-from", [f"must be one of {list(ID_FROM)}, got {id_from!r}"])
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
-    entries: list[ManifestEntry] = []
+    found: list[tuple[ManifestEntry, str]] = []
     errors: list[str] = []
     for uri in inputs:
         try:
@@ -120,22 +148,31 @@ def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
             if not loc.exists():
                 errors.append(f"{uri}: no such file or folder")
             elif loc.isdir():
-                entries.extend(_quiet_discover(loc, profile, storage_options))
+                found.extend((e, relative_uri(e.psg, loc)) for e in _quiet_discover(loc, profile, storage_options))
             elif loc.name.lower().endswith(MANIFEST_SUFFIXES):
-                entries.extend(load_manifest(loc.uri, profile, storage_options))
+                found.extend((e, relative_uri(e.psg, loc.parent))
+                             for e in load_manifest(loc.uri, profile, storage_options))
             elif loc.name.lower().endswith(PSG_SUFFIXES):
-                entries.append(_single_file_entry(loc, profile))
+                found.append(_single_file_entry(loc, profile, id_from))
             else:
                 errors.append(f"{uri}: not a recording (.edf/.bdf), a manifest (.csv/.parquet) "
                               "or a folder")
         except ConfigError as exc:
             errors.extend(f"{exc.source}: {e}" for e in exc.errors)
-    errors.extend(check_entries(entries))
-    if not entries and not errors:
+    errors.extend(check_entries([e for e, _ in found]))
+    if not found and not errors:
         errors.append("no recording found in the inputs")
     if errors:
         raise ConfigError(", ".join(map(str, inputs)), errors)
-    return entries
+    return found
+
+
+def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
+                    storage_options: Mapping[str, Any] | None = None, id_from: str = "name"
+                    ) -> list[ManifestEntry]:
+    """The recordings named by ``inputs`` (:func:`collect_recordings` without the names)."""
+    return [e for e, _ in collect_recordings(inputs, profile, storage_options=storage_options,
+                                             id_from=id_from)]
 
 
 def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
@@ -250,9 +287,10 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
     between this cohort run's own Ray workers.
     """
     t0 = time.monotonic()
-    rid, source = entry["recording_id"], entry["psg"]
+    # Messages name the file as records do (relative, or a content hash), never by absolute path.
+    rid, source = entry["recording_id"], entry.get("source") or entry["psg"]
     try:
-        loc = resolve(source, storage_options)
+        loc = resolve(entry["psg"], storage_options)
         # Remote files are read into memory (the reader takes bytes): no temp file to clean up.
         data = loc.path if loc.is_local else loc.read_bytes()
         rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profiles[entry["profile_key"]],
@@ -414,7 +452,7 @@ class _Tally:
 
 def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortScoringOptions
                ) -> tuple[list[dict[str, Any]], dict[str, CohortProfile]]:
-    """One row per recording (id, PSG, profile key) and the scoring profile of each key.
+    """One row per recording (id, PSG, its recorded name, profile key) and the scoring profile of each key.
 
     Raises
     ------
@@ -430,7 +468,10 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
                                           f"{OUTSIDE_ROOTS}"])
         profile = confined
     base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
-    entries = collect_entries(input_uri, base, storage_options=options.storage_options)
+    found = collect_recordings(input_uri, base, storage_options=options.storage_options,
+                               id_from=options.id_from)
+    names = {e.recording_id: name for e, name in found}
+    entries = [e for e, _ in found]
     if roots is not None:
         entries = confine_entries(entries, roots, options.storage_options)
     profiles: dict[str, CohortProfile] = {}
@@ -445,7 +486,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "source": names[e.recording_id],
+                     "profile_key": key})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
     return rows, profiles
@@ -570,5 +612,6 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
 
 
 __all__ = ["FAULT_ENV", "OUTSIDE_ROOTS", "CohortScoreResult", "CohortScoringError", "InjectedFault",
-           "ScoreAndWriteNight", "collect_entries", "confine_entries", "confine_inputs",
+           "ID_FROM", "ScoreAndWriteNight", "collect_entries", "collect_recordings", "confine_entries",
+           "content_id", "confine_inputs",
            "confine_profile", "prepare_entry_for_scoring", "score_cohort"]

@@ -197,6 +197,10 @@ class CohortScoringOptions:
         ones, ``total`` every recording of the inputs.
     storage_options : mapping, optional
         Filesystem options of the inputs, the bundle and the outputs.
+    id_from : str
+        How a single PSG file given as input is named: ``name`` (the profile's pairing rules on
+        its file name) or ``hash`` (a short SHA-256 of its content, so no output carries the file
+        name).
     storage_roots : StorageRoots, optional
         Confine the run (the service's cohort jobs): every input, every manifest row, every
         profile file and the output must lie under these roots, checked before anything is
@@ -214,4 +218,5 @@ class CohortScoringOptions:
     progress: bool = True
     progress_callback: ProgressCallback | None = None
     storage_options: Mapping[str, Any] | None = None
+    id_from: Literal["name", "hash"] = "name"
     storage_roots: StorageRoots | None = None

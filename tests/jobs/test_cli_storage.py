@@ -126,3 +126,21 @@ def test_debug_adds_the_traceback_and_its_cause(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "FileExistsError" in err and "StorageError" in err
     assert err.strip().splitlines()[-1].startswith(f"somnray score: error: file://{target}: ")
+
+
+def test_synth_output_failures_are_one_line(tmp_path, capsys):
+    """`somnray synth` refuses a URI it cannot write (it writes local EDF files) and reports a file
+    in the way or a forbidden folder as one line naming the location."""
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    cases = {
+        "http://127.0.0.1:9/x": "http://127.0.0.1:9/x: somnray synth writes to a local folder: give a "
+                                "path or file:///path",
+        str(target): f"file://{target}: {target} is a file where a folder is needed: name a new or "
+                     "existing folder",
+        "/sys/somnray-forbidden": f"file:///sys/somnray-forbidden: {PERMISSION}",
+    }
+    for out, message in cases.items():
+        assert main(["synth", "--profile", "generic", "--nights", "1", "--hours", "0.2", "--out", out]) == 1
+        assert _one_line_error(capsys) == f"somnray synth: error: {message}"
+    assert target.read_text() == "keep me"

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
-from somnray.core.errors import ConfigError, RecordingError, ServingError
+from somnray.core.errors import ConfigError, RecordingError, ServingError, StorageError
 from somnray.core.storage import StorageLocation, StorageRoots, relative_uri, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
@@ -270,11 +270,18 @@ def _status(recording_id: str, status: str, *, reason: str = "", error_type: str
 
 
 def _reason(exc: BaseException, source: str) -> tuple[str, str]:
+    etype = type(exc).__name__
     if isinstance(exc, RecordingError):
-        return str(exc), "RecordingError"
+        return str(exc), etype
+    # The exceptions' own texts name the file by its absolute URI: say it with the recorded name.
+    if isinstance(exc, StorageError):
+        return f"{source}: {exc.problem}", etype
+    if isinstance(exc, FileNotFoundError):
+        return f"{source}: no such file", etype
     # Unexpected errors are rejects too, typed, so one bug in one night is visible in the
-    # summary instead of killing a thousand-night run.
-    return f"{source}: unexpected {type(exc).__name__}: {exc}", type(exc).__name__
+    # summary instead of killing a thousand-night run.  Their message stays out: a reader's may
+    # quote the file's bytes (header fields), and the reason reaches outputs, logs and clients.
+    return f"{source}: unexpected {etype}", etype
 
 
 def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,

@@ -120,3 +120,33 @@ def test_prepare_records_inputs_relative_to_the_manifest(ray_local, synth_cohort
     reject_file = json.loads((ds / "rejects" / "bad.json").read_text())
     assert (reject_file["psg"], reject_file["hypnogram"]) == ("Jane-Doe.edf", good.hypnogram)
     assert str(site) not in _all_text(ds)
+
+
+def test_scoring_rejects_name_files_as_recorded_and_quote_no_exception_text(run_dir, tmp_path, monkeypatch):
+    """A missing file is rejected under its recorded name, and a reader failing unexpectedly with
+    a message quoting the file is rejected by the exception's type alone."""
+    from somnray.scoring.scorer import Scorer
+    from somnray.serve import cohort
+    from somnray.serve.inference import ModelSpec, scoring_profile
+
+    spec = ModelSpec.of(Scorer.load(str(run_dir), device="cpu", precision="fp32"))
+    profiles = {"p": scoring_profile(spec)}
+    folder = tmp_path / "Jane-Doe-files"
+    folder.mkdir()
+    (folder / "night.edf").write_bytes(b"0" * 512)
+
+    def row(name: str) -> dict:
+        return cohort.prepare_entry_for_scoring(
+            {"recording_id": "r", "psg": str(folder / name), "source": name, "profile_key": "p"},
+            spec=spec, profiles=profiles)
+
+    gone = row("gone.edf")
+    assert (gone["status"], gone["reason"]) == ("rejected", "gone.edf: file not found")
+
+    def leaky_reader(*args, **kwargs):
+        raise ValueError("bad header field 'Jane Doe 1961'")
+
+    monkeypatch.setattr(cohort, "prepare_for_scoring", leaky_reader)
+    odd = row("night.edf")
+    assert (odd["status"], odd["reason"], odd["error_type"]) == (
+        "rejected", "night.edf: unexpected ValueError", "ValueError")

@@ -103,3 +103,22 @@ class SubmitError(SomnrayError):
 
 class ServingError(SomnrayError, RuntimeError):
     """A scoring run cannot go on (for example, the cohort driver lost its actors)."""
+
+
+def reject_reason(exc: BaseException, source: str) -> tuple[str, str]:
+    """``(reason, error type)`` a cohort run records for a recording that failed with ``exc``.
+
+    ``source`` is the file as records name it (relative to its manifest, or a content hash): the
+    exceptions' own texts would name it by absolute URI.  A :class:`RecordingError` keeps its
+    message; a :class:`StorageError` its advice; an unexpected exception is recorded by its type
+    alone, because a reader's message may quote the file's bytes (EDF header fields) and the reason
+    reaches outputs, logs and service clients.
+    """
+    etype = type(exc).__name__
+    if isinstance(exc, RecordingError):
+        return str(exc), etype
+    if isinstance(exc, StorageError):
+        return f"{source}: {exc.problem}", etype
+    if isinstance(exc, FileNotFoundError):
+        return f"{source}: no such file", etype
+    return f"{source}: unexpected {etype}", etype

@@ -29,7 +29,7 @@ from somnray.core.constants import (
     STATUS_REJECTED,
     STATUS_SKIPPED,
 )
-from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.errors import ConfigError, RecordingError, reject_reason
 from somnray.core.session import ensure_ray
 from somnray.core.storage import resolve, worker_storage_options
 from somnray.core.version import somnray_version
@@ -125,16 +125,10 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
                                         hypnogram_source=None)
         summary = dataset.write_recording(rec, profile.modalities)
     except Exception as exc:
-        if isinstance(exc, RecordingError):
-            reason, err_source, etype = str(exc), exc.source, "RecordingError"
-        elif isinstance(exc, FileNotFoundError):
-            # Named as the manifest names it: the exception's own text holds the absolute URI.
-            reason, err_source, etype = f"{source}: no such file", source, type(exc).__name__
-        else:
-            # Unexpected errors are rejected too, with their type, so one bug in one night is
-            # visible in the manifest instead of killing a thousand-night run.
-            reason = f"{source}: unexpected {type(exc).__name__}: {exc}"
-            err_source, etype = source, type(exc).__name__
+        # Unexpected errors are rejected too, with their type, so one bug in one night is visible
+        # in the manifest instead of killing a thousand-night run.
+        reason, etype = reject_reason(exc, source)
+        err_source = exc.source if isinstance(exc, RecordingError) else source
         doc = {"recording_id": rid, "subject_id": entry["subject_id"], "reason": reason,
                "error_type": etype, "source": err_source, "psg": psg_name,
                "hypnogram": entry.get("hypnogram_name") or entry.get("hypnogram"),

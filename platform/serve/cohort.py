@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
-from somnray.core.errors import ConfigError, RecordingError, ServingError, StorageError
+from somnray.core.errors import ConfigError, ServingError, reject_reason
 from somnray.core.storage import StorageLocation, StorageRoots, relative_uri, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
@@ -269,21 +269,6 @@ def _status(recording_id: str, status: str, *, reason: str = "", error_type: str
             "payload": payload}
 
 
-def _reason(exc: BaseException, source: str) -> tuple[str, str]:
-    etype = type(exc).__name__
-    if isinstance(exc, RecordingError):
-        return str(exc), etype
-    # The exceptions' own texts name the file by its absolute URI: say it with the recorded name.
-    if isinstance(exc, StorageError):
-        return f"{source}: {exc.problem}", etype
-    if isinstance(exc, FileNotFoundError):
-        return f"{source}: no such file", etype
-    # Unexpected errors are rejects too, typed, so one bug in one night is visible in the
-    # summary instead of killing a thousand-night run.  Their message stays out: a reader's may
-    # quote the file's bytes (header fields), and the reason reaches outputs, logs and clients.
-    return f"{source}: unexpected {etype}", etype
-
-
 def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
                               profiles: Mapping[str, CohortProfile],
                               storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -306,7 +291,7 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
                        payload=payload)
     except Exception as exc:
-        reason, etype = _reason(exc, source)
+        reason, etype = reject_reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
                        seconds=time.monotonic() - t0)
 
@@ -346,7 +331,7 @@ class ScoreAndWriteNight:
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
                                seconds=seconds + time.monotonic() - t0)
             except Exception as exc:
-                reason, etype = _reason(exc, rid)
+                reason, etype = reject_reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
         reason, etype = str(row["reason"]), str(row["error_type"])
         try:

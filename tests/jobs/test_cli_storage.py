@@ -12,7 +12,6 @@ import re
 
 import pytest
 from loopback import free_port  # tests/ is on sys.path (conftest.py)
-
 from somnray.jobs.cli import main
 
 NO_CREDENTIALS = ("no credentials for this store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "

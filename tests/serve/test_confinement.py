@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from scoring_factory import copy_cohort  # tests/serve is on sys.path
-
 from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageRoots
 from somnray.serve.cohort import OUTSIDE_ROOTS, score_cohort

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from scoring_factory import make_run, truncate  # tests/serve is on sys.path
-
 from somnray.core.errors import ConfigError
 from somnray.core.storage import relative_uri, resolve
 from somnray.data.discovery import recorded_entry

@@ -363,6 +363,29 @@ def test_cohort_rows_reaching_outside_the_roots_fail_the_job_unread(service, tmp
 
 
 @pytest.mark.integration
+def test_cohort_uris_escaping_by_encoding_or_link_are_refused_alike(service, tmp_path):
+    """A %-encoded ../ and a manifest symlinked out of the root get the 403 an outside path gets,
+    whether the target exists or not."""
+    def post(manifest: str, output: str) -> requests.Response:
+        return requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                             json={"manifest_uri": manifest, "output_uri": output})
+
+    links = service.out_root / f"links-{tmp_path.name}"
+    links.mkdir(parents=True)
+    (tmp_path / "m.csv").write_text(service.manifest.read_text())
+    os.symlink(tmp_path / "m.csv", links / "there.csv")
+    os.symlink(tmp_path / "missing.csv", links / "nowhere.csv")
+    out = f"file://{links}/out"
+    encoded = f"file://{service.out_root}/%2e%2e/elsewhere"
+    answers = {uri: post(uri, out) for uri in (str(links / "there.csv"), str(links / "nowhere.csv"))}
+    answers[encoded] = post(str(service.manifest), encoded)
+    for uri, r in answers.items():
+        name = "output_uri" if uri == encoded else "manifest_uri"
+        assert (r.status_code, r.json()["detail"]) == (
+            403, f"{name} {uri!r} is outside the storage roots this service may use"), r.text
+
+
+@pytest.mark.integration
 def test_answers_name_no_server_path_or_configuration(service, tmp_path):
     """/healthz, a score answer and a 403 say nothing of the bundle's path or the storage roots:
     the model is named by a fingerprint of its weights."""

@@ -26,9 +26,11 @@ from somnray.core.errors import ConfigError
 __all__ = [
     "AnnotationSpec",
     "AvailabilitySpec",
+    "ChannelAlternative",
     "ChannelSpec",
     "CohortProfile",
     "PairingSpec",
+    "ReadingSpec",
     "TrimSpec",
     "list_profiles",
     "load_profile",
@@ -53,8 +55,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChannelSpec(_Strict):
-    """How one canonical modality is found (and derived) in a PSG file.
+class ChannelAlternative(_Strict):
+    """One way to find a modality's signal: a label, optionally minus a reference.
 
     Parameters
     ----------
@@ -63,23 +65,12 @@ class ChannelSpec(_Strict):
         and punctuation (``EOG(L)`` = ``EOG L`` = ``EOGL``).
     reference : list of str, optional
         Aliases of a reference channel subtracted from the channel (a bipolar derivation such as
-        SHHS's EOG(L) − EOG(R)).  Both are brought to a common rate before the subtraction.
-    required : bool
-        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
-    band : (float, float), optional
-        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
-        low-pass.  None = no filter.
-    min_sfreq : float, optional
-        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
-        is not the physiological signal the modality stands for: absent with a warning when the
-        channel is optional, a rejection when it is required.
+        SHHS's EOG(L) − EOG(R), or C3 − A2 from monopolar electrodes).  Both are brought to a
+        common rate before the subtraction.
     """
 
     aliases: list[str] = Field(min_length=1)
     reference: list[str] | None = None
-    required: bool = True
-    band: tuple[float, float] | None = None
-    min_sfreq: float | None = Field(default=None, gt=0)
 
     @field_validator("aliases", "reference")
     @classmethod
@@ -92,6 +83,43 @@ class ChannelSpec(_Strict):
         if bad:
             raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
         return value
+
+
+class ChannelSpec(ChannelAlternative):
+    """How one canonical modality is found (and derived) in a PSG file.
+
+    Parameters
+    ----------
+    aliases, reference
+        The primary signal (see :class:`ChannelAlternative`).
+    fallbacks : list of ChannelAlternative
+        Tried in order when the primary signal is missing or unusable (not found, no reference,
+        an unscalable header, too slow, no usable epoch): C4-A1, else C3-A2, ...  The signal
+        actually used is recorded in the recording's ``channels`` info.
+    combine : {"first", "average"}
+        ``first``: the first usable alternative; ``average``: the per-epoch mean of every usable
+        alternative (an epoch is available when at least one of them is).
+    required : bool
+        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
+    band : (float, float), optional
+        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
+        low-pass.  None = no filter.
+    min_sfreq : float, optional
+        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
+        is not the physiological signal the modality stands for: absent with a warning when the
+        channel is optional, a rejection when it is required.
+    band_fit : {"strict", "auto"}
+        A band whose upper edge is at/above the native Nyquist frequency: ``strict`` makes the
+        channel unusable (the band is a protocol the data must meet); ``auto`` clips the upper
+        edge to 0.9 × the native Nyquist frequency, with a warning.
+    """
+
+    fallbacks: list[ChannelAlternative] = Field(default_factory=list)
+    combine: Literal["first", "average"] = "first"
+    required: bool = True
+    band: tuple[float, float] | None = None
+    min_sfreq: float | None = Field(default=None, gt=0)
+    band_fit: Literal["strict", "auto"] = "strict"
 
     @field_validator("band")
     @classmethod
@@ -112,14 +140,18 @@ class AnnotationSpec(_Strict):
 
     Parameters
     ----------
-    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"}
+    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"}
         ``edf_annotations``: a separate EDF+ file of annotations (Sleep-EDF ``*-Hypnogram.edf``);
         ``embedded``: EDF+ annotations inside the PSG file itself; ``nsrr_xml``: NSRR XML
-        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table.
+        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table;
+        ``edf_signal``: a signal whose sample values are stage codes, in a separate EDF file or,
+        without one, in the PSG itself (``signal`` names it).
     label_map : dict of str to int
         Every stage label string the source uses → 0 W, 1 N1, 2 N2, 3 N3, 4 REM, or -1
         (movement/unscored: kept in the sequence, ignored by losses).  Labels are compared after
         stripping surrounding whitespace; an unlisted label rejects the recording, listing it.
+        Numeric codes (R&K ``0``–``5``, ``edf_signal`` values) may be written as plain YAML
+        integers; they are compared as text.
     ignore : list of str
         Glob patterns (``fnmatch``) of annotation texts that are not stages (arousals, lights
         off, ...) and are skipped rather than rejected.
@@ -127,7 +159,7 @@ class AnnotationSpec(_Strict):
         NSRR XML only: the ``EventType`` of stage events.
     table_layout : {"events", "epochs"}
         CSV/TSV only: ``events`` = one row per run (onset, duration, stage columns, seconds from
-        the PSG start); ``epochs`` = one stage per row, each row one consecutive 30-s epoch.
+        the PSG start); ``epochs`` = one stage per row, each row the next ``label_period``.
     onset_column, duration_column, stage_column : str
         CSV/TSV column names (used when ``header`` is true).
     delimiter : str, optional
@@ -138,9 +170,23 @@ class AnnotationSpec(_Strict):
     min_coverage : float
         Reject the recording when the hypnogram covers less than this fraction of the signal's
         epochs (usually a PSG paired with the wrong hypnogram).
+    label_period : int
+        Seconds between two labels of the scoring (5, 10, 15, 20, 30, 60, ...): stage onsets and
+        durations must be multiples of it.  Labels are mapped onto the 30-s epochs by majority
+        of duration (see :func:`somnray.data.hypnograms.hypnogram_to_epochs`).
+    min_purity : float
+        An epoch whose majority stage covers less than this fraction of its 30 s, or whose two
+        largest stages tie, is unscored (-1).
+    max_overrun_s : float, optional
+        Seconds of labels past the end of the signal that are dropped with a warning; more
+        rejects the recording (a hypnogram read at the wrong period, or another night's).
+        None: any overrun is dropped with a warning.
+    signal : str, optional
+        ``edf_signal`` only: the label of the hypnogram signal (matching ignores case, spaces
+        and punctuation, as channel aliases do).
     """
 
-    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"]
+    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"]
     label_map: dict[str, int] = Field(min_length=1)
     ignore: list[str] = Field(default_factory=list)
     event_type: str = "Stages|Stages"
@@ -151,6 +197,26 @@ class AnnotationSpec(_Strict):
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     header: bool = True
     min_coverage: float = Field(default=0.5, ge=0, le=1)
+    label_period: int = Field(default=30, ge=1)
+    min_purity: float = Field(default=0.5, ge=0, le=1)
+    max_overrun_s: float | None = Field(default=60.0, ge=0)
+    signal: str | None = Field(default=None, min_length=1)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numeric_codes_as_text(cls, value):
+        # YAML reads `0: 0` as an int key; stage codes are compared with the text the files hold.
+        if isinstance(value, dict):
+            return {(str(k) if isinstance(k, int) and not isinstance(k, bool) else k): v
+                    for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _signal_named(self) -> AnnotationSpec:
+        if self.format == "edf_signal" and self.signal is None:
+            raise ValueError("format 'edf_signal' needs annotations.signal: the label of the "
+                             "signal that holds the stage codes")
+        return self
 
     @field_validator("label_map")
     @classmethod
@@ -244,6 +310,20 @@ class AvailabilitySpec(_Strict):
     clip_fraction: float = Field(default=0.1, gt=0, le=1)
 
 
+class ReadingSpec(_Strict):
+    """How forgiving reading a PSG file is.
+
+    Parameters
+    ----------
+    truncated : {"keep", "reject"}
+        A file that ends inside its data records (a download cut short): ``keep`` prepares its
+        complete records, with a warning and ``truncated: true`` in the recording's info;
+        ``reject`` rejects the recording.
+    """
+
+    truncated: Literal["keep", "reject"] = "keep"
+
+
 class CohortProfile(_Strict):
     """Everything somnray needs to know about one cohort's files (one YAML file).
 
@@ -267,6 +347,8 @@ class CohortProfile(_Strict):
         Reject recordings lacking any of the five stages (CoRe-Sleep's 5,463 SHHS subset).
     availability : AvailabilitySpec
         Flat/clipped epoch thresholds.
+    reading : ReadingSpec
+        What a truncated file becomes.
     """
 
     name: str = Field(min_length=1)
@@ -278,6 +360,7 @@ class CohortProfile(_Strict):
     pairing: PairingSpec
     require_all_stages: bool = False
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    reading: ReadingSpec = Field(default_factory=ReadingSpec)
 
     @field_validator("channels")
     @classmethod

@@ -143,7 +143,7 @@ def test_malformed_profile_reports_every_error_at_once(tmp_path):
         "channels.eeg.aliases: List should have at least 1 item",
         "channels.eeg.band: must be (low, high) with 0 <= low < high in Hz, got [40.0, 0.3]",
         "channels.eeg.requird: unknown key",
-        "annotations.format: Input should be 'edf_annotations', 'nsrr_xml', 'csv', 'tsv' or 'embedded' (got 'xml')",
+        "annotations.format: Input should be 'edf_annotations', 'nsrr_xml', 'csv', 'tsv', 'embedded' or 'edf_signal' (got 'xml')",
         "annotations.label_map: classes must be 0 W, 1 N1, 2 N2, 3 N3, 4 REM or -1 (unscored); got {'N1': 7}",
         "trimming.rule: Input should be 'none', 'edges', 'shhs_code' or 'shhs_paper' (got 'sometimes')",
         "pairing.key_regex: needs a capturing group (group 1 is used); got 'no-group'",

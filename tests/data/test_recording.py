@@ -191,11 +191,11 @@ def test_clipped_epochs_are_masked_not_rejected(tmp_path):
 # -- corrupt inputs: exact messages --------------------------------------------------------------
 
 def test_reject_truncated_edf(tmp_path):
-    """A truncated PSG is rejected with the byte counts, naming the user's URI and recording id."""
+    """With reading.truncated reject, a truncated PSG is rejected with the byte counts, URI and id."""
     path = tmp_path / "cut.edf"
     path.write_bytes(PSG_FILE.read_bytes()[:-1000])
     with pytest.raises(RecordingError) as info:
-        _prepare(path, HYP_FILE, SLEEP_EDF, psg_source="s3://cohort/SC4001E0-PSG.edf")
+        _prepare(path, HYP_FILE, _with(SLEEP_EDF, reading={"truncated": "reject"}), psg_source="s3://cohort/SC4001E0-PSG.edf")
     assert str(info.value) == (
         "s3://cohort/SC4001E0-PSG.edf: file is truncated: header declares 10 data records of "
         "18240 bytes but only 181400 bytes follow")

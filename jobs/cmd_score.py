@@ -9,7 +9,9 @@ Examples::
         --channel-map '{"eog": {"signal": "E1", "reference": "E2"}}'
 
 RUN_URI is a training run (its ``model/`` bundle) or a bundle folder.  INPUTs are EDF/EDF+/BDF
-files, folders (paired by the cohort profile) and manifests; several may be given.  Each night
+files, folders (paired by the cohort profile) and manifests; several may be given.  File names may
+identify people: ``--id-from hash`` names a single file's outputs by a hash of its content, and
+outputs always name files relative to their manifest or folder, never by absolute path.  Each night
 gets ``<out>/<recording_id>/`` (hypnogram CSV, EDF+ annotations, BIDS events, per-epoch Parquet,
 sleep statistics JSON, PNG with --plots) and the run writes ``cohort_summary.csv/.parquet``.
 A rerun skips nights already scored, so an interrupted run is completed by running it again.
@@ -61,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="arithmetic (default auto: bf16 on bf16 GPUs, and on CPUs with native bf16 where "
                         "a timed probe of the model finds it at least 1.25x faster; else fp32)")
+    p.add_argument("--id-from", default="name", choices=("name", "hash"),
+                   help="how a single EDF/BDF INPUT is named in outputs: its file name (default) or "
+                        "a short SHA-256 of its content (file names may identify people)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     options = CohortScoringOptions(profile=args.profile, channel_map=parse_channel_map(args.channel_map),
                                    workers=args.workers, plots=args.plots,
                                    stride=args.stride, device=args.device, precision=args.precision,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, id_from=args.id_from)
     result = score_cohort(args.run, args.inputs, args.out, options)
     print(f"{result.total} recording(s): {result.scored} scored, {result.skipped} already scored, "
           f"{result.rejected} rejected ({result.seconds:.1f} s)")

@@ -57,14 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the cohort; print a one-line summary.  Returns 0."""
+    from somnray.core.errors import StorageError
+    from somnray.core.storage import resolve
     from somnray.data import synth
 
+    out = resolve(args.out)
+    if not out.is_local:  # the EDF writers take local paths: a URI would become a folder named "s3:"
+        raise StorageError(out.uri, "somnray synth writes to a local folder: give a path or file:///path")
     artefacts = synth.ArtefactConfig.preset(args.artefacts, args.missing_eog_fraction)
-    entries = synth.synthesize_cohort(
-        args.profile, args.out, args.nights, seed=args.seed, hours=args.hours,
-        artefacts=artefacts if artefacts.enabled else None,
-        embed_annotations=args.embed_annotations, progress=args.nights > 1,
-    )
+    with out.errors():
+        entries = synth.synthesize_cohort(
+            args.profile, out.path, args.nights, seed=args.seed, hours=args.hours,
+            artefacts=artefacts if artefacts.enabled else None,
+            embed_annotations=args.embed_annotations, progress=args.nights > 1,
+        )
     subjects = len({e.subject_id for e in entries})
     print(f"somnray synth: wrote {len(entries)} {args.profile} recording(s) of {args.hours:g} h from "
           f"{subjects} subject(s) to {args.out} (manifest.csv, seed {args.seed}, artefacts {args.artefacts})")

@@ -28,13 +28,20 @@ def did_you_mean(value: str, known: Iterable[str], *, n: int = 3, cutoff: float 
 
 
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text; a syntax error becomes a :class:`ConfigError` naming ``source``."""
+    """Parse YAML text; a syntax error becomes a :class:`ConfigError` naming ``source``.
+
+    The message gives the parser's problem and its line and column, never the parser's snippet
+    of the text: a file named by mistake (or by a client of the service) may hold secrets.
+    """
     import yaml
 
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(source, [f"not valid YAML{where}: {problem}"]) from None
 
 
 def read_yaml_file(path: str | os.PathLike[str], kind: str) -> tuple[str, Any]:

@@ -8,6 +8,8 @@ and an exit code in one place (:mod:`somnray.jobs.cli`).  Below it the families 
                         malformed; every problem found is listed at once
 :class:`DataError`      input data cannot be used (:class:`RecordingError` for one recording, which
                         a cohort run records as rejected and goes past; :class:`SplitError`)
+:class:`StorageError`   a store cannot be reached, read or written (credentials, endpoint,
+                        permissions, a file where a folder is needed, a read-only protocol)
 :class:`SubmitError`    a cluster's Job Submission API refused or could not be reached
 :class:`ServingError`   a scoring job cannot go on (the cohort-scoring driver gives up)
 ======================  ===========================================================================
@@ -92,9 +94,48 @@ class SplitError(DataError, ValueError):
     """A split cannot be made or applied (too few subjects, unknown split or fold)."""
 
 
+class StorageError(SomnrayError):
+    """A storage location cannot be reached, read or written as asked.
+
+    Parameters
+    ----------
+    uri : str
+        The location (as :func:`somnray.core.storage.resolve` normalised it).
+    problem : str
+        What went wrong and what to do about it.
+    """
+
+    def __init__(self, uri: str, problem: str):
+        self.uri = str(uri)
+        self.problem = problem
+        super().__init__(f"{self.uri}: {problem}")
+
+    def __reduce__(self):  # keep the fields across Ray's pickling of task errors
+        return (type(self), (self.uri, self.problem))
+
+
 class SubmitError(SomnrayError):
     """A job cannot be submitted to, or followed on, a Ray cluster."""
 
 
 class ServingError(SomnrayError, RuntimeError):
     """A scoring run cannot go on (for example, the cohort driver lost its actors)."""
+
+
+def reject_reason(exc: BaseException, source: str) -> tuple[str, str]:
+    """``(reason, error type)`` a cohort run records for a recording that failed with ``exc``.
+
+    ``source`` is the file as records name it (relative to its manifest, or a content hash): the
+    exceptions' own texts would name it by absolute URI.  A :class:`RecordingError` keeps its
+    message; a :class:`StorageError` its advice; an unexpected exception is recorded by its type
+    alone, because a reader's message may quote the file's bytes (EDF header fields) and the reason
+    reaches outputs, logs and service clients.
+    """
+    etype = type(exc).__name__
+    if isinstance(exc, RecordingError):
+        return str(exc), etype
+    if isinstance(exc, StorageError):
+        return f"{source}: {exc.problem}", etype
+    if isinstance(exc, FileNotFoundError):
+        return f"{source}: no such file", etype
+    return f"{source}: unexpected {etype}", etype

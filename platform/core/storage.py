@@ -17,6 +17,12 @@ order of precedence:
 
 Values found in the environment are captured into the location's options when it is resolved on
 the driver, so Ray workers started before the variables were exported still reach the same store.
+
+Every known failure of a store — no credentials, an endpoint that refuses connections, permissions,
+a file where a folder is needed, writing to a read-only protocol — surfaces from a
+:class:`StorageLocation` method as one :class:`~somnray.core.errors.StorageError` naming the URI and
+what to do (the original exception chained to it).  :class:`StorageRoots` confines a service to
+URI prefixes, with symbolic links, ``..`` and percent-encoding resolved before the test.
 """
 
 from __future__ import annotations
@@ -32,16 +38,24 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 
-from .errors import ConfigError
+from .errors import ConfigError, SomnrayError, StorageError
 
 #: Protocols served by the local filesystem.
 LOCAL_PROTOCOLS = ("file", "local")
 #: Protocols served by S3-compatible object stores.
 S3_PROTOCOLS = ("s3", "s3a")
+#: Protocols fsspec reads but somnray never writes to (HTTP servers take no uploads from fsspec).
+READ_ONLY_PROTOCOLS = ("http", "https")
+
+# botocore and aiohttp come with their filesystems only, so their failures are recognised by class
+# name rather than imported here.
+_CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError", "NoAuthTokenError"})
+_ENDPOINT_ERRORS = frozenset({"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                              "ServerTimeoutError"})
 
 # "scheme:" followed by something that is not "//": almost always a typo ("s3:/bucket").  One
 # letter is left alone, it would be a Windows drive.
@@ -126,11 +140,13 @@ class StorageLocation:
     # -- queries ------------------------------------------------------------------------------
     def exists(self) -> bool:
         """True when a file or folder exists here."""
-        return bool(self.fs.exists(self.path))
+        with self.errors():
+            return bool(self.fs.exists(self.path))
 
     def isdir(self) -> bool:
         """True when this is a folder (on object stores: a prefix with objects below it)."""
-        return bool(self.fs.isdir(self.path))
+        with self.errors():
+            return bool(self.fs.isdir(self.path))
 
     def find(self, suffix: str | None = None) -> list["StorageLocation"]:
         """Every file below this folder (recursively), sorted, optionally ending in ``suffix``.
@@ -142,7 +158,9 @@ class StorageLocation:
             return []
         out = []
         root = self.path.rstrip("/")
-        for p in sorted(self.fs.find(self.path)):
+        with self.errors():
+            found = sorted(self.fs.find(self.path))
+        for p in found:
             rel = p[len(root):].lstrip("/") if p.startswith(root) else posixpath.basename(p)
             if any(part.startswith(".") for part in rel.split("/")):
                 continue
@@ -153,13 +171,17 @@ class StorageLocation:
     # -- reading and writing ------------------------------------------------------------------
     def open(self, mode: str = "rb", **kwargs: Any) -> IO:
         """Open the file (creating parent folders on writes to local paths)."""
-        if self.is_local and any(c in mode for c in "wax"):
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        return self.fs.open(self.path, mode, **kwargs)
+        writing = any(c in mode for c in "wax+")
+        if writing:
+            self.require_writable()
+        with self.errors():
+            if self.is_local and writing:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            return self.fs.open(self.path, mode, **kwargs)
 
     def read_bytes(self) -> bytes:
         """The whole file."""
-        with self.open("rb") as f:
+        with self.errors(), self.open("rb") as f:
             return f.read()
 
     def read_text(self, encoding: str = "utf-8") -> str:
@@ -178,6 +200,11 @@ class StorageLocation:
         visible only when completed) never exposes a partial object.  Other protocols: write a
         hidden temporary object, then move it into place (as atomic as the store's rename).
         """
+        self.require_writable()
+        with self.errors():
+            self._atomic_write_bytes(data)
+
+    def _atomic_write_bytes(self, data: bytes) -> None:
         if self.is_local:
             folder = os.path.dirname(self.path) or "."
             os.makedirs(folder, exist_ok=True)
@@ -202,13 +229,45 @@ class StorageLocation:
 
     def makedirs(self) -> None:
         """Create this folder (a no-op on object stores, where folders are implicit)."""
+        self.require_writable()
         if self.is_local:
-            os.makedirs(self.path, exist_ok=True)
+            with self.errors():
+                os.makedirs(self.path, exist_ok=True)
 
     def remove(self) -> None:
         """Delete the file if it exists."""
-        with contextlib.suppress(FileNotFoundError):
+        with self.errors(), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path)
+
+    def require_writable(self) -> None:
+        """Refuse, before any attempt, a location on a protocol somnray cannot write to.
+
+        Raises
+        ------
+        StorageError
+            The protocol is read-only (``http://``, ``https://``).
+        """
+        if self.protocol in READ_ONLY_PROTOCOLS:
+            raise StorageError(self.uri, f"{self.protocol}:// locations are read-only: write outputs to "
+                                         f"a local path, file:// or s3://bucket/prefix")
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Turn a store's known failures inside the block into one :class:`StorageError`.
+
+        Credentials, connection, permission and file-versus-folder failures become a message
+        naming this URI and what to do; anything else (a missing file included, which callers
+        handle themselves) passes through unchanged.
+        """
+        try:
+            yield
+        except SomnrayError:
+            raise
+        except Exception as exc:
+            problem = _storage_problem(exc, self)
+            if problem is None:
+                raise
+            raise StorageError(self.uri, problem) from exc
 
     @contextlib.contextmanager
     def local_copy(self) -> Iterator[str]:
@@ -226,12 +285,98 @@ class StorageLocation:
         try:
             local = os.path.join(tmpdir, self.name or "download")
             try:
-                self.fs.get_file(self.path, local)
+                with self.errors():
+                    self.fs.get_file(self.path, local)
             except FileNotFoundError:
                 raise FileNotFoundError(f"{self.uri}: no such file") from None
             yield local
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _storage_problem(exc: BaseException, loc: StorageLocation) -> str | None:
+    """What a known storage failure means for ``loc`` and what to do; None for anything else."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & _CREDENTIAL_ERRORS:
+        return ("no credentials for this store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE), or pass key and secret in the storage options")
+    if names & _ENDPOINT_ERRORS or isinstance(exc, ConnectionError):
+        endpoint = loc.storage_options.get("endpoint_url")
+        target = f"the endpoint {endpoint}" if endpoint else "the store"
+        return (f"cannot connect to {target}: check that it is running and reachable, and the "
+                f"endpoint setting (AWS_ENDPOINT_URL or endpoint_url)")
+    if isinstance(exc, PermissionError):
+        return ("permission denied: use a location this user (or these credentials) may read and "
+                "write, or grant access to it")
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        where = exc.filename or loc.path
+        # The OS names the folder it failed to make; the user needs the file standing in its way.
+        while loc.is_local and not os.path.lexists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
+        return f"{where} is a file where a folder is needed: name a new or existing folder"
+    if isinstance(exc, IsADirectoryError):
+        where = exc.filename or loc.path
+        return f"{where} is a folder where a file is needed: name a file inside it"
+    return None
+
+
+class StorageRoots:
+    """URI prefixes a service may read and write under; every other location is refused.
+
+    A URI is inside when it lies under a root in every reading a layer below could give it: as
+    written and percent-decoded, with ``..`` refused outright (object stores keep it as a literal
+    key) and, on local disks, every symbolic link followed.  Containment is decided on text and
+    :func:`os.path.realpath` only, so the answer never depends on whether the location exists.
+
+    Parameters
+    ----------
+    roots : iterable of str
+        Paths or URIs (``/data/psg``, ``file:///data/psg``, ``s3://bucket/cohorts``).
+
+    Raises
+    ------
+    ConfigError
+        A root is not a valid storage URI.
+    """
+
+    def __init__(self, roots: Iterable[str]):
+        self.uris = tuple(resolve(root).uri.rstrip("/") for root in roots)
+
+    def __bool__(self) -> bool:
+        return bool(self.uris)
+
+    def locate(self, uri: "str | os.PathLike[str]",
+               storage_options: Mapping[str, Any] | None = None) -> StorageLocation | None:
+        """The location ``uri`` really names, when it lies under a root; None otherwise.
+
+        Local locations come back with their symbolic links resolved, so opening the result
+        opens what was checked.
+        """
+        text = os.fspath(uri)
+        readings = {text, unquote(text)}
+        if any(".." in reading.replace("\\", "/").split("/") for reading in readings):
+            return None
+        located = None
+        for reading in sorted(readings, key=lambda r: r != text):  # the text as given first
+            try:
+                loc = resolve(reading, storage_options)
+            except ConfigError:
+                return None
+            if loc.is_local:
+                loc = loc.with_path(os.path.realpath(loc.path))
+            if not any(self._under(loc, root) for root in self.uris):
+                return None
+            located = located or loc
+        return located
+
+    @staticmethod
+    def _under(loc: StorageLocation, root: str) -> bool:
+        if root.startswith("file://"):
+            if not loc.is_local:
+                return False
+            base = os.path.realpath(root[len("file://"):])
+            return loc.path == base or loc.path.startswith(base.rstrip("/") + "/")
+        return loc.uri == root or loc.uri.startswith(root + "/")
 
 
 # -- resolution ---------------------------------------------------------------------------------
@@ -309,6 +454,21 @@ def resolve(uri: "str | os.PathLike[str] | StorageLocation",
         path = path[0]
     return StorageLocation(text.rstrip("/") if path.strip("/") else text, protocol, path,
                            dict(storage_options or {}))
+
+
+def relative_uri(uri: str | StorageLocation, base: str | StorageLocation) -> str:
+    """``uri`` as a record names it: relative to the folder ``base`` whenever it can be.
+
+    Local files are always given relative to ``base`` (with ``..`` when they lie outside it), so a
+    record never holds an absolute path — clinic folders and file names often carry patient names
+    above the cohort's folder.  A file on another store, or outside ``base`` on an object store,
+    keeps its URI.
+    """
+    loc, folder = resolve(uri), resolve(base)
+    if loc.is_local and folder.is_local:
+        return os.path.relpath(loc.path, folder.path)
+    prefix = folder.uri.rstrip("/") + "/"
+    return loc.uri[len(prefix):] if loc.protocol == folder.protocol and loc.uri.startswith(prefix) else loc.uri
 
 
 def _format_uri(protocol: str, path: str) -> str:

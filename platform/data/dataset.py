@@ -131,17 +131,20 @@ class PreparedDataset:
 
     @classmethod
     def create(cls, out_uri: str, profile, entries: Sequence[ManifestEntry],
-               storage_options: Mapping[str, Any] | None = None) -> "PreparedDataset":
+               storage_options: Mapping[str, Any] | None = None, *,
+               recorded: Sequence[ManifestEntry] | None = None) -> "PreparedDataset":
         """The folder ``<out_uri>/<profile>-<version>`` of a preparation, with its ``entries.csv``.
 
-        A rerun of the same preparation lands in the same folder; its ``entries.csv`` (same
-        entries, by the version hash) is left as it is.
+        The version hashes ``entries``; ``entries.csv`` holds ``recorded`` (default: ``entries``),
+        the same entries with their files named as records name them
+        (:func:`~somnray.data.discovery.recorded_entry`).  A rerun of the same preparation lands
+        in the same folder; its ``entries.csv`` (same entries, by the version hash) is left as it is.
         """
         version = dataset_version(entries, profile)
         ds = cls(resolve(out_uri, storage_options).join(f"{profile.name}-{version}"), version)
         ds._location.makedirs()
         if not ds._location.join(ENTRIES_FILE).exists():
-            ds.write_entries(entries)
+            ds.write_entries(entries if recorded is None else recorded)
         return ds
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ group 1 of ``pairing.key_regex``, and named by ``pairing.subject_regex`` and
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import io
 import logging
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from somnray.core.errors import ConfigError
-from somnray.core.storage import StorageLocation, resolve
+from somnray.core.storage import StorageLocation, relative_uri, resolve
 
 from .manifest import ManifestEntry, parse_manifest_csv
 
@@ -211,6 +212,19 @@ def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | N
     if problems:
         raise ConfigError(loc.uri, problems)
     return entries
+
+
+def input_folder(uri: str, storage_options: Mapping[str, Any] | None = None) -> StorageLocation:
+    """The folder a cohort's files are recorded relative to: the input folder, or the manifest's."""
+    loc = resolve(uri, storage_options)
+    return loc if loc.isdir() else loc.parent
+
+
+def recorded_entry(entry: ManifestEntry, folder: str | StorageLocation) -> ManifestEntry:
+    """``entry`` as records hold it: PSG and hypnogram relative to ``folder``, never absolute paths
+    (:func:`~somnray.core.storage.relative_uri`)."""
+    return dataclasses.replace(entry, psg=relative_uri(entry.psg, folder),
+                               hypnogram=relative_uri(entry.hypnogram, folder) if entry.hypnogram else None)
 
 
 def _parquet_as_csv(loc: StorageLocation) -> str:

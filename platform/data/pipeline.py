@@ -29,14 +29,14 @@ from somnray.core.constants import (
     STATUS_REJECTED,
     STATUS_SKIPPED,
 )
-from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.errors import ConfigError, RecordingError, reject_reason
 from somnray.core.session import ensure_ray
 from somnray.core.storage import resolve, worker_storage_options
 from somnray.core.version import somnray_version
 
 from . import schema
 from .dataset import DATA_FORMAT_VERSION, PreparedDataset
-from .discovery import load_manifest
+from .discovery import input_folder, load_manifest, recorded_entry
 from .manifest import LIGHTS_COLUMNS, SPLITS, ManifestEntry
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
     Parameters
     ----------
     entry : mapping
-        :meth:`ManifestEntry.as_dict` of the recording.
+        :meth:`ManifestEntry.as_dict` of the recording; optional ``psg_name`` and
+        ``hypnogram_name`` are how messages and reject files name its files (default: the URIs).
     profile : CohortProfile
         The cohort profile.
     dataset_uri : str
@@ -98,43 +99,40 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
             log.warning("%s: existing file unreadable (%s); preparing it again",
                         dataset.recording_uri(rid), exc)
 
-    source = entry["psg"]
+    psg_name = entry.get("psg_name") or entry["psg"]
+    source = psg_name
     try:
         hyp_uri = entry.get("hypnogram")
+        hyp_name = entry.get("hypnogram_name") or hyp_uri
         # embedded and edf_signal scorings may live inside the PSG itself
         if not hyp_uri and profile.annotations.format not in ("embedded", "edf_signal"):
             raise RecordingError(
-                entry["psg"], f"no hypnogram paired with this PSG, and profile {profile.name!r} "
+                psg_name, f"no hypnogram paired with this PSG, and profile {profile.name!r} "
                 f"expects separate {profile.annotations.format} hypnograms "
                 f"(pairing.hypnogram_glob {profile.pairing.hypnogram_glob!r})", rid)
         psg_loc = resolve(entry["psg"], storage_options)
         hyp_loc = resolve(hyp_uri, storage_options) if hyp_uri else None
         with psg_loc.local_copy() as psg_path:
             if hyp_loc is not None:
-                source = hyp_uri
+                source = hyp_name
                 with hyp_loc.local_copy() as hyp_path:
-                    source = entry["psg"]
+                    source = psg_name
                     rec = prepare_recording(psg_path, hyp_path, profile, recording_id=rid,
-                                            subject_id=entry["subject_id"], psg_source=entry["psg"],
-                                            hypnogram_source=hyp_uri)
+                                            subject_id=entry["subject_id"], psg_source=psg_name,
+                                            hypnogram_source=hyp_name)
             else:
                 rec = prepare_recording(psg_path, None, profile, recording_id=rid,
-                                        subject_id=entry["subject_id"], psg_source=entry["psg"],
+                                        subject_id=entry["subject_id"], psg_source=psg_name,
                                         hypnogram_source=None)
         summary = dataset.write_recording(rec, profile.modalities)
     except Exception as exc:
-        if isinstance(exc, RecordingError):
-            reason, err_source, etype = str(exc), exc.source, "RecordingError"
-        elif isinstance(exc, FileNotFoundError):
-            reason, err_source, etype = str(exc) or f"{source}: no such file", source, type(exc).__name__
-        else:
-            # Unexpected errors are rejected too, with their type, so one bug in one night is
-            # visible in the manifest instead of killing a thousand-night run.
-            reason = f"{source}: unexpected {type(exc).__name__}: {exc}"
-            err_source, etype = source, type(exc).__name__
+        # Unexpected errors are rejected too, with their type, so one bug in one night is visible
+        # in the manifest instead of killing a thousand-night run.
+        reason, etype = reject_reason(exc, source)
+        err_source = exc.source if isinstance(exc, RecordingError) else source
         doc = {"recording_id": rid, "subject_id": entry["subject_id"], "reason": reason,
-               "error_type": etype, "source": err_source, "psg": entry["psg"],
-               "hypnogram": entry.get("hypnogram"),
+               "error_type": etype, "source": err_source, "psg": psg_name,
+               "hypnogram": entry.get("hypnogram_name") or entry.get("hypnogram"),
                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         try:
             dataset.write_reject(doc)
@@ -251,7 +249,11 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     started = time.monotonic()
     entries = load_manifest(input_uri, profile, storage_options, hypnogram=hypnogram)
     _check_profiles(entries, profile, str(input_uri))
-    dataset = PreparedDataset.create(out_uri, profile, entries, storage_options)
+    # Records name the cohort's files relative to its folder, never by absolute path.
+    folder = input_folder(input_uri, storage_options)
+    recorded = {e.recording_id: recorded_entry(e, folder) for e in entries}
+    dataset = PreparedDataset.create(out_uri, profile, entries, storage_options,
+                                     recorded=list(recorded.values()))
     version = dataset.version
     log.info("preparing %d recording(s) of %s into %s", len(entries), profile.name, dataset.uri)
 
@@ -262,9 +264,9 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     todo = already + todo_fresh
     pending = len(fresh) - len(todo_fresh)
 
-    statuses = _run(todo, profile, dataset, storage_options, num_workers, progress) if todo else []
+    statuses = _run(todo, recorded, profile, dataset, storage_options, num_workers, progress) if todo else []
 
-    doc = _manifest_doc(entries, statuses, profile, version, dataset, pending,
+    doc = _manifest_doc(list(recorded.values()), statuses, profile, version, dataset, pending,
                         time.monotonic() - started)
     dataset.write_manifest(doc)
     c = doc["counts"]
@@ -273,9 +275,9 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
                          pending=c["pending"], rejects=doc["rejected"], manifest=doc)
 
 
-def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
-         storage_options: Mapping[str, Any] | None, num_workers: int | None, progress: bool
-         ) -> list[dict[str, Any]]:
+def _run(todo: Sequence[ManifestEntry], recorded: Mapping[str, ManifestEntry], profile,
+         dataset: PreparedDataset, storage_options: Mapping[str, Any] | None,
+         num_workers: int | None, progress: bool) -> list[dict[str, Any]]:
     import ray
     from tqdm.auto import tqdm
 
@@ -287,7 +289,9 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
     # One block per recording, so the recordings spread over the task pool instead of queueing
     # behind each other in a few large blocks.
     # Lights times matter to scoring only; leaving them out keeps every row's columns the same.
-    rows = [{k: v for k, v in e.as_dict().items() if k not in LIGHTS_COLUMNS} for e in todo]
+    rows = [{**{k: v for k, v in e.as_dict().items() if k not in LIGHTS_COLUMNS},
+             "psg_name": recorded[e.recording_id].psg, "hypnogram_name": recorded[e.recording_id].hypnogram}
+            for e in todo]
     ds = ray.data.from_items(rows, override_num_blocks=len(todo))
     ds = ds.map(
         prepare_entry,

@@ -25,6 +25,7 @@ somnray.serve.app:app_builder``, the config's fields as ``args``).
 # types (Request, HTTPAuthorizationCredentials) through Serve's class-based-view rewrite.
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -32,7 +33,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -139,6 +140,22 @@ def _count_windows(chunks: list[WindowChunk]) -> int:
     return sum(int(c.idx.shape[0]) for c in chunks)
 
 
+def weights_fingerprint(scorer: Any) -> str:
+    """``sha256:<16 hex>`` of a scorer's ``model.json`` and weights: names the model in answers.
+
+    The same bundle gets the same fingerprint wherever it is stored, and a client learns nothing
+    about the server's paths from it.
+    """
+    import torch  # here: the ingress replicas never import torch
+
+    weights = scorer.weights()
+    digest = hashlib.sha256(weights.info_json.encode())
+    for name, tensor in sorted(weights.state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
 # -- deployments ---------------------------------------------------------------------------------
 class Preprocessor:
     """CPU step: read an uploaded EDF/BDF and prepare it for the model (one night per call).
@@ -213,7 +230,8 @@ class StageModel:
 
         restrict_replica_ports(config.host)
         self.scorer = Scorer.load(config.run_uri, device=config.device, precision=config.precision)
-        self.spec = ModelSpec.of(self.scorer)
+        # Answers name the weights by fingerprint: the bundle's URI is a path on the server.
+        self.spec = replace(ModelSpec.of(self.scorer), checkpoint_uri=weights_fingerprint(self.scorer))
         self.max_windows = config.max_batch_windows
         self._forward_windows.set_max_batch_size(config.max_batch_windows)
         self._forward_windows.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
@@ -223,7 +241,7 @@ class StageModel:
     def describe(self) -> dict[str, Any]:
         """Model identity and batching counters (for ``/healthz``)."""
         s = self.scorer
-        return {"name": s.info.model, "checkpoint_uri": s.uri, "somnray_version": somnray_version(),
+        return {"name": s.info.model, "checkpoint_uri": self.spec.checkpoint_uri, "somnray_version": somnray_version(),
                 "sequence_length": s.length, "modalities": list(s.modalities),
                 "device": str(s.device), "precision": s.precision,
                 "missing_modality_policy": self.spec.policy, "batching": dict(self.stats)}
@@ -295,7 +313,8 @@ class ModelDescription(BaseModel):
     """The model the service scores with."""
 
     name: str = Field(description="Registry name of the architecture.")
-    checkpoint_uri: str = Field(description="The model bundle's URI.")
+    checkpoint_uri: str = Field(description="Fingerprint of the served weights (`sha256:...`); the "
+                                            "bundle's location stays on the server.")
     somnray_version: str
     sequence_length: int = Field(description="Window length L in 30-s epochs.")
     modalities: list[str] = Field(description="Modalities the model reads, in `availability` order.")
@@ -645,18 +664,22 @@ class ScoringIngress:
         (`--storage-root`); outputs are written per night plus a cohort summary.
         """
         self._authorize(credentials)
+        roots = self.config.roots
+        if not roots:
+            raise _problem(403, "cohort jobs are not enabled on this service")
+        located = {}
         for name in ("manifest_uri", "output_uri"):
             uri = getattr(body, name)
             try:
                 resolve(uri)
             except ConfigError as exc:
                 raise _problem(400, f"{name} {uri!r}: {'; '.join(exc.errors)}") from None
-            if not self.config.allowed_uri(uri):
-                roots = list(self.config.storage_roots)
-                raise _problem(403, f"{name} {uri!r} is outside the storage roots this service may use "
-                                    f"({roots or 'none configured: start it with --storage-root'})")
+            # The answer names the client's URI only: never the roots, never whether it exists.
+            located[name] = roots.locate(uri)
+            if located[name] is None:
+                raise _problem(403, f"{name} {uri!r} is outside the storage roots this service may use")
         profile = self._check_profile(body.profile or self.config.default_profile)
-        if not await asyncio.to_thread(resolve(body.manifest_uri).exists):
+        if not await asyncio.to_thread(located["manifest_uri"].exists):
             raise _problem(400, f"manifest_uri {body.manifest_uri!r} does not exist")
         job_id = await self.jobs.submit.remote(body.manifest_uri, body.output_uri, profile, body.plots)
         if job_id is None:
@@ -705,7 +728,8 @@ def build_app(config: ServeConfig) -> Application:
         preprocessor.bind(config),
         model.bind(config),
         jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
-                  default_profile=config.default_profile, loopback_only=is_loopback(config.host)),
+                  default_profile=config.default_profile, loopback_only=is_loopback(config.host),
+                  storage_roots=config.storage_roots),
     )
 
 

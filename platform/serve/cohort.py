@@ -34,7 +34,9 @@ cohort with exactly one output set per recording; it has no other use.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -47,11 +49,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from somnray.core.constants import STATUS_OK, STATUS_REJECTED, STATUS_SKIPPED
-from somnray.core.errors import ConfigError, RecordingError, ServingError
-from somnray.core.storage import StorageLocation, resolve, worker_storage_options
+from somnray.core.errors import ConfigError, ServingError, reject_reason
+from somnray.core.storage import StorageLocation, StorageRoots, relative_uri, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
-from somnray.data.profiles import CohortProfile, load_profile
+from somnray.data.profiles import CohortProfile, list_profiles, load_profile
 
 from somnray.scoring.scorer import Scorer
 
@@ -63,6 +65,8 @@ log = logging.getLogger(__name__)
 
 #: Environment variable of the crash-injection test hook (module docstring).
 FAULT_ENV = "SOMNRAY_SCORE_FAULT_AFTER"
+#: What a confined run says of a location outside its storage roots, whether it exists or not.
+OUTSIDE_ROOTS = "no such file or folder under the storage roots"
 #: File suffixes accepted as a single recording.
 PSG_SUFFIXES = (".edf", ".bdf", ".rec")
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -83,8 +87,30 @@ class InjectedFault(RuntimeError):
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def _single_file_entry(loc: StorageLocation, profile: CohortProfile) -> ManifestEntry:
-    """A manifest entry for one PSG file, named by the profile's pairing rules (or its stem)."""
+#: How a single PSG file's recording id is chosen (``somnray score --id-from``).
+ID_FROM = ("name", "hash")
+
+
+def content_id(loc: StorageLocation) -> str:
+    """``sha256-<12 hex>`` of a file's content: an id that says nothing of the file's name."""
+    digest = hashlib.sha256()
+    with loc.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"sha256-{digest.hexdigest()[:12]}"
+
+
+def _single_file_entry(loc: StorageLocation, profile: CohortProfile, id_from: str = "name"
+                       ) -> tuple[ManifestEntry, str]:
+    """A manifest entry for one PSG file and the name records give it.
+
+    ``id_from="name"``: the id comes from the profile's pairing rules (or the file's stem) and
+    records name the file; ``"hash"``: both are :func:`content_id`, so no output carries the
+    file name (which may be a patient's).
+    """
+    if id_from == "hash":
+        rid = content_id(loc)
+        return ManifestEntry(recording_id=rid, subject_id=rid, psg=loc.uri, profile=profile.name), rid
     pairing = profile.pairing
     name = loc.name
     m = re.match(pairing.recording_id_regex or pairing.key_regex, name)
@@ -92,25 +118,30 @@ def _single_file_entry(loc: StorageLocation, profile: CohortProfile) -> Manifest
     rid = m.group(1) if m else re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-") or "recording"
     sm = re.match(pairing.subject_regex, name)
     return ManifestEntry(recording_id=rid, subject_id=sm.group(1) if sm else rid, psg=loc.uri,
-                         profile=profile.name)
+                         profile=profile.name), name
 
 
-def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
-                    storage_options: Mapping[str, Any] | None = None) -> list[ManifestEntry]:
-    """The recordings named by ``inputs``: manifests, folders and single EDF/BDF files.
+def collect_recordings(inputs: str | Sequence[str], profile: CohortProfile, *,
+                       storage_options: Mapping[str, Any] | None = None, id_from: str = "name"
+                       ) -> list[tuple[ManifestEntry, str]]:
+    """The recordings named by ``inputs`` (manifests, folders, single EDF/BDF files), each with the
+    name records and messages give its file.
 
-    Folders are paired with ``profile`` (hypnograms are found but not needed).  Every problem —
-    a missing input, an unknown file type, repeated recording ids across inputs — is reported
-    at once.
+    Folders are paired with ``profile`` (hypnograms are found but not needed).  A file is named
+    relative to its manifest's folder, or to the input folder, never by absolute path; a single
+    file by its name, or by its content hash with ``id_from="hash"``.  Every problem — a missing
+    input, an unknown file type, repeated recording ids across inputs — is reported at once.
 
     Raises
     ------
     ConfigError
         Nothing to score, or any input is unusable.
     """
+    if id_from not in ID_FROM:
+        raise ConfigError("--id-from", [f"must be one of {list(ID_FROM)}, got {id_from!r}"])
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [os.fspath(inputs)]
-    entries: list[ManifestEntry] = []
+    found: list[tuple[ManifestEntry, str]] = []
     errors: list[str] = []
     for uri in inputs:
         try:
@@ -118,22 +149,31 @@ def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
             if not loc.exists():
                 errors.append(f"{uri}: no such file or folder")
             elif loc.isdir():
-                entries.extend(_quiet_discover(loc, profile, storage_options))
+                found.extend((e, relative_uri(e.psg, loc)) for e in _quiet_discover(loc, profile, storage_options))
             elif loc.name.lower().endswith(MANIFEST_SUFFIXES):
-                entries.extend(load_manifest(loc.uri, profile, storage_options))
+                found.extend((e, relative_uri(e.psg, loc.parent))
+                             for e in load_manifest(loc.uri, profile, storage_options))
             elif loc.name.lower().endswith(PSG_SUFFIXES):
-                entries.append(_single_file_entry(loc, profile))
+                found.append(_single_file_entry(loc, profile, id_from))
             else:
                 errors.append(f"{uri}: not a recording (.edf/.bdf), a manifest (.csv/.parquet) "
                               "or a folder")
         except ConfigError as exc:
             errors.extend(f"{exc.source}: {e}" for e in exc.errors)
-    errors.extend(check_entries(entries))
-    if not entries and not errors:
+    errors.extend(check_entries([e for e, _ in found]))
+    if not found and not errors:
         errors.append("no recording found in the inputs")
     if errors:
         raise ConfigError(", ".join(map(str, inputs)), errors)
-    return entries
+    return found
+
+
+def collect_entries(inputs: str | Sequence[str], profile: CohortProfile, *,
+                    storage_options: Mapping[str, Any] | None = None, id_from: str = "name"
+                    ) -> list[ManifestEntry]:
+    """The recordings named by ``inputs`` (:func:`collect_recordings` without the names)."""
+    return [e for e, _ in collect_recordings(inputs, profile, storage_options=storage_options,
+                                             id_from=id_from)]
 
 
 def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
@@ -149,6 +189,78 @@ def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
         disc_log.setLevel(level)
 
 
+# -- confinement (the service's cohort jobs) ------------------------------------------------------
+def confine_inputs(inputs: Sequence[str], out_uri: str, roots: StorageRoots,
+                   storage_options: Mapping[str, Any] | None = None) -> tuple[list[str], str]:
+    """The inputs and output as the locations they really name, all under ``roots``.
+
+    Raises
+    ------
+    ConfigError
+        Any of them lies outside the roots (one line each; the same words whether it exists).
+    """
+    errors, located = [], []
+    for uri in inputs:
+        loc = roots.locate(uri, storage_options)
+        if loc is None:
+            errors.append(f"input {uri!r}: {OUTSIDE_ROOTS}")
+        else:
+            located.append(loc.uri)
+    out = roots.locate(out_uri, storage_options)
+    if out is None:
+        errors.append(f"output {out_uri!r}: not under the storage roots")
+    if errors:
+        raise ConfigError("cohort job", errors)
+    return located, out.uri  # type: ignore[union-attr]
+
+
+def confine_profile(name: str, roots: StorageRoots,
+                    storage_options: Mapping[str, Any] | None = None) -> str | None:
+    """A shipped profile name as it is, a profile file under ``roots`` as its real path, else None.
+
+    Nothing outside the roots is opened or even tested for existence.
+    """
+    if name in list_profiles():
+        return name
+    loc = roots.locate(name, storage_options)
+    # load_profile reads local files only; a remote profile would be "no such profile" anyway.
+    return loc.path if loc is not None and loc.is_local and os.path.isfile(loc.path) else None
+
+
+def confine_entries(entries: Sequence[ManifestEntry], roots: StorageRoots,
+                    storage_options: Mapping[str, Any] | None = None) -> list[ManifestEntry]:
+    """``entries`` with every PSG, hypnogram and profile file checked against ``roots``.
+
+    Returns the entries rewritten to the real locations (symbolic links resolved), so that what
+    is opened later is what was checked.
+
+    Raises
+    ------
+    ConfigError
+        One line per row naming a location outside the roots, before any of them is opened.
+    """
+    errors: list[str] = []
+    confined: list[ManifestEntry] = []
+    for e in entries:
+        psg = roots.locate(e.psg, storage_options)
+        hyp = roots.locate(e.hypnogram, storage_options) if e.hypnogram else None
+        profile = confine_profile(e.profile, roots, storage_options) if e.profile else None
+        row = f"recording {e.recording_id!r}"
+        if psg is None:
+            errors.append(f"{row}: psg {e.psg!r}: {OUTSIDE_ROOTS}")
+        if e.hypnogram and hyp is None:
+            errors.append(f"{row}: hypnogram {e.hypnogram!r}: {OUTSIDE_ROOTS}")
+        if e.profile and profile is None:
+            errors.append(f"{row}: profile {e.profile!r}: not a shipped profile "
+                          f"({', '.join(list_profiles())}) and {OUTSIDE_ROOTS}")
+        if psg is not None:
+            confined.append(dataclasses.replace(e, psg=psg.uri, hypnogram=hyp.uri if hyp else None,
+                                                profile=profile))
+    if errors:
+        raise ConfigError("manifest", errors)
+    return confined
+
+
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
             n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
@@ -158,14 +270,6 @@ def _status(recording_id: str, status: str, *, reason: str = "", error_type: str
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
             "payload": payload, "warnings": warnings}
-
-
-def _reason(exc: BaseException, source: str) -> tuple[str, str]:
-    if isinstance(exc, RecordingError):
-        return str(exc), "RecordingError"
-    # Unexpected errors are rejects too, typed, so one bug in one night is visible in the
-    # summary instead of killing a thousand-night run.
-    return f"{source}: unexpected {type(exc).__name__}: {exc}", type(exc).__name__
 
 
 def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
@@ -178,9 +282,10 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
     between this cohort run's own Ray workers.
     """
     t0 = time.monotonic()
-    rid, source = entry["recording_id"], entry["psg"]
+    # Messages name the file as records do (relative, or a content hash), never by absolute path.
+    rid, source = entry["recording_id"], entry.get("source") or entry["psg"]
     try:
-        loc = resolve(source, storage_options)
+        loc = resolve(entry["psg"], storage_options)
         # Remote files are read into memory (the reader takes bytes): no temp file to clean up.
         data = loc.path if loc.is_local else loc.read_bytes()
         rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profiles[entry["profile_key"]],
@@ -189,7 +294,7 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
                        payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])))
     except Exception as exc:
-        reason, etype = _reason(exc, source)
+        reason, etype = reject_reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
                        seconds=time.monotonic() - t0)
 
@@ -233,7 +338,7 @@ class ScoreAndWriteNight:
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
                                seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
             except Exception as exc:
-                reason, etype = _reason(exc, rid)
+                reason, etype = reject_reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
         reason, etype = str(row["reason"]), str(row["error_type"])
         try:
@@ -353,7 +458,7 @@ class _Tally:
 
 def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortScoringOptions
                ) -> tuple[list[dict[str, Any]], dict[str, CohortProfile]]:
-    """One row per recording (id, PSG, profile key) and the scoring profile of each key.
+    """One row per recording (id, PSG, its recorded name, profile key) and the scoring profile of each key.
 
     Raises
     ------
@@ -361,8 +466,20 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
         Unusable inputs, or profiles the model cannot be scored with (every problem at once).
     """
     profile = options.profile
+    roots = options.storage_roots
+    if roots is not None and isinstance(profile, (str, os.PathLike)):
+        confined = confine_profile(os.fspath(profile), roots, options.storage_options)
+        if confined is None:
+            raise ConfigError("profile", [f"{os.fspath(profile)!r}: not a shipped profile and "
+                                          f"{OUTSIDE_ROOTS}"])
+        profile = confined
     base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
-    entries = collect_entries(input_uri, base, storage_options=options.storage_options)
+    found = collect_recordings(input_uri, base, storage_options=options.storage_options,
+                               id_from=options.id_from)
+    names = {e.recording_id: name for e, name in found}
+    entries = [e for e, _ in found]
+    if roots is not None:
+        entries = confine_entries(entries, roots, options.storage_options)
     profiles: dict[str, CohortProfile] = {}
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -375,8 +492,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key,
-                     "lights": (e.lights_off, e.lights_on)})
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "source": names[e.recording_id],
+                     "profile_key": key, "lights": (e.lights_off, e.lights_on)})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
     return rows, profiles
@@ -476,6 +593,10 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     # Loaded on the driver: a bad bundle fails here, before any cluster work; the weight-free
     # spec tells the prepare tasks which channels the model needs, and the actors get the weights
     # from it through the object store (each then picks its own device and precision).
+    if options.storage_roots is not None:
+        inputs = [input_uri] if isinstance(input_uri, (str, os.PathLike)) else list(input_uri)
+        input_uri, out_uri = confine_inputs([os.fspath(u) for u in inputs], out_uri,
+                                            options.storage_roots, options.storage_options)
     scorer = Scorer.load(run_uri, device="cpu", precision="fp32", storage_options=options.storage_options)
     scorer.check_stride(options.stride, "--stride")
     spec = ModelSpec.of(scorer)
@@ -500,5 +621,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
                              summary=summary, seconds=time.monotonic() - started)
 
 
-__all__ = ["FAULT_ENV", "CohortScoreResult", "CohortScoringError", "InjectedFault",
-           "ScoreAndWriteNight", "collect_entries", "prepare_entry_for_scoring", "score_cohort"]
+__all__ = ["FAULT_ENV", "OUTSIDE_ROOTS", "CohortScoreResult", "CohortScoringError", "InjectedFault",
+           "ID_FROM", "ScoreAndWriteNight", "collect_entries", "collect_recordings", "confine_entries",
+           "content_id", "confine_inputs",
+           "confine_profile", "prepare_entry_for_scoring", "score_cohort"]

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from somnray.core.config import validation_lines
 from somnray.core.errors import ConfigError
-from somnray.core.storage import resolve
+from somnray.core.storage import StorageRoots, resolve
 
 if TYPE_CHECKING:
     from somnray.data.profiles import CohortProfile
@@ -152,19 +152,20 @@ class ServeConfig(BaseModel):
             return self.token.get_secret_value()
         return os.environ.get(self.token_env) or None
 
+    @property
+    def roots(self) -> StorageRoots:
+        """:attr:`storage_roots` as the :class:`~somnray.core.storage.StorageRoots` that check URIs."""
+        return StorageRoots(self.storage_roots)
+
     def allowed_uri(self, uri: str) -> bool:
         """Whether ``uri`` lies under one of :attr:`storage_roots` (same protocol, path prefix).
 
         A URI with a ``..`` segment is refused outright: local paths would normalise it away, but
         object stores treat it as a literal key, and neither should be able to leave a root.
+        Percent-encoded and symbolically linked escapes are refused too
+        (:meth:`StorageRoots.locate <somnray.core.storage.StorageRoots.locate>`).
         """
-        if ".." in uri.replace("\\", "/").split("/"):
-            return False
-        try:
-            canonical = resolve(uri).uri
-        except ConfigError:
-            return False
-        return any(canonical == root or canonical.startswith(root + "/") for root in self.storage_roots)
+        return self.roots.locate(uri) is not None
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,14 @@ class CohortScoringOptions:
         ones, ``total`` every recording of the inputs.
     storage_options : mapping, optional
         Filesystem options of the inputs, the bundle and the outputs.
+    id_from : str
+        How a single PSG file given as input is named: ``name`` (the profile's pairing rules on
+        its file name) or ``hash`` (a short SHA-256 of its content, so no output carries the file
+        name).
+    storage_roots : StorageRoots, optional
+        Confine the run (the service's cohort jobs): every input, every manifest row, every
+        profile file and the output must lie under these roots, checked before anything is
+        opened; a location outside gets the same message whether it exists or not.
     """
 
     profile: CohortProfile | str | None = None
@@ -211,3 +220,5 @@ class CohortScoringOptions:
     progress: bool = True
     progress_callback: ProgressCallback | None = None
     storage_options: Mapping[str, Any] | None = None
+    id_from: Literal["name", "hash"] = "name"
+    storage_roots: StorageRoots | None = None

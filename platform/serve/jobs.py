@@ -17,9 +17,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from somnray.core.storage import StorageRoots
 
 from .config import CohortScoringOptions
 from .loopback import bind_replica_grpc_to_loopback
@@ -80,11 +82,15 @@ class CohortJobs:
     loopback_only : bool
         This registry is a replica of a service on a loopback address: keep the replica's
         internal gRPC port on loopback too (:mod:`somnray.serve.loopback`).
+    storage_roots : sequence of str, optional
+        Confine every job to these roots (``CohortScoringOptions.storage_roots``): its manifest,
+        each row, each profile file and its output; an empty sequence refuses everything.  None
+        (tests of the registry alone) does not confine.
     """
 
     def __init__(self, run_uri: str, *, max_running: int = 2, workers: int | None = None,
                  default_profile: str | None = None, runner: CohortRunner | None = None,
-                 loopback_only: bool = False):
+                 loopback_only: bool = False, storage_roots: Sequence[str] | None = None):
         if loopback_only:  # a replica of a loopback-only service (somnray.serve.loopback)
             bind_replica_grpc_to_loopback()
         self.run_uri = run_uri
@@ -92,6 +98,7 @@ class CohortJobs:
         self.workers = workers
         self.default_profile = default_profile
         self._runner = runner
+        self.roots = None if storage_roots is None else StorageRoots(storage_roots)
         self._jobs: dict[str, CohortJob] = {}
         self._lock = threading.Lock()
 
@@ -145,7 +152,8 @@ class CohortJobs:
         if runner is None:
             from .cohort import score_cohort as runner
         options = CohortScoringOptions(profile=job.profile, workers=self.workers, plots=job.plots,
-                                       progress=False, progress_callback=self._progress(job))
+                                       progress=False, progress_callback=self._progress(job),
+                                       storage_roots=self.roots)
         try:
             result = runner(self.run_uri, job.manifest_uri, job.output_uri, options)
         except Exception as exc:  # the job fails, the service goes on
@@ -158,7 +166,6 @@ class CohortJobs:
             job.failed = int(result.rejected)
             job.done = int(result.scored + result.skipped + result.rejected)
             job.rejects = [dict(r) for r in result.rejects]
-            job.output_uri = str(result.out_uri)
             job.status, job.finished_at = SUCCEEDED, time.time()
         log.info("cohort job %s succeeded: %d scored, %d skipped, %d rejected", job.job_id,
                  result.scored, result.skipped, result.rejected)

@@ -8,6 +8,7 @@ are tested at the bottom.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -312,6 +313,97 @@ def test_cohort_uris_outside_storage_roots_are_refused(service, tmp_path):
     assert r.status_code == 400 and "does not exist" in r.json()["detail"]
     assert post({"manifest_uri": str(service.manifest), "output_uri": f"file://{service.out_root}/x",
                  "typo": 1}).status_code == 422
+
+
+def _wait_for_job(service: Service, job_id: str, seconds: float = 75) -> requests.Response:
+    """The job's status answer once it is no longer running (or the deadline passed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        st = requests.get(f"{service.url}/v1/cohorts/{job_id}", headers=AUTH, timeout=30)
+        if st.json()["status"] != "running" or time.monotonic() > deadline:
+            return st
+        time.sleep(0.5)
+
+
+@pytest.mark.integration
+def test_cohort_rows_reaching_outside_the_roots_fail_the_job_unread(service, tmp_path):
+    """A manifest inside a root whose rows name /etc/passwd, a ../ escape, a %-encoded escape, a
+    symlink out of the root and a credentials file as profile fails before anything is opened: the
+    status lists each row with one message and quotes nothing of the files outside."""
+    from somnray.serve.cohort import OUTSIDE_ROOTS
+
+    canary = "AKIA-SVCSEC-HTTP-CANARY"
+    (tmp_path / "credentials").write_text(f"[default]\naws_access_key_id = {canary}\n")
+    (tmp_path / "night.edf").write_bytes(service.psg.read_bytes())
+    attacks = service.out_root / f"attacks-{tmp_path.name}"
+    attacks.mkdir(parents=True)
+    os.symlink(tmp_path / "night.edf", attacks / "link.edf")
+    escape = os.path.relpath(tmp_path / "night.edf", attacks)
+    (attacks / "manifest.csv").write_text(
+        "recording_id,subject_id,psg,profile\n"
+        f"passwd,s1,/etc/passwd,\ndots,s2,{escape},\nencoded,s3,{escape.replace('..', '%2e%2e')},\n"
+        f"link,s4,link.edf,\ncreds,s5,link.edf,{tmp_path / 'credentials'}\n")
+    r = requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                      json={"manifest_uri": str(attacks / "manifest.csv"),
+                            "output_uri": f"file://{attacks}/scored"})
+    assert r.status_code == 202, r.text
+    st = _wait_for_job(service, r.json()["job_id"])
+    doc = st.json()
+    assert doc["status"] == "failed" and doc["done"] == 0, doc
+    encoded = f"{attacks}/{escape.replace('..', '%2e%2e')}"
+    assert doc["error"].splitlines()[1:] == [
+        f"  - recording 'passwd': psg '/etc/passwd': {OUTSIDE_ROOTS}",
+        f"  - recording 'dots': psg '{tmp_path / 'night.edf'}': {OUTSIDE_ROOTS}",
+        f"  - recording 'encoded': psg '{encoded}': {OUTSIDE_ROOTS}",
+        f"  - recording 'link': psg '{attacks / 'link.edf'}': {OUTSIDE_ROOTS}",
+        f"  - recording 'creds': psg '{attacks / 'link.edf'}': {OUTSIDE_ROOTS}",
+        f"  - recording 'creds': profile '{tmp_path / 'credentials'}': not a shipped profile "
+        f"(generic, shhs, sleep-edf) and {OUTSIDE_ROOTS}"]
+    assert canary not in st.text and "root:" not in st.text
+    assert not (attacks / "scored").exists()
+
+
+@pytest.mark.integration
+def test_cohort_uris_escaping_by_encoding_or_link_are_refused_alike(service, tmp_path):
+    """A %-encoded ../ and a manifest symlinked out of the root get the 403 an outside path gets,
+    whether the target exists or not."""
+    def post(manifest: str, output: str) -> requests.Response:
+        return requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                             json={"manifest_uri": manifest, "output_uri": output})
+
+    links = service.out_root / f"links-{tmp_path.name}"
+    links.mkdir(parents=True)
+    (tmp_path / "m.csv").write_text(service.manifest.read_text())
+    os.symlink(tmp_path / "m.csv", links / "there.csv")
+    os.symlink(tmp_path / "missing.csv", links / "nowhere.csv")
+    out = f"file://{links}/out"
+    encoded = f"file://{service.out_root}/%2e%2e/elsewhere"
+    answers = {uri: post(uri, out) for uri in (str(links / "there.csv"), str(links / "nowhere.csv"))}
+    answers[encoded] = post(str(service.manifest), encoded)
+    for uri, r in answers.items():
+        name = "output_uri" if uri == encoded else "manifest_uri"
+        assert (r.status_code, r.json()["detail"]) == (
+            403, f"{name} {uri!r} is outside the storage roots this service may use"), r.text
+
+
+@pytest.mark.integration
+def test_answers_name_no_server_path_or_configuration(service, tmp_path):
+    """/healthz, a score answer and a 403 say nothing of the bundle's path or the storage roots:
+    the model is named by a fingerprint of its weights."""
+    health = requests.get(f"{service.url}/healthz", timeout=30)
+    scored = service.score(recording_id="no-paths")
+    forbidden = requests.post(f"{service.url}/v1/cohorts", headers=AUTH, timeout=30,
+                              json={"manifest_uri": str(service.manifest),
+                                    "output_uri": f"file://{tmp_path}/out"})
+    assert health.status_code == 200 and scored.status_code == 200 and forbidden.status_code == 403
+    fingerprint = health.json()["model"]["checkpoint_uri"]
+    assert fingerprint.startswith("sha256:") and len(fingerprint) == len("sha256:") + 16
+    assert scored.json()["model"]["checkpoint_uri"] == fingerprint
+    assert forbidden.json()["detail"] == (f"output_uri 'file://{tmp_path}/out' is outside the storage "
+                                          "roots this service may use")
+    for answer in (health, scored, forbidden):
+        for server_path in (service.bundle, service.out_root, service.manifest.parent):
+            assert str(server_path) not in answer.text, (server_path, answer.text)
 
 
 # -- privacy ---------------------------------------------------------------------------------------

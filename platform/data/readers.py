@@ -204,9 +204,11 @@ def _check_header(raw: bytes, source: str, truncated: str = "reject") -> _Header
     elif raw[:8] == _EDF_VERSION:
         is_bdf = False
     else:
+        # The bytes found are not quoted: a reject can reach a service client, and the file may be
+        # anything (a credentials file, a patient list) that happens to sit under a storage root.
         raise RecordingError(
-            source, f"not an EDF/BDF file (header does not start with '0       '; "
-            f"found {raw[:8]!r})")
+            source, "not an EDF/BDF file (its header does not start with the EDF version '0       ' "
+            "or the BDF marker)")
     if len(raw) < 256:
         raise RecordingError(
             source, f"file is truncated: {len(raw)} bytes, shorter than the 256-byte EDF header")

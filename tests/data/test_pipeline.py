@@ -227,8 +227,8 @@ def write_bad_recordings(folder: Path, good) -> dict[str, str]:
     # 2. Not an EDF at all.
     (folder / "SC4092E0-PSG.edf").write_text("this is a text file, not a recording\n")
     shutil.copy(hyp0, folder / "SC4092EC-Hypnogram.edf")
-    expected["SC4092E0"] = ("SC4092E0-PSG.edf: not an EDF/BDF file (header does not start with "
-                            "'0       '; found b'this is ')")
+    expected["SC4092E0"] = ("SC4092E0-PSG.edf: not an EDF/BDF file (its header does not start with the "
+                            "EDF version '0       ' or the BDF marker)")
     # 3. The required EOG channel removed.
     edf = edfio.read_edf(psg0)
     edf.drop_signals(["EOG horizontal"])

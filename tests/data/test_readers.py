@@ -118,7 +118,7 @@ def test_text_file_renamed_edf(tmp_path):
     with pytest.raises(RecordingError) as info:
         read_psg(path)
     assert info.value.reason == (
-        "not an EDF/BDF file (header does not start with '0       '; found b'hello wo')")
+        "not an EDF/BDF file (its header does not start with the EDF version '0       ' or the BDF marker)")
 
 
 def test_corrupt_header_number(tmp_path):

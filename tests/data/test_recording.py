@@ -235,7 +235,7 @@ def test_reject_text_file_named_edf(tmp_path):
     with pytest.raises(RecordingError) as info:
         _prepare(path, HYP_FILE, SLEEP_EDF)
     assert str(info.value) == (
-        f"{path}: not an EDF/BDF file (header does not start with '0       '; found b'subject,')")
+        f"{path}: not an EDF/BDF file (its header does not start with the EDF version '0       ' or the BDF marker)")
 
 
 def test_reject_missing_required_channel(tmp_path):

@@ -134,7 +134,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     windows_per_pass = int(stats.class_counts.sum()) // phase.data.sequence_length or len(split.train)
 
     common = dict(dataset_uri=phase.data.dataset, modalities=modalities, length=phase.data.sequence_length,
-                  storage_options=options)
+                  missing=phase.missing, storage_options=options)
     train_ds = window_dataset(WindowSpec(mode="train", seed=phase.seed, **common), split.train,
                               passes=_train_passes(phase, windows_per_pass), shuffle_seed=phase.seed)
     val_ds = window_dataset(WindowSpec(mode="eval", stride=phase.data.stride, **common), split.val)

@@ -237,6 +237,14 @@ def test_dump_round_trips(minimal: Path, tmp_path: Path) -> None:
     assert yaml.safe_load(text)["phases"][0]["missing"]["curriculum"]["milestones"] == [10, 20]
 
 
+def test_masked_validation_needs_a_missing_kind(minimal: Path) -> None:
+    """missing.validation: masked with kind none is refused with the reason."""
+    with pytest.raises(ConfigError, match="validation 'masked' needs a kind: kind 'none' draws no mask"):
+        load_experiment(minimal, ["missing.validation=masked"])
+    assert load_experiment(minimal, ["missing.kind=partial_chunks", "missing.rate=0.5",
+                                     "missing.validation=masked"]).phases[0].missing.validation == "masked"
+
+
 def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:
     """A file that is absent, empty or not a mapping raises ConfigError naming it."""
     with pytest.raises(ConfigError, match="no such config file"):

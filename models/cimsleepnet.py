@@ -33,9 +33,12 @@ Decisions where the released code is wrong or silent (docs/models.md §1.6):
   random observed epoch of the same modality and sequence), ``"oracle"`` or ``"zeros"``.
 * **Encoder input** (§1.6.3): encoders see only observed epochs (see ``ModalityAwareImagination``).
 * **Latent at inference** (§1.6.6): ``z = mu`` in eval mode.
-* **lambda** (§1.6.4): one detached scalar per batch, the mean pairwise normalised mutual information.
+* **lambda** (§1.6.4): one detached scalar per batch, the mean pairwise normalised mutual information
+  of the cluster heads, which learn by the IIC objective ``cluster = -I`` on the detached imagined
+  epochs (``consistency="trained"``); ``consistency="frozen"`` keeps the released frozen heads.
 * **KL** (§1.6.5): summed over epochs and latent dims (released); ``kl_reduction="mean"`` averages over
-  epochs. As released, every modality's imagination term carries the KL.
+  epochs. As released, every modality's imagination term carries the KL. With ``"sum"`` the
+  trainer warns when the micro-batch is not the paper's 64 × 25 epochs.
 * **Class weights** (§1.3.1): the ``class_weights`` buffer (ones by default = plain CE), set from
   *training* counts by :meth:`CIMSleepNet.fit_training_statistics` (:func:`attnsleep_class_weights`).
 * **M modalities**: fusion, SMCCL modality labels and the token concatenation generalise to any
@@ -60,7 +63,7 @@ from .base import (EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, ModelOutput, SleepBat
                    masked_cross_entropy)
 from .layers.maim import IMAGINATION_TARGETS, ModalityAwareImagination, gaussian_kl, imagination_target
 from .layers.mcta import MCTATransformerLayer
-from .layers.smccl import SMCCLHeads, modality_consistency, smccl_loss
+from .layers.smccl import CONSISTENCY_MODES, SMCCLHeads, cluster_loss, modality_consistency, smccl_loss
 from .layers.temporal_cnn import TemporalCNN
 from .registry import register_model
 
@@ -136,14 +139,19 @@ class CIMSleepNet(SleepStagingModel):
     imagination_target : {"random_observed", "oracle", "zeros"}
         Target of the imagination MSE at missing epochs (default ``"random_observed"``).
     kl_reduction : {"sum", "mean"}
-        KL reduction (default ``"sum"``, as released).
+        KL reduction (default ``"sum"``, as released: the term scales with the micro-batch).
+    consistency : {"trained", "frozen"}
+        Cluster heads behind ``lambda``: trained by the IIC objective (default) or frozen at
+        their initial weights as released (an ablation; ``lambda`` then stays ≈ 0).
     ffn_residual : {"released", "standard"}
         FFN sub-layer wrapper (default ``"released"``).
     class_weights : sequence of 5 float, optional
         CE class weights (default: all ones).
     """
 
-    default_loss_weights = {"alpha": 0.001, "beta": 0.01}
+    default_loss_weights = {"alpha": 0.001, "beta": 0.01, "cluster": 1.0}
+    #: The released micro-batch: 64 sequences of 25 epochs (the scale of the summed KL).
+    paper_micro_batch = (64, 25)
     #: A missing modality is imagined by MAIM and completed (module docstring).
     multimodal_missing_policy = "impute"
 
@@ -154,7 +162,7 @@ class CIMSleepNet(SleepStagingModel):
                  proj_dim: int = 128, dropout: float = 0.5, attn_dropout: float = 0.1,
                  temperature: float = 0.07, base_temperature: float = 0.07, decoder_output: str = "linear",
                  sigmoid_clip: float = 4.0, imagination_target: str = "random_observed",
-                 kl_reduction: str = "sum", ffn_residual: str = "released",
+                 kl_reduction: str = "sum", consistency: str = "trained", ffn_residual: str = "released",
                  class_weights: Sequence[float] | Tensor | None = None):
         super().__init__(modalities)
         problems = []
@@ -167,6 +175,8 @@ class CIMSleepNet(SleepStagingModel):
                             f"got {imagination_target!r}")
         if kl_reduction not in ("sum", "mean"):
             problems.append(f"kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
+        if consistency not in CONSISTENCY_MODES:
+            problems.append(f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}")
         if not sigmoid_clip > 0:
             problems.append(f"sigmoid_clip must be positive, got {sigmoid_clip}")
         if problems:
@@ -179,7 +189,7 @@ class CIMSleepNet(SleepStagingModel):
 
         self.maim = ModalityAwareImagination(self.modalities, maim_widths, latent_dim, latent_hidden,
                                              dropout, decoder_output)
-        self.smccl_heads = SMCCLHeads(self.modalities, EPOCH_SAMPLES, proj_dim)
+        self.smccl_heads = SMCCLHeads(self.modalities, EPOCH_SAMPLES, proj_dim, consistency)
         self.temporal_cnns = nn.ModuleDict({m: TemporalCNN(cnn_widths, dropout) for m in self.modalities})
         tokens = TemporalCNN.OUTPUT_STEPS * len(self.modalities)
         self.transformer = MCTATransformerLayer(tokens, cnn_widths[-1], context_epochs, intra_heads,
@@ -239,6 +249,17 @@ class CIMSleepNet(SleepStagingModel):
         c = self.sigmoid_clip
         return (signal.clamp(-c, c) + c) / (2 * c)
 
+    def training_warnings(self, micro_batch: int, sequence_length: int) -> list[str]:
+        """A summed KL weighs ``micro_batch · sequence_length / (64 · 25)`` times the paper's: say so."""
+        paper_b, paper_l = self.paper_micro_batch
+        if self.kl_reduction != "sum" or (micro_batch, sequence_length) == self.paper_micro_batch:
+            return []
+        scale = micro_batch * sequence_length / (paper_b * paper_l)
+        return [f"CIMSleepNet sums its KL over the micro-batch (kl_reduction='sum'): {micro_batch} x "
+                f"{sequence_length} epochs per micro-batch against the paper's {paper_b} x {paper_l}, so the KL "
+                f"weighs {scale:.3g} times the paper's; use kl_reduction='mean' or micro-batches of "
+                f"{paper_b} sequences of {paper_l} epochs"]
+
     # -- forward ------------------------------------------------------------------------------
     def forward_checked(self, signals: dict[str, Tensor], present: Tensor) -> ModelOutput:
         """Imagine, complete, extract, attend and classify (module docstring, §1.2).
@@ -292,8 +313,9 @@ class CIMSleepNet(SleepStagingModel):
         -------
         dict of str to Tensor
             ``ce`` (class-weighted CE), ``kl``, per modality ``mse_<m>`` and ``imag_<m> = mse_<m> + kl``,
-            ``smccl``, ``lambda`` (the detached consistency score, for logging) and
-            ``total = ce + alpha * sum_m imag_<m> + beta * smccl``.
+            ``smccl``, ``lambda`` (the detached consistency score, for logging), ``cluster`` (the
+            cluster heads' IIC objective ``-I``; not with ``consistency="frozen"``) and
+            ``total = ce + alpha * sum_m imag_<m> + beta * smccl + cluster_weight * cluster``.
         """
         w = self.resolve_loss_weights(weights)
         if batch.labels is None:
@@ -328,12 +350,16 @@ class CIMSleepNet(SleepStagingModel):
         feats = torch.cat([aux[f"proj_{m}"][labelled] for m in self.modalities])  # (M*n_lab, P)
         anchor_labels = labels[labelled].repeat(len(self.modalities))           # (M*n_lab,)
         anchor_modality = torch.arange(len(self.modalities), device=labels.device).repeat_interleave(n_lab)
-        lam = modality_consistency([aux[f"cluster_{m}"].reshape(-1, aux[f"cluster_{m}"].shape[-1])
-                                    for m in self.modalities])                  # (N, P) each
+        clusters = [aux[f"cluster_{m}"].reshape(-1, aux[f"cluster_{m}"].shape[-1])
+                    for m in self.modalities]                                   # (N, P) each
+        lam = modality_consistency(clusters)
         terms["lambda"] = lam
         terms["smccl"] = smccl_loss(feats, anchor_labels, anchor_modality, lam, self.temperature,
                                     self.base_temperature)
         terms["total"] = terms["ce"] + w["alpha"] * imag_sum + w["beta"] * terms["smccl"]
+        if self.smccl_heads.consistency == "trained":
+            terms["cluster"] = cluster_loss(clusters)
+            terms["total"] = terms["total"] + w["cluster"] * terms["cluster"]
         return terms
 
 

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from somnray.core.storage import StorageLocation, resolve
 
 from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
+from .distributed import micro_batch_size
 from .export import PHASE_RESULT_FILE, export_bundle, write_run_metrics
 from .tracking import check_sinks_available
 
@@ -128,6 +129,9 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     modalities = phase.modalities(facts.modalities)
 
     model = create_model(phase.model.name, **phase.model.overrides)
+    micro = micro_batch_size(phase.optim.batch_size, phase.scaling.num_workers, phase.optim.grad_accum_steps)
+    for message in model.training_warnings(micro, phase.data.sequence_length):
+        log.warning("phase %s: %s", phase.name, message)
     stats = compute_training_statistics(model, phase.data.dataset, split.train, modalities,
                                         seed=phase.seed, storage_options=options)
     # Labelled epochs / L approximates the windows of one pass (it only sizes the stream).

@@ -17,7 +17,7 @@ from somnray.models.layers.smccl import (modality_consistency, normalised_mutual
 
 EEG_EOG = ("eeg", "eog")
 #: Optimizer steps of the lambda test (a few seconds on the tiny model).
-LAMBDA_STEPS = 40
+LAMBDA_STEPS = 15
 
 
 def _batch(modalities=EEG_EOG, batch=2, length=8, seed=0, missing=0.0) -> SleepBatch:
@@ -409,9 +409,9 @@ def test_lambda_moves_in_training_unless_frozen(consistency):
     torch.manual_seed(0)
     model = create_model("cimsleepnet_tiny", consistency=consistency, dropout=0.0).train()
     gen = torch.Generator().manual_seed(1)
-    eeg = torch.randn(4, 8, 3000, generator=gen)
-    b = SleepBatch({"eeg": eeg, "eog": eeg + 0.1 * torch.randn(4, 8, 3000, generator=gen)},
-                   torch.ones(4, 8, 2, dtype=torch.bool), torch.randint(0, 5, (4, 8), generator=gen), EEG_EOG)
+    eeg = torch.randn(2, 6, 3000, generator=gen)
+    b = SleepBatch({"eeg": eeg, "eog": eeg + 0.1 * torch.randn(2, 6, 3000, generator=gen)},
+                   torch.ones(2, 6, 2, dtype=torch.bool), torch.randint(0, 5, (2, 6), generator=gen), EEG_EOG)
     heads = {n: p.detach().clone() for n, p in model.smccl_heads.cluster.named_parameters()}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     lams = []
@@ -456,3 +456,60 @@ def test_overfits_one_batch():
         ce = model.loss(out, b)["ce"].item()
     assert ce < 0.05
     assert torch.equal(out.logits.argmax(-1), b.labels)
+
+
+# -- Table 3 ablations ------------------------------------------------------------------------
+@pytest.mark.parametrize("name, switches", [
+    ("cimsleepnet_no_maim", {"imagination": False, "smccl": False, "temporal_attention": "mcta"}),
+    ("cimsleepnet_no_smccl", {"imagination": True, "smccl": False, "temporal_attention": "mcta"}),
+    ("cimsleepnet_no_mcta", {"imagination": True, "smccl": True, "temporal_attention": "plain"}),
+])
+def test_table3_ablations_are_registered_switches(name, switches):
+    """Each Table 3 row is a registered variant whose switches drop exactly its component."""
+    from somnray.models.layers.mcta import MultiLevelCrossBranchAttention, PlainTemporalAttention
+
+    model = create_model(name)
+    assert (model.imagination, model.smccl) == (switches["imagination"], switches["smccl"])
+    assert (model.maim is not None) == switches["imagination"]
+    assert (model.smccl_heads is not None) == switches["smccl"]
+    expected = PlainTemporalAttention if switches["temporal_attention"] == "plain" else MultiLevelCrossBranchAttention
+    assert isinstance(model.transformer.attention, expected)
+    assert create_model("cimsleepnet_frozen_lambda").smccl_heads.consistency == "frozen"
+
+
+def test_without_maim_completes_missing_epochs_with_zeros_and_has_no_imagination_loss():
+    """Without MAIM a missing epoch reaches the temporal CNN as zeros, and the loss is the CE alone."""
+    torch.manual_seed(0)
+    model = create_model("cimsleepnet_tiny", imagination=False, smccl=False).eval()
+    b = _batch(length=6, missing=0.4)
+    out = model(b.signals, b.present)
+    missing = ~b.present[..., 1]
+    assert missing.any() and (out.aux["completed_eog"][missing] == 0).all()
+    assert torch.equal(out.aux["completed_eog"][~missing], b.signals["eog"][~missing])
+    terms = model.loss(out, b)
+    assert set(terms) == {"ce", "total"} and torch.equal(terms["total"], terms["ce"])
+    with pytest.raises(ValueError, match="smccl needs imagination: SMCCL calibrates MAIM's imagined epochs"):
+        create_model("cimsleepnet_tiny", imagination=False)
+
+
+def test_without_smccl_the_total_is_ce_plus_imagination():
+    """Without SMCCL there are no projection heads and no smccl, lambda or cluster terms."""
+    torch.manual_seed(0)
+    model = create_model("cimsleepnet_tiny", smccl=False).train()
+    b = _batch(length=6, missing=0.3)
+    terms = model.loss(model(b.signals, b.present), b)
+    assert not {"smccl", "lambda", "cluster"} & set(terms)
+    expected = terms["ce"] + 0.001 * (terms["imag_eeg"] + terms["imag_eog"])
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_without_mcta_trains_with_plain_attention():
+    """The plain-attention Transformer keeps the output width D and every parameter gets a gradient."""
+    torch.manual_seed(0)
+    model = create_model("cimsleepnet_tiny", temporal_attention="plain").train()
+    b = _batch(length=6)
+    out = model(b.signals, b.present)
+    assert out.aux["features"].shape == (2, 6, model.feature_dim)
+    model.loss(out, b)["total"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.num_parameters() < create_model("cimsleepnet_tiny").num_parameters()

@@ -218,6 +218,25 @@ class CurriculumConfig(_Strict):
         return self
 
 
+class IncompleteTrainingConfig(_Strict):
+    """Training on modality-incomplete recordings (CoRe-Sleep Fig. 4's incomplete-training experiment).
+
+    Parameters
+    ----------
+    multimodal : int
+        Training recordings that keep every modality (the paper: 100).
+    unimodal : int, optional
+        Training recordings that keep one modality only; default all the others. Recordings
+        beyond ``multimodal + unimodal`` are left out of training.
+    keep : tuple of str, optional
+        Modalities a unimodal recording may keep (one drawn per recording); default the model's.
+    """
+
+    multimodal: int = Field(ge=0)
+    unimodal: int | None = Field(None, ge=0)
+    keep: tuple[Modality, ...] | None = None
+
+
 class MissingConfig(_Strict):
     """Missing-modality simulation applied to training batches (see :mod:`somnray.train.missing`).
 
@@ -251,6 +270,9 @@ class MissingConfig(_Strict):
     validation : {"complete", "masked"}
         What validation (model selection, early stopping) sees: the recordings as they are, or
         their masks at the curriculum's end rate (CIMSleepNet selects on masked validation data).
+    incomplete : IncompleteTrainingConfig, optional
+        Which training recordings keep every modality and which keep one (drawn from ``seed``);
+        applies whatever ``kind`` is.
     """
 
     kind: Literal["none", "partial_chunks", "partial_iid", "complete", "noisy"] = "none"
@@ -263,6 +285,7 @@ class MissingConfig(_Strict):
     seed: int = Field(2024, ge=0)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
     validation: Literal["complete", "masked"] = "complete"
+    incomplete: IncompleteTrainingConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "MissingConfig":

@@ -227,6 +227,9 @@ class WindowSpec:
     missing : MissingConfig, optional
         The phase's missing-modality section: each recording's drop keys are drawn from it
         before its windows are cut; default none.
+    keep_only : dict of str to str
+        Recordings that keep one modality only (the others are read as not recorded), from
+        :func:`somnray.train.missing.incomplete_training_plan`.
     storage_options : dict
         Filesystem options resolved on the driver (credentials, endpoint).
     """
@@ -238,6 +241,7 @@ class WindowSpec:
     stride: int | None = None
     seed: int = 0
     missing: MissingConfig | None = None
+    keep_only: dict[str, str] = field(default_factory=dict)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -248,6 +252,8 @@ def read_windows(items: Mapping[str, np.ndarray], spec: WindowSpec) -> dict[str,
     simulator = MissingSimulator(spec.missing, spec.modalities) if spec.missing is not None else None
     for rid, index, pass_index in zip(items["recording_id"], items["recording_index"], items["pass_index"]):
         arrays = _read_recording(spec, str(rid), columns)
+        if str(rid) in spec.keep_only:  # a unimodal training recording: the others were never recorded
+            arrays = {**arrays, **{m: None for m in spec.modalities if m != spec.keep_only[str(rid)]}}
         n = int(arrays["n_epochs"])
         if spec.mode == "train":
             starts = training_starts(n, spec.length, pass_rng(spec.seed, int(index), int(pass_index)))

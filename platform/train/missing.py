@@ -44,6 +44,8 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from somnray.core.errors import ConfigError
+
 from .config import MissingConfig
 
 #: CIMSleepNet's base seed for fixed per-recording masks.
@@ -205,6 +207,25 @@ def recording_drop_keys(present: np.ndarray, kind: DropKind, base_seed: int, rec
     """
     return drop_keys(present, kind, recording_rng(base_seed, recording), chunk_epochs=chunk_epochs,
                      columns=columns)
+
+
+def incomplete_training_plan(recording_ids: Sequence[str], multimodal: int, unimodal: int | None,
+                             keep: Sequence[str], seed: int) -> dict[str, str | None]:
+    """Which training recordings keep every modality (``None``) and which keep one (its name).
+
+    The sorted ids are shuffled with ``seed``: the first ``multimodal`` keep everything, the next
+    ``unimodal`` (default: all the others) keep one modality of ``keep``, drawn per recording.
+    Recordings beyond both counts are not in the plan: they are left out of training.
+    """
+    ids = sorted(recording_ids)
+    if multimodal > len(ids):
+        raise ConfigError("missing.incomplete", [f"multimodal: {multimodal} multimodal recordings asked for, "
+                                                 f"the training split has {len(ids)}"])
+    rng = np.random.default_rng([int(seed), len(ids)])
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    rest = order[multimodal:] if unimodal is None else order[multimodal:multimodal + unimodal]
+    kept = rng.integers(len(keep), size=len(rest))
+    return {**{rid: None for rid in order[:multimodal]}, **{rid: keep[int(k)] for rid, k in zip(rest, kept)}}
 
 
 def mask_at(present: np.ndarray, keys: np.ndarray, rate: float) -> np.ndarray:

@@ -138,6 +138,18 @@ def test_curriculum_rates_nest_the_same_per_recording_draw(dataset) -> None:
     assert not np.array_equal(other["drop_key"], windows["drop_key"])
 
 
+def test_unimodal_training_recordings_read_one_modality(dataset) -> None:
+    """A recording the incomplete-training plan makes unimodal is read without its other modalities."""
+    root, _ = dataset
+    spec = WindowSpec(str(root), MODS, 21, mode="eval", stride=21, keep_only={"r00": "eog"})
+    items = {"recording_id": np.array(["r00", "r01"]), "recording_index": np.array([0, 1]),
+             "pass_index": np.array([0, 0])}
+    out = read_windows(items, spec)
+    first = out["recording_index"] == 0
+    assert not out["present"][first][..., 0].any() and out["present"][first][..., 1].all()
+    assert (out["eeg"][first] == 0).all() and out["present"][~first][..., 0].any()
+
+
 def test_resolve_split_variants(dataset) -> None:
     """The manifest split, a generated k-fold split and a missing split file resolve or fail clearly."""
     root, _ = dataset

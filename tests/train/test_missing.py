@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from somnray.core.errors import ConfigError
 from somnray.train.config import CurriculumConfig, MissingConfig
 from somnray.train.missing import (Curriculum, MissingSimulator, corrupt_signals, drop_complete, drop_keys,
-                                   drop_modality, drop_partial_chunks, drop_partial_iid, mask_at,
+                                   drop_modality, drop_partial_chunks, drop_partial_iid,
+                                   incomplete_training_plan, mask_at,
                                    recording_drop_keys, recording_rng)
 
 N_EPOCHS = 1000  # 40 chunks of 25
@@ -161,3 +163,16 @@ def test_bad_rate_is_refused() -> None:
     """Rates outside [0, 1] raise ValueError naming the value."""
     with pytest.raises(ValueError, match="1.5"):
         drop_partial_iid(_all_present(5), 1.5, np.random.default_rng(0))
+
+
+def test_incomplete_training_plan_counts_and_is_seeded() -> None:
+    """The plan keeps N recordings multimodal, gives the next ones one modality each, leaves the rest out, reproducibly."""
+    ids = [f"r{i:03d}" for i in range(40)]
+    plan = incomplete_training_plan(ids, 10, 20, ("eeg", "eog"), seed=2024)
+    assert len(plan) == 30 and sum(v is None for v in plan.values()) == 10
+    assert {v for v in plan.values() if v is not None} == {"eeg", "eog"}
+    assert plan == incomplete_training_plan(list(reversed(ids)), 10, 20, ("eeg", "eog"), seed=2024)
+    assert plan != incomplete_training_plan(ids, 10, 20, ("eeg", "eog"), seed=1)
+    assert len(incomplete_training_plan(ids, 10, None, ("eog",), seed=0)) == 40
+    with pytest.raises(ConfigError, match="multimodal: 41 multimodal recordings asked for, the training split has 40"):
+        incomplete_training_plan(ids, 41, None, ("eeg",), seed=0)

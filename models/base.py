@@ -306,6 +306,13 @@ class SleepStagingModel(nn.Module):
             merged[key] = float(value)
         return merged
 
+    def training_warnings(self, micro_batch: int, sequence_length: int) -> list[str]:
+        """What differs from the model's paper when trained on micro-batches of ``micro_batch`` × ``sequence_length``.
+
+        The trainer logs each message as a warning before a phase starts; the default has none.
+        """
+        return []
+
     def parameter_groups(self) -> dict[str, list[str]]:
         """Named groups of parameter names: what a recipe's ``freeze`` may name.
 

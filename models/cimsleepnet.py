@@ -16,8 +16,12 @@ Pipeline (paper Fig. 2, docs/models.md §1.2)::
       │ Transformer layer with MCTA (§1.2(d), layers/mcta.py): (B, L, D)
       ▼ classifier (§1.2(e)): Linear(D, D/2) -> ReLU -> Linear(D/2, 5) per epoch -> logits (B, L, 5)
 
-Loss (§1.3): ``total = ce + alpha * sum_m imag_m + beta * smccl`` with ``imag_m = mse_m + kl``,
-``alpha = 0.001``, ``beta = 0.01``.
+Loss (§1.3): ``total = ce + alpha * sum_m imag_m + beta * smccl + cluster`` with
+``imag_m = mse_m + kl``, ``alpha = 0.001``, ``beta = 0.01`` (``cluster`` trains only the cluster heads).
+
+Table 3's ablations are switches (``imagination``, ``smccl``, ``temporal_attention``) and registered
+variants: ``cimsleepnet_no_maim``, ``cimsleepnet_no_smccl``, ``cimsleepnet_no_mcta``; the released
+frozen cluster heads are ``cimsleepnet_frozen_lambda``.
 
 Decisions where the released code is wrong or silent (docs/models.md §1.6):
 
@@ -33,9 +37,12 @@ Decisions where the released code is wrong or silent (docs/models.md §1.6):
   random observed epoch of the same modality and sequence), ``"oracle"`` or ``"zeros"``.
 * **Encoder input** (§1.6.3): encoders see only observed epochs (see ``ModalityAwareImagination``).
 * **Latent at inference** (§1.6.6): ``z = mu`` in eval mode.
-* **lambda** (§1.6.4): one detached scalar per batch, the mean pairwise normalised mutual information.
+* **lambda** (§1.6.4): one detached scalar per batch, the mean pairwise normalised mutual information
+  of the cluster heads, which learn by the IIC objective ``cluster = -I`` on the detached imagined
+  epochs (``consistency="trained"``); ``consistency="frozen"`` keeps the released frozen heads.
 * **KL** (§1.6.5): summed over epochs and latent dims (released); ``kl_reduction="mean"`` averages over
-  epochs. As released, every modality's imagination term carries the KL.
+  epochs. As released, every modality's imagination term carries the KL. With ``"sum"`` the
+  trainer warns when the micro-batch is not the paper's 64 × 25 epochs.
 * **Class weights** (§1.3.1): the ``class_weights`` buffer (ones by default = plain CE), set from
   *training* counts by :meth:`CIMSleepNet.fit_training_statistics` (:func:`attnsleep_class_weights`).
 * **M modalities**: fusion, SMCCL modality labels and the token concatenation generalise to any
@@ -60,11 +67,12 @@ from .base import (EPOCH_SAMPLES, IGNORE_INDEX, N_CLASSES, ModelOutput, SleepBat
                    masked_cross_entropy)
 from .layers.maim import IMAGINATION_TARGETS, ModalityAwareImagination, gaussian_kl, imagination_target
 from .layers.mcta import MCTATransformerLayer
-from .layers.smccl import SMCCLHeads, modality_consistency, smccl_loss
+from .layers.smccl import CONSISTENCY_MODES, SMCCLHeads, cluster_loss, modality_consistency, smccl_loss
 from .layers.temporal_cnn import TemporalCNN
 from .registry import register_model
 
-__all__ = ["CIMSleepNet", "attnsleep_class_weights", "cimsleepnet", "cimsleepnet_tiny"]
+__all__ = ["CIMSleepNet", "attnsleep_class_weights", "cimsleepnet", "cimsleepnet_frozen_lambda", "cimsleepnet_no_maim",
+           "cimsleepnet_no_mcta", "cimsleepnet_no_smccl", "cimsleepnet_tiny"]
 
 #: AttnSleep's per-class prior used by the class-weight rule (§1.3.1), W/N1/N2/N3/REM.
 _ATTNSLEEP_MU = (1.5 / 5, 2.0 / 5, 1.5 / 5, 1.0 / 5, 1.5 / 5)
@@ -136,14 +144,27 @@ class CIMSleepNet(SleepStagingModel):
     imagination_target : {"random_observed", "oracle", "zeros"}
         Target of the imagination MSE at missing epochs (default ``"random_observed"``).
     kl_reduction : {"sum", "mean"}
-        KL reduction (default ``"sum"``, as released).
+        KL reduction (default ``"sum"``, as released: the term scales with the micro-batch).
+    consistency : {"trained", "frozen"}
+        Cluster heads behind ``lambda``: trained by the IIC objective (default) or frozen at
+        their initial weights as released (an ablation; ``lambda`` then stays ≈ 0).
+    imagination : bool
+        Build MAIM (default). ``False`` is Table 3's "without MAIM": missing epochs are completed
+        with zeros and there is no imagination loss; SMCCL, which calibrates imagined epochs, must
+        then be off too.
+    smccl : bool
+        Build the SMCCL heads and loss (default); ``False`` is Table 3's "without SMCCL".
+    temporal_attention : {"mcta", "plain"}
+        MCTA (default) or plain self-attention at both levels (Table 3's "without MCTA").
     ffn_residual : {"released", "standard"}
         FFN sub-layer wrapper (default ``"released"``).
     class_weights : sequence of 5 float, optional
         CE class weights (default: all ones).
     """
 
-    default_loss_weights = {"alpha": 0.001, "beta": 0.01}
+    default_loss_weights = {"alpha": 0.001, "beta": 0.01, "cluster": 1.0}
+    #: The released micro-batch: 64 sequences of 25 epochs (the scale of the summed KL).
+    paper_micro_batch = (64, 25)
     #: A missing modality is imagined by MAIM and completed (module docstring).
     multimodal_missing_policy = "impute"
 
@@ -154,7 +175,8 @@ class CIMSleepNet(SleepStagingModel):
                  proj_dim: int = 128, dropout: float = 0.5, attn_dropout: float = 0.1,
                  temperature: float = 0.07, base_temperature: float = 0.07, decoder_output: str = "linear",
                  sigmoid_clip: float = 4.0, imagination_target: str = "random_observed",
-                 kl_reduction: str = "sum", ffn_residual: str = "released",
+                 kl_reduction: str = "sum", consistency: str = "trained", imagination: bool = True,
+                 smccl: bool = True, temporal_attention: str = "mcta", ffn_residual: str = "released",
                  class_weights: Sequence[float] | Tensor | None = None):
         super().__init__(modalities)
         problems = []
@@ -167,8 +189,12 @@ class CIMSleepNet(SleepStagingModel):
                             f"got {imagination_target!r}")
         if kl_reduction not in ("sum", "mean"):
             problems.append(f"kl_reduction must be 'sum' or 'mean', got {kl_reduction!r}")
+        if consistency not in CONSISTENCY_MODES:
+            problems.append(f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}")
         if not sigmoid_clip > 0:
             problems.append(f"sigmoid_clip must be positive, got {sigmoid_clip}")
+        if smccl and not imagination:
+            problems.append("smccl needs imagination: SMCCL calibrates MAIM's imagined epochs")
         if problems:
             raise ValueError("invalid CIMSleepNet configuration: " + "; ".join(problems))
         self.decoder_output = decoder_output
@@ -177,14 +203,15 @@ class CIMSleepNet(SleepStagingModel):
         self.kl_reduction = kl_reduction
         self.temperature, self.base_temperature = temperature, base_temperature
 
-        self.maim = ModalityAwareImagination(self.modalities, maim_widths, latent_dim, latent_hidden,
-                                             dropout, decoder_output)
-        self.smccl_heads = SMCCLHeads(self.modalities, EPOCH_SAMPLES, proj_dim)
+        self.imagination, self.smccl = bool(imagination), bool(smccl)
+        self.maim = (ModalityAwareImagination(self.modalities, maim_widths, latent_dim, latent_hidden,
+                                              dropout, decoder_output) if imagination else None)
+        self.smccl_heads = SMCCLHeads(self.modalities, EPOCH_SAMPLES, proj_dim, consistency) if smccl else None
         self.temporal_cnns = nn.ModuleDict({m: TemporalCNN(cnn_widths, dropout) for m in self.modalities})
         tokens = TemporalCNN.OUTPUT_STEPS * len(self.modalities)
         self.transformer = MCTATransformerLayer(tokens, cnn_widths[-1], context_epochs, intra_heads,
                                                 inter_heads, inter_stride, ffn_mult, dropout, attn_dropout,
-                                                ffn_residual)
+                                                ffn_residual, temporal_attention)
         self.feature_dim = self.transformer.out_dim
         hidden = classifier_hidden or self.feature_dim // 2
         self.dropout = nn.Dropout(dropout)
@@ -239,6 +266,17 @@ class CIMSleepNet(SleepStagingModel):
         c = self.sigmoid_clip
         return (signal.clamp(-c, c) + c) / (2 * c)
 
+    def training_warnings(self, micro_batch: int, sequence_length: int) -> list[str]:
+        """A summed KL weighs ``micro_batch · sequence_length / (64 · 25)`` times the paper's: say so."""
+        paper_b, paper_l = self.paper_micro_batch
+        if self.kl_reduction != "sum" or (micro_batch, sequence_length) == self.paper_micro_batch:
+            return []
+        scale = micro_batch * sequence_length / (paper_b * paper_l)
+        return [f"CIMSleepNet sums its KL over the micro-batch (kl_reduction='sum'): {micro_batch} x "
+                f"{sequence_length} epochs per micro-batch against the paper's {paper_b} x {paper_l}, so the KL "
+                f"weighs {scale:.3g} times the paper's; use kl_reduction='mean' or micro-batches of "
+                f"{paper_b} sequences of {paper_l} epochs"]
+
     # -- forward ------------------------------------------------------------------------------
     def forward_checked(self, signals: dict[str, Tensor], present: Tensor) -> ModelOutput:
         """Imagine, complete, extract, attend and classify (module docstring, §1.2).
@@ -255,17 +293,19 @@ class CIMSleepNet(SleepStagingModel):
         n = batch * length
         flat = {m: x.reshape(n, EPOCH_SAMPLES) for m, x in signals.items()}     # (B, L, S) -> (N, S)
         mask = present.reshape(n, n_mod)                                        # (B, L, M) -> (N, M)
-        imagined = self.maim(flat, mask)
+        imagined = self.maim(flat, mask) if self.maim is not None else None
 
         completed: dict[str, Tensor] = {}
         for i, name in enumerate(self.modalities):
-            x_hat = self._decoder_to_signal(imagined.recon[name])               # (N, S)
+            if imagined is not None:
+                x_hat = self._decoder_to_signal(imagined.recon[name])           # (N, S)
+            else:  # without MAIM a missing epoch is a flat zero (the z-scored mean)
+                x_hat = mask.new_zeros((n, EPOCH_SAMPLES), dtype=self.classifier[0].weight.dtype)
             if name in flat:
                 # where(), not p*x + (1-p)*x̂: a NaN/garbage sample at a missing epoch must not leak.
                 completed[name] = torch.where(mask[:, i:i + 1], flat[name].to(x_hat.dtype), x_hat)
             else:
                 completed[name] = x_hat                                         # never read: imagined
-        proj, clusters = self.smccl_heads(imagined.recon)
 
         maps = [self.temporal_cnns[m](completed[m].unsqueeze(1)) for m in self.modalities]  # (N, C, 20) each
         tokens = torch.cat(maps, dim=2).transpose(1, 2)                         # (N, C, T) -> (N, T, C)
@@ -274,13 +314,18 @@ class CIMSleepNet(SleepStagingModel):
         logits = self.classifier(self.dropout(features))                        # (B, L, 5)
 
         seq = lambda t: t.reshape(batch, length, *t.shape[1:])                  # (N, ...) -> (B, L, ...)
-        aux: dict[str, Tensor] = {"mu": seq(imagined.mu), "logvar": seq(imagined.logvar),
-                                  "features": features}
+        aux: dict[str, Tensor] = {"features": features}
         for name in self.modalities:
-            aux[f"recon_{name}"] = seq(imagined.recon[name])
             aux[f"completed_{name}"] = seq(completed[name])
-            aux[f"proj_{name}"] = seq(proj[name])
-            aux[f"cluster_{name}"] = seq(clusters[name])
+        if imagined is not None:
+            aux.update(mu=seq(imagined.mu), logvar=seq(imagined.logvar))
+            for name in self.modalities:
+                aux[f"recon_{name}"] = seq(imagined.recon[name])
+        if self.smccl_heads is not None:
+            proj, clusters = self.smccl_heads(imagined.recon)
+            for name in self.modalities:
+                aux[f"proj_{name}"] = seq(proj[name])
+                aux[f"cluster_{name}"] = seq(clusters[name])
         return ModelOutput(logits=logits, aux=aux)
 
     # -- loss ---------------------------------------------------------------------------------
@@ -292,8 +337,9 @@ class CIMSleepNet(SleepStagingModel):
         -------
         dict of str to Tensor
             ``ce`` (class-weighted CE), ``kl``, per modality ``mse_<m>`` and ``imag_<m> = mse_<m> + kl``,
-            ``smccl``, ``lambda`` (the detached consistency score, for logging) and
-            ``total = ce + alpha * sum_m imag_<m> + beta * smccl``.
+            ``smccl``, ``lambda`` (the detached consistency score, for logging), ``cluster`` (the
+            cluster heads' IIC objective ``-I``; not with ``consistency="frozen"``) and
+            ``total = ce + alpha * sum_m imag_<m> + beta * smccl + cluster_weight * cluster``.
         """
         w = self.resolve_loss_weights(weights)
         if batch.labels is None:
@@ -303,12 +349,24 @@ class CIMSleepNet(SleepStagingModel):
         if labels.shape != present.shape[:2]:
             raise ValueError(f"batch.labels must have shape {tuple(present.shape[:2])} (B, L), "
                              f"got {tuple(labels.shape)}")
-        aux = output.aux
         terms: dict[str, Tensor] = {}
         terms["ce"] = masked_cross_entropy(output.logits, labels, weight=self.class_weights.float())
+        terms["total"] = terms["ce"]
+        if self.maim is not None:
+            imag_sum = self._imagination_terms(output.aux, batch, present, terms)
+            terms["total"] = terms["total"] + w["alpha"] * imag_sum
+        if self.smccl_heads is not None:
+            self._smccl_terms(output.aux, labels, terms)
+            terms["total"] = terms["total"] + w["beta"] * terms["smccl"]
+            if "cluster" in terms:
+                terms["total"] = terms["total"] + w["cluster"] * terms["cluster"]
+        return terms
+
+    def _imagination_terms(self, aux: Mapping[str, Tensor], batch: SleepBatch, present: Tensor,
+                           terms: dict[str, Tensor]) -> Tensor:
+        """Add ``kl``, ``mse_<m>`` and ``imag_<m>`` to ``terms``; return ``sum_m imag_<m>`` (§1.3.2)."""
         kl = gaussian_kl(aux["mu"].float(), aux["logvar"].float(), self.kl_reduction)
         terms["kl"] = kl
-
         imag_sum = kl.new_zeros(())
         for i, name in enumerate(self.modalities):
             recon = aux[f"recon_{name}"].float()                               # (B, L, S)
@@ -322,19 +380,23 @@ class CIMSleepNet(SleepStagingModel):
             terms[f"mse_{name}"] = mse
             terms[f"imag_{name}"] = mse + kl
             imag_sum = imag_sum + terms[f"imag_{name}"]
+        return imag_sum
 
+    def _smccl_terms(self, aux: Mapping[str, Tensor], labels: Tensor, terms: dict[str, Tensor]) -> None:
+        """Add ``lambda``, ``smccl`` and (trained heads) ``cluster`` to ``terms`` (§1.3.3)."""
         labelled = labels != IGNORE_INDEX                                       # (B, L)
         n_lab = int(labelled.sum())
         feats = torch.cat([aux[f"proj_{m}"][labelled] for m in self.modalities])  # (M*n_lab, P)
         anchor_labels = labels[labelled].repeat(len(self.modalities))           # (M*n_lab,)
         anchor_modality = torch.arange(len(self.modalities), device=labels.device).repeat_interleave(n_lab)
-        lam = modality_consistency([aux[f"cluster_{m}"].reshape(-1, aux[f"cluster_{m}"].shape[-1])
-                                    for m in self.modalities])                  # (N, P) each
+        clusters = [aux[f"cluster_{m}"].reshape(-1, aux[f"cluster_{m}"].shape[-1])
+                    for m in self.modalities]                                   # (N, P) each
+        lam = modality_consistency(clusters)
         terms["lambda"] = lam
         terms["smccl"] = smccl_loss(feats, anchor_labels, anchor_modality, lam, self.temperature,
                                     self.base_temperature)
-        terms["total"] = terms["ce"] + w["alpha"] * imag_sum + w["beta"] * terms["smccl"]
-        return terms
+        if self.smccl_heads.consistency == "trained":
+            terms["cluster"] = cluster_loss(clusters)
 
 
 # -- registered variants ----------------------------------------------------------------------
@@ -356,3 +418,27 @@ def cimsleepnet_tiny(**overrides) -> CIMSleepNet:
                   intra_heads=2, inter_heads=2, proj_dim=8, dropout=0.1)
     config.update(overrides)
     return CIMSleepNet(**config)
+
+
+@register_model
+def cimsleepnet_no_maim(**overrides) -> CIMSleepNet:
+    """Table 3 "without MAIM": missing epochs completed with zeros; no imagination, hence no SMCCL either."""
+    return CIMSleepNet(**{"imagination": False, "smccl": False, **overrides})
+
+
+@register_model
+def cimsleepnet_no_smccl(**overrides) -> CIMSleepNet:
+    """Table 3 "without SMCCL": MAIM imagines, but no contrastive calibration of the imagined epochs."""
+    return CIMSleepNet(**{"smccl": False, **overrides})
+
+
+@register_model
+def cimsleepnet_no_mcta(**overrides) -> CIMSleepNet:
+    """Table 3 "without MCTA": the Transformer layer attends with plain self-attention at both levels."""
+    return CIMSleepNet(**{"temporal_attention": "plain", **overrides})
+
+
+@register_model
+def cimsleepnet_frozen_lambda(**overrides) -> CIMSleepNet:
+    """The released model's frozen cluster heads: ``lambda`` stays at its initial ≈ 0 (an ablation)."""
+    return CIMSleepNet(**{"consistency": "frozen", **overrides})

@@ -26,8 +26,17 @@ heads and loss         MLP(t^Sg), MLP(t^Sp), MLP(t^Sg ⊕ t^Sp); 3× CE       Eq
 
 Prediction (``ModelOutput.logits``) is the concatenation head's (§3.2, "For an inference").
 
-Training has two phases (§3, Table 3), selected with ``phase=`` or :meth:`MC2SleepNet.set_phase`:
+Training has two phases (§3, Table 3), selected with ``phase=`` or :meth:`MC2SleepNet.set_phase`,
+and an optional stage 0 before them:
 
+* ``"backbone"`` (stage 0): the paper starts from pre-trained backbones without saying how they
+  were trained. Here each view's backbone and epoch-wise attention classify every epoch on its own
+  through that view's head (``raw_head`` / ``spec_head`` on the pooled ``O``; no sequence level,
+  no masking, no augmentation); loss = CE_raw + CE_spec, averaged over epochs; the prediction is
+  the sum of the two views' logits. ``epoch_views="raw"`` / ``"spec"`` trains and predicts from
+  one view only: the single-epoch baselines of Table 3 ("CNN only", "TF only", registered as
+  ``mc2sleepnet_cnn_only`` / ``mc2sleepnet_tf_only``). The next phase starts from these weights
+  (``init_from: previous``); the heads are re-used as a warm start.
 * ``"pretrain"``: the whole network; in training mode the sequence inputs are masked
   (Bernoulli(``mask_ratio``) per position and view, a learnable mask token per view, at least one
   visible position) and the inputs augmented; loss = InfoNCE + 1·CE_raw + 0.1·CE_spec +
@@ -83,9 +92,11 @@ from .layers.stft import STFTFrontEnd
 from .layers.transformer import SinusoidalPositionalEncoding, TransformerStack
 from .registry import register_model
 
-#: Training phases of the recipe (§3, Table 3).
-PHASES = ("pretrain", "finetune")
-Phase = Literal["pretrain", "finetune"]
+#: Training phases: stage 0 (single-epoch backbones, §3 "pre-trained backbones"), then §3 / Table 3's two.
+PHASES = ("backbone", "pretrain", "finetune")
+Phase = Literal["backbone", "pretrain", "finetune"]
+#: Views a single-epoch (``backbone``) phase trains and predicts from.
+EPOCH_VIEWS = ("both", "raw", "spec")
 
 #: Parameter groups that make up the epoch level, frozen in the fine-tuning phase.
 EPOCH_LEVEL_GROUPS = ("raw_backbone", "spec_backbone", "epoch_attention", "projection")
@@ -174,8 +185,10 @@ class MC2SleepNet(SleepStagingModel):
         Log after averaging over positions (Eq. 14 as written) or the mean of per-position logs.
     mask_ratio : float
         Probability that a sequence position of a view is masked in pre-training (0.5).
-    phase : {"pretrain", "finetune"}
+    phase : {"backbone", "pretrain", "finetune"}
         Training phase (see the module docstring).
+    epoch_views : {"both", "raw", "spec"}
+        Views the ``backbone`` phase trains and predicts from (the single-epoch baselines use one).
     augment : bool
         Augment the inputs in pre-training (training mode only).
     augment_sequence_path : bool
@@ -184,21 +197,25 @@ class MC2SleepNet(SleepStagingModel):
         Raw-view augmentation parameters (SleePyCo's defaults in z-scored units).
     spectrogram_noise_std : float
         Noise σ on the normalised spectrogram (docs/models.md [D]: 0.1).
-    pooling_reduce : {"mean", "sum"}
-        GAP after epoch-wise attention: mean (docs/models.md [D]) or sum (Eq. 11 as written).
+    pooling_reduce : {"sum", "mean"}
+        Epoch-wise attention pooling: ``Σ_t α_t z_t`` (Eq. 11 as written, default: the pooled view
+        then has the scale of the positional encoding added after it) or that divided by ``T``
+        (the former reading of GAP as a mean over tokens).
     ce_reduction : {"sequence_sum", "mean"}
-        Cross-entropy summed over the L positions and averaged over sequences (Eq. 18), or the
-        mean over labelled epochs (= Eq. 18 / L).
+        Eq. 18's reading: cross-entropy summed over the L positions and averaged over sequences
+        (default, as written), or the mean over labelled epochs (= Eq. 18 / L, which weighs the
+        InfoNCE L times more against the CE).
     loss_weights : mapping of phase to mapping of str to float, optional
         Overrides of :attr:`PHASE_LOSS_WEIGHTS`, per phase.
     """
 
-    #: The recipe's two phases, set with ``phase=`` (``model.overrides.phase`` in a config).
+    #: Stage 0 and the recipe's two phases, set with ``phase=`` (``model.overrides.phase`` in a config).
     phases = PHASES
     #: The spectrogram statistics are fitted on training epochs.
     needs_epoch_sample = True
     #: Loss weights per phase (Eq. 19 and 23; ``contrastive`` is the epoch-level InfoNCE).
     PHASE_LOSS_WEIGHTS: ClassVar[dict[str, dict[str, float]]] = {
+        "backbone": {"contrastive": 0.0, "raw": 1.0, "spec": 1.0, "concat": 0.0},
         "pretrain": {"contrastive": 1.0, "raw": 1.0, "spec": 0.1, "concat": 0.1},
         "finetune": {"contrastive": 0.0, "raw": 1.0, "spec": 1.0, "concat": 1.0},
     }
@@ -211,8 +228,9 @@ class MC2SleepNet(SleepStagingModel):
                  infonce_form: InfoNCEForm = "paper", mask_ratio: float = 0.5,
                  phase: Phase = "pretrain", augment: bool = True, augment_sequence_path: bool = True,
                  raw_augmentation: RawAugmentation | None = None,
-                 spectrogram_noise_std: float = 0.1, pooling_reduce: Literal["mean", "sum"] = "mean",
+                 spectrogram_noise_std: float = 0.1, pooling_reduce: Literal["mean", "sum"] = "sum",
                  ce_reduction: Literal["sequence_sum", "mean"] = "sequence_sum",
+                 epoch_views: Literal["both", "raw", "spec"] = "both",
                  loss_weights: Mapping[str, Mapping[str, float]] | None = None):
         super().__init__((modality,))
         if not 0.0 <= mask_ratio < 1.0:
@@ -223,7 +241,10 @@ class MC2SleepNet(SleepStagingModel):
             raise ValueError(f"ce_reduction must be 'sequence_sum' or 'mean', got {ce_reduction!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        if epoch_views not in EPOCH_VIEWS:
+            raise ValueError(f"epoch_views must be one of {list(EPOCH_VIEWS)}, got {epoch_views!r}")
         self.modality = modality
+        self.epoch_views = epoch_views
         self.temperature = temperature
         self.infonce_form = infonce_form
         self.mask_ratio = mask_ratio
@@ -235,6 +256,8 @@ class MC2SleepNet(SleepStagingModel):
         #: Source of the masking and augmentation draws; None uses torch's global generator.
         self.generator: torch.Generator | None = None
         self._loss_weights = {p: dict(w) for p, w in self.PHASE_LOSS_WEIGHTS.items()}
+        if epoch_views != "both":  # a single-epoch baseline learns from its one view
+            self._loss_weights["backbone"]["spec" if epoch_views == "raw" else "raw"] = 0.0
         for name, overrides in (loss_weights or {}).items():
             if name not in PHASES:
                 raise ValueError(f"loss_weights has unknown phase {name!r}; phases are {list(PHASES)}")
@@ -273,7 +296,7 @@ class MC2SleepNet(SleepStagingModel):
 
     # -- phases and loss weights ----------------------------------------------------------------
     def set_phase(self, phase: Phase) -> None:
-        """Switch between ``"pretrain"`` (masking, augmentation, InfoNCE) and ``"finetune"``."""
+        """Switch between ``"backbone"`` (single epochs), ``"pretrain"`` (masking, augmentation, InfoNCE) and ``"finetune"``."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
         self.phase = phase
@@ -451,6 +474,8 @@ class MC2SleepNet(SleepStagingModel):
         batch, length, n_samples = x.shape
         raw = x.reshape(batch * length, n_samples).float()  # (N, S)
         spec = self.stft(raw)  # (N, F, K), normalised
+        if self.phase == "backbone":
+            return self._forward_single_epochs(raw, spec, batch, length)
 
         if self.augmentation_active:
             raw_aug = augment_raw(raw, self.generator, self.raw_augmentation)
@@ -488,6 +513,22 @@ class MC2SleepNet(SleepStagingModel):
                "mask_raw": mask_raw, "mask_spec": mask_spec}
         return ModelOutput(logits=logits, aux=aux)
 
+    def _forward_single_epochs(self, raw: Tensor, spec: Tensor, batch: int, length: int) -> ModelOutput:
+        """Stage 0: every epoch classified alone by each view's backbone, attention and head."""
+        views = ("raw", "spec") if self.epoch_views == "both" else (self.epoch_views,)
+        dtype = self._param_dtype()
+        aux: dict[str, Tensor] = {}
+        for view in views:
+            backbone, pool, head = ((self.raw_backbone, self.raw_attention, self.raw_head) if view == "raw"
+                                    else (self.spec_backbone, self.spec_attention, self.spec_head))
+            pooled = pool(backbone((raw if view == "raw" else spec).to(dtype)))  # (N, D)
+            aux[f"embedding_{view}"] = pooled.view(batch, length, -1)
+            aux[f"logits_{view}"] = head(pooled).view(batch, length, -1)  # (B, L, 5)
+        logits = sum(aux[f"logits_{v}"] for v in views)
+        for view in ("raw", "spec"):  # a view left out predicts nothing: its CE is weighted 0
+            aux.setdefault(f"logits_{view}", logits.detach())
+        return ModelOutput(logits=logits, aux=aux)
+
     # -- loss -----------------------------------------------------------------------------------
     def _cross_entropy(self, logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
         """Eq. 18: CE over the labelled, valid epochs, summed over L and averaged over B."""
@@ -496,7 +537,7 @@ class MC2SleepNet(SleepStagingModel):
         flat_labels = labels.reshape(-1)  # (N,)
         if not bool((flat_labels != IGNORE_INDEX).any()):
             return flat_logits.sum() * 0.0
-        if self.ce_reduction == "mean":
+        if self.ce_reduction == "mean" or self.phase == "backbone":  # single epochs: no sequence to sum over
             return F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX)
         total = F.cross_entropy(flat_logits, flat_labels, ignore_index=IGNORE_INDEX, reduction="sum")
         return total / labels.shape[0]
@@ -547,4 +588,21 @@ def mc2sleepnet_tiny(**overrides) -> MC2SleepNet:
     return MC2SleepNet(**config)
 
 
-__all__ = ["EPOCH_LEVEL_GROUPS", "MC2SleepNet", "PHASES", "mc2sleepnet", "mc2sleepnet_tiny"]
+@register_model
+def mc2sleepnet_cnn_only(**overrides) -> MC2SleepNet:
+    """Table 3 "CNN only (single epoch)": the raw-signal CNN, attention and head classify each epoch.
+
+    The sequence level and the spectrogram backbone are built (one state layout for every phase)
+    but never run or trained.
+    """
+    return MC2SleepNet(**{"phase": "backbone", "epoch_views": "raw", **overrides})
+
+
+@register_model
+def mc2sleepnet_tf_only(**overrides) -> MC2SleepNet:
+    """Table 3 "TF only (single epoch)": the spectrogram Transformer, attention and head classify each epoch."""
+    return MC2SleepNet(**{"phase": "backbone", "epoch_views": "spec", **overrides})
+
+
+__all__ = ["EPOCH_LEVEL_GROUPS", "EPOCH_VIEWS", "MC2SleepNet", "PHASES", "mc2sleepnet", "mc2sleepnet_cnn_only",
+           "mc2sleepnet_tf_only", "mc2sleepnet_tiny"]

@@ -208,6 +208,44 @@ class MultiLevelCrossBranchAttention(nn.Module):
         return x.reshape(batch * (padded // self.context), self.context, feat)  # windows of K epochs
 
 
+class PlainTemporalAttention(nn.Module):
+    """The Transformer without MCTA (CIMSleepNet Table 3's ablation): plain self-attention at both levels.
+
+    Intra-epoch: self-attention over the ``T`` tokens of an epoch (keys = values = the normed
+    tokens, as in MCTA, without its convs and Bi-GRU branch); the epoch is flattened and projected
+    to ``D``; inter-epoch: self-attention over the ``L`` epochs of the sequence. Same interface and
+    output width as :class:`MultiLevelCrossBranchAttention`, so only the attention differs.
+
+    Parameters
+    ----------
+    tokens, width, intra_heads, inter_heads, inter_stride, attn_dropout
+        As :class:`MultiLevelCrossBranchAttention` (``D = T·C`` after a k2 / ``inter_stride`` conv's crop).
+    """
+
+    def __init__(self, tokens: int = 40, width: int = 128, intra_heads: int = 4, inter_heads: int = 8,
+                 inter_stride: int = 8, attn_dropout: float = 0.1):
+        super().__init__()
+        self.out_dim = CausalConv1d.output_length(tokens * width, 2, inter_stride)
+        if width % intra_heads or self.out_dim % inter_heads:
+            raise ValueError(f"token width {width} and epoch width {self.out_dim} must be divisible by "
+                             f"intra_heads={intra_heads} and inter_heads={inter_heads}")
+        self.intra_heads, self.inter_heads, self.attn_dropout = intra_heads, inter_heads, attn_dropout
+        self.project = nn.Linear(tokens * width, self.out_dim)
+
+    def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
+        """``(B, L, T, C)`` queries and keys/values → ``(B, L, D)``."""
+        batch, length, tokens, width = query.shape
+        dropout = self.attn_dropout if self.training else 0.0
+        kv = key_value.reshape(batch * length, tokens, width)
+        a_in = multi_head_attention(query.reshape(batch * length, tokens, width), kv, kv, self.intra_heads, dropout)
+        epochs = self.project(a_in.reshape(batch, length, tokens * width))  # (B, L, D)
+        return multi_head_attention(epochs, epochs, epochs, self.inter_heads, dropout)
+
+
+#: Temporal attention inside CIMSleepNet's Transformer layer: MCTA, or plain attention (ablation).
+TEMPORAL_ATTENTION = ("mcta", "plain")
+
+
 class PositionwiseFeedForward(nn.Sequential):
     """``Linear(D, 4D) -> ReLU -> Dropout -> Linear(4D, D)`` (§1.2(d).4)."""
 
@@ -236,19 +274,29 @@ class MCTATransformerLayer(nn.Module):
     dropout : float
         Sub-layer, FFN and Bi-GRU dropout (0.5).
     ffn_residual : {"released", "standard"}
+    temporal_attention : {"mcta", "plain"}
+        MCTA, or :class:`PlainTemporalAttention` (the "without MCTA" ablation).
     """
 
     def __init__(self, tokens: int = 40, width: int = 128, context: int = 25, intra_heads: int = 4,
                  inter_heads: int = 8, inter_stride: int = 8, ffn_mult: int = 4, dropout: float = 0.5,
-                 attn_dropout: float = 0.1, ffn_residual: FfnResidual = "released"):
+                 attn_dropout: float = 0.1, ffn_residual: FfnResidual = "released",
+                 temporal_attention: str = "mcta"):
         super().__init__()
         if ffn_residual not in ("released", "standard"):
             raise ValueError(f"ffn_residual must be 'released' or 'standard', got {ffn_residual!r}")
+        if temporal_attention not in TEMPORAL_ATTENTION:
+            raise ValueError(f"temporal_attention must be one of {list(TEMPORAL_ATTENTION)}, "
+                             f"got {temporal_attention!r}")
         self.ffn_residual = ffn_residual
         self.query_conv = CausalConv1d(tokens, tokens, 7)
         self.attn_norm = StdLayerNorm(width)
-        self.attention = MultiLevelCrossBranchAttention(tokens, width, context, intra_heads, inter_heads,
-                                                        inter_stride, dropout, attn_dropout)
+        if temporal_attention == "mcta":
+            self.attention = MultiLevelCrossBranchAttention(tokens, width, context, intra_heads, inter_heads,
+                                                            inter_stride, dropout, attn_dropout)
+        else:
+            self.attention = PlainTemporalAttention(tokens, width, intra_heads, inter_heads, inter_stride,
+                                                    attn_dropout)
         self.out_dim = self.attention.out_dim
         self.ffn_norm = StdLayerNorm(self.out_dim)
         self.ffn = PositionwiseFeedForward(self.out_dim, ffn_mult * self.out_dim, dropout)

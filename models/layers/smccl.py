@@ -129,13 +129,39 @@ def smccl_loss(features: Tensor, labels: Tensor, modality: Tensor, lam: float | 
     return loss.mean()
 
 
+def mutual_information(p_a: Tensor, p_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Mutual information and joint entropy of two paired soft cluster assignments (§1.3.3).
+
+    ``P = sym(mean_n p_a,n p_b,n^T)`` normalised to sum 1; marginals ``p_i = P 1``, ``p_j = 1^T P``;
+    probabilities floored at machine epsilon as in the released code; ``I = sum P log(P / (p_i p_j))``
+    and ``H = -sum P log P``. Differentiable: ``-I`` is the IIC objective the cluster heads train on.
+
+    Parameters
+    ----------
+    p_a, p_b : Tensor
+        ``(N, K)`` rows on the probability simplex, row ``n`` of both from the same epoch.
+
+    Returns
+    -------
+    tuple of Tensor
+        Scalars ``(I, H)``.
+    """
+    joint = (p_a.float()[:, :, None] * p_b.float()[:, None, :]).mean(dim=0)      # (K, K)
+    joint = (joint + joint.T) / 2
+    joint = joint / joint.sum()
+    p_i = joint.sum(dim=1, keepdim=True).clamp(min=_EPS)                         # (K, 1)
+    p_j = joint.sum(dim=0, keepdim=True).clamp(min=_EPS)                         # (1, K)
+    joint = joint.clamp(min=_EPS)
+    mutual = (joint * (joint.log() - p_i.log() - p_j.log())).sum()
+    entropy = -(joint * joint.log()).sum()
+    return mutual, entropy
+
+
 def normalised_mutual_information(p_a: Tensor, p_b: Tensor) -> Tensor:
     """Modality-consistency score of two soft cluster assignments (§1.3.3, [D] scalar form).
 
-    ``P = sym(mean_n p_a,n p_b,n^T)`` normalised to sum 1; marginals ``p_i = P 1``, ``p_j = 1^T P``;
-    probabilities floored at machine epsilon as in the released code;
-    ``lambda = clamp(I(P) / H(P), 0, 1)`` with ``I = sum P log(P / (p_i p_j))`` and
-    ``H = -sum P log P``. A point-mass ``P`` (``H = 0``) gives 0.
+    ``lambda = clamp(I(P) / H(P), 0, 1)`` with ``I`` and ``H`` of :func:`mutual_information`. A
+    point-mass ``P`` (``H = 0``) gives 0.
 
     Parameters
     ----------
@@ -145,17 +171,11 @@ def normalised_mutual_information(p_a: Tensor, p_b: Tensor) -> Tensor:
     Returns
     -------
     Tensor
-        Scalar in [0, 1], detached.
+        Scalar in [0, 1], detached: SMCCL weights its pairs with it, and a gradient through
+        ``lambda`` would let SMCCL lower its own loss by moving the weights instead of the features.
     """
     with torch.no_grad():
-        joint = (p_a.float()[:, :, None] * p_b.float()[:, None, :]).mean(dim=0)  # (K, K)
-        joint = (joint + joint.T) / 2
-        joint = joint / joint.sum()
-        p_i = joint.sum(dim=1, keepdim=True).clamp(min=_EPS)                     # (K, 1)
-        p_j = joint.sum(dim=0, keepdim=True).clamp(min=_EPS)                     # (1, K)
-        joint = joint.clamp(min=_EPS)
-        mutual = (joint * (joint.log() - p_i.log() - p_j.log())).sum()
-        entropy = -(joint * joint.log()).sum()
+        mutual, entropy = mutual_information(p_a, p_b)
         if float(entropy) <= _EPS:
             return torch.zeros((), device=p_a.device)
         return (mutual / entropy).clamp(0.0, 1.0)
@@ -163,19 +183,34 @@ def normalised_mutual_information(p_a: Tensor, p_b: Tensor) -> Tensor:
 
 def modality_consistency(probabilities: Sequence[Tensor]) -> Tensor:
     """``lambda`` for ``M`` modalities: the mean pairwise score (``M = 2``: the released pair)."""
-    if len(probabilities) < 2:
-        raise ValueError(f"modality consistency needs at least 2 modalities, got {len(probabilities)}")
+    _check_pairs(probabilities)
     scores = [normalised_mutual_information(a, b) for a, b in itertools.combinations(probabilities, 2)]
     return torch.stack(scores).mean()
 
 
+def cluster_loss(probabilities: Sequence[Tensor]) -> Tensor:
+    """The cluster heads' objective: ``-I`` (IIC), averaged over modality pairs.
+
+    Maximising the mutual information between the modalities' assignments of the same epochs makes
+    each head a clustering that the other modality's head can predict: the score ``lambda`` then
+    measures how consistently the two imagined modalities fall into the same clusters, which is
+    what it weighs in SMCCL (docs/models.md §1.6.4).
+    """
+    _check_pairs(probabilities)
+    return -torch.stack([mutual_information(a, b)[0] for a, b in itertools.combinations(probabilities, 2)]).mean()
+
+
+def _check_pairs(probabilities: Sequence[Tensor]) -> None:
+    if len(probabilities) < 2:
+        raise ValueError(f"modality consistency needs at least 2 modalities, got {len(probabilities)}")
+
+
+#: How the cluster heads behind ``lambda`` are treated (docs/models.md §1.6.4).
+CONSISTENCY_MODES = ("trained", "frozen")
+
+
 class SMCCLHeads(nn.Module):
     """The per-modality contrastive and cluster heads of §1.2(b) (training-only parameters).
-
-    The cluster heads only feed the detached ``lambda`` (docs/models.md §1.6.4), so no loss ever reaches
-    them: in the released code they stay at their initial values. They are therefore created
-    frozen (``requires_grad=False``), which gives the same behaviour and keeps distributed
-    training free of parameters without gradients.
 
     Parameters
     ----------
@@ -184,17 +219,28 @@ class SMCCLHeads(nn.Module):
         ``S`` (3000).
     dim : int
         ``P`` (128).
+    consistency : {"trained", "frozen"}
+        ``"trained"``: the cluster heads learn by :func:`cluster_loss` on the *detached* imagined
+        epochs (their objective reaches no other parameter). ``"frozen"``: as released, no loss
+        reaches them and they keep their initial weights (``requires_grad=False``), so ``lambda``
+        stays near its initial value (an ablation).
     """
 
-    def __init__(self, modalities: Sequence[str], in_features: int = 3000, dim: int = 128):
+    def __init__(self, modalities: Sequence[str], in_features: int = 3000, dim: int = 128,
+                 consistency: str = "trained"):
         super().__init__()
+        if consistency not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency must be one of {list(CONSISTENCY_MODES)}, got {consistency!r}")
+        self.consistency = consistency
         self.contrastive = nn.ModuleDict({m: ProjectionHead(in_features, dim, "contrastive")
                                           for m in modalities})
         self.cluster = nn.ModuleDict({m: ProjectionHead(in_features, dim, "cluster") for m in modalities})
-        self.cluster.requires_grad_(False)
+        if consistency == "frozen":
+            self.cluster.requires_grad_(False)
 
     def forward(self, recon: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Project ``(N, S)`` imagined epochs to ``u_m (N, P)`` and ``p_m (N, P)`` per modality."""
         proj = {m: head(recon[m]) for m, head in self.contrastive.items()}
-        clusters = {m: head(recon[m]) for m, head in self.cluster.items()}
+        # The cluster heads judge the imagination; their objective must not reshape it.
+        clusters = {m: head(recon[m].detach()) for m, head in self.cluster.items()}
         return proj, clusters

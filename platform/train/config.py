@@ -218,6 +218,25 @@ class CurriculumConfig(_Strict):
         return self
 
 
+class IncompleteTrainingConfig(_Strict):
+    """Training on modality-incomplete recordings (CoRe-Sleep Fig. 4's incomplete-training experiment).
+
+    Parameters
+    ----------
+    multimodal : int
+        Training recordings that keep every modality (the paper: 100).
+    unimodal : int, optional
+        Training recordings that keep one modality only; default all the others. Recordings
+        beyond ``multimodal + unimodal`` are left out of training.
+    keep : tuple of str, optional
+        Modalities a unimodal recording may keep (one drawn per recording); default the model's.
+    """
+
+    multimodal: int = Field(ge=0)
+    unimodal: int | None = Field(None, ge=0)
+    keep: tuple[Modality, ...] | None = None
+
+
 class MissingConfig(_Strict):
     """Missing-modality simulation applied to training batches (see :mod:`somnray.train.missing`).
 
@@ -226,7 +245,7 @@ class MissingConfig(_Strict):
     kind : str
         ``none``; ``partial_chunks`` (CIMSleepNet protocol: the rate over modality slots, removed
         in chunks of ``chunk_epochs`` epochs); ``partial_iid`` (each slot independently);
-        ``complete`` (with probability ``rate`` a window loses one whole modality);
+        ``complete`` (with probability ``rate`` a recording loses one whole modality);
         ``noisy`` (slots corrupted by noise or a flat line while the mask stays on).
     rate : float
         Target rate (the curriculum's default end point).
@@ -242,10 +261,18 @@ class MissingConfig(_Strict):
     flatline_prob : float
         Probability that a corrupted slot becomes a flat line (detachment) instead of noise.
     seed : int
-        Base seed of the fixed per-recording masks of evaluation scenarios (recording ``i`` uses
-        ``seed + i``); training draws its masks per window from the run seed, rank and step.
+        Seed of the masks, drawn once per recording from this seed and the recording id before
+        windows are cut (:func:`somnray.train.missing.recording_drop_keys`, the draw evaluation's
+        scenarios make with the same default seed 2024), so every window of a recording, in every
+        pass, sees the same mask at a given rate.
     curriculum : CurriculumConfig
-        How the rate changes with the step.
+        How the rate changes with the step (the masks stay nested: a higher rate adds slots).
+    validation : {"complete", "masked"}
+        What validation (model selection, early stopping) sees: the recordings as they are, or
+        their masks at the curriculum's end rate (CIMSleepNet selects on masked validation data).
+    incomplete : IncompleteTrainingConfig, optional
+        Which training recordings keep every modality and which keep one (drawn from ``seed``);
+        applies whatever ``kind`` is.
     """
 
     kind: Literal["none", "partial_chunks", "partial_iid", "complete", "noisy"] = "none"
@@ -257,6 +284,8 @@ class MissingConfig(_Strict):
     flatline_prob: float = Field(0.0, ge=0.0, le=1.0)
     seed: int = Field(2024, ge=0)
     curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
+    validation: Literal["complete", "masked"] = "complete"
+    incomplete: IncompleteTrainingConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "MissingConfig":
@@ -272,6 +301,8 @@ class MissingConfig(_Strict):
                              f"not {self.kind!r}")
         if self.kind == "none" and (self.rate > 0 or self.curriculum.kind != "constant"):
             raise ValueError("kind 'none' simulates nothing: set a kind, or drop rate and curriculum")
+        if self.kind == "none" and self.validation == "masked":
+            raise ValueError("validation 'masked' needs a kind: kind 'none' draws no mask")
         return self
 
 

@@ -32,6 +32,8 @@ from typing import Any, Mapping, Sequence
 from somnray.core.storage import StorageLocation, resolve
 
 from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
+from .distributed import micro_batch_size
+from .missing import incomplete_training_plan
 from .export import PHASE_RESULT_FILE, export_bundle, write_run_metrics
 from .tracking import check_sinks_available
 
@@ -128,14 +130,25 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     modalities = phase.modalities(facts.modalities)
 
     model = create_model(phase.model.name, **phase.model.overrides)
+    micro = micro_batch_size(phase.optim.batch_size, phase.scaling.num_workers, phase.optim.grad_accum_steps)
+    for message in model.training_warnings(micro, phase.data.sequence_length):
+        log.warning("phase %s: %s", phase.name, message)
     stats = compute_training_statistics(model, phase.data.dataset, split.train, modalities,
                                         seed=phase.seed, storage_options=options)
     # Labelled epochs / L approximates the windows of one pass (it only sizes the stream).
     windows_per_pass = int(stats.class_counts.sum()) // phase.data.sequence_length or len(split.train)
 
     common = dict(dataset_uri=phase.data.dataset, modalities=modalities, length=phase.data.sequence_length,
-                  storage_options=options)
-    train_ds = window_dataset(WindowSpec(mode="train", seed=phase.seed, **common), split.train,
+                  missing=phase.missing, storage_options=options)
+    train_ids, keep_only = split.train, {}
+    if phase.missing.incomplete is not None:
+        plan_cfg = phase.missing.incomplete
+        plan = incomplete_training_plan(split.train, plan_cfg.multimodal, plan_cfg.unimodal,
+                                        plan_cfg.keep or modalities, phase.missing.seed)
+        train_ids, keep_only = tuple(plan), {rid: m for rid, m in plan.items() if m is not None}
+        log.info("phase %s: %d multimodal and %d unimodal training recordings", phase.name,
+                 len(plan) - len(keep_only), len(keep_only))
+    train_ds = window_dataset(WindowSpec(mode="train", seed=phase.seed, keep_only=keep_only, **common), train_ids,
                               passes=_train_passes(phase, windows_per_pass), shuffle_seed=phase.seed)
     val_ds = window_dataset(WindowSpec(mode="eval", stride=phase.data.stride, **common), split.val)
 

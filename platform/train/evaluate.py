@@ -58,6 +58,7 @@ from somnray.models.bundle import BundleInfo
 from somnray.scoring.bundles import bundle_location
 from somnray.scoring.scorer import Scorer
 
+from .inputs import recording_present
 from .metrics import FoldSummary, StagingMetrics, aggregate_folds, compute_metrics, plot_confusion_matrix
 from .missing import DEFAULT_BASE_SEED
 from .scenarios import DEFAULT_CHUNK_EPOCHS, Scenario, apply_scenario, resolve_scenarios
@@ -121,7 +122,7 @@ class RecordingScores:
     recording_id : str
         Manifest id.
     recording_index : int
-        Index in the dataset's sorted recording ids (the seed offset of its masks).
+        Index in the dataset's sorted recording ids (its number in the reports).
     labels : ndarray
         ``(n,)`` int8 stages, -1 ignored.
     predictions : dict of str to ndarray
@@ -138,15 +139,8 @@ class RecordingScores:
 def recording_inputs(arrays: Mapping[str, Any], modalities: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Signals (modalities the recording has) and the ``(n, M)`` mask of a prepared recording."""
     n = int(arrays["n_epochs"])
-    present = np.zeros((n, len(modalities)), dtype=bool)
-    signals = {}
-    for col, m in enumerate(modalities):
-        sig = arrays.get(m)
-        if sig is None:
-            continue
-        signals[m] = np.asarray(sig).reshape(n, EPOCH_SAMPLES)
-        present[:, col] = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
-    return signals, present
+    signals = {m: np.asarray(arrays[m]).reshape(n, EPOCH_SAMPLES) for m in modalities if arrays.get(m) is not None}
+    return signals, recording_present(arrays, modalities)
 
 
 def score_scenarios(scorer: Scorer, arrays: Mapping[str, Any], spec: EvalSpec,
@@ -156,7 +150,7 @@ def score_scenarios(scorer: Scorer, arrays: Mapping[str, Any], spec: EvalSpec,
     labels = np.asarray(arrays["labels"], dtype=np.int8)
     predictions: dict[str, np.ndarray] = {}
     for scenario in spec.scenarios:
-        sig, mask = apply_scenario(scenario, signals, present, spec.modalities, recording_index,
+        sig, mask = apply_scenario(scenario, signals, present, spec.modalities, str(arrays["recording_id"]),
                                    base_seed=spec.base_seed, chunk_epochs=spec.chunk_epochs)
         # Only modalities with at least one usable epoch are passed: the others are absent.
         sig = {m: x for m, x in sig.items() if mask[:, spec.modalities.index(m)].any()}
@@ -490,9 +484,9 @@ class EvaluationReport:
             lines.append(f"  - fold {i}: `{fold.run}` — {len(fold.recordings)} recording(s) from "
                          f"{fold.selection.source}")
         lines += [
-            f"- missing-modality masks and noise fixed per recording: seed {self.base_seed} + the "
-            f"recording's index in the dataset's sorted recording ids (chunks of {self.chunk_epochs} "
-            f"epochs), identical for every model",
+            f"- missing-modality masks and noise fixed per recording: drawn from seed {self.base_seed} "
+            f"and the recording id (chunks of {self.chunk_epochs} epochs), identical for every model "
+            f"and the masks training draws with the same seed",
             "- labels −1 (movement, unscored) are ignored; Acc, MF1 and per-class F1 in %, κ as a fraction",
             "",
             "## Pooled over " + ("folds" if len(self.folds) > 1 else "the test recordings"),
@@ -748,8 +742,7 @@ def evaluate_run(runs: Sequence[EvaluationRun], data_uri: str,
     data = resolve(data_uri, options.storage_options)
     storage = dict(data.storage_options)
     name = dataset_name(data.uri, storage)
-    # Masks are seeded by the recording's index among ALL prepared recordings, so a recording gets
-    # the same mask whichever split, fold or model it is scored in.
+    # A recording's index among ALL prepared recordings numbers it the same in every fold's report.
     index_of = {rid: i for i, rid in enumerate(sorted(e.recording_id for e in
                                                       PreparedDataset.at(data.uri, storage).entries()))}
 

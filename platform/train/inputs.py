@@ -15,8 +15,11 @@ A prepared dataset stores one row per recording (its whole epoch sequence, see
   availability False.
 
 Each window carries ``recording_index`` (position in the sorted recording ids of its part) and
-``start`` (epoch offset in the stored sequence), so predictions map back to epochs and fixed
-per-recording missing masks (seed = base + recording index) can be drawn.
+``start`` (epoch offset in the stored sequence), so predictions map back to epochs, and
+``drop_key``: its slice of the recording's missing-modality drop keys, drawn once per recording
+from ``missing.seed`` and the recording id before the windows are cut
+(:func:`somnray.train.missing.recording_drop_keys`); the worker turns them into the mask at the
+step's rate.
 
 Layers: pure numpy functions (:func:`training_starts`, :func:`evaluation_starts`,
 :func:`cut_windows`, :func:`to_sleep_batch`) unit-tested without Ray; :func:`window_dataset` chains
@@ -39,11 +42,11 @@ from somnray.data.dataset import PreparedDataset
 from somnray.models.base import SleepBatch, SleepStagingModel
 from somnray.models.inference import window_starts
 
-from .config import DataConfig
-from .missing import MissingSimulator
+from .config import DataConfig, MissingConfig
+from .missing import NEVER, MissingSimulator
 
 #: Columns of a window batch besides one signal column per modality.
-WINDOW_COLUMNS = ("present", "labels", "scored", "recording_index", "start", "pass_index")
+WINDOW_COLUMNS = ("present", "drop_key", "labels", "scored", "recording_index", "start", "pass_index")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -116,8 +119,18 @@ def pass_rng(seed: int, recording_index: int, pass_index: int) -> np.random.Gene
 # ------------------------------------------------------------------------------------------------
 # cutting
 # ------------------------------------------------------------------------------------------------
+def recording_present(arrays: Mapping[str, Any], modalities: Sequence[str]) -> np.ndarray:
+    """The ``(n, M)`` availability of one recording; a modality it does not hold is absent throughout."""
+    n = int(arrays["n_epochs"])
+    present = np.zeros((n, len(modalities)), dtype=bool)
+    for col, m in enumerate(modalities):
+        if arrays.get(m) is not None:
+            present[:, col] = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
+    return present
+
+
 def cut_windows(arrays: Mapping[str, Any], modalities: Sequence[str], starts: np.ndarray, length: int, *,
-                recording_index: int, pass_index: int = 0) -> dict[str, np.ndarray]:
+                recording_index: int, pass_index: int = 0, drop_keys: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Cut windows from one recording.
 
     Parameters
@@ -133,12 +146,14 @@ def cut_windows(arrays: Mapping[str, Any], modalities: Sequence[str], starts: np
         Epochs per window (L).
     recording_index, pass_index : int
         Carried into every window.
+    drop_keys : ndarray, optional
+        The recording's ``(n, M)`` missing-modality drop keys; default none dropped ever.
 
     Returns
     -------
     dict of str to ndarray
         ``<modality>``: ``(W, L, 3000)`` float16 (zeros where absent); ``present``: ``(W, L, M)``
-        bool; ``labels``: ``(W, L)`` int64 (-1 for padding); ``recording_index``, ``start``,
+        bool; ``drop_key``: ``(W, L, M)`` float32 (``inf`` on padding); ``labels``: ``(W, L)`` int64 (-1 for padding); ``recording_index``, ``start``,
         ``pass_index``: ``(W,)`` int64.
     """
     n = int(arrays["n_epochs"])
@@ -161,17 +176,16 @@ def cut_windows(arrays: Mapping[str, Any], modalities: Sequence[str], starts: np
         "start": starts,
         "pass_index": np.full(count, pass_index, dtype=np.int64),
     }
-    present = np.zeros((count, length, len(modalities)), dtype=bool)
-    for col, m in enumerate(modalities):
+    for m in modalities:
         sig = arrays.get(m)
         if sig is None or not n:
             out[m] = np.zeros((count, length, EPOCH_SAMPLES), dtype=np.float16)
             continue
         sig = np.asarray(sig, dtype=np.float16).reshape(n, EPOCH_SAMPLES)
-        avail = np.asarray(arrays.get(schema.available_column(m), np.ones(n, bool)), dtype=bool)
-        present[..., col] = avail[safe] & inside
         out[m] = np.where(inside[..., None], sig[safe], np.float16(0))
-    out["present"] = present
+    out["present"] = recording_present(arrays, modalities)[safe] & inside[..., None]
+    keys = np.full((n, len(modalities)), NEVER, np.float32) if drop_keys is None else drop_keys
+    out["drop_key"] = np.where(inside[..., None], keys[safe], NEVER).astype(np.float32)
     return out
 
 
@@ -182,6 +196,7 @@ def concat_windows(parts: Sequence[Mapping[str, np.ndarray]], modalities: Sequen
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     empty = {m: np.zeros((0, length, EPOCH_SAMPLES), np.float16) for m in modalities}
     empty.update(present=np.zeros((0, length, len(modalities)), bool),
+                 drop_key=np.zeros((0, length, len(modalities)), np.float32),
                  labels=np.zeros((0, length), np.int64), scored=np.zeros((0, length), bool),
                  recording_index=np.zeros(0, np.int64), start=np.zeros(0, np.int64),
                  pass_index=np.zeros(0, np.int64))
@@ -209,6 +224,12 @@ class WindowSpec:
         Evaluation stride (default ``length``).
     seed : int
         Seed of the training offsets.
+    missing : MissingConfig, optional
+        The phase's missing-modality section: each recording's drop keys are drawn from it
+        before its windows are cut; default none.
+    keep_only : dict of str to str
+        Recordings that keep one modality only (the others are read as not recorded), from
+        :func:`somnray.train.missing.incomplete_training_plan`.
     storage_options : dict
         Filesystem options resolved on the driver (credentials, endpoint).
     """
@@ -219,6 +240,8 @@ class WindowSpec:
     mode: Literal["train", "eval"] = "eval"
     stride: int | None = None
     seed: int = 0
+    missing: MissingConfig | None = None
+    keep_only: dict[str, str] = field(default_factory=dict)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,15 +249,20 @@ def read_windows(items: Mapping[str, np.ndarray], spec: WindowSpec) -> dict[str,
     """``map_batches`` function: ``(recording_id, recording_index, pass_index)`` items → windows."""
     parts = []
     columns = ["labels", *spec.modalities, *(schema.available_column(m) for m in spec.modalities)]
+    simulator = MissingSimulator(spec.missing, spec.modalities) if spec.missing is not None else None
     for rid, index, pass_index in zip(items["recording_id"], items["recording_index"], items["pass_index"]):
         arrays = _read_recording(spec, str(rid), columns)
+        if str(rid) in spec.keep_only:  # a unimodal training recording: the others were never recorded
+            arrays = {**arrays, **{m: None for m in spec.modalities if m != spec.keep_only[str(rid)]}}
         n = int(arrays["n_epochs"])
         if spec.mode == "train":
             starts = training_starts(n, spec.length, pass_rng(spec.seed, int(index), int(pass_index)))
         else:
             starts = evaluation_starts(n, spec.length, spec.stride)
-        parts.append(cut_windows(arrays, spec.modalities, starts, spec.length,
-                                 recording_index=int(index), pass_index=int(pass_index)))
+        # The mask is the recording's, drawn before cutting: every window and pass shares it.
+        keys = simulator.recording_keys(recording_present(arrays, spec.modalities), str(rid)) if simulator else None
+        parts.append(cut_windows(arrays, spec.modalities, starts, spec.length, recording_index=int(index),
+                                 pass_index=int(pass_index), drop_keys=keys))
     return concat_windows(parts, spec.modalities, spec.length)
 
 
@@ -288,12 +316,13 @@ def iter_window_batches(shard, batch_size: int, *, shuffle_buffer: int = 0, seed
 # batches for the model
 # ------------------------------------------------------------------------------------------------
 def to_sleep_batch(batch: Mapping[str, Any], modalities: Sequence[str], *,
-                   simulator: MissingSimulator | None = None, step: int = 0,
+                   simulator: MissingSimulator | None = None, rate: float = 0.0,
                    rng: np.random.Generator | None = None, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> SleepBatch:
     """A window batch (numpy or torch) as the models' :class:`~somnray.models.SleepBatch`.
 
-    The missing-modality ``simulator`` (training) runs on the mask and signals at ``step``.
+    The missing-modality ``simulator`` (training, masked validation) turns the windows' drop keys
+    into their masks at ``rate``.
     Modalities absent from every window of the batch are left out of ``signals`` (the model
     then treats them as absent), which saves their front-end computation.
     """
@@ -306,7 +335,7 @@ def to_sleep_batch(batch: Mapping[str, Any], modalities: Sequence[str], *,
         if rng is None:
             raise ValueError("a missing-modality simulator needs an rng")
         np_signals = {m: as_numpy(v) for m, v in signals.items()} if simulator.cfg.kind == "noisy" else {}
-        present, changed = simulator(present, np_signals, step, rng)
+        present, changed = simulator(present, as_numpy(batch["drop_key"]), np_signals, rate, rng)
         signals.update(changed)
     tensors = {}
     for col, m in enumerate(modalities):

@@ -3,7 +3,7 @@
 :func:`train_loop_per_worker` runs on every worker. It rebuilds the typed phase config from the
 plain data the driver sends, builds the model and a torch client optimizer, hands both to
 ``deepspeed.initialize`` (reusing the process group Ray Train created), and then runs one linear
-loop: micro-batches → missing-modality simulation → forward → model-owned loss → backward →
+loop: micro-batches → missing-modality masks at the step's rate → forward → model-owned loss → backward →
 step; every ``validate_every`` steps it validates on its shard of the validation windows,
 all-reduces the confusion matrix, and every rank saves a DeepSpeed checkpoint and calls
 ``ray.train.report`` (Ray merges the ranks' folders into one checkpoint). Early stopping counts
@@ -179,17 +179,24 @@ def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | 
 
 @torch.no_grad()
 def validate(engine: Any, shard: Any, modalities: tuple[str, ...], phase: PhaseConfig, device: torch.device,
-             dtype: torch.dtype, loss_weights: Mapping[str, float]) -> dict[str, float]:
+             dtype: torch.dtype, loss_weights: Mapping[str, float],
+             simulator: MissingSimulator | None = None) -> dict[str, float]:
     """Loss and metrics over the worker's validation shard, all-reduced over workers.
 
-    Each epoch counts once (the window's ``scored`` mask), whatever the evaluation stride.
+    Each epoch counts once (the window's ``scored`` mask), whatever the evaluation stride. With
+    ``missing.validation: masked`` the windows get their recordings' masks at the simulator's
+    validation rate (the same masks at every check; noise drawn from the phase seed).
     """
+    masked = simulator is not None and phase.missing.validation == "masked"
+    rate = simulator.validation_rate if masked else 0.0
+    rng = np.random.default_rng(phase.seed)
     engine.eval()
     cm = torch.zeros(5, 5, dtype=torch.float64)
     loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of batch losses × scored epochs, scored epochs)
     micro = max(phase.optim.batch_size // max(phase.scaling.num_workers * phase.optim.grad_accum_steps, 1), 1)
     for raw in iter_window_batches(shard, micro, prefetch_batches=phase.data.prefetch_batches):
-        batch = to_sleep_batch(raw, modalities, device=device, dtype=dtype)
+        batch = to_sleep_batch(raw, modalities, simulator=simulator if masked else None, rate=rate, rng=rng,
+                               device=device, dtype=dtype)
         batch.labels = torch.where(raw["scored"].to(device), batch.labels, torch.full_like(batch.labels, -1))
         output = engine(batch.signals, batch.present)
         n_scored = int((batch.labels >= 0).sum())
@@ -354,7 +361,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         run_name=config.get("run_name", ""))
 
     simulator = MissingSimulator(phase.missing, modalities)
-    # Different ranks (and a resumed run) draw different masks, reproducibly.
+    # Masks come with the windows (drawn per recording); this generator only draws noise values.
     rng = np.random.default_rng([phase.seed, rank, state.step])
     _seed_everything(phase.seed + 7919 * (rank + 1) + state.step)
     micro = ds_config["train_micro_batch_size_per_gpu"]
@@ -371,8 +378,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         while state.step < phase.optim.max_steps:
             step_losses: dict[str, list[float]] = {}
             for _ in range(phase.optim.grad_accum_steps):
-                batch = to_sleep_batch(next(batches), modalities, simulator=simulator, step=state.step, rng=rng,
-                                       device=device, dtype=dtype)
+                batch = to_sleep_batch(next(batches), modalities, simulator=simulator,
+                                       rate=simulator.curriculum.rate_at(state.step), rng=rng, device=device,
+                                       dtype=dtype)
                 losses = forward_backward(batch, loss_weights)
                 engine.step()  # steps the optimizer and scheduler at the accumulation boundary
                 for name, value in losses.items():
@@ -425,7 +433,7 @@ def _validate_and_report(engine: Any, val_shard: Any, modalities: tuple[str, ...
                          state: LoopState, running: Mapping[str, list[float]], simulator: MissingSimulator,
                          sinks: MetricSinks, rank: int) -> bool:
     """Validate, update early stopping, checkpoint and report; True when training should stop."""
-    metrics = validate(engine, val_shard, modalities, phase, device, dtype, loss_weights)
+    metrics = validate(engine, val_shard, modalities, phase, device, dtype, loss_weights, simulator)
     total = running.get("total", [])
     metrics.update(step=state.step, train_loss=float(np.mean(total)) if total else float("nan"),
                    lr=float(engine.get_lr()[0]), missing_rate=simulator.curriculum.rate_at(state.step))

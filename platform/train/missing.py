@@ -10,44 +10,64 @@ Scenarios
 ---------
 ``partial_chunks``
     CIMSleepNet's protocol (docs/models.md §1.1.1): the missing rate ``r`` is over modality *slots*;
-    ``round(r · L · M)`` slots are removed (M counting the modalities the sequence has at all) in chunks of ``chunk_epochs`` (25) consecutive epochs
-    on the chunk grid, the (chunk, modality) pairs visited in random order, each removing one
+    ``round(r · L · M)`` slots are removed (M counting the modalities the sequence has at all; a
+    half rounds down) in chunks of ``chunk_epochs`` (25) consecutive epochs on the chunk grid, the (chunk, modality) pairs visited in random order, each removing one
     modality from the chunk where another stays present. With two modalities the maximum
     achievable rate is 0.5. The last chunk is cut short so the count is exact.
 ``partial_iid``
-    Each slot is dropped independently with probability ``r``; an epoch that would lose every
-    present modality is re-drawn. Conditioning on "not all" lowers the achieved rate below ``r``
-    (for M = 2 and everything present: ``r (1 − r) / (1 − r²) = r / (1 + r)``).
+    Each slot is dropped independently with probability ``r``; where every present modality of
+    an epoch could go, the one with the largest draw stays. That lowers the achieved rate below
+    ``r`` (for M = 2 and everything present: ``r − r²/2``).
 ``complete``
-    With probability ``r`` a window loses one whole modality (one drawn at random).
+    With probability ``r`` a recording loses one whole modality (one drawn at random).
 ``noisy``
     Slots chosen like ``partial_chunks`` are corrupted (additive Gaussian noise at a given σ or
     SNR, or a detachment-like flat line) while the mask stays **on**: the model is not told.
 
-Masks fixed per recording (the evaluation scenarios) use :func:`recording_rng` (seed = base seed +
-recording index), so a recording gets the same mask at a given rate in every run, split and
-scenario. Training draws a fresh mask for every window from the loop's own generator.
+Every mask is drawn **once per recording**, before windows are cut, by
+:func:`recording_drop_keys`: training windows, masked validation and the evaluation scenarios all
+call it, seeded with ``missing.seed`` (or evaluation's base seed; both default to 2024) and the
+recording id (:func:`recording_rng`). It gives each (epoch, modality) slot a *drop key* in
+``[0, 1)`` (or ``inf``: never dropped), and the mask at rate ``r`` drops the slots whose key is
+below ``r`` (:func:`mask_at`). The keys do not depend on the rate, so the masks of one recording
+are nested (every slot missing at 0.2 is missing at 0.3): a curriculum changes the rate, never
+the draw, and a training window at rate ``r`` sees exactly the slice of the recording's
+``missing_<r>`` evaluation mask.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from somnray.core.errors import ConfigError
+
 from .config import MissingConfig
 
 #: CIMSleepNet's base seed for fixed per-recording masks.
 DEFAULT_BASE_SEED = 2024
+#: Drop key of a slot no rate removes (truly absent, or the last modality of its epoch).
+NEVER = np.inf
 
 CurriculumKind = Literal["constant", "linear", "step", "cosine"]
+DropKind = Literal["partial_chunks", "partial_iid", "complete", "noisy"]
 
 
-def recording_rng(base_seed: int, recording_index: int) -> np.random.Generator:
-    """The generator of a fixed per-recording mask: seeded with ``base_seed + recording_index``."""
-    return np.random.default_rng(int(base_seed) + int(recording_index))
+def recording_rng(base_seed: int, recording: int | str) -> np.random.Generator:
+    """The generator of one recording's masks: seeded with ``base_seed`` and the recording.
+
+    ``recording`` is its manifest id (a stable hash of the string is used, so the draw does not
+    depend on the split, the run or the process) or an integer key.
+    """
+    if isinstance(recording, str):
+        key = int.from_bytes(hashlib.blake2b(recording.encode(), digest_size=8).digest(), "little")
+    else:
+        key = int(recording)
+    return np.random.default_rng([int(base_seed), key])
 
 
 def _check_mask(present: np.ndarray) -> np.ndarray:
@@ -66,7 +86,7 @@ def _columns(columns: Sequence[int] | None, n_modalities: int) -> list[int]:
 
 
 def _per_sequence(fn):
-    """Apply a (L, M) simulation to every sequence of a (..., L, M) batch, in order."""
+    """Apply a (L, M) function to every sequence of a (..., L, M) batch, in order."""
 
     def wrapper(present: np.ndarray, *args, **kwargs) -> np.ndarray:
         mask = _check_mask(present)
@@ -81,23 +101,26 @@ def _per_sequence(fn):
     return wrapper
 
 
-def _chunk_slots(present: np.ndarray, rate: float, rng: np.random.Generator, chunk_epochs: int,
-                 columns: list[int], keep_one: bool = True) -> np.ndarray:
-    """Slots (L, M) chosen by the chunk protocol among present ones.
+def _chunk_keys(present: np.ndarray, rng: np.random.Generator, chunk_epochs: int, columns: list[int],
+                keep_one: bool) -> np.ndarray:
+    """Drop keys of the chunk protocol: the order in which slots go as the rate grows.
 
-    With ``keep_one`` a slot is only chosen if its epoch keeps another modality (dropping);
-    without it any present slot may be chosen (noise, which does not remove the signal).
+    The (chunk, modality) pairs are visited in one random order and each gives up its slots in
+    epoch order; the ``k``-th slot given up (of ``N`` = epochs × modalities the sequence has) gets
+    key ``(k + 0.5) / N``, so rate ``r`` removes ``round(r·N)`` slots (halves rounded down). With
+    ``keep_one`` a slot is only given up if its epoch keeps another modality (dropping); without
+    it any present slot may be (noise, which does not remove the signal).
     """
     n_epochs, _ = present.shape
+    keys = np.full(present.shape, NEVER, dtype=np.float32)
     # A modality the sequence lacks entirely (not recorded) has no slots to lose: the rate is
     # over the modalities actually there, as in CIMSleepNet where every recording has both.
     columns = [c for c in columns if present[:, c].any()]
-    target = int(round(rate * n_epochs * len(columns)))
+    n_slots = n_epochs * len(columns)
+    if n_slots == 0:
+        return keys
     chosen = np.zeros_like(present)
-    if target == 0 or n_epochs == 0:
-        return chosen
-    starts = np.arange(0, n_epochs, chunk_epochs)
-    pairs = [(s, c) for s in starts for c in columns]
+    pairs = [(s, c) for s in range(0, n_epochs, chunk_epochs) for c in columns]
     count = 0
     for k in rng.permutation(len(pairs)):
         start, col = pairs[k]
@@ -105,16 +128,112 @@ def _chunk_slots(present: np.ndarray, rate: float, rng: np.random.Generator, chu
         remaining = present[start:stop] & ~chosen[start:stop]
         others = np.delete(remaining, col, axis=1).any(axis=1) if keep_one else True
         # An epoch may lose this modality only if it has it and another one stays.
-        droppable = np.flatnonzero(remaining[:, col] & others)
-        take = droppable[: target - count]
+        take = np.flatnonzero(remaining[:, col] & others)
         chosen[start + take, col] = True
+        keys[start + take, col] = (count + np.arange(len(take)) + 0.5) / n_slots
         count += len(take)
-        if count >= target:
-            break
-    return chosen
+    return keys
+
+
+def _iid_keys(present: np.ndarray, rng: np.random.Generator, columns: list[int]) -> np.ndarray:
+    """Independent uniform keys; an epoch whose every present slot may go keeps its largest-key one."""
+    keys = np.full(present.shape, NEVER, dtype=np.float32)
+    draw = rng.random(present.shape).astype(np.float32)
+    droppable = np.zeros_like(present)
+    droppable[:, columns] = present[:, columns]
+    keys[droppable] = draw[droppable]
+    # Where nothing outside ``columns`` is present, the slot drawn last (largest key) is the one
+    # a rate of 1 would leave: it is never dropped, so no epoch loses its last modality.
+    guarded = ~(present & ~droppable).any(axis=1) & droppable.any(axis=1)
+    last = np.argmax(np.where(droppable, draw, -1.0), axis=1)
+    keys[np.flatnonzero(guarded), last[guarded]] = NEVER
+    return keys
+
+
+def _complete_keys(present: np.ndarray, rng: np.random.Generator, columns: list[int]) -> np.ndarray:
+    """One key for the whole sequence, on one modality drawn from ``columns``."""
+    keys = np.full(present.shape, NEVER, dtype=np.float32)
+    key = rng.random()
+    if not columns:
+        return keys
+    col = columns[int(rng.integers(len(columns)))]
+    # Epochs where that modality is the only one present keep it (never all-missing).
+    keys[:, col] = np.where(drop_modality(present, col)[:, col], NEVER, key)
+    return keys
 
 
 @_per_sequence
+def drop_keys(present: np.ndarray, kind: DropKind, rng: np.random.Generator, *, chunk_epochs: int = 25,
+              columns: Sequence[int] | None = None) -> np.ndarray:
+    """Each slot's drop key for ``kind``: the mask at rate ``r`` drops the slots whose key is below ``r``.
+
+    Parameters
+    ----------
+    present : ndarray
+        ``(L, M)`` or ``(..., L, M)`` bool availability (a batch gets independent draws per sequence).
+    kind : {"partial_chunks", "partial_iid", "complete", "noisy"}
+        The protocol (module docstring); ``noisy`` chooses slots like ``partial_chunks`` but may
+        choose every modality of an epoch, since noise does not remove a signal.
+    rng : numpy.random.Generator
+        Source of randomness (:func:`recording_rng` for a recording's masks).
+    chunk_epochs : int
+        Chunk length of ``partial_chunks`` and ``noisy``.
+    columns : sequence of int, optional
+        Modality columns that may be removed; default all.
+
+    Returns
+    -------
+    ndarray
+        ``present``'s shape, float32: keys in ``[0, 1)``, :data:`NEVER` for slots never removed.
+    """
+    if chunk_epochs < 1:
+        raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
+    cols = _columns(columns, present.shape[1])
+    if kind in ("partial_chunks", "noisy"):
+        return _chunk_keys(present, rng, chunk_epochs, cols, keep_one=kind == "partial_chunks")
+    if kind == "partial_iid":
+        return _iid_keys(present, rng, cols)
+    if kind == "complete":
+        return _complete_keys(present, rng, cols)
+    raise ValueError(f"unknown missing-modality kind {kind!r}")
+
+
+def recording_drop_keys(present: np.ndarray, kind: DropKind, base_seed: int, recording: int | str, *,
+                        chunk_epochs: int = 25, columns: Sequence[int] | None = None) -> np.ndarray:
+    """A whole recording's drop keys: the one draw training, validation and evaluation share.
+
+    ``present`` is the recording's ``(n, M)`` mask; the draw comes from
+    ``recording_rng(base_seed, recording)`` (see :func:`drop_keys` for the other parameters).
+    """
+    return drop_keys(present, kind, recording_rng(base_seed, recording), chunk_epochs=chunk_epochs,
+                     columns=columns)
+
+
+def incomplete_training_plan(recording_ids: Sequence[str], multimodal: int, unimodal: int | None,
+                             keep: Sequence[str], seed: int) -> dict[str, str | None]:
+    """Which training recordings keep every modality (``None``) and which keep one (its name).
+
+    The sorted ids are shuffled with ``seed``: the first ``multimodal`` keep everything, the next
+    ``unimodal`` (default: all the others) keep one modality of ``keep``, drawn per recording.
+    Recordings beyond both counts are not in the plan: they are left out of training.
+    """
+    ids = sorted(recording_ids)
+    if multimodal > len(ids):
+        raise ConfigError("missing.incomplete", [f"multimodal: {multimodal} multimodal recordings asked for, "
+                                                 f"the training split has {len(ids)}"])
+    rng = np.random.default_rng([int(seed), len(ids)])
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    rest = order[multimodal:] if unimodal is None else order[multimodal:multimodal + unimodal]
+    kept = rng.integers(len(keep), size=len(rest))
+    return {**{rid: None for rid in order[:multimodal]}, **{rid: keep[int(k)] for rid, k in zip(rest, kept)}}
+
+
+def mask_at(present: np.ndarray, keys: np.ndarray, rate: float) -> np.ndarray:
+    """The mask at ``rate``: ``present`` without the slots whose drop key is below ``rate``."""
+    _check_rate(rate)
+    return _check_mask(present) & ~(np.asarray(keys) < rate)
+
+
 def drop_partial_chunks(present: np.ndarray, rate: float, rng: np.random.Generator, *,
                         chunk_epochs: int = 25, columns: Sequence[int] | None = None) -> np.ndarray:
     """CIMSleepNet's random partial missing: chunks of ``chunk_epochs`` lose one modality each.
@@ -138,49 +257,28 @@ def drop_partial_chunks(present: np.ndarray, rate: float, rng: np.random.Generat
     ndarray
         The new mask (a copy; ``present`` is not modified).
     """
-    _check_rate(rate)
-    if chunk_epochs < 1:
-        raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
-    cols = _columns(columns, present.shape[1])
-    return present & ~_chunk_slots(present, rate, rng, chunk_epochs, cols)
+    return mask_at(present, drop_keys(present, "partial_chunks", rng, chunk_epochs=chunk_epochs, columns=columns),
+                   rate)
 
 
-@_per_sequence
 def drop_partial_iid(present: np.ndarray, rate: float, rng: np.random.Generator, *,
-                     columns: Sequence[int] | None = None, max_redraws: int = 100) -> np.ndarray:
-    """Each slot dropped independently with probability ``rate``; all-missing epochs re-drawn.
+                     columns: Sequence[int] | None = None) -> np.ndarray:
+    """Each slot dropped independently with probability ``rate``, never an epoch's last modality.
 
-    An epoch that cannot keep a modality after ``max_redraws`` attempts (only possible when
-    ``rate`` is 1) keeps its original mask.
+    Where every present modality of an epoch may go, the one drawn last stays, so with two
+    modalities the achieved rate is ``r − r²/2`` (a slot goes when its draw is below ``r`` and
+    below the other's).
     """
-    _check_rate(rate)
-    cols = _columns(columns, present.shape[1])
-    drop = np.zeros_like(present)
-    todo = np.arange(present.shape[0])
-    for _ in range(max_redraws):
-        if not len(todo):
-            break
-        draw = np.zeros((len(todo), present.shape[1]), dtype=bool)
-        draw[:, cols] = rng.random((len(todo), len(cols))) < rate
-        drop[todo] = draw
-        emptied = ~(present[todo] & ~draw).any(axis=1) & present[todo].any(axis=1)
-        todo = todo[emptied]
-    drop[todo] = False
-    return present & ~drop
+    return mask_at(present, drop_keys(present, "partial_iid", rng, columns=columns), rate)
 
 
-@_per_sequence
 def drop_complete(present: np.ndarray, rate: float, rng: np.random.Generator, *,
                   columns: Sequence[int] | None = None) -> np.ndarray:
     """With probability ``rate`` the sequence loses one modality (drawn from ``columns``) entirely.
 
     Epochs where that modality is the only one present keep it (never all-missing).
     """
-    _check_rate(rate)
-    cols = _columns(columns, present.shape[1])
-    if rng.random() >= rate or not cols:
-        return present
-    return drop_modality(present, cols[int(rng.integers(len(cols)))])
+    return mask_at(present, drop_keys(present, "complete", rng, columns=columns), rate)
 
 
 def drop_modality(present: np.ndarray, column: int) -> np.ndarray:
@@ -317,26 +415,33 @@ class MissingSimulator:
         self.columns = [self.modalities.index(m) for m in wanted if m in self.modalities]
         self.curriculum = Curriculum.from_config(cfg)
 
-    def __call__(self, present: np.ndarray, signals: Mapping[str, np.ndarray], step: int,
+    @property
+    def validation_rate(self) -> float:
+        """The rate masked validation uses: the curriculum's end point (the protocol's target rate)."""
+        return self.curriculum.end
+
+    def recording_keys(self, present: np.ndarray, recording_id: str) -> np.ndarray:
+        """One recording's ``(n, M)`` drop keys (:func:`recording_drop_keys` with ``missing.seed``)."""
+        if self.cfg.kind == "none":
+            return np.full(np.shape(present), NEVER, dtype=np.float32)
+        return recording_drop_keys(present, self.cfg.kind, self.cfg.seed, recording_id,
+                                   chunk_epochs=self.cfg.chunk_epochs, columns=self.columns)
+
+    def __call__(self, present: np.ndarray, keys: np.ndarray, signals: Mapping[str, np.ndarray], rate: float,
                  rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Simulate on a ``(..., L, M)`` mask and the matching signals; return both, new."""
-        rate = self.curriculum.rate_at(step)
-        kind = self.cfg.kind
+        """Simulate at ``rate`` on a ``(..., L, M)`` mask, its drop keys and the signals; return both, new.
+
+        ``keys`` are the windows' slices of their recordings' :meth:`recording_keys`; ``rng`` only
+        draws the noise of ``noisy`` slots (which slots is the keys' business).
+        """
         signals = dict(signals)
-        if kind == "none" or rate == 0.0:
+        if self.cfg.kind == "none" or rate == 0.0:
             return _check_mask(present), signals
-        if kind == "partial_chunks":
-            return drop_partial_chunks(present, rate, rng, chunk_epochs=self.cfg.chunk_epochs,
-                                       columns=self.columns), signals
-        if kind == "partial_iid":
-            return drop_partial_iid(present, rate, rng, columns=self.columns), signals
-        if kind == "complete":
-            return drop_complete(present, rate, rng, columns=self.columns), signals
-        # noisy: choose slots like the chunk protocol but keep the mask on
+        if self.cfg.kind != "noisy":
+            return mask_at(present, keys, rate), signals
+        # noisy: the chosen slots are corrupted, the mask stays on
         mask = _check_mask(present)
-        flat = mask.reshape(-1, *mask.shape[-2:])
-        slots = np.stack([_chunk_slots(seq, rate, rng, self.cfg.chunk_epochs, self.columns, keep_one=False)
-                          for seq in flat]).reshape(mask.shape) if len(flat) else np.zeros_like(mask)
+        slots = mask & (np.asarray(keys) < rate)
         sigma = self.cfg.noise_sigma
         if sigma is None and self.cfg.noise_snr_db is None:
             sigma = 1.0  # one standard deviation of a z-scored recording

@@ -13,9 +13,11 @@ models evaluated on the same dataset see exactly the same masks and the same noi
 ``missing_<r>``
     CIMSleepNet's random partial missing at rate ``r`` over modality slots, removed in chunks of
     25 epochs (:func:`somnray.train.missing.drop_partial_chunks`); ``missing_iid_<r>`` drops
-    each slot independently instead. The mask is fixed per recording: seed = base seed (2024)
-    + the recording's index in the dataset's sorted recording ids, whatever the split, run or
-    model. ``missing_0`` is ``all``.
+    each slot independently instead. The mask is fixed per recording, drawn from the base seed
+    (2024) and the recording id by the function training uses
+    (:func:`somnray.train.missing.recording_drop_keys`), whatever the split, run or model: a
+    model trained at rate ``r`` with ``missing.seed`` 2024 saw these very masks. ``missing_0``
+    is ``all``.
 ``noisy_<m>``
     Additive Gaussian noise on every epoch of ``m`` at a signal-to-noise ratio (default 0 dB;
     ``noisy_<m>_snr<dB>`` for another), the mask left on: the model is not told.
@@ -36,7 +38,7 @@ import numpy as np
 
 from somnray.core.errors import ConfigError
 
-from .missing import DEFAULT_BASE_SEED, corrupt_signals, drop_partial_chunks, drop_partial_iid, recording_rng
+from .missing import DEFAULT_BASE_SEED, corrupt_signals, mask_at, recording_drop_keys, recording_rng
 
 #: Missing rates of the Fig.-4-style curve (docs/models.md §1.1.1).
 DEFAULT_RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -227,7 +229,7 @@ def resolve_scenarios(requested: Iterable[str | Scenario] | None, modalities: Se
 
 
 def apply_scenario(scenario: Scenario, signals: Mapping[str, np.ndarray], present: np.ndarray,
-                   modalities: Sequence[str], recording_index: int, *, base_seed: int = DEFAULT_BASE_SEED,
+                   modalities: Sequence[str], recording: int | str, *, base_seed: int = DEFAULT_BASE_SEED,
                    chunk_epochs: int = DEFAULT_CHUNK_EPOCHS) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """What the model is given for one recording under ``scenario``.
 
@@ -241,9 +243,9 @@ def apply_scenario(scenario: Scenario, signals: Mapping[str, np.ndarray], presen
         ``(n, M)`` bool availability, columns in ``modalities`` order.
     modalities : sequence of str
         The model's modalities.
-    recording_index : int
-        Index of the recording in the dataset's sorted recording ids; with ``base_seed`` it
-        seeds the masks and the noise, so they are identical across models and runs.
+    recording : str or int
+        The recording id (or an integer key); with ``base_seed`` it seeds the masks and the
+        noise, so they are identical across models, runs and splits.
     base_seed : int
         Base seed of the fixed per-recording masks (CIMSleepNet: 2024).
     chunk_epochs : int
@@ -264,11 +266,11 @@ def apply_scenario(scenario: Scenario, signals: Mapping[str, np.ndarray], presen
         keep = mods.index(scenario.modality)
         mask[:, [c for c in range(len(mods)) if c != keep]] = False
         return {m: x for m, x in sig.items() if m == scenario.modality}, mask
-    rng = recording_rng(base_seed, recording_index)
     if scenario.kind == "missing":
-        if scenario.protocol == "iid":
-            return sig, drop_partial_iid(mask, scenario.rate, rng)
-        return sig, drop_partial_chunks(mask, scenario.rate, rng, chunk_epochs=chunk_epochs)
+        kind = "partial_iid" if scenario.protocol == "iid" else "partial_chunks"
+        keys = recording_drop_keys(mask, kind, base_seed, recording, chunk_epochs=chunk_epochs)
+        return sig, mask_at(mask, keys, scenario.rate)
+    rng = recording_rng(base_seed, recording)
     # noisy / flat: every epoch of the modality is corrupted; the mask stays as recorded.
     col = mods.index(scenario.modality)
     slots = np.zeros_like(mask)

@@ -18,6 +18,11 @@ CASES.update({
     "cimsleepnet": {"modalities": ("eeg", "eog"), "batch": 1, "length": 25},
     "cimsleepnet_tiny": {"modalities": ("eeg", "eog"), "batch": 2, "length": 8},
 })
+# Table 3 ablations and the frozen-lambda variant: full size, instantiation only here (their
+# behaviour is tested on the tiny widths in tests/models/test_cimsleepnet.py).
+CASES.update({name: {"modalities": ("eeg", "eog"), "batch": 1, "length": 25, "forward": False}
+              for name in ("cimsleepnet_no_maim", "cimsleepnet_no_smccl", "cimsleepnet_no_mcta",
+                           "cimsleepnet_frozen_lambda")})
 
 # MC²SleepNet (models/mc2sleepnet.py): one EEG channel seen as raw signal + spectrogram. The full
 # model uses a short context here to keep registry-wide tests fast (the paper's L = 21 is tested in
@@ -25,6 +30,16 @@ CASES.update({
 CASES.update({
     "mc2sleepnet": {"modalities": ("eeg",), "batch": 2, "length": 3},
     "mc2sleepnet_tiny": {"modalities": ("eeg",), "batch": 2, "length": 5},
+})
+# The single-epoch baselines train one view's backbone, attention and head: the other view, the
+# projections, the sequence level, the mask tokens and the concatenation head get no gradient.
+_SEQUENCE_LEVEL = ("raw_projection.*", "spec_projection.*", "raw_sequence.*", "spec_sequence.*", "mask_token_*",
+                   "concat_head.*")
+CASES.update({
+    "mc2sleepnet_cnn_only": {"modalities": ("eeg",), "batch": 2, "length": 3,
+                             "no_grad": ("spec_backbone.*", "spec_attention.*", "spec_head.*", *_SEQUENCE_LEVEL)},
+    "mc2sleepnet_tf_only": {"modalities": ("eeg",), "batch": 2, "length": 3,
+                            "no_grad": ("raw_backbone.*", "raw_attention.*", "raw_head.*", *_SEQUENCE_LEVEL)},
 })
 
 # CoRe-Sleep (models/coresleep.py) and its Table I benchmarks, EEG+EOG as in the paper. Full-size

@@ -515,9 +515,67 @@ def test_fit_training_statistics_matches_the_old_trainer_numbers():
 
 
 def test_declared_phases_policy_and_statistics_need():
-    """MC2SleepNet declares its two phases, needs its one modality, and samples training epochs."""
+    """MC2SleepNet declares stage 0 and its two phases, needs its one modality, and samples training epochs."""
     model = tiny()
-    assert model.phases == ("pretrain", "finetune") == type(model).phases
+    assert model.phases == ("backbone", "pretrain", "finetune") == type(model).phases
     assert model.missing_policy == "require" and model.needs_epoch_sample
     for phase in model.phases:
         assert create_model("mc2sleepnet_tiny", phase=phase).phase == phase
+
+
+def test_pooling_is_equation_11_by_default():
+    """MC2SleepNet pools with Eq. 11's sum by default; pooling_reduce='mean' keeps the division by T."""
+    assert tiny().raw_attention.reduce == tiny().spec_attention.reduce == "sum"
+    assert tiny(pooling_reduce="mean").raw_attention.reduce == "mean"
+    torch.manual_seed(0)
+    model = create_model("mc2sleepnet").eval()
+    z = model.spec_backbone(model.stft(torch.randn(8, 3000)))  # (N, 29, D) spectrogram tokens
+    summed, mean = model.spec_attention(z), EpochAttentionPooling(128)(z)
+    # The summed view has the scale of the positional encoding (rms ≈ 0.707) added after it.
+    assert summed.pow(2).mean().sqrt() > 0.5 > 0.1 > mean.pow(2).mean().sqrt()
+
+
+def test_eq18_reading_is_an_option():
+    """ce_reduction='mean' is Eq. 18 divided by L: the sequence sum is L times the mean on the same outputs."""
+    batch = make_batch(3, 4)
+    model = tiny(phase="finetune").eval()
+    out = model(batch.signals, batch.present)
+    summed = model.loss(out, batch)["raw"]
+    model.ce_reduction = "mean"
+    torch.testing.assert_close(summed, 4 * model.loss(out, batch)["raw"])
+
+
+def test_backbone_phase_classifies_single_epochs():
+    """Stage 0 trains the backbones, attention and view heads on single epochs: the sequence level gets no gradient."""
+    batch = make_batch(3, 4)
+    model = tiny(phase="backbone").train()
+    assert model.default_loss_weights == {"contrastive": 0.0, "raw": 1.0, "spec": 1.0, "concat": 0.0}
+    out = model(batch.signals, batch.present)
+    torch.testing.assert_close(out.logits, out.aux["logits_raw"] + out.aux["logits_spec"])
+    terms = model.loss(out, batch)
+    assert 0.5 * np.log(5) < terms["raw"].item() < 2 * np.log(5)  # a mean over epochs, not a sum over L
+    terms["total"].backward()
+    groups = model.parameter_groups()
+    trained = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert set(groups["raw_backbone"]) | set(groups["spec_backbone"]) <= trained
+    assert not trained & set(groups["sequence"] + groups["mask_tokens"] + groups["projection"])
+    # Single epochs: an epoch's prediction does not depend on its neighbours.
+    model.eval()
+    alone = model({"eeg": batch.signals["eeg"][:, :1]}, batch.present[:, :1]).logits
+    torch.testing.assert_close(alone, model(batch.signals, batch.present).logits[:, :1])
+
+
+@pytest.mark.parametrize("name, view, other", [("mc2sleepnet_cnn_only", "raw", "spec_backbone"),
+                                               ("mc2sleepnet_tf_only", "spec", "raw_backbone")])
+def test_single_epoch_baselines_are_registered(name, view, other):
+    """Table 3's "CNN only" / "TF only" rows train and predict from one view's backbone only."""
+    batch = make_batch(2, 3)
+    model = create_model(name, raw_widths=(8, 8, 16, 16, 32), se_reduction=4, d_model=16, n_heads=2, d_ff=32,
+                         proj_dim=16, head_hidden=16).train()
+    assert model.phase == "backbone" and model.epoch_views == view
+    out = model(batch.signals, batch.present)
+    torch.testing.assert_close(out.logits, out.aux[f"logits_{view}"])
+    model.loss(out, batch)["total"].backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n in model.parameter_groups()[other])
+    with pytest.raises(ValueError, match=r"epoch_views must be one of \['both', 'raw', 'spec'\], got 'eog'"):
+        create_model(name, epoch_views="eog")

@@ -93,6 +93,63 @@ def test_read_windows_reads_files_and_tolerates_missing_modality_columns(dataset
     assert out["recording_index"].tolist() == [0, 0, 0, 4, 4]
 
 
+def _training_windows(root: Path, missing: MissingConfig, passes: int = 4) -> dict[str, np.ndarray]:
+    spec = WindowSpec(str(root), MODS, 10, mode="train", seed=3, missing=missing)
+    items = {"recording_id": np.array(["r00", "r01"] * passes), "recording_index": np.array([0, 1] * passes),
+             "pass_index": np.repeat(np.arange(passes), 2)}
+    return read_windows(items, spec)
+
+
+def test_training_masks_are_the_recordings_evaluation_masks(dataset) -> None:
+    """Training windows at rate r carry the slice of their recording's missing_<r> evaluation mask, in every pass."""
+    from somnray.train.evaluate import recording_inputs
+    from somnray.train.scenarios import apply_scenario, missing
+
+    root, recs = dataset
+    cfg = MissingConfig(kind="partial_chunks", rate=0.2, chunk_epochs=25, seed=2024)
+    windows = _training_windows(root, cfg)
+    sim = MissingSimulator(cfg, MODS)
+    batch = to_sleep_batch(windows, MODS, simulator=sim, rate=0.2, rng=np.random.default_rng(0))
+    full, recorded = {}, {}
+    for rid in ("r00", "r01"):
+        arrays = schema.row_to_arrays(schema.record_to_row(recs[rid], MODS))
+        signals, recorded[rid] = recording_inputs(arrays, MODS)
+        full[rid] = apply_scenario(missing(0.2), signals, recorded[rid], MODS, rid)[1]
+    for w, (index, start) in enumerate(zip(windows["recording_index"], windows["start"])):
+        expected = full[("r00", "r01")[index]][start:start + 10]
+        assert np.array_equal(batch.present[w].numpy(), expected), (index, start)
+    # Whole 25-epoch chunks of one modality go, not the first round(10·2·0.2) epochs of every window.
+    lost = recorded["r00"] & ~full["r00"]
+    assert lost.sum() == round(0.2 * 50 * 2) and lost.any(0).sum() == 1
+    assert len({int(e) // 25 for e in np.flatnonzero(lost.any(1))}) == 1
+    assert not (~batch.present[:, :4]).any(-1).all()
+
+
+def test_curriculum_rates_nest_the_same_per_recording_draw(dataset) -> None:
+    """A higher rate only adds missing slots to the same draw; another missing.seed draws another mask."""
+    root, _ = dataset
+    cfg = MissingConfig(kind="partial_chunks", rate=0.4)
+    windows = _training_windows(root, cfg, passes=1)
+    sim = MissingSimulator(cfg, MODS)
+    low = to_sleep_batch(windows, MODS, simulator=sim, rate=0.1, rng=np.random.default_rng(0)).present
+    high = to_sleep_batch(windows, MODS, simulator=sim, rate=0.4, rng=np.random.default_rng(0)).present
+    assert (low | ~high).all() and (~high).sum() > (~low).sum() > 0
+    other = _training_windows(root, MissingConfig(kind="partial_chunks", rate=0.4, seed=7), passes=1)
+    assert not np.array_equal(other["drop_key"], windows["drop_key"])
+
+
+def test_unimodal_training_recordings_read_one_modality(dataset) -> None:
+    """A recording the incomplete-training plan makes unimodal is read without its other modalities."""
+    root, _ = dataset
+    spec = WindowSpec(str(root), MODS, 21, mode="eval", stride=21, keep_only={"r00": "eog"})
+    items = {"recording_id": np.array(["r00", "r01"]), "recording_index": np.array([0, 1]),
+             "pass_index": np.array([0, 0])}
+    out = read_windows(items, spec)
+    first = out["recording_index"] == 0
+    assert not out["present"][first][..., 0].any() and out["present"][first][..., 1].all()
+    assert (out["eeg"][first] == 0).all() and out["present"][~first][..., 0].any()
+
+
 def test_resolve_split_variants(dataset) -> None:
     """The manifest split, a generated k-fold split and a missing split file resolve or fail clearly."""
     root, _ = dataset
@@ -111,11 +168,13 @@ def test_to_sleep_batch_applies_simulation_and_drops_absent_modalities() -> None
     rng = np.random.default_rng(0)
     present = np.ones((4, 25, 3), bool)
     present[..., 2] = False
+    sim = MissingSimulator(MissingConfig(kind="partial_chunks", rate=0.25), ("eeg", "eog", "emg"))
+    # Four one-window recordings, each with its own keys (drawn per recording, as read_windows does).
+    keys = np.stack([sim.recording_keys(p, f"r{i}") for i, p in enumerate(present)])
     batch = {"eeg": torch.randn(4, 25, 3000).half(), "eog": torch.randn(4, 25, 3000).half(),
              "emg": torch.zeros(4, 25, 3000).half(), "present": torch.from_numpy(present),
-             "labels": torch.zeros(4, 25, dtype=torch.int64)}
-    sim = MissingSimulator(MissingConfig(kind="partial_chunks", rate=0.25), ("eeg", "eog", "emg"))
-    out = to_sleep_batch(batch, ("eeg", "eog", "emg"), simulator=sim, step=0, rng=rng)
+             "drop_key": torch.from_numpy(keys), "labels": torch.zeros(4, 25, dtype=torch.int64)}
+    out = to_sleep_batch(batch, ("eeg", "eog", "emg"), simulator=sim, rate=0.25, rng=rng)
     assert set(out.signals) == {"eeg", "eog"} and out.signals["eeg"].dtype == torch.float32
     assert out.present.shape == (4, 25, 3) and not out.present[..., 2].any()
     assert (~out.present[..., :2]).sum().item() == 4 * round(0.25 * 25 * 2)  # rate over the 2 recorded modalities

@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from somnray.core.errors import ConfigError
 from somnray.train.config import CurriculumConfig, MissingConfig
-from somnray.train.missing import (Curriculum, MissingSimulator, corrupt_signals, drop_complete,
+from somnray.train.missing import (Curriculum, MissingSimulator, corrupt_signals, drop_complete, drop_keys,
                                    drop_modality, drop_partial_chunks, drop_partial_iid,
-                                   recording_rng)
+                                   incomplete_training_plan, mask_at,
+                                   recording_drop_keys, recording_rng)
 
 N_EPOCHS = 1000  # 40 chunks of 25
 
@@ -62,12 +64,12 @@ def test_truly_absent_slots_stay_absent_and_are_never_the_last_modality() -> Non
         assert out.any(axis=1).all()
 
 
-def test_iid_rate_matches_the_conditioned_probability() -> None:
-    """Each slot drops with prob r given not-both: achieved rate r/(1+r) for two modalities."""
+def test_iid_rate_matches_the_guarded_probability() -> None:
+    """Each slot drops with prob r unless it was drawn last in its epoch: achieved rate r − r²/2 for two modalities."""
     rate = 0.3
     out = drop_partial_iid(_all_present(20000), rate, np.random.default_rng(0))
     assert out.any(axis=1).all()
-    assert abs((~out).mean() - rate / (1 + rate)) < 0.01
+    assert abs((~out).mean() - (rate - rate ** 2 / 2)) < 0.01
 
 
 def test_iid_respects_columns() -> None:
@@ -120,7 +122,8 @@ def test_noise_at_snr_and_flatline_keep_the_mask() -> None:
     sim = MissingSimulator(MissingConfig(kind="noisy", rate=0.5, noise_sigma=2.0), ("eeg", "eog"))
     present = np.ones((3, 50, 2), dtype=bool)
     signals = {"eeg": np.zeros((3, 50, 3000), np.float32), "eog": np.zeros((3, 50, 3000), np.float32)}
-    mask, noisy = sim(present, signals, step=0, rng=np.random.default_rng(2))
+    keys = drop_keys(present, "noisy", np.random.default_rng(2))
+    mask, noisy = sim(present, keys, signals, rate=0.5, rng=np.random.default_rng(2))
     assert mask.all()
     corrupted = np.concatenate([(noisy[m] != 0).any(axis=-1) for m in ("eeg", "eog")], axis=-1)
     assert corrupted.mean() == pytest.approx(0.5)
@@ -149,8 +152,9 @@ def test_simulator_uses_curriculum_and_columns() -> None:
                         curriculum=CurriculumConfig(kind="linear", start_rate=0.0, ramp_steps=10))
     sim = MissingSimulator(cfg, ("eeg", "eog"))
     present = np.ones((16, 25, 2), dtype=bool)
-    at0, _ = sim(present, {}, step=0, rng=np.random.default_rng(0))
-    late, _ = sim(present, {}, step=10, rng=np.random.default_rng(0))
+    keys = sim.recording_keys(present.reshape(-1, 2), "rec").reshape(present.shape)
+    at0, _ = sim(present, keys, {}, rate=sim.curriculum.rate_at(0), rng=np.random.default_rng(0))
+    late, _ = sim(present, keys, {}, rate=sim.curriculum.rate_at(10), rng=np.random.default_rng(0))
     assert at0.all() and late[..., 0].all()
     assert 0.3 < (~late[..., 1]).mean() < 0.7
 
@@ -159,3 +163,16 @@ def test_bad_rate_is_refused() -> None:
     """Rates outside [0, 1] raise ValueError naming the value."""
     with pytest.raises(ValueError, match="1.5"):
         drop_partial_iid(_all_present(5), 1.5, np.random.default_rng(0))
+
+
+def test_incomplete_training_plan_counts_and_is_seeded() -> None:
+    """The plan keeps N recordings multimodal, gives the next ones one modality each, leaves the rest out, reproducibly."""
+    ids = [f"r{i:03d}" for i in range(40)]
+    plan = incomplete_training_plan(ids, 10, 20, ("eeg", "eog"), seed=2024)
+    assert len(plan) == 30 and sum(v is None for v in plan.values()) == 10
+    assert {v for v in plan.values() if v is not None} == {"eeg", "eog"}
+    assert plan == incomplete_training_plan(list(reversed(ids)), 10, 20, ("eeg", "eog"), seed=2024)
+    assert plan != incomplete_training_plan(ids, 10, 20, ("eeg", "eog"), seed=1)
+    assert len(incomplete_training_plan(ids, 10, None, ("eog",), seed=0)) == 40
+    with pytest.raises(ConfigError, match="multimodal: 41 multimodal recordings asked for, the training split has 40"):
+        incomplete_training_plan(ids, 41, None, ("eeg",), seed=0)

@@ -87,3 +87,5 @@ def test_paper_protocol_values() -> None:
     cim = load_experiment(CONFIGS / "cimsleepnet_sleepedf20.yaml").phases[0]
     assert (cim.data.sequence_length, cim.optim.batch_size, cim.optim.amsgrad, cim.data.split.n_folds) == (25, 64, True, 20)
     assert cim.missing.kind == "partial_chunks" and cim.missing.rate == 0.5 and cim.optim.step_milestones == (250,)
+    assert cim.missing.seed == 2024 and cim.missing.validation == "masked"  # selects on masked validation data
+    assert cim.model.overrides["kl_reduction"] == "sum"  # explicit: the summed KL scales with the micro-batch

@@ -148,7 +148,7 @@ def test_model_phase_is_checked_against_the_phases_the_model_declares(tmp_path: 
             """
     cfg = load_experiment(_write(tmp_path, config("mc2sleepnet_tiny", "finetune")))
     assert cfg.phases[0].model.overrides == {"phase": "finetune"}
-    assert model_facts("mc2sleepnet_tiny", {}).phases == ("pretrain", "finetune")
+    assert model_facts("mc2sleepnet_tiny", {}).phases == ("backbone", "pretrain", "finetune")
     with pytest.raises(ConfigError) as info:
         load_experiment(_write(tmp_path, config("mc2sleepnet_tiny", "fine_tune"), "typo.yaml"))
     (line,) = info.value.errors
@@ -235,6 +235,23 @@ def test_dump_round_trips(minimal: Path, tmp_path: Path) -> None:
     assert out.read_text() == text
     assert load_experiment(out) == cfg
     assert yaml.safe_load(text)["phases"][0]["missing"]["curriculum"]["milestones"] == [10, 20]
+
+
+def test_masked_validation_needs_a_missing_kind(minimal: Path) -> None:
+    """missing.validation: masked with kind none is refused with the reason."""
+    with pytest.raises(ConfigError, match="validation 'masked' needs a kind: kind 'none' draws no mask"):
+        load_experiment(minimal, ["missing.validation=masked"])
+    assert load_experiment(minimal, ["missing.kind=partial_chunks", "missing.rate=0.5",
+                                     "missing.validation=masked"]).phases[0].missing.validation == "masked"
+
+
+def test_incomplete_training_section_loads(minimal: Path) -> None:
+    """missing.incomplete takes the multimodal count, an optional unimodal count and the modalities kept."""
+    phase = load_experiment(minimal, ["missing.incomplete={multimodal: 100, unimodal: 200, keep: [eeg]}"]).phases[0]
+    assert (phase.missing.incomplete.multimodal, phase.missing.incomplete.unimodal) == (100, 200)
+    assert phase.missing.incomplete.keep == ("eeg",)
+    with pytest.raises(ConfigError, match="missing.incomplete.multimodal"):
+        load_experiment(minimal, ["missing.incomplete={multimodal: -1}"])
 
 
 def test_not_a_mapping_and_missing_file(tmp_path: Path) -> None:

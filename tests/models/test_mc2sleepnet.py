@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -431,11 +429,11 @@ def test_pretrain_forward_backward_is_finite_and_reaches_every_parameter():
 
 
 def test_overfits_one_batch_in_finetune():
-    """mc2sleepnet_tiny reaches 100 % accuracy on one batch (B=2, L=6) within 200 steps, < 20 s."""
+    """mc2sleepnet_tiny reaches 100 % accuracy on one batch (B=2, L=6) within 200 steps."""
     model = tiny(phase="finetune")
     batch = make_batch(2, 6, seed=1)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    start, accuracy = time.perf_counter(), 0.0
+    accuracy = 0.0
     for step in range(200):
         model.train()
         loss = model.loss(model(batch.signals, batch.present), batch)["total"]
@@ -450,7 +448,6 @@ def test_overfits_one_batch_in_finetune():
             if accuracy == 1.0:
                 break
     assert accuracy == 1.0
-    assert time.perf_counter() - start < 20.0
 
 
 # -- missing modality and spectrogram statistics ----------------------------------------------------

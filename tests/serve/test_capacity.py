@@ -111,6 +111,7 @@ def test_cancelled_job_stops_its_work_on_the_cluster(service, ray_local):
         missing = requests.delete(f"{service.url}/v1/cohorts/cohort-nosuchjob", headers=AUTH, timeout=30)
         assert missing.status_code == 404 and missing.json()["detail"] == "no cohort job 'cohort-nosuchjob'"
         assert requests.delete(f"{service.url}/v1/cohorts/{job_id}", timeout=30).status_code == 401
+        _cli_sees_the_cancelled_job(service, job_id)
 
         def alive_runs() -> list:
             return [a for a in list_actors(address=ray_local.address, filters=[("state", "=", "ALIVE")],
@@ -125,6 +126,24 @@ def test_cancelled_job_stops_its_work_on_the_cluster(service, ray_local):
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:  # ENXIO: nobody has it open for reading
             pass
+
+
+def _cli_sees_the_cancelled_job(service: Service, job_id: str) -> None:
+    """`somnray cohorts` reads the job as cancelled (exit 1) and names an unknown one's 404."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CAPACITY_TOKEN": TOKEN}
+    cli = [sys.executable, "-m", "somnray.jobs", "cohorts"]
+    status = subprocess.run([*cli, "status", job_id, "--url", service.url, "--token-env", "CAPACITY_TOKEN"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 1 and json.loads(status.stdout)["status"] == CANCELLED, status.stderr
+    again = subprocess.run([*cli, "cancel", "cohort-nosuchjob", "--url", service.url, "--token-env",
+                            "CAPACITY_TOKEN"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and again.stderr == (
+        f"somnray cohorts: error: {service.url}/v1/cohorts/cohort-nosuchjob: 404 no cohort job "
+        "'cohort-nosuchjob'\n")
 
 
 @pytest.mark.integration
@@ -250,6 +269,30 @@ def test_registry_cancels_a_running_job_and_ignores_its_late_result():
     assert jobs.status(job)["status"] == CANCELLED
     assert jobs.cancel(second)["status"] == "succeeded"
     assert jobs.cancel("nope") is None
+
+
+def test_cohorts_cli_names_a_service_that_does_not_answer(capsys):
+    """`somnray cohorts` against a port nobody listens on: one line naming the URL, exit 1."""
+    from somnray.jobs.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["cohorts", "cancel", "cohort-1", "--url", url]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"somnray cohorts: error: {url}/v1/cohorts/cohort-1: the service did not answer "
+                   "([Errno 111] Connection refused); is somnray serve running there?\n")
+
+
+def test_serve_cli_defaults_are_the_config_defaults():
+    """`somnray serve`'s replica, job and backpressure flags default to ServeConfig's own defaults."""
+    from somnray.jobs.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "runs/r"])
+    fields = ServeConfig.model_fields
+    pairs = {"model_cpus": "model_num_cpus", "preprocess_cpus": "preprocess_num_cpus",
+             "ingress_cpus": "ingress_num_cpus", "cohort_cpus": "cohort_num_cpus",
+             "max_cohort_jobs": "max_cohort_jobs", "max_concurrent_requests": "max_concurrent_requests",
+             "max_queued_requests": "ingress_max_queued_requests", "retry_after": "retry_after_s"}
+    assert {flag: getattr(args, flag) for flag in pairs} == {f: fields[c].default for f, c in pairs.items()}
 
 
 def test_config_refuses_a_zero_queue_limit():

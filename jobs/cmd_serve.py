@@ -116,10 +116,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"somnray serve: warning: listening on {config.host} without a token; set "
               f"{config.token_env} to require 'Authorization: Bearer <token>'", file=sys.stderr)
 
-    import ray
     from ray import serve
 
-    from somnray.core.session import ensure_ray
+    from somnray.core.session import ensure_ray, shutdown_ray
     from somnray.serve.app import build_app
 
     def _interrupt(signum: int, frame: object) -> None:
@@ -149,4 +148,4 @@ def run(args: argparse.Namespace) -> int:
             serve.shutdown()
         finally:
             if started_ray:
-                ray.shutdown()
+                shutdown_ray()

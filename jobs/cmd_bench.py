@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 
 BENCHMARKS = ("prepare", "models", "score", "train")
+#: Benchmarks run only by name (``all`` leaves them out): the soak takes half an hour.
+LONG_BENCHMARKS = ("soak",)
 
 
 #: One line for ``somnray --help``.
@@ -17,7 +19,7 @@ HELP = "run a benchmark and update docs/benchmarks.md"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray bench``."""
-    p.add_argument("which", choices=BENCHMARKS + ("all",), help="benchmark to run")
+    p.add_argument("which", choices=BENCHMARKS + LONG_BENCHMARKS + ("all",), help="benchmark to run")
     p.add_argument("--results", default="bench-results", help="folder for the JSON results")
     p.add_argument("--docs", default="docs/benchmarks.md",
                    help="results page to update ('' to leave it alone)")
@@ -25,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per case (models)")
     p.add_argument("--nights", type=int, default=8, help="nights per configuration (prepare)")
     p.add_argument("--hours", type=float, default=8.0, help="length of each synthetic night (prepare)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients (soak)")
+    p.add_argument("--minutes", type=float, default=30.0, help="how long the clients post (soak)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_score
 
             result = bench_score.run(quick=args.quick)
+        elif name == "soak":
+            from . import bench_soak
+
+            result = bench_soak.run(clients=4 if args.quick else args.clients,
+                                    minutes=1.0 if args.quick else args.minutes, results=args.results)
         else:
             from . import bench_prepare
 

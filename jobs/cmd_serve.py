@@ -62,8 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cohort-jobs", type=int, default=2, metavar="N",
                         help="cohort jobs running at once; more are answered 429 (default: 2)")
     parser.add_argument("--max-concurrent-requests", type=int, default=16, metavar="N",
-                        help="uploads scored at once per ingress replica; more are answered 503 with "
-                             "Retry-After (default: 16)")
+                        help="uploads scored at once per ingress replica (default: 16)")
+    parser.add_argument("--max-waiting-requests", type=int, default=32, metavar="N",
+                        help="uploads that may wait for a slot per ingress replica; more are answered "
+                             "503 with Retry-After (default: 32)")
     parser.add_argument("--max-queued-requests", type=int, default=32, metavar="N",
                         help="requests the HTTP proxy holds while the ingress is full, -1 for no limit; "
                              "more are answered 503 (default: 32)")
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         "model_num_cpus": args.model_cpus, "preprocess_num_cpus": args.preprocess_cpus,
         "ingress_num_cpus": args.ingress_cpus, "cohort_num_cpus": args.cohort_cpus,
         "max_cohort_jobs": args.max_cohort_jobs, "max_concurrent_requests": args.max_concurrent_requests,
+        "max_waiting_requests": args.max_waiting_requests,
         "ingress_max_queued_requests": args.max_queued_requests, "retry_after_s": args.retry_after,
         "device": args.device, "precision": args.precision,
     }, source="command-line options")

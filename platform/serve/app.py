@@ -17,9 +17,9 @@ job whose progress ``GET /v1/cohorts/{job_id}`` reports and ``DELETE /v1/cohorts
 cancels, ``GET /healthz`` says whether the model is loaded, and ``GET /openapi.json`` (``/docs``)
 describes it all.
 
-Backpressure: each ingress replica takes at most ``max_concurrent_requests`` scoring requests and,
-separately, ``max_cohort_requests`` cohort-job requests at once, and answers more with 503 and
-``Retry-After`` at once; the preprocessing and model deployments have their own
+Backpressure: each ingress replica runs at most ``max_concurrent_requests`` scoring requests and,
+separately, ``max_cohort_requests`` cohort-job requests at once, lets ``max_waiting_requests`` more
+of each kind wait for a slot, and answers the rest with 503 and ``Retry-After`` at once; the preprocessing and model deployments have their own
 ``max_ongoing_requests`` and queue limits (:class:`~somnray.serve.config.ServeConfig`), and a full
 queue there is a 503 too.
 
@@ -40,7 +40,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,27 +425,35 @@ def _busy(message: str, retry_after_s: float) -> HTTPException:
 
 
 class _Capacity:
-    """Requests of one kind an ingress replica takes at once; the rest are refused at once.
+    """Requests of one kind an ingress replica runs at once, and how many more may wait for a slot;
+    beyond that, requests are refused at once.
 
-    Counted without a lock: a replica's routes all run on one event loop, and the count changes
-    only between awaits.
+    A waiting request has not read its body yet, so it holds no upload in memory.  The waiting
+    count needs no lock: a replica's routes all run on one event loop, and an acquire that does
+    not block returns without yielding to it.
     """
 
-    def __init__(self, what: str, limit: int, setting: str, retry_after_s: float):
-        self.what, self.limit, self.setting, self.retry_after_s = what, limit, setting, retry_after_s
-        self.in_use = 0
+    def __init__(self, what: str, limit: int, waiting: int, setting: str, retry_after_s: float):
+        self.what, self.limit, self.max_waiting, self.setting = what, limit, waiting, setting
+        self.retry_after_s = retry_after_s
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)
 
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        """Hold one slot for the request; 503 with ``Retry-After`` when none is free."""
-        if self.in_use >= self.limit:
-            raise _busy(f"the service is busy: {self.limit} {self.what} are in progress on this "
-                        f"replica ({self.setting})", self.retry_after_s)
-        self.in_use += 1
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the request (waiting for one if allowed); else 503 with ``Retry-After``."""
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            raise _busy(f"the service is busy: {self.limit} {self.what} are in progress and "
+                        f"{self.max_waiting} waiting on this replica ({self.setting})", self.retry_after_s)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
         try:
             yield
         finally:
-            self.in_use -= 1
+            self._slots.release()
 
 
 def _score_answer(result: ScoreResult) -> dict[str, Any]:
@@ -510,10 +518,11 @@ class ScoringIngress:
         self.jobs = jobs
         self.profiles = tuple(list_profiles())
         # Separate capacity: uploads being scored never take the slots of cohort-job calls.
-        self.scoring = _Capacity("scoring requests", config.max_concurrent_requests,
+        self.scoring = _Capacity("scoring requests", config.max_concurrent_requests, config.max_waiting_requests,
                                  "ServeConfig.max_concurrent_requests", config.retry_after_s)
         self.cohort_calls = _Capacity("cohort-job requests", config.max_cohort_requests,
-                                      "ServeConfig.max_cohort_requests", config.retry_after_s)
+                                      config.max_waiting_requests, "ServeConfig.max_cohort_requests",
+                                      config.retry_after_s)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
@@ -659,7 +668,7 @@ class ScoringIngress:
         used: the answer is identified by `recording_id` only.
         """
         self._authorize(credentials)
-        with self.scoring.slot():
+        async with self.scoring.slot():
             data, fields = await self._read_form(request)
             recording_id, profile, channel_map, stride = self._parse_fields(fields)
             prepared = self.preprocessor.prepare.remote(data, recording_id, profile, channel_map)
@@ -687,7 +696,7 @@ class ScoringIngress:
         (`--storage-root`); outputs are written per night plus a cohort summary.
         """
         self._authorize(credentials)
-        with self.cohort_calls.slot():
+        async with self.cohort_calls.slot():
             return await self._start_cohort(body, request)
 
     async def _start_cohort(self, body: CohortRequest, request: Request) -> CohortAccepted:
@@ -718,7 +727,7 @@ class ScoringIngress:
                             ) -> dict[str, Any]:
         """Status, recordings done and rejected (with why), and the output URI of a job."""
         self._authorize(credentials)
-        with self.cohort_calls.slot():
+        async with self.cohort_calls.slot():
             state = await self.jobs.status.remote(job_id)
         if state is None:
             raise _problem(404, f"no cohort job {job_id!r}")
@@ -736,7 +745,7 @@ class ScoringIngress:
         scores only the rest.  A finished job is left as it is (its state is returned).
         """
         self._authorize(credentials)
-        with self.cohort_calls.slot():
+        async with self.cohort_calls.slot():
             state = await self.jobs.cancel.remote(job_id)
         if state is None:
             raise _problem(404, f"no cohort job {job_id!r}")
@@ -771,8 +780,9 @@ def build_app(config: ServeConfig) -> Application:
         ray_actor_options={"num_cpus": 0})
     ingress = ScoringIngress.options(
         num_replicas=config.ingress_replicas,
-        # Room for both kinds of request: the ingress refuses the excess of each kind itself.
-        max_ongoing_requests=config.max_concurrent_requests + config.max_cohort_requests,
+        # Room for both kinds of request, running and waiting: the ingress refuses the excess itself.
+        max_ongoing_requests=(config.max_concurrent_requests + config.max_cohort_requests
+                              + 2 * config.max_waiting_requests),
         max_queued_requests=config.ingress_max_queued_requests, backpressure_config=backpressure,
         ray_actor_options={"num_cpus": config.ingress_num_cpus})
     return ingress.bind(

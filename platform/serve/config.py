@@ -79,12 +79,14 @@ class ServeConfig(BaseModel):
     precision : str
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`somnray.scoring.device`'s policy).
     max_concurrent_requests : int
-        Scoring requests (``POST /v1/score``) each ingress replica handles at once (each may hold
-        an upload in memory, so this times ``max_upload_bytes`` bounds its memory); more are
-        answered 503 with ``Retry-After`` at once.
+        Scoring requests (``POST /v1/score``) each ingress replica runs at once (each may hold an
+        upload in memory, so this times ``max_upload_bytes`` bounds its memory).
     max_cohort_requests : int
-        Cohort-job requests (``/v1/cohorts``) each ingress replica handles at once, on top of the
-        scoring ones: a flood of uploads never blocks following or cancelling a job; more → 503.
+        Cohort-job requests (``/v1/cohorts``) each ingress replica runs at once, on top of the
+        scoring ones: a flood of uploads never blocks following or cancelling a job.
+    max_waiting_requests : int
+        Requests of each kind that may wait for a slot on an ingress replica (before reading their
+        body); more are answered 503 with ``Retry-After`` at once.
     ingress_max_queued_requests : int
         Requests the HTTP proxy holds for the ingress while all its replicas are full (-1: no
         limit); beyond, Serve answers 503 with ``Retry-After``.
@@ -130,6 +132,7 @@ class ServeConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_concurrent_requests: int = Field(default=16, ge=1)
     max_cohort_requests: int = Field(default=4, ge=1)
+    max_waiting_requests: int = Field(default=32, ge=0)
     ingress_max_queued_requests: int = Field(default=32, ge=-1)
     preprocess_max_ongoing_requests: int | None = Field(default=None, ge=1)
     preprocess_max_queued_requests: int = Field(default=-1, ge=-1)

@@ -27,8 +27,8 @@ from somnray.serve.jobs import CANCELLED, RUNNING, CohortJobs, cohort_cpu_share
 
 TOKEN = "capacity-token-77"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-#: Scoring requests the ingress takes at once in this module's service.
-SCORING_SLOTS = 2
+#: Scoring requests the ingress runs at once in this module's service, and that may wait.
+SCORING_SLOTS, WAITING = 2, 1
 
 
 @dataclass
@@ -43,7 +43,8 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(ray_local, synth_cohort, tmp_path_factory):
-    """The app with default replica CPUs, 2 scoring slots, one storage root holding a cohort."""
+    """The app with default replica CPUs, 2 scoring slots and 1 waiting place, one storage root
+    holding a cohort."""
     from ray import serve
 
     from somnray.models import create_model
@@ -56,7 +57,8 @@ def service(ray_local, synth_cohort, tmp_path_factory):
     cohort = copy_cohort(synth_cohort("sleep-edf", n_nights=2, hours=1.0).path, root / "cohort")
     port = free_port()
     config = ServeConfig(run_uri=str(bundle), port=port, token=TOKEN, storage_roots=(str(root),),
-                         max_concurrent_requests=SCORING_SLOTS, device="cpu", precision="fp32")
+                         max_concurrent_requests=SCORING_SLOTS, max_waiting_requests=WAITING,
+                         device="cpu", precision="fp32")
     assert config.replica_cpus() == pytest.approx(1.1)  # the defaults under test
     app_name = "somnray-capacity"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -189,12 +191,13 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, str], str]:
 
 @pytest.mark.integration
 def test_overloaded_ingress_answers_503_with_retry_after_at_once(service):
-    """With every scoring slot held by an upload that has not finished arriving, one more upload is
-    answered 503 with Retry-After while the others still wait, cohort-job requests are still
-    answered (separate capacity), and the held uploads are scored once their bodies arrive."""
+    """With every scoring slot held by an upload that has not finished arriving and the waiting
+    place taken, one more upload is answered 503 with Retry-After while the others still wait,
+    cohort-job requests are still answered (separate capacity), and the held and waiting uploads
+    are all scored once their bodies arrive."""
     import json
 
-    held = [_held_upload(service) for _ in range(SCORING_SLOTS + 1)]
+    held = [_held_upload(service) for _ in range(SCORING_SLOTS + WAITING + 1)]
     try:
         # No upload can finish while its body is incomplete, so the only answer that can come is
         # the refusal of the one upload beyond the slots (whichever reached the ingress last).
@@ -203,8 +206,8 @@ def test_overloaded_ingress_answers_503_with_retry_after_at_once(service):
         status, headers, body = _answer(readable[0])
         assert status == 503 and headers["retry-after"] == "5", (status, headers, body)
         assert json.loads(body)["detail"] == (
-            f"the service is busy: {SCORING_SLOTS} scoring requests are in progress on this replica "
-            "(ServeConfig.max_concurrent_requests); retry in 5 s")
+            f"the service is busy: {SCORING_SLOTS} scoring requests are in progress and {WAITING} waiting "
+            "on this replica (ServeConfig.max_concurrent_requests); retry in 5 s")
         other = requests.get(f"{service.url}/v1/cohorts/cohort-notajob", headers=AUTH, timeout=30)
         assert other.status_code == 404, other.text  # cohort calls have their own slots
 
@@ -213,7 +216,7 @@ def test_overloaded_ingress_answers_503_with_retry_after_at_once(service):
         for sock, rest in waiting:
             sock.sendall(rest)
         answers = [_answer(sock) for sock, _ in waiting]
-        assert [a[0] for a in answers] == [200] * SCORING_SLOTS, [a[2][:300] for a in answers]
+        assert [a[0] for a in answers] == [200] * (SCORING_SLOTS + WAITING), [a[2][:300] for a in answers]
     finally:
         for sock, _ in held:
             sock.close()
@@ -291,6 +294,7 @@ def test_serve_cli_defaults_are_the_config_defaults():
     pairs = {"model_cpus": "model_num_cpus", "preprocess_cpus": "preprocess_num_cpus",
              "ingress_cpus": "ingress_num_cpus", "cohort_cpus": "cohort_num_cpus",
              "max_cohort_jobs": "max_cohort_jobs", "max_concurrent_requests": "max_concurrent_requests",
+             "max_waiting_requests": "max_waiting_requests",
              "max_queued_requests": "ingress_max_queued_requests", "retry_after": "retry_after_s"}
     assert {flag: getattr(args, flag) for flag in pairs} == {f: fields[c].default for f, c in pairs.items()}
 

@@ -127,11 +127,12 @@ def run(args: argparse.Namespace) -> int:
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    started_ray = ensure_ray()
     # Ctrl-C and a service manager's SIGTERM both end in the orderly shutdown below (a process
-    # started in the background by a non-interactive shell inherits SIGINT ignored).
+    # started in the background by a non-interactive shell inherits SIGINT ignored).  Set after
+    # Ray starts: it replaces the SIGTERM handler.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    started_ray = ensure_ray()
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name="somnray", route_prefix="/")

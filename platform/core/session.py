@@ -28,6 +28,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
+import sys
+import threading
 from typing import Any
 
 from .constants import MODEL_MODULES_ENV
@@ -77,6 +80,7 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
+        _exit_cleanly_on_sigterm()
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
@@ -84,7 +88,24 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
              log_to_driver=log_to_driver, runtime_env=runtime_env)
     # Registered after ray.init, so it runs before Ray's own exit hook (atexit runs last-in first).
     atexit.register(shutdown_ray)
+    _exit_cleanly_on_sigterm()
     return True
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end this process through ``sys.exit``: ``finally`` blocks and ``atexit`` run.
+
+    Ray's core worker installs a crash handler that turns SIGTERM into a stack dump and an abort,
+    so a service manager stopping a driver would skip every clean-up and leave its local instance
+    (Serve's controller and replicas, the agents, the dashboard) running.  A handler can only be
+    set from the main thread; elsewhere Ray's stays.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)  # the shell's convention for "ended by signal N"
 
 
 def shutdown_ray() -> None:

@@ -1,10 +1,12 @@
-"""A local Ray instance somnray starts leaves no process behind when the program exits."""
+"""A local Ray instance somnray starts leaves no process behind when the program exits or is
+stopped with SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -13,7 +15,8 @@ import psutil
 import pytest
 
 #: Starts a local instance the way every somnray command does, waits until the raylet's agents
-#: run, prints the ids of every process of the instance, and exits normally (atexit shuts down).
+#: run, prints the ids of every process of the instance, then exits normally (``exit``) or waits
+#: for a signal (``wait``).
 _DRIVER = """
 import json, sys, time
 import psutil, ray
@@ -30,6 +33,8 @@ while True:
         break
     time.sleep(0.2)
 print(json.dumps({"roots": roots, "tree": [p.pid for p in tree], "agents": len(agents)}), flush=True)
+if sys.argv[2] == "wait":
+    time.sleep(600)
 """
 
 
@@ -41,19 +46,29 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.integration
-def test_program_exit_ends_every_process_of_its_local_ray_instance():
-    """When a program that started a local instance exits, its GCS, raylet, dashboard and the agents
-    the raylet started are all gone by the time the program has exited (none keeps a port open)."""
+@pytest.mark.parametrize("ending", ["exit", "sigterm"])
+def test_program_end_ends_every_process_of_its_local_ray_instance(ending):
+    """When a program that started a local instance exits, or a service manager stops it with
+    SIGTERM, its GCS, raylet, dashboard and the agents the raylet started are all gone by the time
+    the program has ended (none keeps a port open); SIGTERM ends it with status 143, not an abort."""
     temp_dir = tempfile.mkdtemp(prefix="rexit", dir="/tmp")  # short: Unix socket paths are limited
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, temp_dir, "exit" if ending == "exit" else "wait"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        proc = subprocess.run([sys.executable, "-c", _DRIVER, temp_dir], env=env, capture_output=True,
-                              text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        doc = json.loads(proc.stdout.strip().splitlines()[-1])
+        line = proc.stdout.readline()  # printed once the instance and its agents run
+        assert line, proc.stderr.read()[-3000:]
+        doc = json.loads(line)
+        if ending == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == (0 if ending == "exit" else 128 + signal.SIGTERM), err[-3000:]
         assert doc["agents"] == 2, doc  # the dashboard agent and the runtime-env agent ran
         left = [pid for pid in doc["roots"] + doc["tree"] if _alive(pid)]
         assert left == [], [" ".join(psutil.Process(p).cmdline())[:200] for p in left]
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -226,7 +226,7 @@ def run(clients: int = 32, minutes: float = 30.0, *, hours: float = 1.0, model: 
     work = Path(tempfile.mkdtemp(prefix="somnray-soak-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Unix socket paths are limited
     try:
-        bundle = _make_bundle(work / "bundle", model)
+        bundle = _make_bundle(work / "bundle", "sleep-edf", model)
         [psg] = _night(work / "night", hours)
         body = Path(psg).read_bytes()
         port = _free_port()

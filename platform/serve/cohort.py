@@ -35,6 +35,7 @@ cohort with exactly one output set per recording; it has no other use.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -151,11 +152,13 @@ def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
 
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
-            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"") -> dict[str, Any]:
-    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify.
+            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
+            warnings: str = "[]") -> dict[str, Any]:
+    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify (so the
+    # night's warnings travel as JSON text, not as lists that may be empty).
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
-            "payload": payload}
+            "payload": payload, "warnings": warnings}
 
 
 def _reason(exc: BaseException, source: str) -> tuple[str, str]:
@@ -185,7 +188,7 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
                                   psg_source=source)
         payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
-                       payload=payload)
+                       payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])))
     except Exception as exc:
         reason, etype = _reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
@@ -198,12 +201,15 @@ class ScoreAndWriteNight:
     Called with the actor's scorer and one status row from :func:`prepare_entry_for_scoring`:
     scores the prepared night and writes its outputs, or records a rejected one; returns the
     night's final status row.  Each actor holds its own copy, so ``written`` counts per actor
-    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).
+    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).  ``lights`` maps a recording id to
+    its manifest's (lights-off, lights-on) seconds, which the sleep statistics start and end at.
     """
 
     def __init__(self, out_uri: str, *, plots: bool, stride: int | None,
-                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None):
+                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None,
+                 lights: Mapping[str, tuple[float | None, float | None]] | None = None):
         self.out_uri = out_uri
+        self.lights = dict(lights or {})
         self.plots = plots
         self.stride = stride
         self.storage_options = dict(storage_options or {})
@@ -221,11 +227,12 @@ class ScoreAndWriteNight:
             try:
                 rec = pickle.loads(bytes(row["payload"]))
                 night = score_prepared(scorer, rec, stride=self.stride)
-                write_night_outputs(night, self.out_uri, plots=self.plots,
-                                    storage_options=self.storage_options)
+                lights_off, lights_on = self.lights.get(rid, (None, None))
+                write_night_outputs(night, self.out_uri, plots=self.plots, lights_off_s=lights_off,
+                                    lights_on_s=lights_on, storage_options=self.storage_options)
                 self.written += 1
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
-                               seconds=seconds + time.monotonic() - t0)
+                               seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
             except Exception as exc:
                 reason, etype = _reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
@@ -254,6 +261,9 @@ class CohortScoreResult:
         Scored by this run; already scored by an earlier run; not scorable.
     rejects : list of dict
         ``recording_id``, ``reason`` and ``error_type`` of each rejected recording.
+    warnings : list of dict
+        ``recording_id`` and ``warning``, one per warning a night scored by this run got while it
+        was read and prepared.
     summary : dict of str to str
         URIs of ``cohort_summary.csv`` / ``.parquet`` (/ ``.png``).
     seconds : float
@@ -266,6 +276,7 @@ class CohortScoreResult:
     skipped: int
     rejected: int
     rejects: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
     summary: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -328,6 +339,7 @@ class _Tally:
         self.total = total
         self.counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
         self.rejects: list[dict[str, str]] = []
+        self.warnings: list[dict[str, str]] = []
         self.callback = callback
 
     @property
@@ -342,6 +354,8 @@ class _Tally:
             self.rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
                                  "error_type": row["error_type"]})
             log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+        self.warnings.extend({"recording_id": row["recording_id"], "warning": w}
+                             for w in json.loads(row.get("warnings") or "[]"))
         self.report()
 
     def report(self) -> None:
@@ -377,7 +391,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key,
+                     "lights": (e.lights_off, e.lights_on)})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
     return rows, profiles
@@ -404,11 +419,14 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
     opts = worker_storage_options([out.uri, *(r["psg"] for r in todo)], options.storage_options)
     plan = _plan_pool(options.workers, len(todo), ray.cluster_resources(), options.cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    # The manifest's lights times go to the actors that write the statistics, not through the rows.
+    lights = {r["recording_id"]: r["lights"] for r in todo if r["lights"] != (None, None)}
+    ds = ray.data.from_items([{k: v for k, v in r.items() if k != "lights"} for r in todo],
+                             override_num_blocks=len(todo))
     ds = ds.map(prepare_entry_for_scoring, num_cpus=plan.prepare_cpus, memory=PREPARE_MEMORY,
                 fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
     task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
-                              storage_options=opts, fault_after=fault_after)
+                              storage_options=opts, fault_after=fault_after, lights=lights)
     ds = map_with_scorer(ds, scorer, task, actors=plan.actors, device=options.device,
                          precision=options.precision, threads=options.threads_per_worker,
                          num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
@@ -501,6 +519,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     return CohortScoreResult(out_uri=out.uri, total=tally.total, scored=tally.counts[STATUS_OK],
                              skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
                              rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
+                             warnings=sorted(tally.warnings, key=lambda w: w["recording_id"]),
                              summary=summary, seconds=time.monotonic() - started)
 
 

@@ -126,6 +126,9 @@ class ScoredNight:
         Seconds from the recording start to the onset of epoch index 0.
     low_confidence_threshold : float
         Maximum probability below which an epoch is flagged ``low_confidence``.
+    channels : dict of str to str
+        Modality → the EDF signal it was read from (``C4-A1``, ``E1 - E2`` for a derivation),
+        as :func:`somnray.data.recording.channels_used` names it.
 
     Raises
     ------
@@ -146,6 +149,7 @@ class ScoredNight:
     epoch_s: float = EPOCH_SECONDS
     start_offset_s: float = 0.0
     low_confidence_threshold: float = LOW_CONFIDENCE
+    channels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_recording_id(self.recording_id)

@@ -166,34 +166,6 @@ def _maybe_inject_fault(phase_uri: str | None, storage_options: Mapping[str, Any
     os._exit(1)  # a hard crash, as a lost node would be: no Python clean-up, no report
 
 
-def _remove_lost_checkpoints(phase_uri: str | None, storage_options: Mapping[str, Any], resumed_step: int) -> None:
-    """Delete the checkpoints a failed attempt wrote after the step this restart resumed from.
-
-    A worker that dies right after writing a checkpoint leaves it on storage while the report that
-    carried it never reached Ray Train's controller: the controller neither resumes from it nor
-    counts it against ``num_to_keep``, so nothing would ever delete it.  The controller resumes
-    from the latest checkpoint it registered and steps only grow, so every checkpoint of the phase
-    past the resumed step is such an orphan.
-    """
-    if phase_uri is None:
-        return
-    from somnray.core.storage import resolve
-
-    phase_dir = resolve(phase_uri, storage_options)
-    for state_file in phase_dir.find(TRAINER_STATE_FILE):
-        folder = state_file.parent
-        if folder.parent.uri.rstrip("/") != phase_dir.uri.rstrip("/"):
-            continue  # not one of this phase's checkpoints
-        try:
-            step = int(json.loads(state_file.read_text())["loop"]["step"])
-        except (OSError, ValueError, KeyError):
-            continue
-        if step > resumed_step:
-            log.warning("removing %s (step %d): written after step %d by the attempt that failed, and "
-                        "never registered", folder.uri, step, resumed_step)
-            folder.fs.rm(folder.path, recursive=True)
-
-
 def _full_state_dict(engine: Any, zero_stage: int) -> dict[str, torch.Tensor] | None:
     """The fp32 model weights on rank 0 (every rank must call it under ZeRO-3)."""
     if zero_stage == 3:
@@ -376,8 +348,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.resumed_from.append(state.step)
             if rank == 0:
                 print(f"[{phase.name}] resumed from the checkpoint at step {state.step}", flush=True)
-                _remove_lost_checkpoints(config.get("phase_uri"), config.get("storage_options") or {},
-                                         state.step)
     if state.stopped_early or state.step >= phase.optim.max_steps:
         return
     sinks = MetricSinks(phase, config.get("phase_uri"), config.get("storage_options"), active=rank == 0,

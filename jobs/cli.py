@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench",
     "tune",
     "serve",
+    "cohorts",
     "submit",
     "jobs",
 )
@@ -61,7 +62,8 @@ exit status:
      rejects listed)
   {EXIT_TRAINING_FAILED}  train: the training run failed after it started (its URI is still printed last)
   submit --wait/--follow and jobs logs --follow exit with the job's own status (submit: 130 when
-  watching is interrupted); jobs status exits {EXIT_ERROR} when the job failed or was stopped.
+  watching is interrupted); jobs status exits {EXIT_ERROR} when the job failed or was stopped,
+  cohorts status when the cohort job failed or was cancelled.
 """
 
 #: Failures that are the user's environment or input, never a somnray bug: one line, no traceback.

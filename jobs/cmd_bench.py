@@ -11,6 +11,8 @@ from pathlib import Path
 BENCHMARKS = ("prepare", "models", "score", "train")
 #: Benchmarks ``all`` leaves out: they need hardware a CPU machine lacks.
 HARDWARE_BENCHMARKS = ("gpu",)
+#: Benchmarks run only by name (``all`` leaves them out): the soak takes half an hour.
+LONG_BENCHMARKS = ("soak",)
 
 
 #: One line for ``somnray --help``.
@@ -19,9 +21,9 @@ HELP = "run a benchmark and update docs/benchmarks.md"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray bench``."""
-    p.add_argument("which", choices=BENCHMARKS + HARDWARE_BENCHMARKS + ("all",),
-                   help="benchmark to run ('all' runs every CPU benchmark; 'gpu' needs CUDA and exits 1 "
-                        "without it)")
+    p.add_argument("which", choices=BENCHMARKS + HARDWARE_BENCHMARKS + LONG_BENCHMARKS + ("all",),
+                   help="benchmark to run ('all' runs every CPU benchmark but the half-hour 'soak'; 'gpu' "
+                        "needs CUDA and exits 1 without it)")
     p.add_argument("--results", default="bench-results", help="folder for the JSON results")
     p.add_argument("--docs", default="docs/benchmarks.md",
                    help="results page to update ('' to leave it alone)")
@@ -29,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per case (models)")
     p.add_argument("--nights", type=int, default=8, help="nights per configuration (prepare)")
     p.add_argument("--hours", type=float, default=8.0, help="length of each synthetic night (prepare)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients (soak)")
+    p.add_argument("--minutes", type=float, default=30.0, help="how long the clients post (soak)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_gpu
 
             result = bench_gpu.run(quick=args.quick)
+        elif name == "soak":
+            from . import bench_soak
+
+            result = bench_soak.run(clients=4 if args.quick else args.clients,
+                                    minutes=1.0 if args.quick else args.minutes, results=args.results)
         else:
             from . import bench_prepare
 

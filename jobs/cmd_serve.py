@@ -50,6 +50,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model and preprocessing replicas (default: 1)")
     parser.add_argument("--max-batch-windows", type=int, default=64, metavar="N",
                         help="windows per batched forward pass across requests (default: 64)")
+    parser.add_argument("--model-cpus", type=float, default=0.5, metavar="N",
+                        help="CPUs each model replica reserves (default: 0.5)")
+    parser.add_argument("--preprocess-cpus", type=float, default=0.5, metavar="N",
+                        help="CPUs each preprocessing replica reserves (default: 0.5)")
+    parser.add_argument("--ingress-cpus", type=float, default=0.1, metavar="N",
+                        help="CPUs the HTTP ingress replica reserves (default: 0.1)")
+    parser.add_argument("--cohort-cpus", type=float, default=None, metavar="N",
+                        help="CPUs each cohort job may hold (default: what the replicas leave of the "
+                             "cluster, split between --max-cohort-jobs)")
+    parser.add_argument("--max-cohort-jobs", type=int, default=2, metavar="N",
+                        help="cohort jobs running at once; more are answered 429 (default: 2)")
+    parser.add_argument("--max-concurrent-requests", type=int, default=16, metavar="N",
+                        help="uploads scored at once per ingress replica (default: 16)")
+    parser.add_argument("--max-waiting-requests", type=int, default=32, metavar="N",
+                        help="uploads that may wait for a slot per ingress replica; more are answered "
+                             "503 with Retry-After (default: 32)")
+    parser.add_argument("--max-queued-requests", type=int, default=32, metavar="N",
+                        help="requests the HTTP proxy holds while the ingress is full, -1 for no limit; "
+                             "more are answered 503 (default: 32)")
+    parser.add_argument("--retry-after", type=float, default=5.0, metavar="SECONDS",
+                        help="Retry-After of a 503 answer (default: 5)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic of the model (default: auto)")
@@ -79,6 +100,11 @@ def run(args: argparse.Namespace) -> int:
         "token_env": args.token_env, "storage_roots": tuple(args.storage_roots),
         "default_profile": args.profile, "model_replicas": args.replicas,
         "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
+        "model_num_cpus": args.model_cpus, "preprocess_num_cpus": args.preprocess_cpus,
+        "ingress_num_cpus": args.ingress_cpus, "cohort_num_cpus": args.cohort_cpus,
+        "max_cohort_jobs": args.max_cohort_jobs, "max_concurrent_requests": args.max_concurrent_requests,
+        "max_waiting_requests": args.max_waiting_requests,
+        "ingress_max_queued_requests": args.max_queued_requests, "retry_after_s": args.retry_after,
         "device": args.device, "precision": args.precision,
     }, source="command-line options")
     if args.profile is not None:
@@ -93,20 +119,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"somnray serve: warning: listening on {config.host} without a token; set "
               f"{config.token_env} to require 'Authorization: Bearer <token>'", file=sys.stderr)
 
-    import ray
     from ray import serve
 
-    from somnray.core.session import ensure_ray
+    from somnray.core.session import ensure_ray, shutdown_ray
     from somnray.serve.app import build_app
 
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    started_ray = ensure_ray()
     # Ctrl-C and a service manager's SIGTERM both end in the orderly shutdown below (a process
-    # started in the background by a non-interactive shell inherits SIGINT ignored).
+    # started in the background by a non-interactive shell inherits SIGINT ignored).  Set after
+    # Ray starts: it replaces the SIGTERM handler.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    started_ray = ensure_ray()
     try:
         serve.start(http_options={"host": config.host, "port": config.port})
         serve.run(build_app(config), name="somnray", route_prefix="/")
@@ -126,4 +152,4 @@ def run(args: argparse.Namespace) -> int:
             serve.shutdown()
         finally:
             if started_ray:
-                ray.shutdown()
+                shutdown_ray()

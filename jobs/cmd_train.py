@@ -90,9 +90,7 @@ def run(args: argparse.Namespace) -> int:
     for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
         check_sinks_available(phase.logging, f"{args.config} (phase {phase.name})")
 
-    import ray
-
-    from somnray.core.session import ensure_ray
+    from somnray.core.session import ensure_ray, shutdown_ray
     from somnray.train.driver import run_experiment
 
     names = " → ".join(p.name for p in cfg.phases)
@@ -109,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         # Disconnecting flushes the forwarded worker output, so the URI below really is last; a
         # session this process did not start (a caller's, a test's) is left alone.
         if started:
-            ray.shutdown()
+            shutdown_ray()
     if failure is not None:
         print(cfg.run_uri)
         raise CommandFailed(f"training failed: {failure.__class__.__name__}: {failure}",

@@ -11,6 +11,9 @@ Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks)
 * token authentication: Ray 2.60 turns it on by default for new clusters; a client of such a
   cluster needs ``RAY_AUTH_MODE=token`` and the token, which Ray reads from its own environment
   variables and files. somnray passes the caller's environment through untouched.
+* a local instance it starts is stopped at exit, every process of it: :func:`shutdown_ray` (also
+  registered with ``atexit``) ends the agents Ray's raylet started, which would otherwise keep
+  listening for a minute or more after the raylet is gone.
 * the variables in :data:`FORWARDED_ENV` (the architecture plugin modules) join the session's
   runtime environment, so every task and actor of the session sees them as the driver does:
   Ray Train workers, Ray Data actors, and Serve replicas (``serve.run`` gives them the job's
@@ -22,7 +25,12 @@ Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks)
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import signal
+import sys
+import threading
 from typing import Any
 
 from .constants import MODEL_MODULES_ENV
@@ -31,6 +39,10 @@ from .constants import MODEL_MODULES_ENV
 FORWARDED_ENV: tuple[str, ...] = (MODEL_MODULES_ENV,)
 #: Set by Ray in the driver of a submitted job (``ray._private.runtime_env.constants``).
 _SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+#: Seconds the processes of a stopped local instance get to exit before they are terminated.
+EXIT_GRACE_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
@@ -68,12 +80,86 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver, runtime_env=runtime_env)
+        _exit_cleanly_on_sigterm()
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
              log_to_driver=log_to_driver, runtime_env=runtime_env)
+    # Registered after ray.init, so it runs before Ray's own exit hook (atexit runs last-in first).
+    atexit.register(shutdown_ray)
+    _exit_cleanly_on_sigterm()
     return True
+
+
+def _exit_cleanly_on_sigterm() -> None:
+    """Make SIGTERM end this process through ``sys.exit``: ``finally`` blocks and ``atexit`` run.
+
+    Ray's core worker installs a crash handler that turns SIGTERM into a stack dump and an abort,
+    so a service manager stopping a driver would skip every clean-up and leave its local instance
+    (Serve's controller and replicas, the agents, the dashboard) running.  A handler can only be
+    set from the main thread; elsewhere Ray's stays.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    sys.exit(128 + signum)  # the shell's convention for "ended by signal N"
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()``, then end what is left of a local instance this process started.
+
+    ``ray.shutdown`` stops the processes the driver started (GCS, raylet, dashboard), but the
+    raylet's own children — the dashboard agent and the runtime-env agent — notice only a minute or
+    more later and keep their ports meanwhile.  Their ids are taken before the shutdown, from this
+    instance's own process tree, so nothing else on the machine is touched.  Joining a cluster
+    (``RAY_ADDRESS``) leaves its processes alone; without Ray initialised this does nothing.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)
+    started = [info.process.pid for infos in (node.all_processes.values() if node is not None else ())
+               for info in infos if info.process is not None]
+    descendants = _descendants(started)
+    ray.shutdown()
+    _end(descendants)
+
+
+def _descendants(pids: list[int]) -> list[Any]:
+    """Every live process below ``pids`` (psutil handles, so a reused id is never mistaken)."""
+    import psutil
+
+    found = []
+    for pid in pids:
+        try:
+            found.extend(psutil.Process(pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def _end(processes: list[Any]) -> None:
+    """Wait up to :data:`EXIT_GRACE_S` for ``processes`` to exit, then terminate, then kill them."""
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=EXIT_GRACE_S)
+    for proc in alive:
+        log.info("ending Ray process %d (%s), left after shutdown", proc.pid, proc.name())
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(alive, timeout=EXIT_GRACE_S)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=EXIT_GRACE_S)
 
 
 def session_runtime_env(runtime_env: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -13,8 +13,15 @@ Four deployments, composed with deployment handles::
              forward pass, splits the result back and averages per recording)
 
 ``POST /v1/score`` scores one uploaded EDF/EDF+/BDF night, ``POST /v1/cohorts`` starts a cohort
-job whose progress ``GET /v1/cohorts/{job_id}`` reports, ``GET /healthz`` says whether the model
-is loaded, and ``GET /openapi.json`` (``/docs``) describes it all.
+job whose progress ``GET /v1/cohorts/{job_id}`` reports and ``DELETE /v1/cohorts/{job_id}``
+cancels, ``GET /healthz`` says whether the model is loaded, and ``GET /openapi.json`` (``/docs``)
+describes it all.
+
+Backpressure: each ingress replica runs at most ``max_concurrent_requests`` scoring requests and,
+separately, ``max_cohort_requests`` cohort-job requests at once, lets ``max_waiting_requests`` more
+of each kind wait for a slot, and answers the rest with 503 and ``Retry-After`` at once; the preprocessing and model deployments have their own
+``max_ongoing_requests`` and queue limits (:class:`~somnray.serve.config.ServeConfig`), and a full
+queue there is a 503 too.
 
 :func:`build_app` binds the application from a :class:`~somnray.serve.config.ServeConfig`;
 :func:`app_builder` is the same for Serve config files (``import_path:
@@ -25,10 +32,12 @@ somnray.serve.app:app_builder``, the config's fields as ``args``).
 # types (Request, HTTPAuthorizationCredentials) through Serve's class-based-view rewrite.
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -42,6 +51,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from somnray.core.errors import ConfigError, RecordingError
@@ -50,7 +61,7 @@ from somnray.core.version import somnray_version
 from somnray.data.profiles import list_profiles
 
 from .config import ServeConfig
-from .jobs import CohortJobs
+from .jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, CohortJobs
 from .loopback import is_loopback, restrict_replica_ports
 from .scored import STANDARD_FLAGS, ModelInfo, ScoredNight, check_recording_id
 
@@ -390,7 +401,7 @@ class CohortStatus(BaseModel):
     """Progress of a cohort job."""
 
     job_id: str
-    status: str = Field(description="running | succeeded | failed")
+    status: str = Field(description=f"{RUNNING} | {SUCCEEDED} | {FAILED} | {CANCELLED}")
     done: int = Field(description="Recordings finished (scored or rejected).")
     failed: int = Field(description="Recordings rejected.")
     total: int | None = Field(description="Recordings in the manifest (null until known).")
@@ -398,12 +409,17 @@ class CohortStatus(BaseModel):
     output_uri: str
     error: str | None = Field(default=None, description="Why the job failed, if it did.")
     submitted_at: float
+    started_at: float | None = Field(default=None, description="When the run began (Unix time).")
+    last_progress_at: float | None = Field(
+        default=None, description="When a recording last finished (or the run began): a running job "
+                                  "whose last progress is old is stuck.")
     finished_at: float | None = None
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "Invalid form field or parameter."},
     401: {"model": Problem, "description": "Missing or wrong bearer token."},
+    503: {"model": Problem, "description": "Busy: retry after the `Retry-After` header's seconds."},
 }
 
 api = FastAPI(
@@ -427,6 +443,44 @@ class _BodyTooLarge(Exception):
 
 def _problem(status: int, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
+
+
+def _busy(message: str, retry_after_s: float) -> HTTPException:
+    # Retry-After is whole seconds (RFC 9110), rounded up as Serve's own 503s do.
+    return HTTPException(status_code=503, detail=f"{message}; retry in {math.ceil(retry_after_s)} s",
+                         headers={"Retry-After": str(math.ceil(retry_after_s))})
+
+
+class _Capacity:
+    """Requests of one kind an ingress replica runs at once, and how many more may wait for a slot;
+    beyond that, requests are refused at once.
+
+    A waiting request has not read its body yet, so it holds no upload in memory.  The waiting
+    count needs no lock: a replica's routes all run on one event loop, and an acquire that does
+    not block returns without yielding to it.
+    """
+
+    def __init__(self, what: str, limit: int, waiting: int, setting: str, retry_after_s: float):
+        self.what, self.limit, self.max_waiting, self.setting = what, limit, waiting, setting
+        self.retry_after_s = retry_after_s
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one slot for the request (waiting for one if allowed); else 503 with ``Retry-After``."""
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            raise _busy(f"the service is busy: {self.limit} {self.what} are in progress and "
+                        f"{self.max_waiting} waiting on this replica ({self.setting})", self.retry_after_s)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 def _score_answer(result: ScoreResult) -> dict[str, Any]:
@@ -492,6 +546,12 @@ class ScoringIngress:
         self.model = model
         self.jobs = jobs
         self.profiles = tuple(list_profiles())
+        # Separate capacity: uploads being scored never take the slots of cohort-job calls.
+        self.scoring = _Capacity("scoring requests", config.max_concurrent_requests, config.max_waiting_requests,
+                                 "ServeConfig.max_concurrent_requests", config.retry_after_s)
+        self.cohort_calls = _Capacity("cohort-job requests", config.max_cohort_requests,
+                                      config.max_waiting_requests, "ServeConfig.max_cohort_requests",
+                                      config.retry_after_s)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
@@ -641,11 +701,16 @@ class ScoringIngress:
         used: the answer is identified by `recording_id` only.
         """
         self._authorize(credentials)
-        data, fields = await self._read_form(request)
-        recording_id, profile, channel_map, stride = self._parse_fields(fields)
-        prepared = self.preprocessor.prepare.remote(data, recording_id, profile, channel_map)
-        # The prepared night goes from the preprocessor to the model by reference.
-        result = await self.model.score.remote(prepared, stride)
+        async with self.scoring.slot():
+            data, fields = await self._read_form(request)
+            recording_id, profile, channel_map, stride = self._parse_fields(fields)
+            prepared = self.preprocessor.prepare.remote(data, recording_id, profile, channel_map)
+            # The prepared night goes from the preprocessor to the model by reference.
+            try:
+                result = await self.model.score.remote(prepared, stride)
+            except BackPressureError:
+                raise _busy("the service is busy: the preprocessing or model queue is full",
+                            self.config.retry_after_s) from None
         if isinstance(result, RequestProblem):
             raise _problem(result.status, result.message)
         return _score_answer(result)
@@ -664,6 +729,10 @@ class ScoringIngress:
         (`--storage-root`); outputs are written per night plus a cohort summary.
         """
         self._authorize(credentials)
+        async with self.cohort_calls.slot():
+            return await self._start_cohort(body, request)
+
+    async def _start_cohort(self, body: CohortRequest, request: Request) -> CohortAccepted:
         roots = self.config.roots
         if not roots:
             raise _problem(403, "cohort jobs are not enabled on this service")
@@ -695,7 +764,26 @@ class ScoringIngress:
                             ) -> dict[str, Any]:
         """Status, recordings done and rejected (with why), and the output URI of a job."""
         self._authorize(credentials)
-        state = await self.jobs.status.remote(job_id)
+        async with self.cohort_calls.slot():
+            state = await self.jobs.status.remote(job_id)
+        if state is None:
+            raise _problem(404, f"no cohort job {job_id!r}")
+        return state
+
+    @api.delete("/v1/cohorts/{job_id}", response_model=CohortStatus, tags=["cohorts"],
+                summary="Cancel a cohort job",
+                responses={**_ERRORS, 404: {"model": Problem, "description": "No job with this id."}})
+    async def cancel_cohort(self, job_id: str,
+                            credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                            ) -> dict[str, Any]:
+        """Cancel a running job: it is `cancelled` at once and its work on the cluster stops.
+
+        The nights it finished keep their complete outputs; submitting the same job again
+        scores only the rest.  A finished job is left as it is (its state is returned).
+        """
+        self._authorize(credentials)
+        async with self.cohort_calls.slot():
+            state = await self.jobs.cancel.remote(job_id)
         if state is None:
             raise _problem(404, f"no cohort job {job_id!r}")
         return state
@@ -708,27 +796,39 @@ def build_app(config: ServeConfig) -> Application:
     The bearer token is resolved here (``config.token``, else the ``config.token_env`` variable of
     the process building the app) and handed to the ingress replicas.
     """
+    # Callers over a full deployment queue get BackPressureError (the ingress: 503), HTTP
+    # clients over the proxy's queue a 503 from Serve; both with Retry-After.
+    backpressure = BackpressureConfig(status_code=503, retry_after_s=config.retry_after_s)
     preprocessor = serve.deployment(
         Preprocessor, name="Preprocessor", num_replicas=config.preprocess_replicas,
+        max_queued_requests=config.preprocess_max_queued_requests, backpressure_config=backpressure,
         ray_actor_options={"num_cpus": config.preprocess_num_cpus})
+    if config.preprocess_max_ongoing_requests is not None:
+        preprocessor = preprocessor.options(max_ongoing_requests=config.preprocess_max_ongoing_requests)
     model = serve.deployment(
         StageModel, name="StageModel", num_replicas=config.model_replicas,
         # Windows of several requests wait in the batch queue at once.
-        max_ongoing_requests=max(8, 2 * config.max_batch_windows),
+        max_ongoing_requests=config.model_max_ongoing_requests or max(8, 2 * config.max_batch_windows),
+        max_queued_requests=config.model_max_queued_requests, backpressure_config=backpressure,
         ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": config.model_num_gpus})
     jobs = serve.deployment(
         CohortJobs, name="CohortJobs", num_replicas=1,
-        # The registry itself only waits: its jobs' Ray Data tasks reserve their own CPUs.
+        # The registry itself only waits: its jobs run on the CPUs the replicas leave free.
         ray_actor_options={"num_cpus": 0})
     ingress = ScoringIngress.options(
-        num_replicas=config.ingress_replicas, max_ongoing_requests=config.max_concurrent_requests,
+        num_replicas=config.ingress_replicas,
+        # Room for both kinds of request, running and waiting: the ingress refuses the excess itself.
+        max_ongoing_requests=(config.max_concurrent_requests + config.max_cohort_requests
+                              + 2 * config.max_waiting_requests),
+        max_queued_requests=config.ingress_max_queued_requests, backpressure_config=backpressure,
         ray_actor_options={"num_cpus": config.ingress_num_cpus})
     return ingress.bind(
         config, config.resolved_token(),
         preprocessor.bind(config),
         model.bind(config),
         jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
-                  default_profile=config.default_profile, loopback_only=is_loopback(config.host),
+                  default_profile=config.default_profile, cpus_per_job=config.cohort_num_cpus,
+                  reserved_cpus=config.replica_cpus(), loopback_only=is_loopback(config.host),
                   storage_roots=config.storage_roots),
     )
 

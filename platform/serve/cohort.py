@@ -39,6 +39,7 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -404,21 +405,36 @@ def _fault_after() -> int | None:
     return value
 
 
-def _pool_shape(workers: int | None, n_todo: int) -> tuple[int, float, float]:
-    """(actors, CPUs per actor, GPUs per actor) fitting the cluster next to the prepare tasks."""
-    import ray
+@dataclass(frozen=True)
+class _PoolPlan:
+    """Resources of one run: the scoring actors and each read + prepare task."""
 
-    res = ray.cluster_resources()
-    cpus, gpus = float(res.get("CPU", 1.0)), int(res.get("GPU", 0))
+    actors: int
+    actor_cpus: float
+    actor_gpus: float
+    prepare_cpus: float
+
+
+def _plan_pool(workers: int | None, n_todo: int, cluster: Mapping[str, float],
+               cpus: float | None = None) -> _PoolPlan:
+    """Actors and CPUs fitting ``cpus`` (default: the ``cluster``'s CPUs) next to the prepare tasks.
+
+    One prepare task and the actors always fit in the budget together, so the run makes progress
+    on any budget: with two CPUs or more a prepare task gets a whole one and the actors share the
+    rest; below two, the budget is split half and half (a CPU is a scheduling share, not a core).
+    """
+    gpus = int(cluster.get("GPU", 0))
+    budget = float(cluster.get("CPU", 1.0)) if cpus is None else float(cpus)
     if workers is None:
-        # GPUs: one actor per GPU.  CPUs: half the cluster scores, the rest reads and prepares.
-        workers = gpus if gpus else max(1, int(cpus // 2))
+        # GPUs: one actor per GPU.  CPUs: half the budget scores, the rest reads and prepares.
+        workers = gpus if gpus else max(1, int(budget // 2))
     workers = max(1, min(workers, n_todo))
+    prepare = min(1.0, budget / 2)
     if gpus:
-        return workers, 1.0, 1.0
-    # Leave one CPU to the prepare tasks, or actors holding every CPU would starve them.
-    per_actor = max(0.1, min(1.0, (cpus - 1.0) / workers)) if cpus > 1 else 0.5 / workers
-    return workers, per_actor, 0.0
+        return _PoolPlan(workers, 1.0, 1.0, prepare)
+    # Ray counts CPUs in units of 1e-4; rounded down so that the actors never exceed their share.
+    per_actor = max(1e-4, min(1.0, math.floor((budget - prepare) / workers * 1e4) / 1e4))
+    return _PoolPlan(workers, per_actor, 0.0, prepare)
 
 
 class _Tally:
@@ -510,6 +526,7 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
         The run itself failed; what was written stays.
     """
     import ray
+    from ray.data import ExecutionResources
     from tqdm.auto import tqdm
 
     from somnray.core.session import ensure_ray
@@ -517,19 +534,23 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
 
     ensure_ray()
     opts = worker_storage_options([out.uri, *(r["psg"] for r in todo)], options.storage_options)
-    n_actors, cpus, gpus = _pool_shape(options.workers, len(todo))
+    plan = _plan_pool(options.workers, len(todo), ray.cluster_resources(), options.cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
     # The manifest's lights times go to the actors that write the statistics, not through the rows.
     lights = {r["recording_id"]: r["lights"] for r in todo if r["lights"] != (None, None)}
     ds = ray.data.from_items([{k: v for k, v in r.items() if k != "lights"} for r in todo],
                              override_num_blocks=len(todo))
-    ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
+    ds = ds.map(prepare_entry_for_scoring, num_cpus=plan.prepare_cpus, memory=PREPARE_MEMORY,
                 fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
     task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
                               storage_options=opts, fault_after=fault_after, lights=lights)
-    ds = map_with_scorer(ds, scorer, task, actors=n_actors, device=options.device,
+    ds = map_with_scorer(ds, scorer, task, actors=plan.actors, device=options.device,
                          precision=options.precision, threads=options.threads_per_worker,
-                         num_cpus=cpus, num_gpus=gpus)
+                         num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
+    if options.cpus is not None:
+        # Ray Data budgets by the whole cluster: beside a service whose replicas hold CPUs it
+        # would wait for CPUs that never come free (backpressured:tasks(ResourceBudget)).
+        ds.context.execution_options.resource_limits = ExecutionResources.for_limits(cpu=options.cpus)
     skipped = tally.counts[STATUS_SKIPPED]
     with tqdm(total=tally.total, initial=skipped, desc=f"score {spec.name}", unit="night",
               disable=not options.progress) as bar:
@@ -590,6 +611,8 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     fault_after = _fault_after()
     if options.workers is not None and options.workers < 1:
         raise ConfigError("--workers", [f"must be >= 1, got {options.workers}"])
+    if options.cpus is not None and options.cpus <= 0:
+        raise ConfigError("cpus", [f"must be > 0, got {options.cpus}"])
     # Loaded on the driver: a bad bundle fails here, before any cluster work; the weight-free
     # spec tells the prepare tasks which channels the model needs, and the actors get the weights
     # from it through the object store (each then picks its own device and precision).

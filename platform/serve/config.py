@@ -79,12 +79,34 @@ class ServeConfig(BaseModel):
     precision : str
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:mod:`somnray.scoring.device`'s policy).
     max_concurrent_requests : int
-        Requests each ingress replica handles at once (each may hold an upload in memory, so
-        this times ``max_upload_bytes`` bounds its memory); more wait in the proxy's queue.
+        Scoring requests (``POST /v1/score``) each ingress replica runs at once (each may hold an
+        upload in memory, so this times ``max_upload_bytes`` bounds its memory).
+    max_cohort_requests : int
+        Cohort-job requests (``/v1/cohorts``) each ingress replica runs at once, on top of the
+        scoring ones: a flood of uploads never blocks following or cancelling a job.
+    max_waiting_requests : int
+        Requests of each kind that may wait for a slot on an ingress replica (before reading their
+        body); more are answered 503 with ``Retry-After`` at once.
+    ingress_max_queued_requests : int
+        Requests the HTTP proxy holds for the ingress while all its replicas are full (-1: no
+        limit); beyond, Serve answers 503 with ``Retry-After``.
+    preprocess_max_ongoing_requests, model_max_ongoing_requests : int, optional
+        Requests a preprocessing or model replica takes at once (None: Serve's default of 5 for
+        preprocessing; twice ``max_batch_windows``, at least 8, for the model, so that windows of
+        several requests wait in its batch queue together).
+    preprocess_max_queued_requests, model_max_queued_requests : int
+        Requests each caller (an ingress replica) queues for a full deployment (-1: no limit);
+        beyond, the request is answered 503 with ``Retry-After``.
+    retry_after_s : float
+        Seconds a 503 answer's ``Retry-After`` header asks the client to wait.
     max_cohort_jobs : int
         Cohort jobs allowed to run at once; further submissions get 429.
     cohort_workers : int, optional
         Actor-pool size of each cohort job (``CohortScoringOptions.workers``); None: its default.
+    cohort_num_cpus : float, optional
+        CPUs each cohort job may hold (its prepare tasks and scoring actors together); None: what
+        the replicas leave of the cluster's CPUs (:meth:`replica_cpus`), split between
+        ``max_cohort_jobs``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,8 +131,17 @@ class ServeConfig(BaseModel):
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_concurrent_requests: int = Field(default=16, ge=1)
+    max_cohort_requests: int = Field(default=4, ge=1)
+    max_waiting_requests: int = Field(default=32, ge=0)
+    ingress_max_queued_requests: int = Field(default=32, ge=-1)
+    preprocess_max_ongoing_requests: int | None = Field(default=None, ge=1)
+    preprocess_max_queued_requests: int = Field(default=-1, ge=-1)
+    model_max_ongoing_requests: int | None = Field(default=None, ge=1)
+    model_max_queued_requests: int = Field(default=-1, ge=-1)
+    retry_after_s: float = Field(default=5.0, ge=0.0)
     max_cohort_jobs: int = Field(default=2, ge=1)
     cohort_workers: int | None = Field(default=None, ge=1)
+    cohort_num_cpus: float | None = Field(default=None, gt=0.0)
 
     @field_validator("storage_roots")
     @classmethod
@@ -124,6 +155,14 @@ class ServeConfig(BaseModel):
             except ConfigError as exc:
                 raise ValueError(f"storage root {root!r}: {'; '.join(exc.errors)}") from None
         return tuple(roots)
+
+    @field_validator("ingress_max_queued_requests", "preprocess_max_queued_requests",
+                     "model_max_queued_requests")
+    @classmethod
+    def _queue_limit(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be at least 1, or -1 for no limit, got 0")
+        return value
 
     @field_validator("token_env")
     @classmethod
@@ -157,6 +196,11 @@ class ServeConfig(BaseModel):
         """:attr:`storage_roots` as the :class:`~somnray.core.storage.StorageRoots` that check URIs."""
         return StorageRoots(self.storage_roots)
 
+    def replica_cpus(self) -> float:
+        """CPUs every replica of the service reserves together (the cohort-job registry: none)."""
+        return (self.model_replicas * self.model_num_cpus + self.preprocess_replicas * self.preprocess_num_cpus
+                + self.ingress_replicas * self.ingress_num_cpus)
+
     def allowed_uri(self, uri: str) -> bool:
         """Whether ``uri`` lies under one of :attr:`storage_roots` (same protocol, path prefix).
 
@@ -185,6 +229,10 @@ class CohortScoringOptions:
         Window stride in epochs (default: the model's window length).
     workers : int, optional
         Scoring actors (each holds the model); default one per GPU, or half the CPUs.
+    cpus : float, optional
+        CPUs the run may hold at once, its read + prepare tasks and its scoring actors together
+        (fractions allowed); default: the cluster's.  A service's cohort jobs run on what its
+        replicas leave free.
     device, precision : str
         For the actors (:mod:`somnray.scoring.device`: ``auto`` by default).
     threads_per_worker : int, optional
@@ -213,6 +261,7 @@ class CohortScoringOptions:
     channel_map: Mapping[str, Any] | None = None
     stride: int | None = None
     workers: int | None = None
+    cpus: float | None = None
     device: str = "auto"
     precision: str = "auto"
     threads_per_worker: int | None = None

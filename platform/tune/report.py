@@ -125,7 +125,10 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
     records = []
     for result in grid:
         metrics = result.metrics or {}
-        trial_id = str(metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"))
+        # The trial's own folder names it.  Its last result may be another trial's: after a PBT
+        # exploit Tune restores the trial with the donor's last result (trial_id included), and
+        # a trial exploited at its last report reports nothing after it.
+        trial_id = Path(result.path).name.removeprefix("trial_")
         params = {k: v for k, v in (result.config or {}).items()}
         run = search.join(trial_dirname(trial_id))
         # The trial function's own log of every report; Tune's drops reports when a trial restarts.

@@ -26,6 +26,7 @@ MINIMAL_ARGV: dict[str, list[str]] = {
     "bench": ["models"],
     "tune": ["experiment.yaml", "space.yaml"],
     "serve": ["runs/r"],
+    "cohorts": ["status", "cohort-0"],
     "submit": ["train", "experiment.yaml"],
     "jobs": ["list"],
 }

@@ -433,13 +433,18 @@ def test_edf_annotations_open_in_edfbrowser(tmp_path):
 
     night = night_from_stages(**GAPPY)
     path = storage.resolve(write_night_outputs(night, tmp_path)["annotations"]).path
-    display = f":{40 + os.getpid() % 500}"
-    env = {**os.environ, "DISPLAY": display, "XDG_RUNTIME_DIR": str(tmp_path)}
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # Xvfb picks a free display itself and writes its number to the pipe once it accepts clients:
+    # no guessed display number another test run may hold, no sleep standing in for "ready".
+    ready, ready_w = os.pipe()
+    xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(ready_w), "-screen", "0", "1280x800x24"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(ready_w,))
+    os.close(ready_w)
     viewer = None
     try:
-        time.sleep(1.0)
+        with os.fdopen(ready) as pipe:
+            number = pipe.readline().strip()
+        assert number.isdigit(), f"Xvfb did not start (exit status {xvfb.poll()})"
+        env = {**os.environ, "DISPLAY": f":{number}", "XDG_RUNTIME_DIR": str(tmp_path)}
         viewer = subprocess.Popen(["edfbrowser", path], env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, cwd=tmp_path)
         titles: list[str] = []

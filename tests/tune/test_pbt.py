@@ -122,6 +122,28 @@ def test_continued_optimizer_takes_the_new_phase_hyperparameters() -> None:
     assert opt2.param_groups[0]["lr"] == pytest.approx(4e-4 * lr_factor(new.optim, 5))
 
 
+def test_leaderboard_names_a_trial_by_its_folder_when_its_last_result_is_the_donors(tmp_path) -> None:
+    """A trial exploited at its last report ends with the donor's last result (Tune restores it with
+    the donor's metrics, trial_id included): the leaderboard still has one row per trial folder, each
+    with its own reports' value."""
+    from somnray.core.storage import resolve
+    from somnray.tune.layout import GENERATION, REPORTS_FILE, TIME_ATTR
+    from somnray.tune.report import collect_records
+
+    cfg = experiment()
+    for trial, loss in (("a_00000", 0.9), ("a_00001", 0.4)):
+        folder = tmp_path / f"trial_{trial}"
+        folder.mkdir()
+        (folder / REPORTS_FILE).write_text(json.dumps({"val_loss": loss, TIME_ATTR: 4, GENERATION: 0,
+                                                       "phase": cfg.phases[-1].name, "step": 4}) + "\n")
+    donor_result = {"trial_id": "a_00001", "val_loss": 0.4, TIME_ATTR: 4}
+    grid = [SimpleNamespace(metrics=dict(donor_result), path=str(tmp_path / f"trial_{t}"), config={},
+                            error=None, metrics_dataframe=None) for t in ("a_00000", "a_00001")]
+    records = collect_records(resolve(str(tmp_path)), grid, cfg, SimpleNamespace(metric="val_loss",
+                                                                                 resolved_mode="min"))
+    assert [(r.trial_id, r.value) for r in records] == [("a_00001", 0.4), ("a_00000", 0.9)]
+
+
 # ------------------------------------------------------------------------------------------------
 # integration: a real PBT search on the session's 2-CPU cluster
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,301 @@
+"""``somnray bench soak``: N clients scoring nights against ``somnray serve`` for T minutes.
+
+The benchmark starts the service itself — ``somnray serve`` in a child process, on a fresh local
+Ray instance with its own temp folder and a free port — with a model bundle (the full-size
+``coresleep``, random weights: speed and memory do not depend on them) and one synthetic
+Sleep-EDF-like night, then runs ``clients`` threads that each post the night to ``POST /v1/score``
+again and again for ``minutes``.  Meanwhile it samples the resident memory (RSS) of every process
+of the service — the CLI, Ray's own processes and each Serve replica, named by role — every
+``sample_s`` seconds.
+
+It writes, next to the other results:
+
+* ``soak.png`` — RSS of each role over time (and the total), with the answers per second;
+* ``soak-samples.json`` — every RSS sample and every answer (time, status, latency);
+* ``soak.json`` and the ``soak`` section of ``docs/benchmarks.md`` — answers by status, latency
+  percentiles, throughput, and each role's RSS at the start, its peak and at the end.
+
+After the clients stop, the service is stopped (SIGTERM, as a service manager would) and the
+processes it had started are counted as they exit: any still alive 30 s later is reported and
+killed.  Nothing of the clients' answers is asserted here: it is a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .bench_score import _make_bundle, _night
+from .benchreport import BenchResult
+
+#: Seconds the service gets to deploy before the benchmark gives up.
+STARTUP_TIMEOUT_S = 300.0
+#: Seconds the stopped service's processes get to exit before they are reported and killed.
+EXIT_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_role(cmdline: list[str]) -> str:
+    """A short, stable name for a process of the service, from its command line.
+
+    Serve replicas and Ray actors carry their role in their process title (``ray::ServeReplica:
+    somnray:StageModel``); Ray's daemons are named by their executable or module.
+    """
+    if not cmdline:
+        return "other"
+    title = cmdline[0]
+    if title.startswith("ray::"):
+        # The title names the method running now (StageModel.handle_request...): keep the actor.
+        name = title[len("ray::"):].split()[0].rsplit(":", 1)[-1].split(".")[0]
+        return "idle worker" if name == "IDLE" else name
+    if title.startswith("ray-dashboard-"):  # the dashboard's module processes, one per module
+        return "dashboard modules"
+    text = " ".join(cmdline)
+    for marker, role in (("somnray.jobs serve", "somnray serve"), ("gcs_server", "gcs_server"),
+                         ("multiprocessing.forkserver", "dashboard modules"),
+                         ("raylet", "raylet"), ("dashboard/agent.py", "dashboard agent"),
+                         ("runtime_env/agent", "runtime_env agent"), ("dashboard.py", "dashboard"),
+                         ("log_monitor", "log_monitor"), ("monitor.py", "monitor"),
+                         ("default_worker.py", "idle worker")):
+        if marker in text:
+            return role
+    return os.path.basename(title) or "other"
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _sample(pid: int) -> dict[str, float]:
+    """RSS in MiB per role over the process tree of ``pid`` (several processes of one role add)."""
+    import psutil
+
+    rss: dict[str, float] = defaultdict(float)
+    for proc in _tree(pid):
+        try:
+            rss[process_role(proc.cmdline())] += proc.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # exited between the listing and the read
+    return dict(rss)
+
+
+def _client(url: str, body: bytes, until: float, answers: list, lock: threading.Lock, index: int) -> None:
+    import requests
+
+    with requests.Session() as session:
+        n = 0
+        while time.monotonic() < until:
+            t0 = time.monotonic()
+            try:
+                r = session.post(f"{url}/v1/score", timeout=300, data={"recording_id": f"soak-{index}-{n}"},
+                                 files={"file": ("night.edf", body, "application/octet-stream")})
+                status = r.status_code
+                if status == 503:  # the service asked to come back later: do as it says
+                    time.sleep(float(r.headers.get("Retry-After", "1")))
+            except requests.RequestException as exc:
+                status = type(exc).__name__
+            with lock:
+                answers.append((t0, status, time.monotonic() - t0))
+            n += 1
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path) -> None:
+    import requests
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"somnray serve exited with status {proc.returncode}: "
+                               f"{log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"somnray serve did not answer /healthz within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> dict[str, Any]:
+    """SIGTERM the service; how long it took and which of its processes outlived it (then killed)."""
+    import psutil
+
+    started = [p for p in _tree(proc.pid)]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=EXIT_TIMEOUT_S * 4)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    stop_s = time.monotonic() - t0
+    gone, alive = psutil.wait_procs(started, timeout=EXIT_TIMEOUT_S)
+    left = []
+    for p in alive:
+        try:
+            left.append(process_role(p.cmdline()))
+            p.kill()  # a process this benchmark started, by its id
+        except psutil.NoSuchProcess:
+            continue
+    return {"stop_s": stop_s, "left_running": sorted(left)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))  # linear interpolation between the closest ranks
+
+
+def plot(samples: list[dict[str, Any]], answers: list[tuple[float, Any, float]], start: float,
+         path: Path) -> None:
+    """RSS per role over time (top) and answers per 10 s by status (bottom), as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 7))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    minutes = [(s["t"] - start) / 60 for s in samples]
+    roles = sorted({r for s in samples for r in s["rss_mib"]},
+                   key=lambda r: -max(s["rss_mib"].get(r, 0.0) for s in samples))
+    for role in roles:
+        top.plot(minutes, [s["rss_mib"].get(role, 0.0) for s in samples], label=role, linewidth=1)
+    top.plot(minutes, [sum(s["rss_mib"].values()) for s in samples], label="total", color="black",
+             linewidth=2)
+    top.set_ylabel("RSS (MiB)")
+    top.set_title("somnray serve under load: resident memory per process")
+    top.legend(fontsize=7, ncol=3, loc="upper left")
+    top.grid(alpha=0.3)
+    counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for t0, status, _ in answers:
+        counts[str(status)][int((t0 - start) // 10)] += 1
+    for status, per_bin in sorted(counts.items()):
+        bins = sorted(per_bin)
+        bottom.plot([(b * 10 + 5) / 60 for b in bins], [per_bin[b] / 10 for b in bins], label=status)
+    bottom.set_xlabel("minutes")
+    bottom.set_ylabel("answers / s")
+    bottom.legend(fontsize=7)
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(clients: int = 32, minutes: float = 30.0, *, hours: float = 1.0, model: str = "coresleep",
+        sample_s: float = 5.0, results: str | os.PathLike = "bench-results") -> BenchResult:
+    """Start the service, soak it, stop it; the results (module docstring).
+
+    Parameters
+    ----------
+    clients : int
+        Concurrent clients, each posting one night after the other.
+    minutes : float
+        How long the clients post.
+    hours : float
+        Length of the synthetic night each request uploads.
+    model : str
+        Registered architecture of the served bundle (random weights).
+    sample_s : float
+        Seconds between RSS samples.
+    results : path
+        Folder of ``soak.png`` and ``soak-samples.json``.
+    """
+    out = Path(results)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="somnray-soak-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Unix socket paths are limited
+    try:
+        bundle = _make_bundle(work / "bundle", "sleep-edf", model)
+        [psg] = _night(work / "night", hours)
+        body = Path(psg).read_bytes()
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOMNRAY_SERVE_TOKEN")}
+        env.update(RAY_TMPDIR=str(ray_tmp), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        log_path = work / "serve.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "somnray.jobs", "serve", str(bundle),
+                                     "--port", str(port), "--device", "cpu"],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_ready(url, proc, log_path)
+            answers: list[tuple[float, Any, float]] = []
+            samples: list[dict[str, Any]] = []
+            lock = threading.Lock()
+            start = time.monotonic()
+            until = start + minutes * 60
+            threads = [threading.Thread(target=_client, args=(url, body, until, answers, lock, i), daemon=True)
+                       for i in range(clients)]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                samples.append({"t": time.monotonic(), "rss_mib": _sample(proc.pid)})
+                time.sleep(sample_s)
+            for t in threads:
+                t.join()
+            samples.append({"t": time.monotonic(), "rss_mib": _sample(proc.pid)})
+        finally:
+            stopped = _stop(proc)
+        plot(samples, answers, start, out / "soak.png")
+        (out / "soak-samples.json").write_text(json.dumps({
+            "start": start, "samples": samples,
+            "answers": [{"t": t - start, "status": s, "latency_s": d} for t, s, d in answers]}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    return _result(clients, minutes, hours, model, samples, answers, stopped, out)
+
+
+def _result(clients: int, minutes: float, hours: float, model: str, samples: list[dict[str, Any]],
+            answers: list[tuple[float, Any, float]], stopped: dict[str, Any], out: Path) -> BenchResult:
+    """The summary table: RSS per role (start, peak, end), then the answers."""
+    roles = sorted({r for s in samples for r in s["rss_mib"]})
+    half = samples[len(samples) // 2]
+    rows: list[dict[str, object]] = []
+    for role in roles + ["total"]:
+        series = [sum(s["rss_mib"].values()) if role == "total" else s["rss_mib"].get(role, 0.0)
+                  for s in samples]
+        rows.append({"process": role, "RSS start MiB": series[0], "RSS peak MiB": max(series),
+                     "RSS halfway MiB": series[len(samples) // 2], "RSS end MiB": series[-1]})
+    ok = [d for _, s, d in answers if s == 200]
+    by_status: dict[str, int] = defaultdict(int)
+    for _, s, _ in answers:
+        by_status[str(s)] += 1
+    wall = minutes * 60
+    notes = [
+        f"{clients} clients posting a {hours:g}-h synthetic Sleep-EDF night (EEG + EOG, 100 Hz) to "
+        f"`somnray serve` (full-size `{model}`, random weights, fp32 or bf16 as `auto` picks, the "
+        f"CLI's defaults) for {minutes:g} min; RSS sampled every few seconds over every process "
+        "the service started (`soak.png`, `soak-samples.json`).",
+        "Answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(by_status.items()))
+        + f"; {len(ok) / wall:.2f} scored nights/s.",
+        (f"Latency of the 200 answers: p50 {_percentile(ok, 50):.2f} s, p95 {_percentile(ok, 95):.2f} s, "
+         f"p99 {_percentile(ok, 99):.2f} s, max {max(ok):.2f} s." if ok else "No 200 answer."),
+        f"Stopping the service (SIGTERM) took {stopped['stop_s']:.1f} s; processes still running "
+        f"{EXIT_TIMEOUT_S:.0f} s later: {', '.join(stopped['left_running']) or 'none'}.",
+        f"Halfway sample at {(half['t'] - samples[0]['t']) / 60:.1f} min: a total RSS at the end "
+        "close to the halfway one means memory reached a plateau, not a leak.",
+    ]
+    return BenchResult("soak", f"Soak: {clients} clients against somnray serve for {minutes:g} min",
+                       rows, notes)

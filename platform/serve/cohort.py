@@ -50,7 +50,7 @@ from somnray.core.errors import ConfigError, RecordingError, ServingError
 from somnray.core.storage import StorageLocation, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
-from somnray.data.profiles import CohortProfile, load_profile
+from somnray.data.profiles import CohortProfile
 
 from somnray.scoring.scorer import Scorer
 
@@ -347,7 +347,7 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
         Unusable inputs, or profiles the model cannot be scored with (every problem at once).
     """
     profile = options.profile
-    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
+    base = spec.resolve_profile(profile)
     entries = collect_entries(input_uri, base, storage_options=options.storage_options)
     profiles: dict[str, CohortProfile] = {}
     rows: list[dict[str, Any]] = []

@@ -191,9 +191,8 @@ def load_bundle(directory: str | os.PathLike, map_location: str | torch.device =
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder}: not a somnray model bundle (no {f})")
     info = BundleInfo.from_json((folder / INFO_FILE).read_text(), str(folder / INFO_FILE))
-    if info.weights_sha256 is not None and file_sha256(folder / WEIGHTS_FILE) != info.weights_sha256:
-        raise ValueError(f"{folder / WEIGHTS_FILE}: SHA-256 differs from the one {INFO_FILE} records "
-                         f"({info.weights_sha256}); the weights were changed or damaged")
+    changed = info.weights_sha256 is not None and file_sha256(folder / WEIGHTS_FILE) != info.weights_sha256
+    hash_problem = f"its SHA-256 differs from the one {INFO_FILE} records ({info.weights_sha256})"
     model = create_model(info.model, **info.overrides)
     if tuple(model.modalities) != info.modalities:
         raise ValueError(f"{folder / INFO_FILE}: modalities {list(info.modalities)} do not match the "
@@ -202,7 +201,10 @@ def load_bundle(directory: str | os.PathLike, map_location: str | torch.device =
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit model {info.model!r}: {exc}") from None
+        also = f" ({hash_problem}: the file was replaced or damaged)" if changed else ""
+        raise ValueError(f"{folder / WEIGHTS_FILE}: weights do not fit model {info.model!r}{also}: {exc}") from None
+    if changed:
+        raise ValueError(f"{folder / WEIGHTS_FILE}: {hash_problem}; the weights were changed or damaged")
     return model.eval(), info
 
 

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "split",
     "train",
+    "finetune",
     "evaluate",
     "score",
     "bench",

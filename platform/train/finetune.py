@@ -141,8 +141,8 @@ def finetune_overrides(source_uri: str, dataset_uri: str, freeze: Sequence[str] 
                        storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """``--set`` assignments that point a fine-tuning recipe at a source model and a dataset.
 
-    The model section comes from the source's ``model.json`` (name and constructor overrides),
-    ``phases.0.init_from`` is the source and ``data.dataset`` the new data; ``freeze`` (if given)
+    The model section comes from the source's ``model.json`` (name and constructor overrides), so
+    does the window length (``data.sequence_length``); ``phases.0.init_from`` is the source and ``data.dataset`` the new data; ``freeze`` (if given)
     replaces the first phase's frozen groups. The caller's own ``--set`` go after these, so they win.
 
     Raises
@@ -157,7 +157,8 @@ def finetune_overrides(source_uri: str, dataset_uri: str, freeze: Sequence[str] 
     except ValueError as exc:
         raise ConfigError(source_uri, [str(exc)]) from None
     out = [f"model.name={info.model}", f"model.overrides={json.dumps(info.overrides)}",
-           f"phases.0.init_from={source_uri}", f"data.dataset={dataset_uri}"]
+           f"data.sequence_length={info.sequence_length}", f"phases.0.init_from={source_uri}",
+           f"data.dataset={dataset_uri}"]
     if freeze is not None:
         out.append(f"phases.0.freeze={json.dumps(list(freeze))}")
     return out

@@ -94,20 +94,22 @@ def train_and_report(cfg, source: str) -> int:
     from somnray.jobs.cli import EXIT_TRAINING_FAILED, KNOWN_FAILURES, CommandFailed
     from somnray.train.tracking import check_sinks_available
 
+    from somnray.train.driver import init_sources, run_experiment
+
     for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
         check_sinks_available(phase.logging, f"{source} (phase {phase.name})")
+    sources = init_sources(cfg)  # a source model that does not fit its phase fails before Ray too
 
     import ray
 
     from somnray.core.session import ensure_ray
-    from somnray.train.driver import run_experiment
 
     names = " → ".join(p.name for p in cfg.phases)
     print(f"run {cfg.run_uri}: {len(cfg.phases)} phase(s) {names}", flush=True)
     started = ensure_ray()
     failure = None
     try:
-        results = run_experiment(cfg)
+        results = run_experiment(cfg, sources=sources)
     except KNOWN_FAILURES:
         raise
     except Exception as exc:  # a failed Ray Train run: the cause is in the worker logs above

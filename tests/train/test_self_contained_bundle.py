@@ -43,14 +43,14 @@ def own_profile_run(ray_local, synth_cohort, tmp_path_factory, one_torch_thread)
                        name="own", optim={"max_steps": 4, "validate_every": 2})
     assert cli.main(["train", str(cfg)]) == 0
     profile_file.unlink()  # scoring must not need it any more
-    return root / "runs" / "own", cohort
+    return root / "runs" / "own", cohort, result.dataset_uri
 
 
 @pytest.mark.integration
 def test_bundle_embeds_profile_summary_card_and_weights_hash(own_profile_run):
     """model.json carries the full profile, window rule, classes, signal summary and the weights'
     SHA-256; MODEL_CARD.md and model_card.json describe the training data and recipe."""
-    run, _ = own_profile_run
+    run, _, _ = own_profile_run
     bundle = run / "model"
     info = json.loads((bundle / "model.json").read_text())
     assert info["profile"]["name"] == OWN_PROFILE and info["profile"]["channels"]["eeg"]["band"] == [0.3, 35.0]
@@ -77,7 +77,7 @@ def test_bundle_embeds_profile_summary_card_and_weights_hash(own_profile_run):
 @pytest.mark.integration
 def test_cli_scores_an_edf_without_naming_the_profile(own_profile_run, tmp_path, capsys):
     """somnray score RUN night.edf --out: exit 0, one night scored with the bundle's own profile."""
-    run, cohort = own_profile_run
+    run, cohort, _ = own_profile_run
     psg = cohort.path / cohort.entries[0].psg
     out = tmp_path / "scored"
     assert cli.main(["score", str(run), str(psg), "--out", str(out), "--no-progress"]) == 0
@@ -94,7 +94,7 @@ def test_http_scores_an_edf_without_naming_the_profile(own_profile_run):
     from somnray.serve.app import build_app
     from somnray.serve.config import ServeConfig
 
-    run, cohort = own_profile_run
+    run, cohort, _ = own_profile_run
     psg = cohort.path / cohort.entries[0].psg
     port = free_port()
     config = ServeConfig(run_uri=str(run), port=port, model_num_cpus=0, preprocess_num_cpus=0,
@@ -110,3 +110,17 @@ def test_http_scores_an_edf_without_naming_the_profile(own_profile_run):
     doc = answer.json()
     assert doc["n_epochs"] == 120 and len(doc["hypnogram"]) == 120
     assert set(doc["hypnogram"]) <= {"W", "N1", "N2", "N3", "REM"} and doc["modalities_used"][0] == "eeg+eog"
+
+
+@pytest.mark.integration
+def test_evaluate_adds_scenario_metrics_to_the_model_card(own_profile_run, capsys):
+    """somnray evaluate on the run writes its pooled and per-fold scenario metrics into both card files."""
+    run, _, dataset = own_profile_run
+    assert cli.main(["evaluate", str(run), "--data", dataset, "--scenarios", "all", "eeg_only"]) == 0
+    capsys.readouterr()
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    evaluation = card["evaluation"]
+    assert set(evaluation["pooled"]) == {"all", "eeg_only"} and evaluation["folds"] == [f"file://{run}"]
+    assert 0 <= evaluation["pooled"]["all"]["accuracy"] <= 1 and "accuracy" in evaluation["fold_mean"]["all"]
+    text = (run / "model" / "MODEL_CARD.md").read_text()
+    assert "| eeg_only |" in text and "Not evaluated yet" not in text

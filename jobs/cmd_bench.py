@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "models", "score", "train")
+BENCHMARKS = ("prepare", "models", "score", "train", "finetune")
 
 
 #: One line for ``somnray --help``.
@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_train
 
             result = bench_train.run(quick=args.quick)
+        elif name == "finetune":
+            from . import bench_finetune
+
+            result = bench_finetune.run(quick=args.quick)
         elif name == "score":
             from . import bench_score
 

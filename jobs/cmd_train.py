@@ -98,7 +98,7 @@ def train_and_report(cfg, source: str) -> int:
 
     for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
         check_sinks_available(phase.logging, f"{source} (phase {phase.name})")
-    sources = init_sources(cfg)  # a source model that does not fit its phase fails before Ray too
+    init_sources(cfg)  # a source model that does not fit its phase fails before Ray starts, too
 
     import ray
 
@@ -109,7 +109,7 @@ def train_and_report(cfg, source: str) -> int:
     started = ensure_ray()
     failure = None
     try:
-        results = run_experiment(cfg, sources=sources)
+        results = run_experiment(cfg)
     except KNOWN_FAILURES:
         raise
     except Exception as exc:  # a failed Ray Train run: the cause is in the worker logs above

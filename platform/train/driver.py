@@ -275,17 +275,14 @@ def init_sources(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
-def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = None,
-                   sources: Mapping[str, Any] | None = None) -> list[PhaseResult]:
+def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = None) -> list[PhaseResult]:
     """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint,
     ``init_from: <URI>`` phases from another trained model (checked before any phase runs,
     :func:`somnray.train.finetune.check_source`).
 
     The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
     and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
-    ``ray.init``. ``placement_strategy`` overrides every phase's ``scaling.placement_strategy``;
-    ``sources`` are the checked ``init_from`` sources when the caller has them (:func:`init_sources`,
-    which needs no Ray).
+    ``ray.init``. ``placement_strategy`` overrides every phase's ``scaling.placement_strategy``.
 
     Raises
     ------
@@ -296,7 +293,7 @@ def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = No
     """
     for phase in cfg.phases:
         check_sinks_available(phase.logging, f"{cfg.run_uri} (phase {phase.name})")
-    sources = init_sources(cfg) if sources is None else sources
+    sources = init_sources(cfg)
     check_cpus_for_data(cfg)
     storage = _storage(cfg)
     dump_experiment(cfg, storage.join("config.yaml").uri)

@@ -119,7 +119,7 @@ def measure(model: str, a_uri: str, b_uri: str, runs: Path, sizes: ShiftSizes) -
         a_after, _ = _macro_f1(tuned.run_uri, a_uri)
     split = PreparedDataset.open(b_uri).split(SPLIT)[0]
     return ShiftRow(model, a_before, b_before, b_after, a_after, b_acc_before, b_acc_after,
-                    len(split.train) + len(split.val), took["seconds"])
+                    len(split.train) + len(split.val), took["s"])
 
 
 def run(models: tuple[str, ...] = MODELS, quick: bool = False, workdir: str | None = None) -> BenchResult:

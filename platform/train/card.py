@@ -112,7 +112,7 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
             "dataset_uri": data.dataset_uri, "dataset": data.dataset, "dataset_version": data.version,
             "manifest_sha256": data.manifest_sha256,
             "cohort_profile": data.profile_name,
-            "profile_description": profile.get("description") or None,
+            "profile_description": (profile.get("description") or "").strip() or None,
             "montage": _montage(data.profile), "normalization": profile.get("normalization"),
             "modalities": list(data.modalities), "nights": dict(data.nights), "subjects": dict(data.subjects),
             "class_histogram": dict(data.class_histogram)},
@@ -180,9 +180,11 @@ def render_card(card: Mapping[str, Any]) -> str:
         lines.append(f"| {p['name']} | {p['init_from'] or 'scratch'} | {', '.join(p['freeze']) or '–'} | "
                      f"{p['optimizer']} | {lr} | {p['max_steps']} | {p['missing']['kind']} {p['missing']['rate']:g} |")
     val = card.get("validation_metrics") or {}
+    kappa = val.get("val_kappa")
     lines += ["", f"Exported phase: `{r['exported_phase']}` of run `{r.get('run_uri')}`; validation "
               f"(checkpoint selection): accuracy {_pct(val.get('val_accuracy'))} %, macro-F1 "
-              f"{_pct(val.get('val_macro_f1'))} %, κ {val.get('val_kappa', '–')}", "", "## Evaluation", ""]
+              f"{_pct(val.get('val_macro_f1'))} %, κ {'–' if kappa is None else f'{kappa:.3f}'}", "",
+              "## Evaluation", ""]
     ev = card.get("evaluation")
     if not ev:
         lines.append("Not evaluated yet: `somnray evaluate RUN_URI --data DATASET_URI` adds the metrics "

@@ -93,8 +93,13 @@ def _macro_f1(run_uri: str, data_uri: str) -> tuple[float, float]:
     return pooled.macro_f1, pooled.accuracy
 
 
-def measure(model: str, a_uri: str, b_uri: str, runs: Path, sizes: ShiftSizes) -> ShiftRow:
-    """Train ``model`` on A, fine-tune on B's labelled nights, and score both sites before and after."""
+def measure(model: str, a_uri: str, b_uri: str, runs: Path, sizes: ShiftSizes,
+            finetune_sets: tuple[str, ...] = (), tag: str = "site-b") -> ShiftRow:
+    """Train ``model`` on A, fine-tune on B's labelled nights, and score both sites before and after.
+
+    ``finetune_sets`` are extra ``--set`` assignments of the fine-tuning recipe (e.g.
+    ``init_statistics`` or the learning rate); ``tag`` names the fine-tuned run (``<model>-<tag>``).
+    """
     from somnray.data.dataset import PreparedDataset
     from somnray.train.config import load_experiment
     from somnray.train.driver import run_experiment
@@ -113,7 +118,7 @@ def measure(model: str, a_uri: str, b_uri: str, runs: Path, sizes: ShiftSizes) -
         tuned = load_experiment(str(configs.joinpath("finetune_local.yaml")), finetune_overrides(a_run, b_uri) + [
             f"data.split={{name: {SPLIT}, fold: 0}}", f"optim.max_steps={sizes.finetune_steps}",
             "optim.validate_every=10", "optim.warmup_steps=5", "scaling.use_gpu=false",
-            "deepspeed.precision=fp32", f"storage.uri={runs}", f"storage.name={model}-site-b"])
+            "deepspeed.precision=fp32", f"storage.uri={runs}", f"storage.name={model}-{tag}", *finetune_sets])
         run_experiment(tuned)
         b_after, b_acc_after = _macro_f1(tuned.run_uri, b_uri)
         a_after, _ = _macro_f1(tuned.run_uri, a_uri)

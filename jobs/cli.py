@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prepare",
     "split",
     "train",
+    "finetune",
     "evaluate",
     "score",
     "bench",

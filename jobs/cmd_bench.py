@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "models", "score", "train")
+BENCHMARKS = ("prepare", "models", "score", "train", "finetune")
 #: Benchmarks ``all`` leaves out: they need hardware a CPU machine lacks.
 HARDWARE_BENCHMARKS = ("gpu",)
 #: Benchmarks run only by name (``all`` leaves them out): the soak takes half an hour.
@@ -49,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_train
 
             result = bench_train.run(quick=args.quick)
+        elif name == "finetune":
+            from . import bench_finetune
+
+            result = bench_finetune.run(quick=args.quick)
         elif name == "score":
             from . import bench_score
 

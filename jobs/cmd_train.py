@@ -82,16 +82,24 @@ def _phases_setting_workers(config: str, overrides: list[str]) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, train, export; returns 0 (a failed training raises :class:`CommandFailed`, status 3)."""
-    from somnray.jobs.cli import EXIT_TRAINING_FAILED, KNOWN_FAILURES, CommandFailed
     from somnray.train.config import load_experiment
-    from somnray.train.tracking import check_sinks_available
 
     cfg = load_experiment(args.config, cli_overrides(args.config, args.overrides, args.run_uri, args.workers))
+    return train_and_report(cfg, args.config)
+
+
+def train_and_report(cfg, source: str) -> int:
+    """Train a loaded :class:`~somnray.train.config.ExperimentConfig` and print its outcome (``somnray
+    train`` and ``somnray finetune``); ``source`` names the config in messages. Returns 0."""
+    from somnray.jobs.cli import EXIT_TRAINING_FAILED, KNOWN_FAILURES, CommandFailed
+    from somnray.train.driver import init_sources, run_experiment
+    from somnray.train.tracking import check_sinks_available
+
     for phase in cfg.phases:  # a configured sink that is not installed fails now, not mid-run
-        check_sinks_available(phase.logging, f"{args.config} (phase {phase.name})")
+        check_sinks_available(phase.logging, f"{source} (phase {phase.name})")
+    init_sources(cfg)  # a source model that does not fit its phase fails before Ray starts, too
 
     from somnray.core.session import ensure_ray, shutdown_ray
-    from somnray.train.driver import run_experiment
 
     names = " → ".join(p.name for p in cfg.phases)
     print(f"run {cfg.run_uri}: {len(cfg.phases)} phase(s) {names}", flush=True)

@@ -148,6 +148,8 @@ class SleepStagingModel(nn.Module):
     #: Values the constructor's ``phase=`` keyword takes (a recipe sets one per training phase
     #: with ``model.overrides.phase``); empty: the model has no phases and no such keyword.
     phases: ClassVar[tuple[str, ...]] = ()
+    #: The publication the architecture implements (model cards cite it); empty: none.
+    paper: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

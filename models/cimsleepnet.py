@@ -167,6 +167,8 @@ class CIMSleepNet(SleepStagingModel):
     paper_micro_batch = (64, 25)
     #: A missing modality is imagined by MAIM and completed (module docstring).
     multimodal_missing_policy = "impute"
+    paper = ("Shen et al., Robust Sleep Staging over Incomplete Multimodal Physiological Signals via "
+             "Contrastive Imagination, NeurIPS 2024")
 
     def __init__(self, modalities: Sequence[str] = ("eeg", "eog"), *, context_epochs: int = 25,
                  maim_widths: Sequence[int] = (32, 64, 128), latent_dim: int = 128, latent_hidden: int = 128,

@@ -136,6 +136,8 @@ class _CoReSleepBase(SleepStagingModel):
     #: An epoch without a modality is scored from the others (the unimodal heads, see the
     #: module docstring).
     multimodal_missing_policy = "drop"
+    paper = ("Kontras et al., CoRe-Sleep: A Multimodal Fusion Framework for Time Series Robust to "
+             "Imperfect Modalities, IEEE TNSRE 32 (2024)")
     #: The spectrogram statistics are fitted on training epochs.
     needs_epoch_sample = True
 

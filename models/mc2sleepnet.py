@@ -211,6 +211,8 @@ class MC2SleepNet(SleepStagingModel):
 
     #: Stage 0 and the recipe's two phases, set with ``phase=`` (``model.overrides.phase`` in a config).
     phases = PHASES
+    paper = ("Na et al., MC²SleepNet: Multi-modal Cross-masking with Contrastive Learning for Sleep "
+             "Stage Classification (ACM MM 2024)")
     #: The spectrogram statistics are fitted on training epochs.
     needs_epoch_sample = True
     #: Loss weights per phase (Eq. 19 and 23; ``contrastive`` is the epoch-level InfoNCE).

@@ -183,6 +183,20 @@ class PreparedDataset:
         """The version hash (None when the manifest does not record one)."""
         return self._version or self.manifest.get("version")
 
+    def manifest_sha256(self) -> str:
+        """Hex SHA-256 of the ``manifest.json`` bytes (what a model card cites as its training data).
+
+        Raises
+        ------
+        ConfigError
+            The dataset has no ``manifest.json``.
+        """
+        loc = self._location.join(MANIFEST_FILE)
+        try:
+            return hashlib.sha256(loc.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            raise ConfigError(loc.uri, ["no manifest.json: not a prepared dataset"]) from None
+
     @property
     def profile_name(self) -> str | None:
         """Name of the cohort profile the dataset was prepared with (None if not recorded)."""

@@ -54,7 +54,7 @@ from somnray.core.errors import ConfigError, ServingError, reject_reason
 from somnray.core.storage import StorageLocation, StorageRoots, relative_uri, resolve, worker_storage_options
 from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
-from somnray.data.profiles import CohortProfile, list_profiles, load_profile
+from somnray.data.profiles import CohortProfile, list_profiles
 
 from somnray.scoring.scorer import Scorer
 
@@ -489,7 +489,7 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             raise ConfigError("profile", [f"{os.fspath(profile)!r}: not a shipped profile and "
                                           f"{OUTSIDE_ROOTS}"])
         profile = confined
-    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec.profile_name)
+    base = spec.resolve_profile(profile)
     found = collect_recordings(input_uri, base, storage_options=options.storage_options,
                                id_from=options.id_from)
     names = {e.recording_id: name for e, name in found}

@@ -99,20 +99,53 @@ class ModelSpec:
     profile_name: str
     length: int
     checkpoint_uri: str = IN_MEMORY_MODEL
+    #: The cohort profile embedded in the bundle (None: a bundle that records only a name).
+    profile: CohortProfile | None = None
 
     @classmethod
     def of(cls, scorer: Scorer) -> "ModelSpec":
         """The spec of a loaded model.
 
-        The default cohort profile is the one the training data was prepared with: training's
-        export records it as ``extra["cohort_profile"]``; ``extra["profile"]`` is accepted too
-        (hand-made bundles); ``generic`` when neither is there.
+        The default cohort profile is the one the training data was prepared with: the full
+        profile embedded in ``model.json`` (``profile``), so a model trained with a user's own
+        profile YAML needs no ``--profile``; for bundles that record only a name, the shipped
+        profile of that name (``extra["cohort_profile"]``, or ``extra["profile"]`` of hand-made
+        bundles); ``generic`` when neither is there.
+
+        Raises
+        ------
+        ConfigError
+            The embedded profile does not validate (naming the bundle).
         """
+        from pydantic import ValidationError
+
         extra = scorer.info.extra
-        profile = str(extra.get("cohort_profile") or extra.get("profile") or DEFAULT_PROFILE)
+        embedded = None
+        if scorer.info.profile is not None:
+            try:
+                embedded = CohortProfile.model_validate(scorer.info.profile)
+            except ValidationError as exc:
+                raise ConfigError(scorer.uri or IN_MEMORY_MODEL, [
+                    f"model.json profile: not a valid cohort profile ({exc.error_count()} problem(s), "
+                    f"first: {exc.errors()[0]['msg']})"]) from None
+        profile = embedded.name if embedded is not None else str(
+            extra.get("cohort_profile") or extra.get("profile") or DEFAULT_PROFILE)
         return cls(name=scorer.info.model, modalities=scorer.modalities,
                    policy=missing_modality_policy(scorer.model), profile_name=profile,
-                   length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL)
+                   length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL, profile=embedded)
+
+    def default_profile(self) -> CohortProfile:
+        """The profile a night is read with when nobody names one: the embedded one, else by name."""
+        return self.profile if self.profile is not None else load_profile(self.profile_name)
+
+    def resolve_profile(self, profile: CohortProfile | str | None) -> CohortProfile:
+        """``profile`` as a :class:`CohortProfile`: itself, a shipped name or YAML path, or (None,
+        or the embedded profile's own name) the model's :meth:`default_profile`."""
+        if isinstance(profile, CohortProfile):
+            return profile
+        if profile is None or (self.profile is not None and profile == self.profile.name):
+            return self.default_profile()
+        return load_profile(profile)
 
     @property
     def model_info(self) -> ModelInfo:
@@ -175,7 +208,8 @@ def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | No
                     channel_map: Mapping[str, ChannelMapValue] | None = None) -> CohortProfile:
     """The cohort profile a night is prepared with for ``model``.
 
-    Starts from ``profile`` (default: the bundle's profile), keeps only the model's modalities
+    Starts from ``profile`` (default: the profile embedded in the bundle, else the shipped one it
+    names; :meth:`ModelSpec.resolve_profile`), keeps only the model's modalities
     (nothing else is read or filtered), overrides aliases with ``channel_map`` and sets each
     channel's ``required`` flag from the model family: a model that copes with a missing modality
     needs none in particular (:func:`prepare_for_scoring` then checks that one is there).
@@ -197,7 +231,7 @@ def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | No
         cannot do without it.
     """
     spec_ = model if isinstance(model, ModelSpec) else ModelSpec.of(model)
-    base = profile if isinstance(profile, CohortProfile) else load_profile(profile or spec_.profile_name)
+    base = spec_.resolve_profile(profile)
     channel_map = dict(channel_map or {})
     errors = [f"channel_map: modality {m!r} is not used by model {spec_.name!r} "
               f"(it uses {list(spec_.modalities)})" for m in channel_map if m not in spec_.modalities]

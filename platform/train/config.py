@@ -316,6 +316,9 @@ class OptimConfig(_Strict):
     accumulation micro-steps). ``patience`` counts validation checks without improvement of
     ``monitor`` (None: no early stopping). ``step_milestones`` / ``step_gamma`` drive the ``step``
     schedule (CIMSleepNet's lr drop after epoch 10 is one milestone with gamma 0.1).
+    ``group_lr`` gives named parameter groups of the model (``model.parameter_groups()``) their own
+    learning rate (the schedule scales every group alike); a parameter in several named groups
+    takes the smallest group's rate, and every other trainable parameter takes ``lr``.
     """
 
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -330,6 +333,7 @@ class OptimConfig(_Strict):
     min_lr: float = Field(0.0, ge=0.0)
     step_milestones: tuple[int, ...] = ()
     step_gamma: float = Field(0.1, gt=0.0, le=1.0)
+    group_lr: dict[str, float] = Field(default_factory=dict)
     batch_size: int = Field(16, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
     clip_norm: float | None = Field(None, gt=0.0)
@@ -364,6 +368,12 @@ class OptimConfig(_Strict):
                 problems.append(f"schedule 'step' needs step_milestones: distinct increasing steps >= 1, got {ms}")
         elif self.step_milestones:
             problems.append(f"step_milestones only apply to schedule 'step', not {self.schedule!r}")
+        if self.schedule == "warmup_cosine":
+            low = [g for g, lr in self.group_lr.items() if self.min_lr > lr]
+            if low:
+                problems.append(f"min_lr ({self.min_lr}) must not exceed the group_lr of {low}")
+        if any(lr <= 0 for lr in self.group_lr.values()):
+            problems.append(f"group_lr values must be > 0, got {self.group_lr}")
         if self.batch_size % self.grad_accum_steps:
             problems.append(f"batch_size ({self.batch_size}) must be a multiple of grad_accum_steps "
                             f"({self.grad_accum_steps})")
@@ -458,12 +468,17 @@ class PhaseConfig(_Strict):
     """One complete training phase: every section resolved.
 
     ``init_from: previous`` initialises the model from the previous phase's best checkpoint;
-    ``freeze`` names parameter groups (``model.parameter_groups()``) kept fixed, checked against
-    the model when the phase starts.
+    ``init_from: <URI>`` from another trained model: a training run (its ``model/`` bundle) or a
+    bundle folder, local or remote (:mod:`somnray.train.finetune`). ``init_statistics`` says what
+    happens to what the model fits on the training split (spectrogram normalisation, class
+    weights) when it starts from other weights: ``keep`` the source's, or ``refit`` them on this
+    phase's training split. ``freeze`` names parameter groups (``model.parameter_groups()``)
+    kept fixed, checked against the model when the phase starts.
     """
 
     name: str
-    init_from: Literal["previous"] | None = None
+    init_from: str | None = Field(None, min_length=1)
+    init_statistics: Literal["keep", "refit"] = "keep"
     freeze: tuple[str, ...] = ()
     data: DataConfig
     model: ModelConfig
@@ -519,7 +534,7 @@ class ExperimentConfig(_Strict):
     def _phase_order(self) -> "ExperimentConfig":
         names = [p.name for p in self.phases]
         _distinct(names, "phase names")
-        if self.phases[0].init_from is not None:
+        if self.phases[0].init_from == "previous":
             raise ValueError(f"the first phase ({names[0]!r}) cannot use init_from: previous")
         return self
 
@@ -700,6 +715,18 @@ def _check_against_model(phase_raw: Mapping[str, Any]) -> list[tuple[tuple, str]
             hints = [repr(g) + did_you_mean(g, facts.parameter_groups, n=1) for g in unknown]
             problems.append((("freeze",), f"unknown parameter groups {', '.join(hints)}; "
                                           f"{model.name} has {sorted(facts.parameter_groups)}"))
+    optim = phase_raw.get("optim")
+    group_lr = optim.get("group_lr") if isinstance(optim, Mapping) else None
+    if isinstance(group_lr, Mapping):
+        unknown = [str(g) for g in group_lr if g not in facts.parameter_groups]
+        if unknown:
+            hints = [repr(g) + did_you_mean(g, facts.parameter_groups, n=1) for g in unknown]
+            problems.append((("optim", "group_lr"), f"unknown parameter groups {', '.join(hints)}; "
+                                                    f"{model.name} has {sorted(facts.parameter_groups)}"))
+        frozen = [str(g) for g in group_lr if isinstance(freeze, list) and g in freeze]
+        if frozen:
+            problems.append((("optim", "group_lr"), f"{frozen} are frozen in this phase: a learning rate "
+                                                    f"for them would have no effect"))
     weights = phase_raw.get("loss_weights")
     if isinstance(weights, Mapping):
         unknown = sorted(str(k) for k in set(weights) - set(facts.loss_weight_names))
@@ -777,7 +804,7 @@ def validate_experiment(raw: Any, source: str = "<config>") -> ExperimentConfig:
         except ValidationError as exc:
             located += [(place(loc), msg) for loc, msg in _errors(exc)]
         located += [(place(loc), msg) for loc, msg in _check_against_model(phase_raw)]
-        if i == 0 and phase_raw.get("init_from") is not None and not single:
+        if i == 0 and phase_raw.get("init_from") == "previous" and not single:
             located.append((("phases", 0, "init_from"), "the first phase has no previous phase to start from"))
     names = [p.get("name") for p, _ in resolved]
     dupes = sorted({str(n) for n in names if names.count(n) > 1})

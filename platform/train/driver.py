@@ -265,8 +265,33 @@ def check_cpus_for_data(cfg: ExperimentConfig, cluster_cpus: float | None = None
         raise ConfigError(cfg.run_uri, problems)
 
 
+def init_sources(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Phase name → :class:`~somnray.train.finetune.SourceModel` of each phase that starts from another
+    trained model, every one checked against its phase and dataset.
+
+    Raises
+    ------
+    ConfigError
+        A source that is missing, another architecture, or saw other modalities (see
+        :func:`~somnray.train.finetune.check_source`).
+    """
+    from somnray.data.dataset import PreparedDataset
+
+    from .finetune import check_source, is_source_uri
+
+    out = {}
+    for phase in cfg.phases:
+        if is_source_uri(phase.init_from):
+            data = resolve(phase.data.dataset)
+            modalities = PreparedDataset.open(data.uri, data.storage_options).modalities
+            out[phase.name] = check_source(phase, modalities, data.storage_options)
+    return out
+
+
 def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = None) -> list[PhaseResult]:
-    """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint.
+    """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint,
+    ``init_from: <URI>`` phases from another trained model (checked before any phase runs,
+    :func:`somnray.train.finetune.check_source`).
 
     The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
     and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
@@ -276,16 +301,18 @@ def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = No
     ------
     ConfigError
         A configured metric sink (TensorBoard, MLflow) is not installed, or a phase's workers would
-        leave Ray Data no CPU on a single-node cluster (both checked before any phase).
+        leave Ray Data no CPU on a single-node cluster (both checked before any phase); an
+        ``init_from`` source that is missing or does not fit its phase.
     """
     for phase in cfg.phases:
         check_sinks_available(phase.logging, f"{cfg.run_uri} (phase {phase.name})")
+    sources = init_sources(cfg)
     check_cpus_for_data(cfg)
     storage = _storage(cfg)
     dump_experiment(cfg, storage.join("config.yaml").uri)
     results: list[PhaseResult] = []
     for phase in cfg.phases:
-        init = None
+        init = sources[phase.name].checkpoint() if phase.name in sources else None
         if phase.init_from == "previous":
             init = results[-1].checkpoint(storage.storage_options)
             if init is None:

@@ -765,7 +765,24 @@ def evaluate_run(runs: Sequence[EvaluationRun], data_uri: str,
                                  if first.uri else None)
     if options.write and target is not None:
         report.write(target, options.storage_options)
+    if options.write:
+        _update_cards(loaded, report, options.storage_options)
     return report
+
+
+def _update_cards(runs: Sequence[_LoadedRun], report: EvaluationReport,
+                  storage_options: Mapping[str, Any] | None) -> None:
+    """Add the report (pooled and per fold) to the model card of every evaluated bundle."""
+    from .card import update_card_evaluation
+
+    doc = report.to_dict()
+    for run in runs:
+        if run.scorer.uri is None:
+            continue
+        try:
+            update_card_evaluation(resolve(run.scorer.uri, storage_options), doc)
+        except OSError as exc:  # a read-only bundle (a shared or registered copy) keeps its card
+            log.warning("cannot add the evaluation to the model card of %s: %s", run.scorer.uri, exc)
 
 
 __all__ = ["EVALUATION_DEVICE", "EVALUATION_DIR", "EVALUATION_PRECISION", "EvalSelection", "EvalSpec",

@@ -7,12 +7,16 @@ A run folder (``<storage.uri>/<storage.name>``) holds, after :func:`somnray.trai
     <phase>/phase_result.json    best checkpoint URI and its metrics
     <phase>/checkpoint_*/        Ray Train checkpoints (state/, model.pt, trainer_state.json)
     model/model.pt, model.json   the bundle: the LAST phase's best weights and their provenance
+    model/MODEL_CARD.md          its model card, and the card as data (model_card.json)
 
 The bundle is what scoring and evaluation load (:meth:`somnray.scoring.scorer.Scorer.load`, from
 the run URI or the bundle folder, local or remote): plain PyTorch files readable with
 :func:`somnray.models.bundle.load_bundle` and no platform. Its ``model.json`` ``extra`` records
 where the weights came from (run, phase, checkpoint, validation metrics, dataset and its cohort
-profile, the split, the somnray version).
+profile, the split, the somnray version); ``model.json`` also embeds the full cohort profile of
+the training data and summary statistics of the training signals (:func:`training_data`), so
+the bundle scores new recordings without naming a profile, and the bundle carries its model
+card (:mod:`somnray.train.card`).
 
 :func:`export_bundle` (re-)exports from an existing run, e.g. from an earlier phase, and works on
 any storage URI: remote runs are assembled in a temporary folder and uploaded file by file with
@@ -32,11 +36,13 @@ import torch
 from somnray.core.config import parse_yaml
 from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageLocation, resolve
+from somnray.core.constants import STAGE_NAMES
 from somnray.core.version import somnray_version
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, save_bundle
+from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, save_bundle
 from somnray.scoring.bundles import BUNDLE_DIR
 
-from .config import ExperimentConfig, PhaseConfig, validate_experiment
+from .card import CARD_FILE, CARD_JSON_FILE, TrainingData, card_files, model_card
+from .config import ExperimentConfig, PhaseConfig, model_facts, validate_experiment
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PHASE_RESULT_FILE = "phase_result.json"
+#: Training epochs per modality sampled for the bundle's signal summary.
+SUMMARY_EPOCHS = 2048
 
 
 def read_run_config(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> ExperimentConfig:
@@ -92,15 +100,52 @@ def write_run_metrics(run_uri: str, results: Sequence[Any],
     return loc.uri
 
 
-def _cohort_profile(dataset_uri: str, storage_options: Mapping[str, Any] | None) -> str | None:
-    """The cohort profile name recorded in the dataset's ``manifest.json`` (None if unreadable)."""
-    from somnray.data.dataset import PreparedDataset
+def _valid_profile(doc: Any, dataset_uri: str) -> dict[str, Any] | None:
+    """The manifest's profile document if it is a complete cohort profile, else None (logged)."""
+    from pydantic import ValidationError
+
+    from somnray.data.profiles import CohortProfile
 
     try:
-        return PreparedDataset.open(dataset_uri, storage_options).profile_name
-    except (ConfigError, OSError, ValueError) as exc:
-        log.warning("cannot read the manifest of %s to record its cohort profile: %s", dataset_uri, exc)
+        return CohortProfile.model_validate(doc).model_dump(mode="json")
+    except ValidationError:
+        log.warning("the manifest of %s records no complete cohort profile; the bundle names it only",
+                    dataset_uri)
         return None
+
+
+def training_data(phase: PhaseConfig, storage_options: Mapping[str, Any] | None = None) -> TrainingData:
+    """What the bundle and its card record about ``phase``'s training data.
+
+    The dataset's version, manifest hash and full cohort profile; nights and subjects of the
+    training and validation parts; the class histogram of the training part; and, per modality
+    read, summary statistics of up to :data:`SUMMARY_EPOCHS` training epochs
+    (:func:`somnray.data.signal_summary.summarize_modalities`). A dataset that can no longer be
+    read (moved, deleted) gives only its URI, with a warning.
+    """
+    from somnray.data.dataset import PreparedDataset
+    from somnray.data.signal_summary import summarize_modalities
+
+    from .inputs import resolve_split, sample_training_epochs
+
+    uri = phase.data.dataset
+    try:
+        ds = PreparedDataset.open(uri, storage_options)
+        split = resolve_split(phase.data, storage_options)
+        manifest_sha = ds.manifest_sha256()
+    except (ConfigError, OSError, ValueError) as exc:
+        log.warning("cannot read the training data %s to describe it in the bundle: %s", uri, exc)
+        return TrainingData(dataset_uri=uri)
+    modalities = phase.modalities(model_facts(phase.model.name, phase.model.overrides).modalities)
+    counts, epochs = sample_training_epochs(ds.uri, split.train, modalities, max_epochs=SUMMARY_EPOCHS,
+                                            seed=phase.seed, storage_options=storage_options)
+    return TrainingData(
+        dataset_uri=uri, dataset=ds.name, version=ds.version, manifest_sha256=manifest_sha,
+        profile_name=ds.profile_name, profile=_valid_profile(ds.manifest.get("profile"), uri),
+        nights={"train": len(split.train), "validation": len(split.val)},
+        subjects={"train": len(split.train_subjects), "validation": len(split.val_subjects)},
+        class_histogram={STAGE_NAMES[k]: int(v) for k, v in enumerate(counts)},
+        modalities=list(modalities), summary=summarize_modalities(epochs))
 
 
 def _load_weights(checkpoint_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
@@ -113,7 +158,7 @@ def _load_weights(checkpoint_uri: str, storage_options: Mapping[str, Any] | None
 
 
 def bundle_extra(cfg: ExperimentConfig, phase: PhaseConfig, run_uri: str, result: Mapping[str, Any],
-                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 data: TrainingData) -> dict[str, Any]:
     """Provenance recorded in ``model.json``'s ``extra`` for ``phase`` of a run."""
     metrics = {k: v for k, v in (result.get("metrics") or {}).items() if k.startswith("val_") or k == "step"}
     return {
@@ -124,7 +169,7 @@ def bundle_extra(cfg: ExperimentConfig, phase: PhaseConfig, run_uri: str, result
         "metrics": metrics,
         "monitor": f"val_{phase.optim.monitor}",
         "dataset_uri": phase.data.dataset,
-        "cohort_profile": _cohort_profile(phase.data.dataset, storage_options),
+        "cohort_profile": data.profile_name,
         "split": phase.data.split.model_dump(mode="json", exclude_none=True),
         "data_modalities": list(phase.data.modalities) if phase.data.modalities else None,
         "seed": phase.seed,
@@ -134,8 +179,18 @@ def bundle_extra(cfg: ExperimentConfig, phase: PhaseConfig, run_uri: str, result
 
 def _upload(folder: Path, target: StorageLocation) -> None:
     # Weights first, model.json last: a reader that finds model.json finds complete weights.
-    for name in (WEIGHTS_FILE, INFO_FILE):
+    for name in (WEIGHTS_FILE, CARD_JSON_FILE, CARD_FILE, INFO_FILE):
         target.join(name).atomic_write_bytes((folder / name).read_bytes())
+
+
+def _write_card(folder: Path, cfg: ExperimentConfig, phase: PhaseConfig, data: TrainingData) -> None:
+    from somnray.models import create_model
+
+    info = BundleInfo.from_json((folder / INFO_FILE).read_text(), str(folder / INFO_FILE))
+    with torch.device("meta"):
+        paper = type(create_model(info.model, **info.overrides)).paper
+    for name, blob in card_files(model_card(info, cfg, phase, data, paper)).items():
+        (folder / name).write_bytes(blob)
 
 
 def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Mapping[str, Any] | None = None,
@@ -184,15 +239,17 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
         model.load_state_dict(_load_weights(checkpoint, storage_options))
     except RuntimeError as exc:
         raise ConfigError(checkpoint, [f"{WEIGHTS_FILE} does not fit model {phase_cfg.model.name!r}: {exc}"]) from None
-    extra = bundle_extra(cfg, phase_cfg, run.uri, result, storage_options)
+    data = training_data(phase_cfg, storage_options)
+    extra = bundle_extra(cfg, phase_cfg, run.uri, result, data)
     target = run.join(BUNDLE_DIR)
     kwargs = dict(name=phase_cfg.model.name, overrides=phase_cfg.model.overrides,
-                  sequence_length=phase_cfg.data.sequence_length, extra=extra)
+                  sequence_length=phase_cfg.data.sequence_length, extra=extra, profile=data.profile,
+                  eval_stride=phase_cfg.data.stride, data_summary=data.summary)
     if target.is_local:
-        save_bundle(model, target.path, **kwargs)
+        _write_card(save_bundle(model, target.path, **kwargs), cfg, phase_cfg, data)
     else:
         with tempfile.TemporaryDirectory(prefix="somnray-bundle-") as tmp:
-            save_bundle(model, tmp, **kwargs)
+            _write_card(save_bundle(model, tmp, **kwargs), cfg, phase_cfg, data)
             _upload(Path(tmp), target)
     log.info("exported phase %s of %s to %s", name, run.uri, target.uri)
     return target.uri

@@ -401,21 +401,30 @@ class TrainingStatistics:
     fitted: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def compute_training_statistics(model: SleepStagingModel, dataset_uri: str, train_ids: Sequence[str],
-                                modalities: Sequence[str], *, max_epochs: int = 4096, seed: int = 0,
-                                storage_options: Mapping[str, Any] | None = None) -> TrainingStatistics:
-    """Class counts of the training recordings, and what ``model`` fits on them (installed in it).
+def sample_training_epochs(dataset_uri: str, train_ids: Sequence[str], modalities: Sequence[str], *,
+                           with_epochs: bool = True, max_epochs: int = 4096, seed: int = 0,
+                           storage_options: Mapping[str, Any] | None = None
+                           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Class counts of the training recordings and a uniform sample of their present epochs.
 
-    Class counts use every training epoch. A model that declares ``needs_epoch_sample`` also gets
-    up to ``max_epochs`` present epochs per modality, drawn uniformly with ``seed`` across the
-    recordings.
+    Parameters
+    ----------
+    with_epochs : bool
+        Whether to read signals at all (False: only the class counts, from the labels).
+    max_epochs : int
+        Epochs per modality, drawn uniformly with ``seed`` across the recordings.
+
+    Returns
+    -------
+    tuple
+        ``(5,)`` labelled epochs per stage, and ``modality → (n_m, 3000)`` float32 epochs (a
+        modality without any present epoch is left out).
     """
     from somnray.data.splits import Split
 
     ids = tuple(sorted(train_ids))
     split = Split("statistics", "manifest", None, ids, (), (), (), (), ())
-    wants_epochs = model.needs_epoch_sample
-    columns = ["labels"] + ([c for m in modalities for c in (m, schema.available_column(m))] if wants_epochs else [])
+    columns = ["labels"] + ([c for m in modalities for c in (m, schema.available_column(m))] if with_epochs else [])
     counts = np.zeros(N_CLASSES, dtype=np.int64)
     pools: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
     rng = np.random.default_rng(seed)
@@ -424,7 +433,7 @@ def compute_training_statistics(model: SleepStagingModel, dataset_uri: str, trai
     for rec in PreparedDataset.open(dataset_uri, storage_options).iter(split, "train", columns=columns):
         labels = rec["labels"]
         counts += np.bincount(labels[labels >= 0].astype(np.int64), minlength=N_CLASSES)[:N_CLASSES]
-        if not wants_epochs:
+        if not with_epochs:
             continue
         for m in modalities:
             sig = rec.get(m)
@@ -434,7 +443,21 @@ def compute_training_statistics(model: SleepStagingModel, dataset_uri: str, trai
             if len(usable):
                 take = rng.choice(usable, size=min(per_recording, len(usable)), replace=False)
                 pools[m].append(np.asarray(sig[np.sort(take)], dtype=np.float32))
-    epochs = {m: torch.from_numpy(np.concatenate(p)) for m, p in pools.items() if p}
+    return counts, {m: np.concatenate(p) for m, p in pools.items() if p}
+
+
+def compute_training_statistics(model: SleepStagingModel, dataset_uri: str, train_ids: Sequence[str],
+                                modalities: Sequence[str], *, max_epochs: int = 4096, seed: int = 0,
+                                storage_options: Mapping[str, Any] | None = None) -> TrainingStatistics:
+    """Class counts of the training recordings, and what ``model`` fits on them (installed in it).
+
+    Class counts use every training epoch. A model that declares ``needs_epoch_sample`` also gets
+    up to ``max_epochs`` present epochs per modality (:func:`sample_training_epochs`).
+    """
+    counts, sample = sample_training_epochs(dataset_uri, train_ids, modalities,
+                                            with_epochs=model.needs_epoch_sample, max_epochs=max_epochs,
+                                            seed=seed, storage_options=storage_options)
+    epochs = {m: torch.from_numpy(x) for m, x in sample.items()}
     fitted = model.fit_training_statistics(torch.from_numpy(counts), epochs)
     return TrainingStatistics(counts, {name: value.detach().cpu().numpy() for name, value in fitted.items()})
 

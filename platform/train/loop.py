@@ -57,7 +57,7 @@ from .distributed import autocast_dtype, build_deepspeed_config, precision_of, t
 from .inputs import TrainingStatistics, apply_training_statistics, iter_window_batches, to_sleep_batch
 from .metrics import StagingMetrics
 from .missing import MissingSimulator
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, group_base_lrs, learning_rate_groups
 from .tracking import MetricSinks
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,9 @@ def build_engine(model: torch.nn.Module, phase: PhaseConfig, world: int,
     import deepspeed
 
     ds_config = build_deepspeed_config(phase, world, device)
-    optimizer = build_optimizer(model.parameters(), phase.optim)
+    params = (learning_rate_groups(model.named_parameters(), model.parameter_groups(), phase.optim)
+              if phase.optim.group_lr else model.parameters())
+    optimizer = build_optimizer(params, phase.optim)
     scheduler = build_scheduler(optimizer, phase.optim)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, dist_init_required=False)
@@ -326,8 +328,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and fitted:
         print(f"[{phase.name}] fitted on the training split: {', '.join(fitted)}", flush=True)
     if config.get("init_checkpoint") is not None:
-        # The previous phase's best weights; its statistics buffers come with them.
+        # The previous phase's (or another model's) best weights; its statistics buffers come with
+        # them, unless the phase refits them on its own training split.
         model.load_state_dict(_load_model_file(config["init_checkpoint"]))
+        if phase.init_statistics == "refit":
+            apply_training_statistics(model, stats)
     if phase.freeze:
         model.freeze(phase.freeze)
     loss_weights = model.resolve_loss_weights(phase.loss_weights)
@@ -414,18 +419,21 @@ def apply_optim_hyperparameters(engine: Any, optimizer: torch.optim.Optimizer,
     """
     from .optim import lr_factor
 
-    base = phase.optim.lr
-    scheduler.base_lrs = [base] * len(scheduler.base_lrs)
-    lr = base * lr_factor(phase.optim, max(scheduler.last_epoch, 0))
+    # Each group's own configured rate (optim.group_lr), in the order the groups were built.
+    bases = group_base_lrs(optimizer.param_groups, phase.optim)
+    scheduler.base_lrs = list(bases)
+    factor = lr_factor(phase.optim, max(scheduler.last_epoch, 0))
     # DeepSpeed's wrappers (ZeRO, bf16) expose the client optimizer's groups; update each group once.
+    base_of = {id(g): b for g, b in zip(optimizer.param_groups, bases)}
     groups = {id(g): g for g in list(optimizer.param_groups) + list(getattr(engine.optimizer, "param_groups", []))}
-    for group in groups.values():
+    for key_id, group in groups.items():
+        base = base_of.get(key_id, phase.optim.lr)
         for key, value in optimizer.defaults.items():
-            if key in group and key != "params":
+            if key in group and key not in ("params", "lr"):
                 group[key] = value
         group["initial_lr"] = base
-        group["lr"] = lr
-    scheduler._last_lr = [lr] * len(scheduler.base_lrs)
+        group["lr"] = base * factor
+    scheduler._last_lr = [b * factor for b in bases]
 
 
 def _validate_and_report(engine: Any, val_shard: Any, modalities: tuple[str, ...], phase: PhaseConfig,

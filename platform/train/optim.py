@@ -9,22 +9,56 @@ per optimizer step.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
 from .config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+def learning_rate_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+                         parameter_groups: Mapping[str, Sequence[str]], cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Optimizer param groups of ``cfg.group_lr``: one per named group with trainable parameters.
+
+    A parameter in several named groups takes the rate of the smallest one (``{all: 1e-5,
+    heads: 1e-3}`` trains the heads faster than the rest); parameters in none stay at ``cfg.lr``
+    in a first, unnamed group. Each group records its name under ``"group"``, so the rates can be
+    re-applied after an optimizer state is loaded (:func:`group_base_lrs`).
+    """
+    owner: dict[str, str] = {}
+    # Larger groups first, so a smaller group's rate overwrites theirs.
+    for group in sorted(cfg.group_lr, key=lambda g: len(parameter_groups[g]), reverse=True):
+        owner.update({name: group for name in parameter_groups[group]})
+    members: dict[str | None, list[torch.nn.Parameter]] = {}
+    for name, param in named_parameters:
+        if param.requires_grad:
+            members.setdefault(owner.get(name), []).append(param)
+    groups = [{"params": members.pop(None), "group": None}] if None in members else []
+    return groups + [{"params": members[g], "lr": cfg.group_lr[g], "group": g} for g in sorted(members)]
+
+
+def group_base_lrs(param_groups: Sequence[Mapping[str, Any]], cfg: OptimConfig) -> list[float]:
+    """The configured base rate of each optimizer param group (``cfg.lr`` unless ``group_lr`` names it)."""
+    return [cfg.group_lr.get(g.get("group"), cfg.lr) if g.get("group") else cfg.lr for g in param_groups]
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter] | Sequence[Mapping[str, Any]],
+                    cfg: OptimConfig) -> torch.optim.Optimizer:
     """The torch optimizer of ``cfg`` over the parameters that require a gradient.
+
+    ``params`` are parameters, or param groups from :func:`learning_rate_groups` (learning rates
+    per named parameter group).
 
     Raises
     ------
     ValueError
         If no parameter requires a gradient (everything frozen).
     """
-    trainable = [p for p in params if p.requires_grad]
+    params = list(params)
+    if params and isinstance(params[0], Mapping):
+        trainable = [g for g in params if g["params"]]
+    else:
+        trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ValueError("no trainable parameters: every parameter group is frozen")
     if cfg.optimizer == "sgd":

@@ -124,7 +124,6 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
     end = total_steps(cfg)
     records = []
     for result in grid:
-        metrics = result.metrics or {}
         # The trial's own folder names it.  Its last result may be another trial's: after a PBT
         # exploit Tune restores the trial with the donor's last result (trial_id included), and
         # a trial exploited at its last report reports nothing after it.

@@ -450,7 +450,7 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
     from ray.util.queue import Queue
 
     from somnray.train.config import dump_experiment
-    from somnray.train.driver import PhaseResult, build_trainer
+    from somnray.train.driver import PhaseResult, build_trainer, init_sources
     from somnray.train.export import write_run_metrics
 
     trial_id = ray.tune.get_context().get_trial_id()
@@ -472,6 +472,7 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
     reports = ReportLog(run.join(REPORTS_FILE))
     results: list[PhaseResult] = []
     offset = 0
+    sources = init_sources(cfg)
     for index, phase in enumerate(cfg.phases):
         done = gen.folder.join(phase.name, PHASE_RESULT_FILE)
         continue_from, ended = None, None
@@ -482,7 +483,7 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
         if done.exists():  # finished before an interruption, or by the donor
             results.append(PhaseResult(**json.loads(done.read_text())))
         else:
-            init = None
+            init = sources[phase.name].checkpoint() if phase.name in sources and continue_from is None else None
             if phase.init_from == "previous" and continue_from is None:
                 init = results[-1].checkpoint(run.storage_options)
                 if init is None:

@@ -21,6 +21,7 @@ MINIMAL_ARGV: dict[str, list[str]] = {
     "prepare": ["manifest.csv", "--profile", "sleep-edf", "--out", "store"],
     "split": ["store/ds", "--kfold", "2"],
     "train": ["experiment.yaml"],
+    "finetune": ["runs/r", "--data", "store/ds"],
     "evaluate": ["runs/r", "--data", "store/ds"],
     "score": ["runs/r", "night.edf", "--out", "scored"],
     "bench": ["models"],

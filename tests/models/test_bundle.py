@@ -45,3 +45,39 @@ def test_bundle_weights_must_fit_the_named_model(tmp_path):
     (tmp_path / INFO_FILE).write_text(json.dumps({**doc, "model": "coresleep_tiny", "modalities": ["eeg", "eog"]}))
     with pytest.raises(ValueError, match=f"{WEIGHTS_FILE}: weights do not fit"):
         load_bundle(tmp_path)
+
+
+def test_bundle_records_window_classes_calibration_and_weights_hash(tmp_path):
+    """model.json carries the window rule, class names, an empty calibration slot, the profile and
+    summary given, and the SHA-256 of model.pt; they survive a load."""
+    import hashlib
+
+    profile = {"name": "my-lab", "channels": {"eeg": {"aliases": ["EEG Fpz-Cz"]}}}
+    save_bundle(create_model("coresleep_tiny"), tmp_path, name="coresleep_tiny", sequence_length=11,
+                eval_stride=5, profile=profile, data_summary={"eeg": {"n_epochs": 3}})
+    _, info = load_bundle(tmp_path)
+    assert info.weights_sha256 == hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert info.window["sequence_length"] == 11 and info.window["default_stride"] == 11
+    assert info.window["validation_stride"] == 5 and info.window["sampling_rate_hz"] == 100
+    assert info.class_names == ("W", "N1", "N2", "N3", "REM") and info.calibration == {"temperature": None}
+    assert info.profile == profile and info.data_summary == {"eeg": {"n_epochs": 3}}
+
+
+def test_bundle_from_before_self_contained_fields_still_loads(tmp_path):
+    """A model.json with only the original keys loads, its new fields empty (old bundles keep working)."""
+    save_bundle(create_model("coresleep_tiny"), tmp_path, name="coresleep_tiny", sequence_length=11)
+    doc = json.loads((tmp_path / INFO_FILE).read_text())
+    old = {k: doc[k] for k in ("format", "model", "overrides", "modalities", "sequence_length", "extra")}
+    (tmp_path / INFO_FILE).write_text(json.dumps(old))
+    _, info = load_bundle(tmp_path)
+    assert info.profile is None and info.weights_sha256 is None and info.data_summary == {}
+    assert info.class_names == ("W", "N1", "N2", "N3", "REM")
+
+
+def test_bundle_with_changed_weights_is_refused(tmp_path):
+    """Weights replaced after export (same shapes) no longer match the recorded SHA-256: refused."""
+    save_bundle(create_model("coresleep_tiny"), tmp_path, name="coresleep_tiny", sequence_length=11)
+    torch.manual_seed(5)
+    torch.save(create_model("coresleep_tiny").state_dict(), tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ValueError, match="its SHA-256 differs from the one model.json records"):
+        load_bundle(tmp_path)

@@ -59,6 +59,8 @@ The package is split by concept; imports between its modules point one way, in t
     The signals of one night.
 :mod:`~somnray.data.synth.artefacts`
     Recording artefacts and their report.
+:mod:`~somnray.data.synth.site`
+    How a second recording site differs (gain, derivation, noise and filters, population).
 :mod:`~somnray.data.synth.writers`
     EDF, EDF+ annotation, NSRR XML and CSV files.
 :mod:`~somnray.data.synth.cohort`
@@ -75,6 +77,7 @@ from .identification import (SYNTH_BIRTHDATE, SYNTH_EQUIPMENT, SYNTH_HOSPITAL, S
                              SYNTH_PATIENT_CODE, SYNTH_PATIENT_NAME, SYNTH_PATIENT_SEX, SYNTH_TECHNICIAN)
 from .night import simulate_night
 from .respiratory import RespiratoryEvent, simulate_respiratory_events
+from .site import SITE_PRESETS, SiteConfig
 from .subjects import SubjectTraits
 from .writers import write_csv_hypnogram, write_edf, write_nsrr_xml, write_sleep_edf_hypnogram
 
@@ -99,6 +102,7 @@ __all__ = [
     "RK_W",
     "RespiratoryEvent",
     "SHHS_CHANNELS",
+    "SITE_PRESETS",
     "SLEEP_EDF_CHANNELS",
     "SLEEP_EDF_STAGE_TEXT",
     "SYNTH_BIRTHDATE",
@@ -109,6 +113,7 @@ __all__ = [
     "SYNTH_PATIENT_NAME",
     "SYNTH_PATIENT_SEX",
     "SYNTH_TECHNICIAN",
+    "SiteConfig",
     "SubjectTraits",
     "SynthChannel",
     "apply_artefacts",

@@ -24,6 +24,7 @@ from .codes import EPOCH_S
 from .hypnogram import simulate_hypnogram
 from .night import simulate_night
 from .respiratory import simulate_respiratory_events
+from .site import SiteConfig
 from .subjects import SubjectTraits
 from .writers import (_generic_annotations, write_csv_hypnogram, write_edf, write_nsrr_xml,
                       write_sleep_edf_hypnogram)
@@ -102,7 +103,7 @@ def _validate(profile: str, n_nights: int, hours: float, embed: bool) -> None:
 
 def synthesize_cohort(profile: str, out_dir: str | Path, n_nights: int, seed: int = 0, hours: float = 8.0,
                       artefacts: ArtefactConfig | None = None, *, embed_annotations: bool = False,
-                      progress: bool = False) -> list[ManifestEntry]:
+                      progress: bool = False, site: SiteConfig | None = None) -> list[ManifestEntry]:
     """Write a synthetic cohort in the file formats of ``profile`` plus its ``manifest.csv``.
 
     Parameters
@@ -126,6 +127,9 @@ def synthesize_cohort(profile: str, out_dir: str | Path, n_nights: int, seed: in
         Generic profile only: stages as EDF+ annotations inside the PSG instead of a CSV.
     progress : bool
         Show a tqdm progress bar.
+    site : SiteConfig, optional
+        How this site's recordings differ (gain, EEG derivation, noise and filters, population);
+        default: the default site.
 
     Returns
     -------
@@ -135,7 +139,8 @@ def synthesize_cohort(profile: str, out_dir: str | Path, n_nights: int, seed: in
     _validate(profile, n_nights, hours, embed_annotations)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    channels = _PROFILE_CHANNELS[profile]
+    site = site or SiteConfig()
+    channels = site.montage(_PROFILE_CHANNELS[profile])
     n_epochs = max(20, int(round(hours * 3600 / EPOCH_S)))
     entries: list[ManifestEntry] = []
     indices: Iterable[int] = range(n_nights)
@@ -143,21 +148,25 @@ def synthesize_cohort(profile: str, out_dir: str | Path, n_nights: int, seed: in
         from tqdm import tqdm
         indices = tqdm(indices, total=n_nights, desc=f"synth {profile}", unit="night")
     for index in indices:
-        entries.append(_write_night(profile, out, index, seed, n_epochs, channels, artefacts, embed_annotations))
+        entries.append(_write_night(profile, out, index, seed, n_epochs, channels, artefacts, embed_annotations,
+                                    site))
     (out / "manifest.csv").write_text(format_manifest_csv(entries), encoding="utf-8", newline="\n")
     logger.info("wrote %d synthetic %s recordings to %s", len(entries), profile, out)
     return entries
 
 
 def _write_night(profile: str, out: Path, index: int, seed: int, n_epochs: int,
-                 channels: Sequence[SynthChannel], artefacts: ArtefactConfig | None, embed: bool) -> ManifestEntry:
+                 channels: Sequence[SynthChannel], artefacts: ArtefactConfig | None, embed: bool,
+                 site: SiteConfig) -> ManifestEntry:
     naming_rng = np.random.default_rng([seed, 0, index])
     ids = _night_id(profile, index, naming_rng, embed)
     subject = SubjectTraits.draw(np.random.default_rng([seed, 1, ids.subject_index]))
     night_rng = np.random.default_rng([seed, 2, index])
-    hypnogram = simulate_hypnogram(n_epochs, night_rng)
+    hypnogram = simulate_hypnogram(n_epochs, night_rng, n3_scale=site.n3_scale, fragmentation=site.fragmentation)
     events = simulate_respiratory_events(hypnogram, subject, night_rng)
     signals = simulate_night(hypnogram, channels, night_rng, subject=subject, respiratory_events=events)
+    if not site.is_default:
+        signals = site.apply(signals, channels, np.random.default_rng([seed, 6, index]))
     if artefacts is not None and artefacts.enabled:
         signals, report = apply_artefacts(signals, channels, artefacts, np.random.default_rng([seed, 3, index]),
                                           n_epochs, ids.recording_id)

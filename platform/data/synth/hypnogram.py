@@ -99,7 +99,8 @@ _TRANSITION_CDF = np.cumsum(_TRANSITIONS / _TRANSITIONS.sum(axis=2, keepdims=Tru
 _STATE_TO_RK = np.array([RK_W, RK_S1, RK_S2, RK_S3, RK_REM], dtype=np.int8)
 
 
-def simulate_hypnogram(n_epochs: int, rng: np.random.Generator | int | None = 0) -> Hypnogram:
+def simulate_hypnogram(n_epochs: int, rng: np.random.Generator | int | None = 0, *, n3_scale: float = 1.0,
+                       fragmentation: float = 0.0) -> Hypnogram:
     """Simulate an R&K-scored night with sleep-cycle structure.
 
     The night has a wake period before sleep onset (6–15 % of the recording), a sleep period of
@@ -116,6 +117,11 @@ def simulate_hypnogram(n_epochs: int, rng: np.random.Generator | int | None = 0)
         Length of the recording in 30-s epochs (at least 20).
     rng : numpy.random.Generator or int
         Random source or seed.
+    n3_scale : float
+        Multiplies each cycle's slow-wave sleep (a population with less N3 below 1).
+    fragmentation : float
+        Probability that a sleep epoch becomes a brief awakening followed by one N1 epoch. The
+        defaults draw nothing more from ``rng``, so they leave the night as it always was.
 
     Returns
     -------
@@ -144,7 +150,7 @@ def simulate_hypnogram(n_epochs: int, rng: np.random.Generator | int | None = 0)
         nrem = length - round(length * rem_fraction * rng.uniform(0.8, 1.2))
         targets[c0:c0 + nrem] = _T_N2
         n3_start = c0 + round(nrem * rng.uniform(0.18, 0.3))
-        n3_len = round(nrem * 0.6 * n3_strength)
+        n3_len = round(nrem * 0.6 * n3_strength * n3_scale)
         targets[n3_start:n3_start + n3_len] = _T_N3
         depth[c0:c1] = n3_strength
         targets[c0 + nrem:c1] = _T_REM
@@ -174,6 +180,12 @@ def simulate_hypnogram(n_epochs: int, rng: np.random.Generator | int | None = 0)
     rk[in_sleep & after_sleep & (rk == RK_W) & (rng.random(n_epochs) < 0.2)] = RK_MOVEMENT
     # A few epochs the scorer could not stage.
     rk[in_sleep & (rng.random(n_epochs) < 0.002)] = RK_UNSCORED
+    if fragmentation > 0:
+        # Drawn last, so that the rest of the night is the one the same seed gives without it.
+        woken = np.flatnonzero(in_sleep & (rk != RK_W) & (rng.random(n_epochs) < fragmentation))
+        rk[woken] = RK_W
+        after = woken[woken + 1 < n_epochs - tail] + 1
+        rk[after[rk[after] != RK_W]] = RK_S1
     return Hypnogram(rk)
 
 

@@ -1,0 +1,223 @@
+"""Model cards: ``MODEL_CARD.md`` and its machine-readable twin ``model_card.json`` in every bundle.
+
+A card says what a bundle is and what it may be used for, for a reviewer who opens the folder:
+the architecture and its paper; the training data (dataset version and the SHA-256 of its
+``manifest.json``, cohort profile and the montage it maps, nights and subjects, class histogram);
+the recipe (every phase, where it started from, what it froze); validation metrics; the metrics
+per missing-modality scenario once ``somnray evaluate`` has scored the run (pooled and per fold);
+intended use and limitations; the SHA-256 of the weights; the somnray version.
+
+:func:`model_card` builds the JSON document at export (:mod:`somnray.train.export`),
+:func:`with_evaluation` adds an evaluation report to it, :func:`render_card` writes the Markdown
+from the JSON (so the two never disagree) and :func:`update_card_evaluation` rewrites both in a
+bundle folder, local or remote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from somnray.core.storage import StorageLocation
+from somnray.core.version import somnray_version
+from somnray.models.bundle import BundleInfo
+
+from .config import ExperimentConfig, PhaseConfig
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "MODEL_CARD.md"
+CARD_JSON_FILE = "model_card.json"
+CARD_FORMAT = "somnray-model-card/1"
+
+INTENDED_USE = ("Research on automatic sleep staging (AASM stages W, N1, N2, N3, REM in 30-s epochs) "
+                "of overnight polysomnography recorded like the training data: the same channels and "
+                "montage, a comparable population and scoring rules.")
+LIMITATIONS = (
+    "Research software, not a medical device: not validated for diagnosis, treatment or any "
+    "clinical decision; a qualified scorer reviews every hypnogram it produces.",
+    "Performance is only known for the populations and montages listed under training data and "
+    "for the evaluations below; other devices, derivations, ages or sleep disorders may score worse "
+    "(fine-tune on a few labelled local nights and evaluate before relying on it).",
+    "Validation metrics were measured on the validation subjects of the training split, which "
+    "chose the checkpoint: they are optimistic; the evaluation table (held-out test subjects) is "
+    "the estimate to quote.",
+)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a card and a bundle record about the training data of the exported phase.
+
+    Attributes
+    ----------
+    dataset_uri : str
+    dataset : str or None
+        ``<profile>-<version>`` of the prepared dataset (None: the manifest was unreadable).
+    version, manifest_sha256, profile_name : str or None
+    profile : dict or None
+        The full cohort profile of the manifest, when it validates.
+    nights, subjects : dict
+        Per split part (``train``, ``validation``): counts.
+    class_histogram : dict
+        Stage name → labelled training epochs.
+    modalities : list of str
+        Modalities read for training.
+    summary : dict
+        Per modality, :func:`somnray.data.signal_summary.summarize_epochs` of training epochs.
+    """
+
+    dataset_uri: str
+    dataset: str | None = None
+    version: str | None = None
+    manifest_sha256: str | None = None
+    profile_name: str | None = None
+    profile: dict[str, Any] | None = None
+    nights: dict[str, int] = field(default_factory=dict)
+    subjects: dict[str, int] = field(default_factory=dict)
+    class_histogram: dict[str, int] = field(default_factory=dict)
+    modalities: list[str] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _montage(profile: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Modality → the channel labels, reference and band the profile reads it with."""
+    out = {}
+    for modality, spec in ((profile or {}).get("channels") or {}).items():
+        out[modality] = {k: spec.get(k) for k in ("aliases", "reference", "band") if spec.get(k) is not None}
+    return out
+
+
+def _phase_recipe(phase: PhaseConfig) -> dict[str, Any]:
+    return {"name": phase.name, "init_from": phase.init_from, "init_statistics": phase.init_statistics,
+            "freeze": list(phase.freeze), "model_overrides": dict(phase.model.overrides),
+            "optimizer": phase.optim.optimizer, "lr": phase.optim.lr, "group_lr": dict(phase.optim.group_lr),
+            "schedule": phase.optim.schedule, "batch_size": phase.optim.batch_size,
+            "max_steps": phase.optim.max_steps, "missing": {"kind": phase.missing.kind, "rate": phase.missing.rate},
+            "dataset_uri": phase.data.dataset, "split": phase.data.split.model_dump(mode="json", exclude_none=True)}
+
+
+def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data: TrainingData,
+               paper: str) -> dict[str, Any]:
+    """The ``model_card.json`` document of a freshly exported bundle (no evaluation yet)."""
+    profile = data.profile or {}
+    return {
+        "format": CARD_FORMAT,
+        "model": {"name": info.model, "overrides": dict(info.overrides), "paper": paper or None,
+                  "modalities": list(info.modalities), "sequence_length": info.sequence_length,
+                  "class_names": list(info.class_names)},
+        "training_data": {
+            "dataset_uri": data.dataset_uri, "dataset": data.dataset, "dataset_version": data.version,
+            "manifest_sha256": data.manifest_sha256,
+            "cohort_profile": data.profile_name,
+            "profile_description": (profile.get("description") or "").strip() or None,
+            "montage": _montage(data.profile), "normalization": profile.get("normalization"),
+            "modalities": list(data.modalities), "nights": dict(data.nights), "subjects": dict(data.subjects),
+            "class_histogram": dict(data.class_histogram)},
+        "recipe": {"description": cfg.description, "run_uri": info.extra.get("run_uri"),
+                   "exported_phase": phase.name, "phases": [_phase_recipe(p) for p in cfg.phases]},
+        "validation_metrics": dict(info.extra.get("metrics") or {}),
+        "evaluation": None,
+        "intended_use": INTENDED_USE,
+        "limitations": list(LIMITATIONS),
+        "weights_sha256": info.weights_sha256,
+        "somnray_version": somnray_version(),
+    }
+
+
+def with_evaluation(card: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
+    """``card`` with an evaluation report (``report.json`` of ``somnray evaluate``) as its evaluation.
+
+    Keeps, per scenario, the pooled metrics and the per-fold mean and std, plus each fold's run.
+    """
+    pooled = report.get("pooled") or {}
+    keep = ("n_epochs", "accuracy", "macro_f1", "kappa", "f1")
+    evaluation = {
+        "dataset": report.get("dataset"), "dataset_uri": report.get("dataset_uri"),
+        "stride": report.get("stride"), "folds": [f.get("run") for f in report.get("folds") or []],
+        "pooled": {s: {k: m.get(k) for k in keep if k in m} for s, m in pooled.items()},
+        "fold_mean": dict(report.get("fold_mean") or {}), "fold_std": dict(report.get("fold_std") or {}),
+    }
+    return {**card, "evaluation": evaluation}
+
+
+def _pct(value: Any) -> str:
+    return "–" if not isinstance(value, (int, float)) else f"{100 * value:.1f}"
+
+
+def render_card(card: Mapping[str, Any]) -> str:
+    """``MODEL_CARD.md`` from the card document."""
+    m, d, r = card["model"], card["training_data"], card["recipe"]
+    lines = [f"# Model card: {m['name']}", "",
+             f"- architecture: `{m['name']}` ({', '.join(m['modalities'])}; windows of "
+             f"{m['sequence_length']} epochs of 30 s; classes {', '.join(m['class_names'])})",
+             f"- paper: {m.get('paper') or 'none recorded'}",
+             f"- weights: `model.pt`, SHA-256 `{card.get('weights_sha256')}`",
+             f"- somnray version: {card.get('somnray_version')}", "",
+             "## Intended use", "", card["intended_use"], "", "## Limitations", ""]
+    lines += [f"- {x}" for x in card["limitations"]]
+    lines += ["", "## Training data", "",
+              f"- dataset: `{d.get('dataset')}` (version {d.get('dataset_version')}) at `{d['dataset_uri']}`",
+              f"- manifest SHA-256: `{d.get('manifest_sha256')}`",
+              f"- cohort profile: `{d.get('cohort_profile')}`"
+              + (f" — {d['profile_description']}" if d.get("profile_description") else ""),
+              f"- normalisation: {d.get('normalization')}; modalities read: {', '.join(d['modalities'])}",
+              "- nights / subjects: " + ", ".join(f"{part} {n} / {d['subjects'].get(part, '?')}"
+                                                  for part, n in d["nights"].items())]
+    for modality, mont in d["montage"].items():
+        lines.append(f"- montage {modality}: " + "; ".join(f"{k} {v}" for k, v in mont.items()))
+    hist = d["class_histogram"]
+    if hist:
+        lines += ["", "| " + " | ".join(hist) + " |", "|" + "---:|" * len(hist),
+                  "| " + " | ".join(str(v) for v in hist.values()) + " |"]
+    lines += ["", "## Recipe", "", r.get("description") or "", "",
+              "| Phase | Starts from | Frozen | Optimizer | lr | Steps | Missing |", "|---|---|---|---|---:|---:|---|"]
+    for p in r["phases"]:
+        lr = f"{p['lr']:g}" + (" (" + ", ".join(f"{g} {v:g}" for g, v in p["group_lr"].items()) + ")"
+                               if p["group_lr"] else "")
+        lines.append(f"| {p['name']} | {p['init_from'] or 'scratch'} | {', '.join(p['freeze']) or '–'} | "
+                     f"{p['optimizer']} | {lr} | {p['max_steps']} | {p['missing']['kind']} {p['missing']['rate']:g} |")
+    val = card.get("validation_metrics") or {}
+    kappa = val.get("val_kappa")
+    lines += ["", f"Exported phase: `{r['exported_phase']}` of run `{r.get('run_uri')}`; validation "
+              f"(checkpoint selection): accuracy {_pct(val.get('val_accuracy'))} %, macro-F1 "
+              f"{_pct(val.get('val_macro_f1'))} %, κ {'–' if kappa is None else f'{kappa:.3f}'}", "",
+              "## Evaluation", ""]
+    ev = card.get("evaluation")
+    if not ev:
+        lines.append("Not evaluated yet: `somnray evaluate RUN_URI --data DATASET_URI` adds the metrics "
+                     "per missing-modality scenario here.")
+    else:
+        lines += [f"On `{ev.get('dataset')}`, {len(ev['folds'])} fold(s), stride {ev.get('stride')}; "
+                  "pooled, and per-fold mean ± std (%).", "",
+                  "| Scenario | Epochs | Acc | MF1 | κ | Acc (folds) | MF1 (folds) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, pm in ev["pooled"].items():
+            mean, std = ev["fold_mean"].get(name, {}), ev["fold_std"].get(name, {})
+            lines.append(f"| {name} | {pm.get('n_epochs')} | {_pct(pm.get('accuracy'))} | {_pct(pm.get('macro_f1'))} | "
+                         f"{pm.get('kappa', float('nan')):.3f} | {_pct(mean.get('accuracy'))}±{_pct(std.get('accuracy'))} | "
+                         f"{_pct(mean.get('macro_f1'))}±{_pct(std.get('macro_f1'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def card_files(card: Mapping[str, Any]) -> dict[str, bytes]:
+    """File name → bytes of both card files."""
+    return {CARD_JSON_FILE: json.dumps(card, indent=2, sort_keys=False, default=str).encode(),
+            CARD_FILE: render_card(card).encode()}
+
+
+def update_card_evaluation(bundle: StorageLocation, report: Mapping[str, Any]) -> bool:
+    """Add an evaluation report to the card of the bundle at ``bundle``; False if it has no card."""
+    loc = bundle.join(CARD_JSON_FILE)
+    if not loc.exists():
+        log.info("%s has no %s (exported before model cards): not updated", bundle.uri, CARD_JSON_FILE)
+        return False
+    card = with_evaluation(json.loads(loc.read_text()), report)
+    for name, blob in card_files(card).items():
+        bundle.join(name).atomic_write_bytes(blob)
+    return True
+
+
+__all__ = ["CARD_FILE", "CARD_JSON_FILE", "INTENDED_USE", "LIMITATIONS", "TrainingData", "card_files",
+           "model_card", "render_card", "update_card_evaluation", "with_evaluation"]

@@ -1,0 +1,121 @@
+"""Fine-tuning from another model without Ray: source checks, learning-rate groups, config rules, the CLI."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from prepared_factory import write_dataset  # tests/train is on sys.path (no package)
+
+from somnray.core.errors import ConfigError
+from somnray.jobs import cli
+from somnray.models import create_model
+from somnray.models.bundle import save_bundle
+from somnray.train.config import OptimConfig, load_experiment
+from somnray.train.finetune import check_source, finetune_overrides
+from somnray.train.optim import build_optimizer, group_base_lrs, learning_rate_groups
+
+
+def _bundle(folder: Path, model: str = "coresleep_tiny", summary_modalities=("eeg", "eog")) -> Path:
+    torch.manual_seed(0)
+    summary = {m: {"n_epochs": 10} for m in summary_modalities}
+    return save_bundle(create_model(model), folder, name=model, sequence_length=11, data_summary=summary)
+
+
+def _config(tmp_path: Path, source: Path, model: str = "coresleep_tiny", extra: str = ""):
+    path = tmp_path / "ft.yaml"
+    path.write_text(textwrap.dedent(f"""
+        data: {{dataset: {tmp_path / 'data'}, split: manifest, sequence_length: 11}}
+        model: {{name: {model}}}
+        storage: {{uri: {tmp_path / 'runs'}, name: ft}}
+        phases:
+          - {{name: finetune, init_from: {source}{extra}}}
+        """))
+    return load_experiment(path).phases[0]
+
+
+def test_source_that_fits_passes_and_a_missing_modality_is_allowed(tmp_path: Path, caplog) -> None:
+    """An EEG+EOG source fine-tuned on EEG-only data is accepted, and the log says it goes without eog."""
+    source = _bundle(tmp_path / "src")
+    phase = _config(tmp_path, source)
+    checked = check_source(phase, ["eeg"])
+    assert checked.seen_modalities == ("eeg", "eog") and checked.info.model == "coresleep_tiny"
+    assert "this phase has no eog, so it fine-tunes (and the model will score) without eog" in caplog.text
+
+
+def test_a_modality_the_source_never_saw_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A source trained on EEG only cannot be fine-tuned on EOG: the error names eog and the fix."""
+    source = _bundle(tmp_path / "src", summary_modalities=("eeg",))
+    phase = _config(tmp_path, source)
+    with pytest.raises(ConfigError) as err:
+        check_source(phase, ["eeg", "eog"])
+    assert err.value.errors == [
+        "modality 'eog': the source model never saw it in training (it was trained on ['eeg']); "
+        "leave it out with data.modalities=['eeg']"]
+
+
+def test_another_architecture_or_a_missing_bundle_is_refused(tmp_path: Path) -> None:
+    """A source of another architecture names both; a folder without a bundle says so."""
+    source = _bundle(tmp_path / "src", model="cimsleepnet_tiny")
+    with pytest.raises(ConfigError) as err:
+        check_source(_config(tmp_path, source), ["eeg", "eog"])
+    assert err.value.errors == ["the source is a 'cimsleepnet_tiny' model; this phase builds 'coresleep_tiny' "
+                                "(set model.name=cimsleepnet_tiny)"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no model bundle"):
+        check_source(_config(tmp_path, tmp_path / "empty"), ["eeg"])
+
+
+def test_finetune_overrides_take_architecture_and_window_from_the_source(tmp_path: Path) -> None:
+    """finetune_overrides names the source's model, overrides, window length, the source and the data."""
+    source = _bundle(tmp_path / "src")
+    assert finetune_overrides(str(source), "store/x", ["heads"]) == [
+        "model.name=coresleep_tiny", "model.overrides={}", "data.sequence_length=11",
+        f"phases.0.init_from={source}", "data.dataset=store/x", 'phases.0.freeze=["heads"]']
+
+
+def test_learning_rate_groups_give_the_smallest_named_group_its_rate() -> None:
+    """group_lr {all: 1e-5, heads: 1e-3}: heads at 1e-3, every other parameter at 1e-5, frozen ones out."""
+    model = create_model("mc2sleepnet_tiny")
+    model.freeze(["sequence"])
+    cfg = OptimConfig(lr=1e-4, group_lr={"all": 1e-5, "heads": 1e-3})
+    groups = learning_rate_groups(model.named_parameters(), model.parameter_groups(), cfg)
+    assert [(g["group"], g["lr"]) for g in groups] == [("all", 1e-5), ("heads", 1e-3)]
+    heads = set(model.parameter_groups()["heads"])
+    named = dict(model.named_parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(named[n]) for n in heads}
+    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
+    opt = build_optimizer(groups, cfg)
+    assert [g["lr"] for g in opt.param_groups] == [1e-5, 1e-3]
+    assert group_base_lrs(opt.param_groups, cfg) == [1e-5, 1e-3]
+
+
+def test_config_checks_group_lr_and_init_from(tmp_path: Path) -> None:
+    """Unknown or frozen group_lr groups are errors; a first phase may start from a URI, not from 'previous'."""
+    source = _bundle(tmp_path / "src")
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, source, extra=", freeze: [heads], optim: {group_lr: {heads: 0.001, hedas: 0.01}}")
+    text = "\n".join(err.value.errors)
+    assert "phases[0].optim.group_lr: unknown parameter groups 'hedas'; did you mean 'heads'?" in text
+    assert "['heads'] are frozen in this phase: a learning rate for them would have no effect" in text
+    phase = _config(tmp_path, source, extra=", init_statistics: refit")
+    assert phase.init_from == str(source) and phase.init_statistics == "refit"
+
+
+def test_finetune_cli_refuses_an_unseen_modality_before_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    """somnray finetune with an EEG-only source and --set data.modalities=[eeg,eog]: exit 1 naming eog."""
+    import somnray.core.session as session
+
+    started = []
+    monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: started.append(1))
+    data = tmp_path / "data"
+    write_dataset(data)
+    source = _bundle(tmp_path / "src", summary_modalities=("eeg",))
+    code = cli.main(["finetune", str(source), "--data", str(data), "--run-uri", str(tmp_path / "runs" / "ft"),
+                     "--set", "data.modalities=[eeg, eog]", "--set", "data.split=manifest"])
+    err = capsys.readouterr().err
+    assert code == 1 and "modality 'eog': the source model never saw it in training" in err, err
+    assert json.loads((source / "model.json").read_text())["model"] == "coresleep_tiny"

@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bench",
     "tune",
     "serve",
+    "models",
     "submit",
     "jobs",
 )

@@ -25,6 +25,7 @@ MINIMAL_ARGV: dict[str, list[str]] = {
     "bench": ["models"],
     "tune": ["experiment.yaml", "space.yaml"],
     "serve": ["runs/r"],
+    "models": ["list"],
     "submit": ["train", "experiment.yaml"],
     "jobs": ["list"],
 }

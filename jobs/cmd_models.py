@@ -66,11 +66,12 @@ def _version_doc(v) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out the action; returns 0."""
+    from somnray.scoring.bundles import register_bundle
     from somnray.scoring.registry import Registry, is_registry_uri
 
     registry = Registry(args.tracking_uri)
     if args.action == "register":
-        version = registry.register(args.bundle, args.name, description=args.description)
+        version = register_bundle(args.bundle, args.name, registry=registry, description=args.description)
         print(f"registered {version.uri} ({version.tags.get('architecture')}, "
               f"weights {version.tags.get('weights_sha256', '')[:12]}; files {version.tags.get('files')})")
         print(version.uri)

@@ -4,7 +4,9 @@ Bundles themselves (``model.pt`` + ``model.json``) are :mod:`somnray.models.bund
 finds one behind a URI and makes it a local folder that :func:`~somnray.models.bundle.load_bundle`
 can read.  :func:`resolve_bundle` is the one place a model URI is resolved: a path or storage URI
 of a run or bundle folder, or ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` of the model
-registry (:mod:`.registry`, downloaded once into a local cache).
+registry (:mod:`.registry`), downloaded once into the local model cache (``SOMNRAY_MODEL_CACHE``,
+default ``~/.cache/somnray/models``) and checked against the weights' SHA-256 recorded at
+registration (:func:`register_bundle`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import hashlib
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageLocation, resolve
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE
+from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo
 
-if TYPE_CHECKING:
-    from .registry import RegisteredVersion
+from .registry import RUN_SCHEME, WEIGHTS_TAG, RegisteredVersion, Registry, RegistryError, is_registry_uri
 
 #: Folder of the exported bundle inside a training run.
 BUNDLE_DIR = "model"
+#: Environment variable overriding the local cache of registered versions.
+CACHE_ENV = "SOMNRAY_MODEL_CACHE"
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class ResolvedBundle:
     """
 
     location: StorageLocation
-    registered: "RegisteredVersion | None" = None
+    registered: RegisteredVersion | None = None
 
 
 def resolve_bundle(model_uri: str | os.PathLike[str] | StorageLocation,
@@ -65,8 +69,6 @@ def resolve_bundle(model_uri: str | os.PathLike[str] | StorageLocation,
     RegistryError
         A ``models:/`` URI without MLflow installed, or one the registry cannot resolve.
     """
-    from .registry import fetch_registered_bundle, is_registry_uri
-
     if is_registry_uri(model_uri):
         folder, version = fetch_registered_bundle(str(model_uri))
         return ResolvedBundle(resolve(folder), version)
@@ -101,6 +103,102 @@ def weights_sha256(folder: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def model_cache_dir() -> str:
+    """Where registered versions are cached: ``SOMNRAY_MODEL_CACHE``, else ``~/.cache/somnray/models``."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "somnray", "models")
+
+
+def fetch_registered_bundle(uri: str, registry: Registry | None = None) -> tuple[str, RegisteredVersion]:
+    """The local cached folder of a ``models:/`` URI, and the version it names now.
+
+    A version's files never change, so a complete cached copy is used as it is; otherwise they are
+    downloaded next to it, checked against the ``weights_sha256`` tag and moved into place.
+
+    Raises
+    ------
+    RegistryError
+        MLflow missing, no server, an unknown model, version or alias, or downloaded weights whose
+        SHA-256 is not the one recorded at registration.
+    """
+    registry = registry or Registry()
+    version = registry.version(uri)
+    target = os.path.join(model_cache_dir(), registry.server_key, urllib.parse.quote(version.name, safe=""),
+                          version.version)
+    if os.path.isfile(os.path.join(target, INFO_FILE)) and os.path.isfile(os.path.join(target, WEIGHTS_FILE)):
+        return target, version
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(target))
+    try:
+        folder = registry.download(version.uri, tmp)
+        expected = version.tags.get(WEIGHTS_TAG)
+        if expected and weights_sha256(folder) != expected:
+            raise RegistryError(f"{version.uri}: the downloaded {WEIGHTS_FILE} does not have the SHA-256 "
+                                f"recorded at registration ({expected[:12]}…)")
+        try:
+            os.replace(folder, target)
+        except OSError:  # a concurrent fetch of the same version won: keep its copy
+            if not os.path.isfile(os.path.join(target, WEIGHTS_FILE)):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target, version
+
+
+def copy_bundle_folder(bundle_uri: str, dest: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Copy every file of the bundle folder behind a run or bundle URI into ``dest``; returns ``dest``."""
+    loc = bundle_location(bundle_uri, storage_options)
+    root = loc.path.rstrip("/")
+    for f in loc.find():
+        local = os.path.join(dest, *f.path[len(root):].lstrip("/").split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        loc.fs.get_file(f.path, local)
+    return dest
+
+
+def register_bundle(bundle_uri: str, name: str, *, registry: Registry | None = None,
+                    description: str | None = None,
+                    storage_options: Mapping[str, Any] | None = None) -> RegisteredVersion:
+    """Register a bundle, with every file its folder holds, as the next version of ``name``.
+
+    Parameters
+    ----------
+    bundle_uri : str
+        A training run or bundle folder (any storage URI), uploaded to the registry; or
+        ``runs:/RUN_ID/PATH``, a bundle a training run logged to the same server (registered where
+        it is).
+    name : str
+        The registered model (created on first use).
+    registry : Registry, optional
+        Default: the server of ``MLFLOW_TRACKING_URI``.
+    description : str, optional
+        The version's description.
+
+    Raises
+    ------
+    ConfigError
+        No bundle at ``bundle_uri``, or a malformed ``model.json``.
+    RegistryError
+        MLflow missing, no server, or the server refused.
+    """
+    registry = registry or Registry()
+    with tempfile.TemporaryDirectory(prefix="somnray-register-") as tmp:
+        logged = bundle_uri.startswith(RUN_SCHEME)
+        folder = registry.download(bundle_uri, tmp) if logged else copy_bundle_folder(bundle_uri, tmp, storage_options)
+        for f in (INFO_FILE, WEIGHTS_FILE):
+            if not os.path.isfile(os.path.join(folder, f)):
+                raise ConfigError(bundle_uri, [f"not a somnray model bundle (no {f})"])
+        try:
+            with open(os.path.join(folder, INFO_FILE), encoding="utf-8") as fh:
+                info = BundleInfo.from_json(fh.read(), f"{bundle_uri}/{INFO_FILE}")
+        except ValueError as exc:
+            raise ConfigError(bundle_uri, [str(exc)]) from None
+        return registry.register_folder(folder, name, weights_digest=weights_sha256(folder), architecture=info.model,
+                                        description=description, logged=bundle_uri if logged else None)
+
+
 @contextlib.contextmanager
 def local_bundle(location: StorageLocation) -> Iterator[str]:
     """A local folder holding the bundle at ``location`` (remote ones are downloaded, then removed)."""
@@ -116,5 +214,6 @@ def local_bundle(location: StorageLocation) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["BUNDLE_DIR", "ResolvedBundle", "bundle_location", "local_bundle", "resolve_bundle",
+__all__ = ["BUNDLE_DIR", "CACHE_ENV", "ResolvedBundle", "bundle_location", "copy_bundle_folder",
+           "fetch_registered_bundle", "local_bundle", "model_cache_dir", "register_bundle", "resolve_bundle",
            "weights_sha256"]

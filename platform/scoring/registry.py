@@ -8,10 +8,9 @@ names, versions and aliases::
     models:/NAME/VERSION      one version (immutable)
     models:/NAME@ALIAS        the version an alias points at now (``champion``, ``staging``...)
 
-Every command that takes a model resolves these through
-:func:`somnray.scoring.bundles.resolve_bundle`, which calls :func:`fetch_registered_bundle`: the
-version's files are downloaded once into a local cache (``SOMNRAY_MODEL_CACHE``, default
-``~/.cache/somnray/models``) and checked against the weights' SHA-256 recorded at registration.
+This module is the client (names, versions, aliases, files in and out); what a bundle is stays in
+:mod:`.bundles`, whose :func:`~.bundles.resolve_bundle` turns ``models:/`` URIs into a folder of
+the local model cache and whose :func:`~.bundles.register_bundle` registers a run or bundle URI.
 
 The server is ``MLFLOW_TRACKING_URI`` (or an explicit ``tracking_uri``). MLflow is an optional
 dependency (``pip install 'somnray[mlflow]'``): without it, bundles by path or URI work as before
@@ -22,18 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from somnray.core.errors import SomnrayError
 from somnray.core.version import somnray_version
-from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo
 
-from .bundles import bundle_location, weights_sha256
 
 #: Prefix of registered-model URIs (MLflow's own scheme).
 REGISTRY_SCHEME = "models:/"
@@ -41,8 +35,6 @@ REGISTRY_SCHEME = "models:/"
 RUN_SCHEME = "runs:/"
 #: Environment variable naming the MLflow tracking (and registry) server.
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-#: Environment variable overriding the local cache of downloaded registered versions.
-CACHE_ENV = "SOMNRAY_MODEL_CACHE"
 #: MLflow experiment holding the runs that carry registered bundles.
 REGISTRY_EXPERIMENT = "somnray-registry"
 #: Folder of the bundle inside a registration run's artifacts.
@@ -214,7 +206,7 @@ class Registry:
         aliases: dict[str, list[str]] = {}
         for alias, version in (getattr(model, "aliases", None) or {}).items():
             aliases.setdefault(str(version), []).append(alias)
-        found = self._call(name, self.client.search_model_versions, f"name = '{_quote(name)}'")
+        found = self._call(name, self.client.search_model_versions, f"name = '{name}'")
         out = [RegisteredVersion.of(mv) for mv in found]
         out = [RegisteredVersion(**{**v.__dict__, "aliases": tuple(sorted(aliases.get(v.version, [])))})
                for v in out]
@@ -237,42 +229,37 @@ class Registry:
         return out
 
     # -- writing ---------------------------------------------------------------------------------
-    def register(self, bundle_uri: str, name: str, *, description: str | None = None,
-                 storage_options: Mapping[str, Any] | None = None) -> RegisteredVersion:
-        """Register the bundle at ``bundle_uri`` as a new version of ``name`` (created if needed).
+    def register_folder(self, folder: str, name: str, *, weights_digest: str, architecture: str,
+                        description: str | None = None, logged: str | None = None) -> RegisteredVersion:
+        """Create the next version of ``name`` (the name on first use) holding a local bundle folder.
 
         Parameters
         ----------
-        bundle_uri : str
-            A somnray training run or bundle folder (any storage URI): its files are uploaded as
-            the artifacts of a new run of the ``somnray-registry`` experiment; or ``runs:/RUN_ID/PATH``,
-            a bundle a training run already logged to this server (registered where it is).
+        folder : str
+            The bundle's files (all of them are registered).
         name : str
             The registered model.
+        weights_digest, architecture : str
+            SHA-256 of ``model.pt`` and the architecture, recorded as version tags.
         description : str, optional
             The version's description.
+        logged : str, optional
+            ``runs:/RUN_ID/PATH`` when ``folder`` is a copy of a bundle a run already logged to this
+            server: the version points there instead of uploading the files again.
 
         Raises
         ------
-        ConfigError
-            No bundle at ``bundle_uri``.
         RegistryError
             The server refused.
         """
-        with tempfile.TemporaryDirectory(prefix="somnray-register-") as tmp:
-            if bundle_uri.startswith(RUN_SCHEME):
-                run_id, _, path = bundle_uri[len(RUN_SCHEME):].partition("/")
-                folder = self._call(bundle_uri, self.mlflow.artifacts.download_artifacts,
-                                    artifact_uri=bundle_uri, dst_path=tmp, tracking_uri=self.uri)
-                info = _bundle_info(folder, bundle_uri)
-                run = self._call(bundle_uri, self.client.get_run, run_id)
-                source = f"{run.info.artifact_uri.rstrip('/')}/{path.strip('/')}" if path else run.info.artifact_uri
-            else:
-                folder = copy_bundle_folder(bundle_uri, tmp, storage_options)
-                info = _bundle_info(folder, bundle_uri)
-                run_id, source = self._upload(folder, name, info)
-            tags = {WEIGHTS_TAG: weights_sha256(folder), "architecture": info.model,
-                    "files": ",".join(sorted(os.listdir(folder))), "somnray_version": somnray_version()}
+        if logged is not None:
+            run_id, _, path = logged[len(RUN_SCHEME):].partition("/")
+            run = self._call(logged, self.client.get_run, run_id)
+            source = run.info.artifact_uri.rstrip("/") + (f"/{path.strip('/')}" if path.strip("/") else "")
+        else:
+            run_id, source = self._upload(folder, name, architecture)
+        tags = {WEIGHTS_TAG: weights_digest, "architecture": architecture,
+                "files": ",".join(sorted(os.listdir(folder))), "somnray_version": somnray_version()}
         try:
             self.client.get_registered_model(name)
         except Exception:  # noqa: BLE001 - absent: create it (a real failure resurfaces below)
@@ -281,13 +268,13 @@ class Registry:
                         description=description)
         return RegisteredVersion.of(mv)
 
-    def _upload(self, folder: str, name: str, info: BundleInfo) -> tuple[str, str]:
+    def _upload(self, folder: str, name: str, architecture: str) -> tuple[str, str]:
         """A registration run holding ``folder`` under ``model/``: its id and the artifacts' URI."""
         exp = self.client.get_experiment_by_name(REGISTRY_EXPERIMENT)
         exp_id = exp.experiment_id if exp is not None else self._call(
             REGISTRY_EXPERIMENT, self.client.create_experiment, REGISTRY_EXPERIMENT)
         run = self._call(name, self.client.create_run, exp_id, run_name=f"register {name}",
-                         tags={"somnray.architecture": info.model})
+                         tags={"somnray.architecture": architecture})
         run_id = run.info.run_id
         try:
             self._call(name, self.client.log_artifacts, run_id, folder, ARTIFACT_DIR)
@@ -304,83 +291,18 @@ class Registry:
         self._call(f"{name}@{alias}", self.client.set_registered_model_alias, name, alias, str(version))
         return self.version(f"{REGISTRY_SCHEME}{name}@{alias}")
 
-    # -- fetching --------------------------------------------------------------------------------
-    def fetch(self, uri: str, cache_dir: str | None = None) -> tuple[str, RegisteredVersion]:
-        """A local folder holding the bundle of ``uri`` (from the cache, else downloaded into it).
+    # -- reading files ---------------------------------------------------------------------------
+    def download(self, uri: str, dest: str) -> str:
+        """Download the files of ``models:/…`` or ``runs:/…`` into ``dest``; the local folder."""
+        return self._call(uri, self.mlflow.artifacts.download_artifacts, artifact_uri=uri, dst_path=dest,
+                          tracking_uri=self.uri, registry_uri=self.uri)
 
-        Raises
-        ------
-        RegistryError
-            Unknown model, version or alias, or downloaded weights whose SHA-256 is not the one
-            recorded at registration.
-        """
-        version = self.version(uri)
-        server = hashlib.sha256(self.uri.encode()).hexdigest()[:12]
-        target = os.path.join(cache_dir or model_cache_dir(), server, _quote(version.name), version.version)
-        if not (os.path.isfile(os.path.join(target, INFO_FILE))
-                and os.path.isfile(os.path.join(target, WEIGHTS_FILE))):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=".download-", dir=os.path.dirname(target))
-            try:
-                folder = self._call(uri, self.mlflow.artifacts.download_artifacts,
-                                    artifact_uri=version.uri, dst_path=tmp, tracking_uri=self.uri,
-                                    registry_uri=self.uri)
-                expected = version.tags.get(WEIGHTS_TAG)
-                if expected and weights_sha256(folder) != expected:
-                    raise RegistryError(f"{version.uri}: the downloaded {WEIGHTS_FILE} does not have the "
-                                        f"SHA-256 recorded at registration ({expected[:12]}…)")
-                try:  # a concurrent fetch of the same version may have won: keep its copy
-                    os.replace(folder, target)
-                except OSError:
-                    if not os.path.isfile(os.path.join(target, WEIGHTS_FILE)):
-                        raise
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target, version
+    @property
+    def server_key(self) -> str:
+        """A short hash naming this server in local caches (never the URI: it may hold a password)."""
+        return hashlib.sha256(self.uri.encode()).hexdigest()[:12]
 
 
-def _quote(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
-
-
-def _bundle_info(folder: str, source: str) -> BundleInfo:
-    from somnray.core.errors import ConfigError
-
-    for f in (INFO_FILE, WEIGHTS_FILE):
-        if not os.path.isfile(os.path.join(folder, f)):
-            raise ConfigError(source, [f"not a somnray model bundle (no {f})"])
-    try:
-        with open(os.path.join(folder, INFO_FILE)) as f:
-            return BundleInfo.from_json(f.read(), f"{source}/{INFO_FILE}")
-    except ValueError as exc:
-        raise ConfigError(source, [str(exc)]) from None
-
-
-def copy_bundle_folder(bundle_uri: str, dest: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Copy every file of the bundle folder behind ``bundle_uri`` (a run or bundle URI) into ``dest``."""
-    loc = bundle_location(bundle_uri, storage_options)
-    root = loc.path.rstrip("/")
-    for f in loc.find():
-        rel = f.path[len(root):].lstrip("/")
-        local = os.path.join(dest, *rel.split("/"))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        loc.fs.get_file(f.path, local)
-    return dest
-
-
-def model_cache_dir() -> str:
-    """Where registered versions are cached: ``SOMNRAY_MODEL_CACHE``, else ``~/.cache/somnray/models``."""
-    if os.environ.get(CACHE_ENV):
-        return os.environ[CACHE_ENV]
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "somnray", "models")
-
-
-def fetch_registered_bundle(uri: str) -> tuple[str, RegisteredVersion]:
-    """The local cached folder of a ``models:/`` URI and the version it named (server from the environment)."""
-    return Registry().fetch(uri)
-
-
-__all__ = ["CACHE_ENV", "INSTALL_HINT", "REGISTRY_SCHEME", "RegisteredVersion", "Registry", "RegistryError",
-           "TRACKING_ENV", "copy_bundle_folder", "fetch_registered_bundle", "is_registry_uri",
-           "model_cache_dir", "parse_registry_uri", "require_mlflow", "tracking_uri"]
+__all__ = ["INSTALL_HINT", "REGISTRY_SCHEME", "RUN_SCHEME", "RegisteredVersion", "Registry", "RegistryError",
+           "TRACKING_ENV", "WEIGHTS_TAG", "is_registry_uri", "parse_registry_uri", "require_mlflow",
+           "tracking_uri"]

@@ -115,7 +115,7 @@ class ExperimentTracking:
             return
         from mlflow.entities import Metric
 
-        from somnray.scoring.registry import copy_bundle_folder
+        from somnray.scoring.bundles import copy_bundle_folder
 
         stamp = int(time.time() * 1000)
         metrics = [Metric(f"{r.name}.{k}", s, stamp, 0) for r in results

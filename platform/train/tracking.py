@@ -86,9 +86,11 @@ class ExperimentTracking:
     ----------
     cfg : ExperimentConfig
         The experiment; the first phase with an MLflow target names the server and experiment.
+    run_name : str, optional
+        The MLflow run's name (default ``storage.name``).
     """
 
-    def __init__(self, cfg: ExperimentConfig) -> None:
+    def __init__(self, cfg: ExperimentConfig, run_name: str | None = None) -> None:
         self.run_id: str | None = None
         target = next((t for t in (mlflow_target(p.logging) for p in cfg.phases) if t is not None), None)
         if target is None:
@@ -98,7 +100,7 @@ class ExperimentTracking:
         self.client = MlflowClient(tracking_uri=target.tracking_uri)
         exp = self.client.get_experiment_by_name(target.experiment)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(target.experiment)
-        run = self.client.create_run(exp_id, run_name=cfg.storage.name,
+        run = self.client.create_run(exp_id, run_name=run_name or cfg.storage.name,
                                      tags={"somnray.run_name": cfg.storage.name})
         self.run_id = run.info.run_id
         params = {"model": cfg.phases[-1].model.name, "phases": ",".join(p.name for p in cfg.phases),

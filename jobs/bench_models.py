@@ -60,25 +60,28 @@ def flops_per_sequence(name: str, length: int) -> float:
     return float(counter.get_total_flops())
 
 
-def step_seconds(name: str, batch: int, length: int, precision: str, steps: int) -> float:
-    """Median wall time of ``steps`` training steps (after one warm-up step)."""
+def step_seconds(name: str, batch: int, length: int, precision: str, steps: int, device: str = "cpu") -> float:
+    """Median wall time of ``steps`` training steps on ``device`` (after one warm-up step)."""
     import torch
 
     from somnray.models import create_model
 
     torch.manual_seed(0)
-    model = create_model(name).train()
+    dev = torch.device(device)
+    model = create_model(name).to(dev).train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    b = _batch(model, batch, length)
+    b = _batch(model, batch, length).to(dev)
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             out = model(b.signals, b.present)
             loss = model.loss(out, b)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)  # kernels are asynchronous: time their completion
         if i:  # the first step pays one-off allocation and kernel selection costs
             times.append(time.perf_counter() - start)
     return statistics.median(times)

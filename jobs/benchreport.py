@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Iterator
 
 
+#: CPU flags that decide which arithmetic is fast (bf16 and int8 kernels, vector width).
+ARITHMETIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
 def machine_summary() -> dict[str, str]:
     """Facts that make a benchmark number interpretable (no host names or user names)."""
     import torch
 
+    from somnray.scoring.device import cpu_flags, cpu_model
+
+    arithmetic = [f for f in ARITHMETIC_FLAGS if f in cpu_flags()]
     info = {
+        "cpu": cpu_model(),
+        "cpu_flags": " ".join(arithmetic) or "none of " + " ".join(ARITHMETIC_FLAGS),
         "cpu_count": str(os.cpu_count()),
         "python": platform.python_version(),
         "torch": torch.__version__,

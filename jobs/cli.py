@@ -29,6 +29,7 @@ from somnray.core.errors import SomnrayError
 COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "synth",
+    "inspect",
     "prepare",
     "split",
     "train",

@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 
 BENCHMARKS = ("prepare", "models", "score", "train")
+#: Benchmarks ``all`` leaves out: they need hardware a CPU machine lacks.
+HARDWARE_BENCHMARKS = ("gpu",)
 
 
 #: One line for ``somnray --help``.
@@ -17,7 +19,9 @@ HELP = "run a benchmark and update docs/benchmarks.md"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray bench``."""
-    p.add_argument("which", choices=BENCHMARKS + ("all",), help="benchmark to run")
+    p.add_argument("which", choices=BENCHMARKS + HARDWARE_BENCHMARKS + ("all",),
+                   help="benchmark to run ('all' runs every CPU benchmark; 'gpu' needs CUDA and exits 1 "
+                        "without it)")
     p.add_argument("--results", default="bench-results", help="folder for the JSON results")
     p.add_argument("--docs", default="docs/benchmarks.md",
                    help="results page to update ('' to leave it alone)")
@@ -45,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_score
 
             result = bench_score.run(quick=args.quick)
+        elif name == "gpu":
+            from . import bench_gpu
+
+            result = bench_gpu.run(quick=args.quick)
         else:
             from . import bench_prepare
 

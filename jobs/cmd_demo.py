@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         profile_path = _fragment_profile(out)
         frag_manifest = out / "fragment-manifest.csv"
         frag_manifest.write_text(format_manifest_csv([ManifestEntry(
-            recording_id="SC4001E0-fragment", subject_id="00",
+            recording_id="SC4001E0-fragment", subject_id="SC400",
             psg=str(FRAGMENT_DIR / "short_psg.edf"), hypnogram=str(FRAGMENT_DIR / "SC4001EC-Hypnogram.edf"))]))
         frag = prepare_cohort(str(frag_manifest), load_profile(profile_path), store, num_workers=1,
                               progress=False)

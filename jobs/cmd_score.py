@@ -5,6 +5,8 @@ Examples::
     somnray score runs/coresleep-shhs night.edf --out scored/
     somnray score s3://bucket/runs/r1 cohort/manifest.csv more-nights/ --out s3://bucket/scored \\
         --workers 4 --plots
+    somnray score runs/r1 night.edf --out scored/ --channel-map eeg=C4-A1,C3-A2 \\
+        --channel-map '{"eog": {"signal": "E1", "reference": "E2"}}'
 
 RUN_URI is a training run (its ``model/`` bundle), a bundle folder, or a registered model
 (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, with ``MLFLOW_TRACKING_URI`` set).  INPUTs are EDF/EDF+/BDF
@@ -16,12 +18,19 @@ nights scored earlier by another model (other weights) are scored again, and the
 
 Exit status: 0 every recording scored (or already scored), 2 some rejected (listed with their
 reasons; the others are written), 1 a fatal error (no model bundle, unknown profile, bad input).
-The last line printed is the output URI, for scripts.
+The last line printed is the output URI, for scripts; every warning a scored night got while it
+was read and prepared is listed on stderr at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
+
+from somnray.core.errors import ConfigError
+
+from .recording_warnings import print_recording_warnings
 
 
 #: One line for ``somnray --help``.
@@ -39,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output root (path, file://, s3://bucket/prefix, ...)")
     p.add_argument("--profile", default=None, metavar="NAME|PATH",
                    help="cohort profile (default: the manifest's, else the model's training profile)")
+    p.add_argument("--channel-map", action="append", default=[], metavar="MOD=LABEL[,LABEL...]|JSON",
+                   help="which EDF signal each modality is, for every input: eeg=C4-A1,C3-A2 (the "
+                        "first usable one; repeat the option per modality), or a JSON object "
+                        'such as \'{"eog": {"signal": "E1", "reference": "E2"}}\' for derivations')
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="scoring actors, each holding the model (default: one per GPU, or half "
                         "the CPUs)")
@@ -49,8 +62,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where the actors run the model (default: cuda when available)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="arithmetic (default: bf16 on AMX CPUs and bf16 GPUs, else fp32)")
+                   help="arithmetic (default auto: bf16 on bf16 GPUs, and on CPUs with native bf16 where "
+                        "a timed probe of the model finds it at least 1.25x faster; else fp32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def parse_channel_map(values: list[str]) -> dict[str, Any] | None:
+    """The ``--channel-map`` options as one channel map (None when none was given).
+
+    ``eeg=C4-A1,C3-A2`` maps a modality to labels tried in order; a value starting with ``{`` is
+    a JSON object in the HTTP API's form (labels, derivations, lists).
+
+    Raises
+    ------
+    ConfigError
+        A value that is neither form, or a modality given twice.
+    """
+    if not values:
+        return None
+    mapping: dict[str, Any] = {}
+    problems: list[str] = []
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                entries = json.loads(value)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{value!r} is not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(entries, dict):
+                problems.append(f"{value!r}: the JSON must be an object of modality -> signal")
+                continue
+        else:
+            modality, sep, labels = value.partition("=")
+            if not sep or not modality.strip() or not labels.strip():
+                problems.append(f"{value!r}: expected MODALITY=LABEL[,LABEL...] such as "
+                                "eeg=C4-A1,C3-A2, or a JSON object")
+                continue
+            names = [x.strip() for x in labels.split(",")]
+            entries = {modality.strip(): names[0] if len(names) == 1 else names}
+        for modality, entry in entries.items():
+            if modality in mapping:
+                problems.append(f"modality {modality!r} is mapped twice")
+            mapping[modality] = entry
+    if problems:
+        raise ConfigError("--channel-map", problems)
+    return mapping
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     from somnray.serve.cohort import score_cohort
     from somnray.serve.config import CohortScoringOptions
 
-    options = CohortScoringOptions(profile=args.profile, workers=args.workers, plots=args.plots,
+    options = CohortScoringOptions(profile=args.profile, channel_map=parse_channel_map(args.channel_map),
+                                   workers=args.workers, plots=args.plots,
                                    stride=args.stride, device=args.device, precision=args.precision,
                                    progress=not args.no_progress)
     result = score_cohort(args.run, args.inputs, args.out, options)
@@ -69,4 +126,5 @@ def run(args: argparse.Namespace) -> int:
     for r in result.rejects:
         print(f"  rejected {r['recording_id']}: {r['reason']}")
     print(result.out_uri)
+    print_recording_warnings(result.warnings)
     return result.exit_code

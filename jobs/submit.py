@@ -544,6 +544,8 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
         args.profile, name = _stage_profile(args.profile, "--profile", uploads, errors)
         summary = f"cohort profile {name!r}" if name else ""
         args.input = _check_uri(args.input, "INPUT", errors, warnings)
+        if args.hypnogram is not None:
+            args.hypnogram = _check_uri(args.hypnogram, "--hypnogram", errors, warnings)
         args.out = _check_uri(args.out, "--out", errors, warnings)
     elif command == "score":
         summary = f"{len(args.inputs)} input(s) scored with the run at {args.run}"

@@ -65,10 +65,27 @@ class RecordingError(DataError):
         self.source = str(source)
         self.reason = reason
         self.recording_id = recording_id
+        #: The independent problems the reason lists (one, unless made by :meth:`of_problems`).
+        self.problems = [reason]
         super().__init__(f"{self.source}: {reason}")
 
     def __reduce__(self):  # keep the fields across Ray's pickling of task errors
         return (type(self), (self.source, self.reason, self.recording_id))
+
+    @classmethod
+    def of_problems(cls, source: str, reasons: list[str],
+                    recording_id: str | None = None) -> RecordingError:
+        """One error listing every independent problem of a recording, so one run shows them all.
+
+        A single problem keeps its reason as it is; several become
+        ``N problems: (1) ...; (2) ...``.
+        """
+        if len(reasons) == 1:
+            return cls(source, reasons[0], recording_id)
+        listed = "; ".join(f"({i}) {r}" for i, r in enumerate(reasons, start=1))
+        error = cls(source, f"{len(reasons)} problems: {listed}", recording_id)
+        error.problems = list(reasons)
+        return error
 
 
 class SplitError(DataError, ValueError):

@@ -108,6 +108,36 @@ def discover(folder_uri: str, profile, storage_options: Mapping[str, Any] | None
     return sorted(entries, key=lambda e: e.recording_id)
 
 
+def single_recording(psg: StorageLocation, profile, hypnogram: str | None = None
+                     ) -> ManifestEntry:
+    """The manifest entry of one PSG file given on its own.
+
+    Its ids come from the profile's ``pairing`` regular expressions when the file name matches
+    them, else from the file name without its extension.  Its hypnogram is ``hypnogram`` when
+    given, else the file beside it that the profile's pairing rules pair with it (none when the
+    annotations are embedded or no file pairs).
+    """
+    pairing = profile.pairing
+    name = psg.name
+    stem = name.rsplit(".", 1)[0]
+    rid_m = re.match(pairing.recording_id_regex or pairing.key_regex, name)
+    subj_m = re.match(pairing.subject_regex, name)
+    recording_id = rid_m.group(1) if rid_m else stem
+    hyp_uri = hypnogram
+    key_m = re.match(pairing.key_regex, name)
+    if hyp_uri is None and pairing.hypnogram_glob is not None and key_m is not None:
+        # Only the PSG's own folder: a bare file's parent can be any large folder.
+        for path in sorted(psg.fs.ls(psg.parent.path, detail=False)):
+            other = psg.with_path(path)
+            m = re.match(pairing.key_regex, other.name)
+            if (other.name != name and fnmatch.fnmatch(other.name, pairing.hypnogram_glob)
+                    and m is not None and m.group(1) == key_m.group(1)):
+                hyp_uri = other.uri
+                break
+    return ManifestEntry(recording_id=recording_id, subject_id=subj_m.group(1) if subj_m else recording_id,
+                         psg=psg.uri, hypnogram=hyp_uri, profile=profile.name)
+
+
 def check_entries(entries: list[ManifestEntry]) -> list[str]:
     """Problems that make entries unusable as outputs: unsafe or repeated recording ids."""
     problems = []
@@ -123,19 +153,21 @@ def check_entries(entries: list[ManifestEntry]) -> list[str]:
     return problems
 
 
-def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | None = None
-                  ) -> list[ManifestEntry]:
-    """The recordings of a cohort, from a manifest file or a folder.
+def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | None = None,
+                  *, hypnogram: str | None = None) -> list[ManifestEntry]:
+    """The recordings of a cohort, from a manifest file, a folder or one PSG file.
 
     Parameters
     ----------
     uri : str
-        A manifest ``.csv`` / ``.parquet`` (relative paths inside resolve against its folder), or a
-        folder of recordings (then ``profile`` is required for pairing).
+        A manifest ``.csv`` / ``.parquet`` (relative paths inside resolve against its folder), a
+        folder of recordings, or one EDF/BDF file (then ``profile`` is required for pairing).
     profile : CohortProfile, optional
-        Needed for folders.
+        Needed for folders and single files.
     storage_options : mapping, optional
         Filesystem options.
+    hypnogram : str, optional
+        The scoring file of a single PSG file (default: found by the profile's pairing rules).
 
     Raises
     ------
@@ -145,12 +177,25 @@ def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | N
     loc = resolve(uri, storage_options)
     if not loc.exists():
         raise ConfigError(loc.uri, ["no such file or folder"])
+    name = loc.name.lower()
+    is_psg = name.endswith((".edf", ".bdf", ".rec")) and not loc.isdir()
+    if hypnogram is not None and not is_psg:
+        raise ConfigError(loc.uri, ["a hypnogram can be named only with a single EDF/BDF input, "
+                                    "not with a manifest or a folder"])
     if loc.isdir():
         if profile is None:
             raise ConfigError(loc.uri, ["is a folder: a cohort profile is needed to pair its files"])
         return discover(loc.uri, profile, storage_options)
+    if is_psg:
+        if profile is None:
+            raise ConfigError(loc.uri, ["is a PSG file: a cohort profile is needed to read it"])
+        hyp = resolve(hypnogram, storage_options).uri if hypnogram is not None else None
+        entries = [single_recording(loc, profile, hyp)]
+        problems = check_entries(entries)
+        if problems:
+            raise ConfigError(loc.uri, problems)
+        return entries
     base = loc.parent.uri if not loc.is_local else loc.parent.path
-    name = loc.name.lower()
     if name.endswith(".csv"):
         try:
             text = loc.read_text()
@@ -161,7 +206,7 @@ def load_manifest(uri: str, profile=None, storage_options: Mapping[str, Any] | N
         entries = parse_manifest_csv(_parquet_as_csv(loc), source=loc.uri, base=base)
     else:
         raise ConfigError(loc.uri, ["unknown manifest type: expected a .csv or .parquet file, "
-                                    "or a folder of recordings"])
+                                    "an EDF/BDF file, or a folder of recordings"])
     problems = check_entries(entries)
     if problems:
         raise ConfigError(loc.uri, problems)

@@ -1,4 +1,5 @@
-"""Readers for hypnograms: EDF+ annotations, NSRR XML, CSV/TSV tables, and their 30-s epoch grid.
+"""Readers for hypnograms: EDF+ annotations, NSRR XML, CSV/TSV tables, stage-code signals, and
+their mapping onto the 30-s epoch grid.
 
 Signals are read by :mod:`somnray.data.readers`; this module turns a scoring file (or the
 annotations embedded in a PSG) into :class:`Hypnogram` runs and maps them onto the recording's
@@ -20,12 +21,23 @@ import numpy as np
 from somnray.core.constants import EPOCH_SECONDS
 from somnray.core.errors import RecordingError
 
-from .profiles import AnnotationSpec
-from .readers import Annotation, PathOrData, _annotations, _default_source, _open_edf, _read_bytes, _start_datetime
+from .profiles import AnnotationSpec, normalize_label
+from .readers import (
+    PSG,
+    Annotation,
+    PathOrData,
+    _annotations,
+    _default_source,
+    _open_edf,
+    _read_bytes,
+    _start_datetime,
+    read_psg,
+)
 
 __all__ = [
     "Hypnogram",
     "hypnogram_from_annotations",
+    "hypnogram_from_signal",
     "hypnogram_to_epochs",
     "read_hypnogram",
 ]
@@ -152,8 +164,8 @@ def _read_table(raw: bytes, spec: AnnotationSpec, source: str) -> Hypnogram:
                 source, f"line {line_no}: {len(row)} column(s), expected at least {max(index) + 1}")
         cells = [row[i].strip() for i in index]
         if spec.table_layout == "epochs":
-            onsets.append(float((line_no - first_line) * EPOCH_SECONDS))
-            durations.append(float(EPOCH_SECONDS))
+            onsets.append(float((line_no - first_line) * spec.label_period))
+            durations.append(float(spec.label_period))
             labels.append(cells[0])
             continue
         try:
@@ -196,16 +208,78 @@ def read_hypnogram(path: PathOrData, spec: AnnotationSpec, source: str | None = 
         return _read_edf_hypnogram(raw, spec, source)
     if spec.format == "nsrr_xml":
         return _read_nsrr_xml(raw, spec, source)
+    if spec.format == "edf_signal":
+        return hypnogram_from_signal(read_psg(raw, source), spec, source)
     return _read_table(raw, spec, source)
 
 
-def _grid_index(seconds: float) -> float:
-    return seconds / EPOCH_SECONDS
+def _code_text(value: float, resolution: float) -> str:
+    # Stage codes are stored as physical values of a digitised signal: 2 comes back as the
+    # representable value nearest to 2, up to half a quantisation step away.
+    nearest = round(value)
+    return str(int(nearest)) if abs(value - nearest) <= max(1e-3, resolution / 2) else f"{value:g}"
+
+
+def hypnogram_from_signal(psg: PSG, spec: AnnotationSpec, source: str) -> Hypnogram:
+    """Stage runs out of a signal whose samples are stage codes (format ``edf_signal``).
+
+    Consecutive samples with one code form one run; each code becomes the label text
+    (``2.0`` → ``"2"``) that ``label_map`` maps.
+
+    Raises
+    ------
+    RecordingError
+        No signal matches ``spec.signal``.
+    """
+    wanted = normalize_label(spec.signal or "")
+    label = next((lbl for lbl in psg.signals if normalize_label(lbl) == wanted), None)
+    if label is None:
+        raise RecordingError(
+            source, f"no hypnogram signal {spec.signal!r} (annotations.signal); the file has "
+            f"signals {psg.labels}")
+    ch = psg.signals[label]
+    values = ch.data
+    if values.size == 0:
+        return Hypnogram(np.array([]), np.array([]), [], start=psg.start)
+    change = np.flatnonzero(np.diff(values) != 0) + 1  # a run is a stretch of one code
+    starts = np.concatenate([[0], change])
+    stops = np.concatenate([change, [values.size]])
+    return Hypnogram(
+        onsets_s=starts / ch.sfreq,
+        durations_s=(stops - starts) / ch.sfreq,
+        labels=[_code_text(float(values[i]), ch.resolution or 0.0) for i in starts],
+        start=psg.start,
+    )
+
+
+#: Marks a stretch of the label grid that no stage annotation covers (class codes are -1..4).
+_UNCOVERED = -2
+#: Problems of one kind quoted in a reject; the rest are counted, so a hypnogram read with the
+#: wrong settings gives one readable line instead of thousands.
+_QUOTED = 3
+
+
+def _on_grid(seconds: float, step: float) -> bool:
+    return abs(seconds / step - round(seconds / step)) <= 1e-3
+
+
+def _quote_first(found: list[str]) -> list[str]:
+    if len(found) <= _QUOTED:
+        return found
+    return found[:_QUOTED] + [f"{len(found) - _QUOTED} more like these"]
 
 
 def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int], source: str,
-                        *, min_coverage: float = 0.0) -> tuple[np.ndarray, list[str]]:
-    """Expand stage runs into one class per 30-s epoch of the signal.
+                        *, min_coverage: float = 0.0, label_period: int = EPOCH_SECONDS,
+                        min_purity: float = 0.5, max_overrun_s: float | None = None
+                        ) -> tuple[np.ndarray, list[str]]:
+    """Map stage runs onto one class per 30-s epoch of the signal.
+
+    Runs are laid on a grid of ``gcd(label_period, 30)`` seconds; each 30-s epoch then takes the
+    stage that covers most of its duration (majority by duration).  An epoch whose two largest
+    stages cover it equally long (a tie), or whose majority stage covers less than
+    ``min_purity`` of its 30 s, is unscored (-1).  With 30-s scoring every epoch is one run's, as
+    a scorer labelled it.
 
     Parameters
     ----------
@@ -219,77 +293,127 @@ def hypnogram_to_epochs(hyp: Hypnogram, n_epochs: int, label_map: dict[str, int]
         The hypnogram's name for error messages.
     min_coverage : float
         Reject when fewer than this fraction of the signal's epochs are covered by a run.
+    label_period : int
+        Seconds between two labels of the scoring; onsets and durations must be multiples of it
+        (the last run may be cut short by the end of the recording).  A run without a duration
+        lasts one period.
+    min_purity : float
+        Share of an epoch's 30 s its majority stage must cover.
+    max_overrun_s : float, optional
+        Reject when labels run more than this many seconds past the signal's last complete
+        epoch; None drops any overrun with a warning.
 
     Returns
     -------
     labels : ndarray
         ``(n_epochs,)`` int8; epochs no run covers are -1.
     warnings : list of str
-        Runs truncated at the signal end, uncovered epochs.
+        Runs dropped at the signal end, mixed epochs left unscored, uncovered epochs.
 
     Raises
     ------
     RecordingError
-        Unknown label strings, onsets or durations off the 30-s grid, overlapping runs that
-        disagree, or coverage below ``min_coverage``.
+        Every problem found at once: unknown label strings, onsets or durations off the label
+        grid, overlapping runs that disagree, labels running past the signal beyond
+        ``max_overrun_s``, coverage below ``min_coverage``.
     """
     lookup = {k.strip(): int(v) for k, v in label_map.items()}
+    problems: list[str] = []
     unknown = sorted({lbl for lbl in hyp.labels if lbl not in lookup})
     if unknown:
-        raise RecordingError(
-            source, f"unknown stage label(s) {unknown}; the profile's label_map knows "
+        problems.append(
+            f"unknown stage label(s) {unknown}; the profile's label_map knows "
             f"{sorted(lookup)}. Add them to annotations.label_map (or to annotations.ignore if "
             "they are not stages)")
-    labels = np.full(n_epochs, -1, dtype=np.int8)
-    covered = np.zeros(n_epochs, dtype=bool)
-    warns: list[str] = []
-    past_end = 0
+    period = float(label_period)
+    grid_what = (f"the {EPOCH_SECONDS:g}-s epoch grid of the recording" if period == EPOCH_SECONDS
+                 else f"the {period:g}-s label grid (annotations.label_period)")
+    step = math.gcd(int(label_period), EPOCH_SECONDS)  # seconds of one cell of the grid
+    per_epoch = EPOCH_SECONDS // step
+    n_cells = n_epochs * per_epoch
+    cells = np.full(n_cells, _UNCOVERED, dtype=np.int8)
+    off_grid: list[str] = []
+    off_length: list[str] = []
+    clash_at: int | None = None
+    past_end = 0  # cells
+    end_s = 0.0
     last = len(hyp) - 1
     for i, (onset, duration, text) in enumerate(zip(hyp.onsets_s, hyp.durations_s, hyp.labels)):
-        start = _grid_index(float(onset))
-        if abs(start - round(start)) > 1e-3:
-            raise RecordingError(
-                source, f"stage annotation {text!r} starts at {float(onset):g} s, which is not on "
-                f"the {EPOCH_SECONDS:g}-s epoch grid of the recording")
-        start_i = int(round(start))
-        if math.isnan(duration):  # an instant stage marker labels the one epoch it starts
-            count = 1
-        else:
-            count_f = float(duration) / EPOCH_SECONDS
-            if abs(count_f - round(count_f)) > 1e-3:
-                if i != last:
-                    raise RecordingError(
-                        source, f"stage annotation {text!r} at {float(onset):g} s lasts "
-                        f"{float(duration):g} s, which is not a multiple of {EPOCH_SECONDS:g} s")
-                count_f = math.floor(count_f)  # a final run cut by the end of the recording
-            count = int(round(count_f))
-        stop_i = start_i + count
-        if stop_i > n_epochs:
-            past_end += stop_i - max(start_i, n_epochs)
-        lo, hi = max(start_i, 0), min(stop_i, n_epochs)
-        if hi <= lo:
+        onset, duration = float(onset), float(duration)
+        if not _on_grid(onset, period):
+            off_grid.append(f"stage annotation {text!r} starts at {onset:g} s, which is not on {grid_what}")
+            continue
+        if math.isnan(duration):  # an instant stage marker labels the one period it starts
+            duration = period
+        elif not _on_grid(duration, period):
+            if i != last:
+                off_length.append(f"stage annotation {text!r} at {onset:g} s lasts {duration:g} s, "
+                                  f"which is not a multiple of {period:g} s")
+                continue
+            duration = math.floor(duration / period) * period  # a final run cut by the recording end
+        end_s = max(end_s, onset + duration)
+        start_c = int(round(onset / step))
+        stop_c = start_c + int(round(duration / step))
+        if stop_c > n_cells:
+            past_end += stop_c - max(start_c, n_cells)
+        lo, hi = max(start_c, 0), min(stop_c, n_cells)
+        if hi <= lo or text not in lookup:
             continue
         value = lookup[text]
-        clash = covered[lo:hi] & (labels[lo:hi] != value)
+        clash = (cells[lo:hi] != _UNCOVERED) & (cells[lo:hi] != value)
         if clash.any():
-            at = lo + int(np.argmax(clash))
-            raise RecordingError(
-                source, f"overlapping stage annotations disagree at epoch {at} ({at * EPOCH_SECONDS:g} s): "
-                f"{text!r} overlaps an earlier annotation with another stage")
-        labels[lo:hi] = value
-        covered[lo:hi] = True
-    if past_end:
+            if clash_at is None:
+                at = lo + int(np.argmax(clash))
+                clash_at = at
+                problems.append(
+                    f"overlapping stage annotations disagree at epoch {at // per_epoch} "
+                    f"({at * step:g} s): {text!r} overlaps an earlier annotation with another stage")
+            continue
+        cells[lo:hi] = value
+    problems.extend(_quote_first(off_grid) + _quote_first(off_length))
+    warns: list[str] = []
+    past_s = past_end * step
+    if past_end and max_overrun_s is not None and past_s > max_overrun_s:
+        problems.append(
+            f"the hypnogram runs {past_s:g} s past the end of the signal: its labels last "
+            f"{end_s:g} s, the signal {n_epochs * EPOCH_SECONDS:g} s ({n_epochs} epochs), more than "
+            f"annotations.max_overrun_s ({max_overrun_s:g} s) allows. Is annotations.label_period "
+            f"({period:g} s) the scoring's, and is this the scoring of this recording? (max_overrun_s: "
+            "null keeps the recording and drops the labels past its end)")
+    elif past_end:
+        how_far = (f"{past_s // EPOCH_SECONDS:g} epochs ({past_s:g} s)" if past_s % EPOCH_SECONDS == 0
+                   else f"{past_s:g} s")
         warns.append(
-            f"the hypnogram runs {past_end} epochs ({past_end * EPOCH_SECONDS:g} s) past the end of the "
-            f"signal ({n_epochs} epochs); the labels beyond the signal were dropped")
+            f"the hypnogram runs {how_far} past the end of the signal ({n_epochs} epochs); the "
+            "labels beyond the signal were dropped")
+
+    labels, covered, mixed_out = _majority(cells.reshape(n_epochs, per_epoch), min_purity)
     n_covered = int(covered.sum())
-    if n_epochs and n_covered < min_coverage * n_epochs:
-        raise RecordingError(
-            source, f"the hypnogram covers only {n_covered} of the signal's {n_epochs} epochs "
+    if not problems and n_epochs and n_covered < min_coverage * n_epochs:
+        problems.append(
+            f"the hypnogram covers only {n_covered} of the signal's {n_epochs} epochs "
             f"({n_covered / n_epochs:.0%}, below annotations.min_coverage {min_coverage:.0%}); "
             "is it the scoring of another recording?")
+    if problems:
+        raise RecordingError.of_problems(source, problems)
+    if mixed_out:
+        warns.append(f"{mixed_out} epoch(s) have no stage covering at least {min_purity:.0%} of their "
+                     f"{EPOCH_SECONDS:g} s alone (mixed, tied or partly scored) and are unscored (-1)")
     if n_covered < n_epochs:
         warns.append(f"{n_epochs - n_covered} of {n_epochs} epochs are not covered by the "
                      "hypnogram and are unscored (-1)")
     return labels, warns
 
+
+def _majority(cells: np.ndarray, min_purity: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per epoch (row of grid cells): the majority class, whether any cell is covered, and how
+    many covered epochs were left unscored by a tie or a majority below ``min_purity``."""
+    classes = np.arange(-1, 5, dtype=np.int8)
+    seconds = (cells[:, :, None] == classes[None, None, :]).sum(axis=1)  # (n_epochs, 6) cells
+    best = seconds.max(axis=1)
+    covered = best > 0
+    tie = (seconds == best[:, None]).sum(axis=1) > 1
+    pure = best >= min_purity * cells.shape[1] - 1e-9
+    decided = covered & ~tie & pure
+    labels = np.where(decided, classes[np.argmax(seconds, axis=1)], -1).astype(np.int8)
+    return labels, covered, int((covered & ~decided).sum())

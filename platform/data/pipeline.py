@@ -37,7 +37,7 @@ from somnray.core.version import somnray_version
 from . import schema
 from .dataset import DATA_FORMAT_VERSION, PreparedDataset
 from .discovery import load_manifest
-from .manifest import SPLITS, ManifestEntry
+from .manifest import LIGHTS_COLUMNS, SPLITS, ManifestEntry
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ def prepare_entry(entry: Mapping[str, Any], *, profile, dataset_uri: str,
     source = entry["psg"]
     try:
         hyp_uri = entry.get("hypnogram")
-        if not hyp_uri and profile.annotations.format != "embedded":
+        # embedded and edf_signal scorings may live inside the PSG itself
+        if not hyp_uri and profile.annotations.format not in ("embedded", "edf_signal"):
             raise RecordingError(
                 entry["psg"], f"no hypnogram paired with this PSG, and profile {profile.name!r} "
                 f"expects separate {profile.annotations.format} hypnograms "
@@ -182,6 +183,12 @@ class PrepareResult:
         return int(self.manifest.get("counts", {}).get("epochs", 0))
 
     @property
+    def warnings(self) -> list[dict[str, str]]:
+        """``recording_id`` and ``warning``, one per warning of a recording in the dataset."""
+        return [{"recording_id": r["recording_id"], "warning": w}
+                for r in self.manifest.get("recordings", []) for w in r["warnings"]]
+
+    @property
     def exit_code(self) -> int:
         """0 when every attempted recording was prepared or skipped, 2 when some were rejected."""
         return 2 if self.rejected else 0
@@ -198,13 +205,14 @@ def _check_profiles(entries: Sequence[ManifestEntry], profile, source: str) -> N
 
 def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | None = None,
                    storage_options: Mapping[str, Any] | None = None, progress: bool = True,
-                   limit: int | None = None) -> PrepareResult:
+                   limit: int | None = None, hypnogram: str | None = None) -> PrepareResult:
     """Prepare every recording of a cohort into a versioned Parquet dataset.
 
     Parameters
     ----------
     input_uri : str
-        A manifest (CSV/Parquet) or a folder of recordings (paired by the profile).
+        A manifest (CSV/Parquet), a folder of recordings (paired by the profile), or one EDF/BDF
+        file.
     profile : CohortProfile or str
         The cohort profile, or a shipped profile name / YAML path.
     out_uri : str
@@ -218,6 +226,9 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     limit : int, optional
         Prepare at most this many recordings not prepared yet (already-written ones are always
         accounted for); a later run without it completes the dataset.
+    hypnogram : str, optional
+        The scoring file when ``input_uri`` is one EDF/BDF file (default: the file the profile's
+        pairing rules pair with it, if any).
 
     Returns
     -------
@@ -238,7 +249,7 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
     if limit is not None and limit < 0:
         raise ConfigError("--limit", [f"must be >= 0, got {limit}"])
     started = time.monotonic()
-    entries = load_manifest(input_uri, profile, storage_options)
+    entries = load_manifest(input_uri, profile, storage_options, hypnogram=hypnogram)
     _check_profiles(entries, profile, str(input_uri))
     dataset = PreparedDataset.create(out_uri, profile, entries, storage_options)
     version = dataset.version
@@ -275,7 +286,9 @@ def _run(todo: Sequence[ManifestEntry], profile, dataset: PreparedDataset,
     ctx.enable_progress_bars = progress
     # One block per recording, so the recordings spread over the task pool instead of queueing
     # behind each other in a few large blocks.
-    ds = ray.data.from_items([e.as_dict() for e in todo], override_num_blocks=len(todo))
+    # Lights times matter to scoring only; leaving them out keeps every row's columns the same.
+    rows = [{k: v for k, v in e.as_dict().items() if k not in LIGHTS_COLUMNS} for e in todo]
+    ds = ray.data.from_items(rows, override_num_blocks=len(todo))
     ds = ds.map(
         prepare_entry,
         fn_kwargs={"profile": profile, "dataset_uri": dataset.uri, "storage_options": worker_opts},

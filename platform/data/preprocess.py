@@ -26,6 +26,7 @@ __all__ = [
     "derive_channel",
     "design_bandpass",
     "epoch",
+    "fit_band",
     "map_labels",
     "normalize",
     "resample",
@@ -127,6 +128,34 @@ def check_filter_rate(native_sfreq: float, band: tuple[float, float] | None = No
             f"band-pass upper edge {band[1]:g} Hz is at/above the Nyquist frequency "
             f"{native_sfreq / 2:g} Hz of the native rate {native_sfreq:g} Hz; lower the band's "
             f"upper edge below {native_sfreq / 2:g} Hz or set band: null")
+
+
+# A band clipped to fit a slow recording ends at this fraction of its native Nyquist frequency, so
+# the filter's transition band (2 Hz or more, see _transition) stays below it.
+BAND_FIT_NYQUIST_FRACTION = 0.9
+
+
+def fit_band(band: tuple[float, float], native_sfreq: float) -> tuple[float, float]:
+    """The band with its upper edge clipped below the native Nyquist frequency when it is not.
+
+    The upper edge becomes ``BAND_FIT_NYQUIST_FRACTION`` × Nyquist (rounded down to 0.1 Hz):
+    a 50-Hz recording asked for 0.3-35 Hz gets 0.3-22.5 Hz.
+
+    Raises
+    ------
+    ValueError
+        The lower edge is not below the clipped upper edge.
+    """
+    low, high = float(band[0]), float(band[1])
+    nyquist = native_sfreq / 2
+    if high < nyquist:
+        return (low, high)
+    fitted = math.floor(BAND_FIT_NYQUIST_FRACTION * nyquist * 10) / 10
+    if low >= fitted:
+        raise ValueError(
+            f"band {[low, high]} Hz cannot fit the native rate {native_sfreq:g} Hz: its lower edge "
+            f"is not below {fitted:g} Hz, {BAND_FIT_NYQUIST_FRACTION:g} × the Nyquist frequency")
+    return (low, fitted)
 
 
 def _transition(edge: float, room: float) -> float:

@@ -1,8 +1,10 @@
 """Cohort profiles: every per-cohort quirk (channel aliases, derivations, filters, annotation
 format, label map, wake trimming, file pairing) as one validated, frozen object.
 
-A profile is a YAML file.  Three ship with somnray (``sleep-edf``, ``shhs`` and ``generic``, the
-annotated template to copy for a new cohort); any other YAML path works the same way.  Loading
+A profile is a YAML file.  Several ship with somnray (``sleep-edf`` and its ``sleep-edf-20`` /
+``sleep-edf-78`` cassette subsets, ``shhs`` and ``shhs-5463``, and ``generic``, the annotated
+template to copy for a new cohort); any other YAML path works the same way, and a profile may
+``extends:`` another one.  Loading
 validates the whole file and reports every problem at once in one :class:`ConfigError`, so a user
 fixes a new profile in one round instead of one error at a time.  See ``docs/profiles.md``.
 
@@ -26,9 +28,11 @@ from somnray.core.errors import ConfigError
 __all__ = [
     "AnnotationSpec",
     "AvailabilitySpec",
+    "ChannelAlternative",
     "ChannelSpec",
     "CohortProfile",
     "PairingSpec",
+    "ReadingSpec",
     "TrimSpec",
     "list_profiles",
     "load_profile",
@@ -53,8 +57,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ChannelSpec(_Strict):
-    """How one canonical modality is found (and derived) in a PSG file.
+class ChannelAlternative(_Strict):
+    """One way to find a modality's signal: a label, optionally minus a reference.
 
     Parameters
     ----------
@@ -63,23 +67,12 @@ class ChannelSpec(_Strict):
         and punctuation (``EOG(L)`` = ``EOG L`` = ``EOGL``).
     reference : list of str, optional
         Aliases of a reference channel subtracted from the channel (a bipolar derivation such as
-        SHHS's EOG(L) − EOG(R)).  Both are brought to a common rate before the subtraction.
-    required : bool
-        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
-    band : (float, float), optional
-        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
-        low-pass.  None = no filter.
-    min_sfreq : float, optional
-        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
-        is not the physiological signal the modality stands for: absent with a warning when the
-        channel is optional, a rejection when it is required.
+        SHHS's EOG(L) − EOG(R), or C3 − A2 from monopolar electrodes).  Both are brought to a
+        common rate before the subtraction.
     """
 
     aliases: list[str] = Field(min_length=1)
     reference: list[str] | None = None
-    required: bool = True
-    band: tuple[float, float] | None = None
-    min_sfreq: float | None = Field(default=None, gt=0)
 
     @field_validator("aliases", "reference")
     @classmethod
@@ -92,6 +85,43 @@ class ChannelSpec(_Strict):
         if bad:
             raise ValueError(f"labels {bad} contain no letter or digit, so they can never match")
         return value
+
+
+class ChannelSpec(ChannelAlternative):
+    """How one canonical modality is found (and derived) in a PSG file.
+
+    Parameters
+    ----------
+    aliases, reference
+        The primary signal (see :class:`ChannelAlternative`).
+    fallbacks : list of ChannelAlternative
+        Tried in order when the primary signal is missing or unusable (not found, no reference,
+        an unscalable header, too slow, no usable epoch): C4-A1, else C3-A2, ...  The signal
+        actually used is recorded in the recording's ``channels`` info.
+    combine : {"first", "average"}
+        ``first``: the first usable alternative; ``average``: the per-epoch mean of every usable
+        alternative (an epoch is available when at least one of them is).
+    required : bool
+        Missing (or unusable) → the recording is rejected; otherwise the modality is absent.
+    band : (float, float), optional
+        Zero-phase FIR band-pass edges in Hz, applied at 100 Hz; a lower edge of 0 gives a
+        low-pass.  None = no filter.
+    min_sfreq : float, optional
+        Lowest acceptable native rate in Hz.  A slower signal (Sleep-EDF SC's 1-Hz EMG envelope)
+        is not the physiological signal the modality stands for: absent with a warning when the
+        channel is optional, a rejection when it is required.
+    band_fit : {"strict", "auto"}
+        A band whose upper edge is at/above the native Nyquist frequency: ``strict`` makes the
+        channel unusable (the band is a protocol the data must meet); ``auto`` clips the upper
+        edge to 0.9 × the native Nyquist frequency, with a warning.
+    """
+
+    fallbacks: list[ChannelAlternative] = Field(default_factory=list)
+    combine: Literal["first", "average"] = "first"
+    required: bool = True
+    band: tuple[float, float] | None = None
+    min_sfreq: float | None = Field(default=None, gt=0)
+    band_fit: Literal["strict", "auto"] = "strict"
 
     @field_validator("band")
     @classmethod
@@ -112,14 +142,18 @@ class AnnotationSpec(_Strict):
 
     Parameters
     ----------
-    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"}
+    format : {"edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"}
         ``edf_annotations``: a separate EDF+ file of annotations (Sleep-EDF ``*-Hypnogram.edf``);
         ``embedded``: EDF+ annotations inside the PSG file itself; ``nsrr_xml``: NSRR XML
-        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table.
+        (``ScoredEvent`` with ``EventType`` ``Stages|Stages``); ``csv``/``tsv``: a table;
+        ``edf_signal``: a signal whose sample values are stage codes, in a separate EDF file or,
+        without one, in the PSG itself (``signal`` names it).
     label_map : dict of str to int
         Every stage label string the source uses → 0 W, 1 N1, 2 N2, 3 N3, 4 REM, or -1
         (movement/unscored: kept in the sequence, ignored by losses).  Labels are compared after
         stripping surrounding whitespace; an unlisted label rejects the recording, listing it.
+        Numeric codes (R&K ``0``–``5``, ``edf_signal`` values) may be written as plain YAML
+        integers; they are compared as text.
     ignore : list of str
         Glob patterns (``fnmatch``) of annotation texts that are not stages (arousals, lights
         off, ...) and are skipped rather than rejected.
@@ -127,7 +161,7 @@ class AnnotationSpec(_Strict):
         NSRR XML only: the ``EventType`` of stage events.
     table_layout : {"events", "epochs"}
         CSV/TSV only: ``events`` = one row per run (onset, duration, stage columns, seconds from
-        the PSG start); ``epochs`` = one stage per row, each row one consecutive 30-s epoch.
+        the PSG start); ``epochs`` = one stage per row, each row the next ``label_period``.
     onset_column, duration_column, stage_column : str
         CSV/TSV column names (used when ``header`` is true).
     delimiter : str, optional
@@ -138,9 +172,23 @@ class AnnotationSpec(_Strict):
     min_coverage : float
         Reject the recording when the hypnogram covers less than this fraction of the signal's
         epochs (usually a PSG paired with the wrong hypnogram).
+    label_period : int
+        Seconds between two labels of the scoring (5, 10, 15, 20, 30, 60, ...): stage onsets and
+        durations must be multiples of it.  Labels are mapped onto the 30-s epochs by majority
+        of duration (see :func:`somnray.data.hypnograms.hypnogram_to_epochs`).
+    min_purity : float
+        An epoch whose majority stage covers less than this fraction of its 30 s, or whose two
+        largest stages tie, is unscored (-1).
+    max_overrun_s : float, optional
+        Seconds of labels past the end of the signal that are dropped with a warning; more
+        rejects the recording (a hypnogram read at the wrong period, or another night's).
+        None: any overrun is dropped with a warning.
+    signal : str, optional
+        ``edf_signal`` only: the label of the hypnogram signal (matching ignores case, spaces
+        and punctuation, as channel aliases do).
     """
 
-    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded"]
+    format: Literal["edf_annotations", "nsrr_xml", "csv", "tsv", "embedded", "edf_signal"]
     label_map: dict[str, int] = Field(min_length=1)
     ignore: list[str] = Field(default_factory=list)
     event_type: str = "Stages|Stages"
@@ -151,6 +199,26 @@ class AnnotationSpec(_Strict):
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     header: bool = True
     min_coverage: float = Field(default=0.5, ge=0, le=1)
+    label_period: int = Field(default=30, ge=1)
+    min_purity: float = Field(default=0.5, ge=0, le=1)
+    max_overrun_s: float | None = Field(default=60.0, ge=0)
+    signal: str | None = Field(default=None, min_length=1)
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numeric_codes_as_text(cls, value):
+        # YAML reads `0: 0` as an int key; stage codes are compared with the text the files hold.
+        if isinstance(value, dict):
+            return {(str(k) if isinstance(k, int) and not isinstance(k, bool) else k): v
+                    for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _signal_named(self) -> AnnotationSpec:
+        if self.format == "edf_signal" and self.signal is None:
+            raise ValueError("format 'edf_signal' needs annotations.signal: the label of the "
+                             "signal that holds the stage codes")
+        return self
 
     @field_validator("label_map")
     @classmethod
@@ -182,10 +250,16 @@ class TrimSpec(_Strict):
         ``shhs_paper``: the rule as CoRe-Sleep's paper states it.
     edge_minutes : float
         Margin of the ``edges`` rule.
+    unscored : {"keep", "drop"}
+        What happens to unscored and movement epochs (-1) inside the kept span: ``keep`` leaves
+        them in the sequence (masked out of the loss, so neighbouring windows keep their real
+        time context); ``drop`` cuts them out, as the pipelines of several papers do, so the
+        remaining epochs are concatenated (``epoch_index`` then has gaps).
     """
 
     rule: Literal["none", "edges", "shhs_code", "shhs_paper"] = "none"
     edge_minutes: float = Field(default=30.0, ge=0)
+    unscored: Literal["keep", "drop"] = "keep"
 
 
 class PairingSpec(_Strict):
@@ -244,6 +318,20 @@ class AvailabilitySpec(_Strict):
     clip_fraction: float = Field(default=0.1, gt=0, le=1)
 
 
+class ReadingSpec(_Strict):
+    """How forgiving reading a PSG file is.
+
+    Parameters
+    ----------
+    truncated : {"keep", "reject"}
+        A file that ends inside its data records (a download cut short): ``keep`` prepares its
+        complete records, with a warning and ``truncated: true`` in the recording's info;
+        ``reject`` rejects the recording.
+    """
+
+    truncated: Literal["keep", "reject"] = "keep"
+
+
 class CohortProfile(_Strict):
     """Everything somnray needs to know about one cohort's files (one YAML file).
 
@@ -267,6 +355,8 @@ class CohortProfile(_Strict):
         Reject recordings lacking any of the five stages (CoRe-Sleep's 5,463 SHHS subset).
     availability : AvailabilitySpec
         Flat/clipped epoch thresholds.
+    reading : ReadingSpec
+        What a truncated file becomes.
     """
 
     name: str = Field(min_length=1)
@@ -278,6 +368,7 @@ class CohortProfile(_Strict):
     pairing: PairingSpec
     require_all_stages: bool = False
     availability: AvailabilitySpec = Field(default_factory=AvailabilitySpec)
+    reading: ReadingSpec = Field(default_factory=ReadingSpec)
 
     @field_validator("channels")
     @classmethod
@@ -308,22 +399,62 @@ def list_profiles() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
-    """Return (source name for messages, YAML text)."""
+def _resolve(name_or_path: str | os.PathLike, relative_to: Path | None = None) -> tuple[str, str, Path | None]:
+    """Return (source name for messages, YAML text, folder of the file or None when shipped).
+
+    A relative path is looked up beside ``relative_to`` first (the folder of a profile that
+    ``extends`` it), then from the working directory.
+    """
     text_name = os.fspath(name_or_path)
     shipped = list_profiles()
     if text_name in shipped:
         ref = resources.files(_PROFILE_PACKAGE).joinpath(_PROFILE_FOLDER, f"{text_name}.yaml")
-        return f"profile {text_name!r} ({ref})", ref.read_text(encoding="utf-8")
+        return f"profile {text_name!r} ({ref})", ref.read_text(encoding="utf-8"), None
     path = Path(text_name).expanduser()
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        path = relative_to / path
     if path.is_file():
-        return str(path), path.read_text(encoding="utf-8")
+        return str(path), path.read_text(encoding="utf-8"), path.resolve().parent
     raise ConfigError(text_name, [
         f"no such profile: not a shipped profile name ({', '.join(shipped)}) and no file at this path"])
 
 
+def _merged(base: dict, override: dict) -> dict:
+    """``override`` laid over ``base``: mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _raw_profile(name_or_path: str | os.PathLike, relative_to: Path | None = None,
+                 seen: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """The profile's mapping with every ``extends`` chain resolved (the child's keys win)."""
+    source, text, folder = _resolve(name_or_path, relative_to)
+    if source in seen:
+        raise ConfigError(source, [f"extends: circular chain {' -> '.join((*seen, source))}"])
+    raw = parse_yaml(text, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return source, raw
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(source, ["extends: expected the name of a shipped profile or a YAML path"])
+    _, base = _raw_profile(parent, folder, (*seen, source))
+    return source, _merged(base, raw)
+
+
 def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
     """Load and validate a cohort profile.
+
+    A profile may start from another one with ``extends: NAME_OR_PATH`` (a shipped profile name, or
+    a YAML path relative to the extending file): its keys are laid over the base's, mappings merged
+    key by key (``channels: {eeg: {band: [0.3, 35]}}`` changes only the EEG band) and every other
+    value replaced.
 
     Parameters
     ----------
@@ -338,13 +469,10 @@ def load_profile(name_or_path: str | os.PathLike) -> CohortProfile:
     Raises
     ------
     ConfigError
-        The name is unknown, the YAML does not parse, or the content is invalid; every
-        validation problem is listed as a ``field.path: message`` line.
+        The name is unknown, the YAML does not parse, an ``extends`` chain is circular, or the
+        content is invalid; every validation problem is listed as a ``field.path: message`` line.
     """
-    source, text = _resolve(name_or_path)
-    raw = parse_yaml(text, source)
-    if not isinstance(raw, dict):
-        raise ConfigError(source, [f"expected a mapping of profile keys, got {type(raw).__name__}"])
+    source, raw = _raw_profile(name_or_path)
     try:
         return CohortProfile.model_validate(raw)
     except ValidationError as exc:

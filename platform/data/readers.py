@@ -3,8 +3,19 @@
 Signals are read with ``edfio``, which keeps every signal at its native sampling rate (MNE's
 ``read_raw_edf`` resamples all channels to the highest rate, which would turn Sleep-EDF's 1-Hz EMG
 envelope into a fake 100-Hz signal and hide what the file really holds).  Before ``edfio`` sees a
-file, its fixed header is checked here so that a truncated download or a file that is not EDF at
-all fails with a message naming the problem (``edfio`` itself silently drops incomplete records).
+file, its fixed header is checked here so that a file that is not EDF at all fails with a message
+naming the problem, and the number of data records is taken from what the file really holds
+(``edfio`` trusts the header's count and silently drops or invents records):
+
+- a file shorter than its header declares (a download cut short) keeps its complete records, with
+  a warning and ``PSG.truncated`` set, unless the caller asks for a rejection;
+- a file holding more complete records than its header declares is read to its last complete
+  record, with a warning;
+- an EDF+D (discontinuous) file is laid out on its own time axis: the gaps between its data
+  records become NaN samples, which preparation marks as unavailable epochs;
+- a signal whose header gives no usable scale (a zero or inverted physical range, digital limits
+  outside the format or not increasing) is kept with :attr:`ChannelData.unusable` saying why, so
+  the recording stays usable when the profile does not need that signal.
 
 Nothing identifying leaves this module: the patient and recording header fields are never copied
 onto :class:`PSG`.
@@ -17,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, NamedTuple, Union
+from typing import BinaryIO, Literal, NamedTuple, Union
 
 import numpy as np
 
@@ -35,6 +46,7 @@ PathOrData = Union[str, os.PathLike, bytes, bytearray, BinaryIO]
 
 _EDF_VERSION = b"0       "
 _BDF_VERSION = b"\xffBIOSEMI"
+_ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
 
 
 class Annotation(NamedTuple):
@@ -65,6 +77,9 @@ class ChannelData:
         independently of the unit.
     unit : str
         Physical dimension from the header (``uV``, ``mV``...), empty when unknown.
+    unusable : str, optional
+        Why the header makes the samples meaningless (a zero or inverted physical range,
+        non-compliant digital limits); ``data`` is then all NaN.  None for a usable signal.
     """
 
     data: np.ndarray
@@ -72,6 +87,7 @@ class ChannelData:
     physical_range: tuple[float, float] | None = None
     resolution: float | None = None
     unit: str = ""
+    unusable: str | None = None
 
 
 @dataclass
@@ -90,6 +106,8 @@ class PSG:
         EDF+/BDF+ annotations embedded in the file (empty for plain EDF).
     warnings : list of str
         Non-fatal oddities found while reading.
+    truncated : bool
+        The file ended inside its data: only its complete records were read.
     """
 
     signals: dict[str, ChannelData]
@@ -97,6 +115,7 @@ class PSG:
     duration_s: float
     annotations: list[Annotation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    truncated: bool = False
 
     @property
     def labels(self) -> list[str]:
@@ -139,15 +158,21 @@ def _read_bytes(path: PathOrData, source: str) -> bytes:
 class _HeaderLayout:
     is_bdf: bool
     header_bytes: int
-    n_records: int
+    n_records: int  # the records read: what the file holds, not what the header declares
     record_s: float
     n_signals: int
     labels: tuple[str, ...]
     samples_per_record: tuple[int, ...]
+    truncated: bool = False
+    notes: tuple[str, ...] = ()
 
     @property
     def record_bytes(self) -> int:
-        return sum(self.samples_per_record) * (3 if self.is_bdf else 2)
+        return sum(self.samples_per_record) * self.sample_bytes
+
+    @property
+    def sample_bytes(self) -> int:
+        return 3 if self.is_bdf else 2
 
 
 def _header_field(raw: bytes, start: int, length: int) -> str:
@@ -163,11 +188,16 @@ def _header_number(raw: bytes, start: int, length: int, name: str, source: str, 
             source, f"corrupt EDF header: field '{name}' is {text!r}, not a number") from None
 
 
-def _check_header(raw: bytes, source: str) -> _HeaderLayout:
-    """Validate the fixed EDF/BDF header against the file size.
+def _check_header(raw: bytes, source: str, truncated: str = "reject") -> _HeaderLayout:
+    """Validate the fixed EDF/BDF header and count the data records the file really holds.
 
-    Raises RecordingError for anything that is not EDF/BDF, a header that does not parse, or
-    data shorter than the header declares.
+    The rule for a record count that disagrees with the file size: every complete data record
+    in the file is read, and bytes after the last one are ignored.  A file shorter than the
+    header declares is truncated (``truncated="reject"`` makes it an error); one longer is read
+    to its end.  Either way a note says both counts.
+
+    Raises RecordingError for anything that is not EDF/BDF, a header that does not parse, a
+    file without one complete data record, or a truncated file with ``truncated="reject"``.
     """
     if raw[:8] == _BDF_VERSION:
         is_bdf = True
@@ -181,7 +211,7 @@ def _check_header(raw: bytes, source: str) -> _HeaderLayout:
         raise RecordingError(
             source, f"file is truncated: {len(raw)} bytes, shorter than the 256-byte EDF header")
     header_bytes = _header_number(raw, 184, 8, "number of bytes in header", source)
-    n_records = _header_number(raw, 236, 8, "number of data records", source)
+    declared = _header_number(raw, 236, 8, "number of data records", source)
     record_s = _header_number(raw, 244, 8, "duration of a data record", source, float)
     n_signals = _header_number(raw, 252, 4, "number of signals", source)
     if n_signals < 0 or header_bytes != 256 * (n_signals + 1):
@@ -203,22 +233,32 @@ def _check_header(raw: bytes, source: str) -> _HeaderLayout:
     samples = tuple(
         _header_number(raw, spr_offset + 8 * i, 8, f"number of samples of signal {i + 1}", source)
         for i in range(n_signals))
-    layout = _HeaderLayout(is_bdf, header_bytes, n_records, record_s, n_signals, labels, samples)
-    available = len(raw) - header_bytes
+    layout = _HeaderLayout(is_bdf, header_bytes, declared, record_s, n_signals, labels, samples)
     if layout.record_bytes <= 0:
         raise RecordingError(source, "corrupt EDF header: data records hold no samples")
-    if n_records == -1:
-        # EDF allows -1 while recording; the record count is whatever the file holds.
-        n_records = available // layout.record_bytes
-        layout = _HeaderLayout(is_bdf, header_bytes, n_records, record_s, n_signals, labels, samples)
-    elif n_records < 0:
-        raise RecordingError(source, f"corrupt EDF header: {n_records} data records")
-    expected = n_records * layout.record_bytes
-    if available < expected:
-        raise RecordingError(
-            source, f"file is truncated: header declares {n_records} data records of "
-            f"{layout.record_bytes} bytes but only {available} bytes follow")
-    return layout
+    if declared < -1:
+        raise RecordingError(source, f"corrupt EDF header: {declared} data records")
+    available = len(raw) - header_bytes
+    complete = available // layout.record_bytes
+    notes: list[str] = []
+    is_truncated = False
+    # EDF allows -1 while recording: the record count is whatever the file holds.
+    if declared != -1 and complete < declared:
+        problem = (f"file is truncated: header declares {declared} data records of "
+                   f"{layout.record_bytes} bytes but only {available} bytes follow")
+        if complete == 0:
+            raise RecordingError(source, f"{problem}, not one complete data record")
+        if truncated == "reject":
+            raise RecordingError(source, problem)
+        is_truncated = True
+        notes.append(f"{problem}; the {complete} complete records ({complete * record_s:g} s of "
+                     f"{declared * record_s:g} s) are read")
+    elif declared != -1 and complete > declared:
+        notes.append(f"the header declares {declared} data records but the file holds {complete} "
+                     f"complete records of {layout.record_bytes} bytes; all {complete} are read "
+                     f"({complete * record_s:g} s instead of {declared * record_s:g} s)")
+    return _HeaderLayout(is_bdf, header_bytes, complete, record_s, n_signals, labels, samples,
+                         is_truncated, tuple(notes))
 
 
 def _parse_legacy_start(raw: bytes) -> datetime | None:
@@ -255,13 +295,19 @@ def _annotations(rec, source: str) -> list[Annotation]:
                        a.text.strip()) for a in found]
 
 
-def _open_edf(raw: bytes, source: str):
-    """Parse with edfio after the header check; returns (edfio object, layout)."""
+def _open_edf(raw: bytes, source: str, truncated: str = "reject"):
+    """Parse with edfio after the header check; returns (edfio object, layout).
+
+    ``truncated`` is :func:`_check_header`'s policy for a file cut inside its data.
+    """
     import edfio
 
-    layout = _check_header(raw, source)
-    # Cut off trailing bytes past the declared records: edfio would otherwise take them as data.
-    raw = raw[: layout.header_bytes + layout.n_records * layout.record_bytes]
+    layout = _check_header(raw, source, truncated)
+    # edfio reads as many records as the header declares: give it the count of complete records
+    # the file holds and cut off the bytes after the last one.
+    count = str(layout.n_records).ljust(8).encode("ascii")
+    raw = (raw[:236] + count + raw[244:layout.header_bytes]
+           + raw[layout.header_bytes:layout.header_bytes + layout.n_records * layout.record_bytes])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -287,7 +333,78 @@ def _redact(text: str, raw: bytes) -> str:
     return text
 
 
-def read_psg(path: PathOrData, source: str | None = None) -> PSG:
+def _record_onsets(raw: bytes, layout: _HeaderLayout, source: str) -> np.ndarray:
+    """Start of every data record in seconds, from the EDF+ timekeeping annotation.
+
+    The first annotation of each record's first annotation signal is ``+onset`` followed by
+    two 0x14 bytes (EDF+ specification, "Time keeping of data records").
+    """
+    index = next(i for i, lbl in enumerate(layout.labels) if lbl in _ANNOTATION_LABELS)
+    offset = sum(layout.samples_per_record[:index]) * layout.sample_bytes
+    width = layout.samples_per_record[index] * layout.sample_bytes
+    onsets = np.empty(layout.n_records)
+    for r in range(layout.n_records):
+        at = layout.header_bytes + r * layout.record_bytes + offset
+        tal = raw[at:at + width]
+        try:
+            onsets[r] = float(tal[:tal.index(b"\x14")].decode("ascii"))
+        except ValueError:
+            raise RecordingError(
+                source, f"EDF+D data record {r + 1} has no time-keeping annotation, so its place "
+                "in time is unknown") from None
+    return onsets
+
+
+def _lay_out(x: np.ndarray, per_record: int, starts: np.ndarray, length: int) -> np.ndarray:
+    """Place each record's samples at its start sample of a NaN-filled time axis."""
+    out = np.full(length, np.nan)
+    for r, at in enumerate(starts):
+        out[at:at + per_record] = x[r * per_record:(r + 1) * per_record]
+    return out
+
+
+def _discontinuous_axis(onsets: np.ndarray, record_s: float, source: str
+                        ) -> tuple[np.ndarray, float, str]:
+    """Record starts in seconds on the recording's axis, its duration, and a note on the gaps."""
+    # Sub-second start offsets are part of the start time edfio reports (annotations are relative
+    # to it), so record times are taken relative to the same instant.
+    starts = onsets - (onsets[0] % 1)
+    ends = starts + record_s
+    for r in range(1, len(starts)):
+        if starts[r] < ends[r - 1] - 1e-6:
+            raise RecordingError(
+                source, f"EDF+D data records overlap or go back in time: record {r + 1} starts at "
+                f"{starts[r]:g} s, before record {r} ends at {ends[r - 1]:g} s")
+    gaps = starts[1:] - ends[:-1]
+    n_gaps = int((gaps > 1e-6).sum()) + int(starts[0] > 1e-6)
+    lost = float(gaps.sum() + starts[0])
+    note = (f"EDF+D (discontinuous) recording: {n_gaps} gap(s) between data records, {lost:g} s "
+            "in all, hold no data; their epochs are marked unavailable")
+    return starts, float(ends[-1]), note
+
+
+def _signal_problem(pmin: float, pmax: float, dmin: int, dmax: int, unit: str,
+                    is_bdf: bool) -> str | None:
+    """Why a signal's header gives its samples no physical meaning, or None."""
+    low, high = (-(2 ** 23), 2 ** 23 - 1) if is_bdf else (-(2 ** 15), 2 ** 15 - 1)
+    if dmin >= dmax:
+        return (f"digital minimum {dmin} is not below digital maximum {dmax}, so its samples "
+                "cannot be scaled to physical values")
+    if dmin < low or dmax > high:
+        kind = "24-bit BDF" if is_bdf else "16-bit EDF"
+        return (f"digital limits [{dmin}, {dmax}] lie outside the {kind} range [{low}, {high}], "
+                "so its samples cannot be scaled to physical values")
+    if pmin == pmax:
+        return (f"physical minimum equals physical maximum ({pmin:g} {unit}".rstrip() +
+                "): the header gives no scale from digital to physical values")
+    if pmin > pmax:
+        return (f"physical minimum {pmin:g} is above physical maximum {pmax:g} (an inverted "
+                "physical range): the sign of its samples is ambiguous")
+    return None
+
+
+def read_psg(path: PathOrData, source: str | None = None, *,
+             truncated: Literal["keep", "reject"] = "keep") -> PSG:
     """Read every signal of an EDF, EDF+ or BDF file at its native rate.
 
     Parameters
@@ -296,21 +413,25 @@ def read_psg(path: PathOrData, source: str | None = None) -> PSG:
         Local path, fsspec URI, or the file's content.
     source : str, optional
         Name used in error messages (the user's URI); defaults to ``path``.
+    truncated : {"keep", "reject"}
+        A file that ends inside its data: ``keep`` reads its complete records (with a warning and
+        ``PSG.truncated``), ``reject`` raises.
 
     Returns
     -------
     PSG
-        Signals in physical units keyed by label, start time, duration and embedded annotations.
+        Signals in physical units keyed by label, start time, duration, embedded annotations and
+        the warnings of reading (record counts, gaps).  An EDF+D file's gaps are NaN samples.
 
     Raises
     ------
     RecordingError
-        Not an EDF/BDF file, a corrupt or truncated file, an EDF+D (discontinuous) recording, or no
-        data records.
+        Not an EDF/BDF file, a corrupt header, a file without one complete data record (or
+        truncated, with ``truncated="reject"``), EDF+D records that overlap, or no data records.
     """
     source = source if source is not None else _default_source(path)
     raw = _read_bytes(path, source)
-    rec, layout = _open_edf(raw, source)
+    rec, layout = _open_edf(raw, source, truncated)
     if layout.n_records == 0:
         raise RecordingError(source, "the file holds no data records (empty recording)")
     if layout.record_s == 0:
@@ -320,16 +441,18 @@ def read_psg(path: PathOrData, source: str | None = None) -> PSG:
     if layout.record_s < 0:
         raise RecordingError(
             source, f"corrupt EDF header: data record duration {layout.record_s:g} s")
-    warns: list[str] = []
-    has_annotation_signal = any(lbl in ("EDF Annotations", "BDF Annotations") for lbl in layout.labels)
+    warns: list[str] = list(layout.notes)
+    duration_s = float(layout.n_records * layout.record_s)
+    record_starts = None
+    has_annotation_signal = any(lbl in _ANNOTATION_LABELS for lbl in layout.labels)
     if has_annotation_signal:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             continuous = rec.is_continuous
         if not continuous:
-            raise RecordingError(
-                source, "EDF+D (discontinuous) recordings are not supported: the data records "
-                "have gaps between them; export the recording as continuous EDF+C (gaps filled)")
+            record_starts, duration_s, note = _discontinuous_axis(
+                _record_onsets(raw, layout, source), layout.record_s, source)
+            warns.append(note)
     signals: dict[str, ChannelData] = {}
     for sig in rec.signals:
         label = sig.label.strip()
@@ -338,22 +461,34 @@ def read_psg(path: PathOrData, source: str | None = None) -> PSG:
             continue
         pmin, pmax = float(sig.physical_min), float(sig.physical_max)
         dmin, dmax = int(sig.digital_min), int(sig.digital_max)
-        resolution = abs(pmax - pmin) / (dmax - dmin) if dmax != dmin else None
-        signals[label] = ChannelData(
+        unit = sig.physical_dimension.strip()
+        sfreq = float(sig.sampling_frequency)
+        per_record = int(sig.samples_per_data_record)
+        problem = _signal_problem(pmin, pmax, dmin, dmax, unit, layout.is_bdf)
+        if problem is not None:
+            data = np.full(layout.n_records * per_record, np.nan)
+        else:
             # edfio hands out read-only views; callers own their arrays.
-            data=np.array(sig.data, dtype=np.float64),
-            sfreq=float(sig.sampling_frequency),
+            data = np.array(sig.data, dtype=np.float64)
+        if record_starts is not None:
+            data = _lay_out(data, per_record, np.round(record_starts * sfreq).astype(np.int64),
+                            int(round(duration_s * sfreq)))
+        signals[label] = ChannelData(
+            data=data,
+            sfreq=sfreq,
             physical_range=(min(pmin, pmax), max(pmin, pmax)),
-            resolution=resolution,
-            unit=sig.physical_dimension.strip(),
+            resolution=abs(pmax - pmin) / (dmax - dmin) if dmax != dmin else None,
+            unit=unit,
+            unusable=problem,
         )
     annotations = _annotations(rec, source) if has_annotation_signal else []
     return PSG(
         signals=signals,
         start=_start_datetime(rec, raw),
-        duration_s=float(layout.n_records * layout.record_s),
+        duration_s=duration_s,
         annotations=annotations,
         warnings=warns,
+        truncated=layout.truncated,
     )
 
 

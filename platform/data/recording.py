@@ -27,15 +27,22 @@ from .preprocess import (
     check_filter_rate,
     derive_channel,
     epoch,
+    fit_band,
     normalize,
     resample,
     trim_wake,
 )
-from .profiles import ChannelSpec, CohortProfile, normalize_label
-from .hypnograms import Hypnogram, hypnogram_from_annotations, hypnogram_to_epochs, read_hypnogram
+from .profiles import ChannelAlternative, ChannelSpec, CohortProfile, normalize_label
+from .hypnograms import (
+    Hypnogram,
+    hypnogram_from_annotations,
+    hypnogram_from_signal,
+    hypnogram_to_epochs,
+    read_hypnogram,
+)
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
-__all__ = ["prepare_psg", "prepare_recording", "find_channel"]
+__all__ = ["channels_used", "prepare_psg", "prepare_recording", "find_channel"]
 
 
 def find_channel(psg: PSG, aliases: list[str]) -> str | None:
@@ -111,39 +118,51 @@ class _Prepared:
     facts: dict[str, Any]
 
 
-def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
-                      profile: CohortProfile, source: str, warnings: list[str]) -> _Prepared | None:
-    """One modality at 100 Hz, or None when an optional modality is absent/unusable."""
+class _Unusable(Exception):
+    """One alternative of a modality cannot be used; the message says why."""
 
-    def unusable(problem: str) -> None:
-        if spec.required:
-            raise RecordingError(source, f"required channel '{modality}' {problem}")
-        warnings.append(f"optional channel '{modality}' {problem}; the modality is absent")
-        return None
 
-    label = find_channel(psg, spec.aliases)
+def _prepare_alternative(psg: PSG, modality: str, spec: ChannelSpec, alt: ChannelAlternative,
+                         n_epochs: int, profile: CohortProfile, warnings: list[str]) -> _Prepared:
+    """One alternative of a modality at 100 Hz, or :class:`_Unusable` saying why not."""
+    label = find_channel(psg, alt.aliases)
     if label is None:
-        return unusable(f"not found: no signal matches its aliases {spec.aliases}; "
+        raise _Unusable(f"not found: no signal matches its aliases {alt.aliases}; "
                         f"the file has signals {psg.labels}")
     ref_label = None
-    if spec.reference:
-        ref_label = find_channel(psg, spec.reference)
+    if alt.reference:
+        ref_label = find_channel(psg, alt.reference)
         if ref_label is None:
-            return unusable(f"(signal '{label}') lacks its reference: no signal matches "
-                            f"{spec.reference}; the file has signals {psg.labels}")
+            raise _Unusable(f"(signal '{label}') lacks its reference: no signal matches "
+                            f"{alt.reference}; the file has signals {psg.labels}")
     parts = [(label, psg.signals[label])] + ([(ref_label, psg.signals[ref_label])] if ref_label else [])
     for part_label, ch in parts:
+        if ch.unusable:
+            raise _Unusable(f"(signal '{part_label}') is unusable: {ch.unusable}")
         try:
-            check_filter_rate(ch.sfreq, spec.band, spec.min_sfreq)
+            check_filter_rate(ch.sfreq, spec.band if spec.band_fit == "strict" else None,
+                              spec.min_sfreq)
         except ValueError as exc:
-            return unusable(f"(signal '{part_label}'): {exc}")
+            raise _Unusable(f"(signal '{part_label}'): {exc}") from None
+    native = min(ch.sfreq for _, ch in parts)
+    band = spec.band
+    if band is not None and spec.band_fit == "auto":
+        try:
+            band = fit_band(band, native)
+        except ValueError as exc:
+            raise _Unusable(f"(signal '{label}'): {exc}") from None
+        if band != tuple(spec.band):
+            warnings.append(
+                f"channel '{modality}' (signal '{label}'): band-pass upper edge {spec.band[1]:g} Hz "
+                f"is at/above the Nyquist frequency {native / 2:g} Hz of the native rate "
+                f"{native:g} Hz; the band is clipped to [{band[0]:g}, {band[1]:g}] Hz "
+                "(band_fit: auto)")
 
     # Availability at the native rate, where NaN runs and rail values are exact.
     flags = [_channel_flags(ch, n_epochs, profile) for _, ch in parts]
     usable = np.logical_and.reduce([f.usable for f in flags])
 
     filled = [np.where(np.isnan(ch.data), 0.0, ch.data) for _, ch in parts]
-    native = min(ch.sfreq for _, ch in parts)
     if ref_label is None:
         x, rate = filled[0], parts[0][1].sfreq
     else:
@@ -153,25 +172,89 @@ def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
         usable &= availability(_native_epochs(x, rate, n_epochs),
                                flat_std=profile.availability.flat_lsb * step)
     if not usable.any():
-        return unusable(f"(signal '{label}') carries no usable signal: "
+        raise _Unusable(f"(signal '{label}') carries no usable signal: "
                         f"{_why_unusable(flags, parts[0][1], n_epochs, profile.availability.flat_lsb)}")
 
     x = resample(x, rate, SAMPLING_RATE_HZ)
-    if spec.band is not None:
+    if band is not None:
         try:
-            x = bandpass(x, SAMPLING_RATE_HZ, spec.band, native_sfreq=native)
+            x = bandpass(x, SAMPLING_RATE_HZ, band, native_sfreq=native)
         except ValueError as exc:
-            return unusable(f"(signal '{label}'): {exc}")
+            raise _Unusable(f"(signal '{label}'): {exc}") from None
     epochs = _native_epochs(x, SAMPLING_RATE_HZ, n_epochs)
     short = np.isnan(epochs).any(axis=1)  # the signal ended before the last record
     usable &= ~short
     epochs[short] = 0.0
 
     facts: dict[str, Any] = {"label": label, "native_sfreq": parts[0][1].sfreq,
-                             "unit": parts[0][1].unit, "band": list(spec.band) if spec.band else None}
+                             "unit": parts[0][1].unit, "band": list(band) if band else None}
     if ref_label is not None:
         facts.update(reference=ref_label, reference_sfreq=parts[1][1].sfreq)
     return _Prepared(epochs, usable, facts)
+
+
+def _average(found: list[tuple[int, _Prepared]]) -> _Prepared:
+    """Per-epoch mean of the alternatives available in each epoch (``combine: average``)."""
+    mask = np.stack([p.available for _, p in found])  # (k, n_epochs)
+    total = sum(np.where(p.available[:, None], p.epochs, 0.0) for _, p in found)
+    count = mask.sum(axis=0)
+    epochs = total / np.maximum(count, 1)[:, None]
+    facts = dict(found[0][1].facts, averaged=[_signal_name(p.facts) for _, p in found])
+    return _Prepared(epochs, count > 0, facts)
+
+
+def _signal_name(facts: dict[str, Any]) -> str:
+    """How the used signal is shown: its label, or ``label - reference`` for a derivation."""
+    return f"{facts['label']} - {facts['reference']}" if "reference" in facts else facts["label"]
+
+
+def channels_used(info: dict[str, Any]) -> dict[str, str]:
+    """Modality → the signal a prepared recording used, as outputs show it.
+
+    ``C4-A1``; ``E1 - E2`` for a derivation; ``mean(C4-A1, C3-A2)`` for an average of
+    alternatives.  Absent modalities are left out.
+    """
+    used = {}
+    for modality, facts in (info.get("channels") or {}).items():
+        averaged = facts.get("averaged")
+        used[modality] = f"mean({', '.join(averaged)})" if averaged else _signal_name(facts)
+    return used
+
+
+def _prepare_modality(psg: PSG, modality: str, spec: ChannelSpec, n_epochs: int,
+                      profile: CohortProfile, source: str, warnings: list[str]) -> _Prepared | None:
+    """One modality at 100 Hz, or None when an optional modality is absent/unusable.
+
+    The primary signal and then each fallback are tried in order; with ``combine: average`` every
+    usable one is kept and averaged.
+    """
+    problems: list[str] = []
+    found: list[tuple[int, _Prepared]] = []
+    for k, alt in enumerate([spec, *spec.fallbacks]):
+        try:
+            found.append((k, _prepare_alternative(psg, modality, spec, alt, n_epochs, profile,
+                                                  warnings)))
+        except _Unusable as exc:
+            problems.append(str(exc) if k == 0 else f"fallback {k} {exc}")
+            continue
+        if spec.combine == "first":
+            break
+    if not found:
+        problem = "; ".join(problems)
+        if spec.required:
+            raise RecordingError(source, f"required channel '{modality}' {problem}")
+        warnings.append(f"optional channel '{modality}' {problem}; the modality is absent")
+        return None
+    if len(found) > 1:
+        return _average(found)
+    k, prepared = found[0]
+    if k > 0:
+        # Only set when a fallback stands in, so recordings that use the primary signal keep the
+        # facts they always had.
+        prepared.facts["fallback"] = k
+        warnings.append(f"channel '{modality}': {'; '.join(problems)}; fallback {k} "
+                        f"'{_signal_name(prepared.facts)}' is used")
+    return prepared
 
 
 def _labels(psg: PSG, hyp: Hypnogram | None, n_epochs: int, profile: CohortProfile,
@@ -179,8 +262,10 @@ def _labels(psg: PSG, hyp: Hypnogram | None, n_epochs: int, profile: CohortProfi
     if hyp is None:
         return None
     check_alignment(psg.start, hyp.start, hyp_source)
-    labels, warns = hypnogram_to_epochs(hyp, n_epochs, profile.annotations.label_map, hyp_source,
-                                        min_coverage=profile.annotations.min_coverage)
+    spec = profile.annotations
+    labels, warns = hypnogram_to_epochs(hyp, n_epochs, spec.label_map, hyp_source,
+                                        min_coverage=spec.min_coverage, label_period=spec.label_period,
+                                        min_purity=spec.min_purity, max_overrun_s=spec.max_overrun_s)
     warnings.extend(warns)
     return labels
 
@@ -210,6 +295,13 @@ def _trim(labels: np.ndarray, profile: CohortProfile, source: str) -> slice:
     return keep
 
 
+def _together(problems: list[RecordingError]) -> RecordingError:
+    """One error listing every problem; those of another file than the first are prefixed by it."""
+    first = problems[0].source
+    return RecordingError.of_problems(
+        first, [r if p.source == first else f"{p.source}: {r}" for p in problems for r in p.problems])
+
+
 def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *,
                 recording_id: str, subject_id: str, psg_source: str = "<psg>",
                 hypnogram_source: str | None = None) -> PreparedRecording:
@@ -224,18 +316,35 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     if n_epochs == 0:
         raise RecordingError(psg_source, f"the recording lasts {psg.duration_s:g} s, shorter than "
                                          f"one {EPOCH_SECONDS:g}-s epoch")
+    # Channels and labels fail independently: collect their problems so one run reports all.
+    problems: list[RecordingError] = []
     prepared: dict[str, _Prepared | None] = {}
     for modality, spec in profile.channels.items():
-        prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile, psg_source,
-                                               warnings)
-
-    labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+        try:
+            prepared[modality] = _prepare_modality(psg, modality, spec, n_epochs, profile,
+                                                   psg_source, warnings)
+        except RecordingError as exc:
+            problems.append(exc)
+    try:
+        labels = _labels(psg, hypnogram, n_epochs, profile, hyp_source, warnings)
+    except RecordingError as exc:
+        problems.append(exc)
+    if problems:
+        raise _together(problems)
     scored = labels is not None
     if labels is None:
         labels = np.full(n_epochs, -1, dtype=np.int8)
         keep = slice(0, n_epochs)
     else:
         keep = _trim(labels, profile, hyp_source)
+    span = keep
+    n_dropped = 0
+    if scored and profile.trimming.unscored == "drop":
+        # An index array instead of a slice: the epochs left are no longer contiguous.
+        index = np.arange(n_epochs)[keep]
+        scored_index = index[labels[index] >= 0]
+        n_dropped = len(index) - len(scored_index)
+        keep = scored_index
     kept_labels = labels[keep]
     n_kept = len(kept_labels)
 
@@ -258,8 +367,8 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "scored": scored,
         "n_epochs_signal": n_epochs,
         "n_epochs": n_kept,
-        "epochs_trimmed_start": int(keep.start),
-        "epochs_trimmed_end": int(n_epochs - keep.stop),
+        "epochs_trimmed_start": int(span.start),
+        "epochs_trimmed_end": int(n_epochs - span.stop),
         "epochs_unscored": int((kept_labels < 0).sum()),
         "class_counts": {STAGES[c]: int(counts[c]) for c in range(5)},
         "native_sfreq": {m: f["native_sfreq"] for m, f in channels.items()},
@@ -269,6 +378,11 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "normalization": profile.normalization,
         "warnings": warnings,
     }
+    if psg.truncated:
+        # Only set when true, so the info of every complete file stays as it was.
+        info["truncated"] = True
+    if profile.trimming.unscored == "drop":  # only then: other profiles' outputs stay byte-identical
+        info["epochs_unscored_dropped"] = n_dropped
     return PreparedRecording(
         recording_id=recording_id,
         subject_id=subject_id,
@@ -291,6 +405,24 @@ def _name(path: PathOrData | None) -> str | None:
     return os.fspath(path)
 
 
+def _read_scoring(psg: PSG, hypnogram_path: PathOrData | None, profile: CohortProfile,
+                  psg_source: str, hyp_source: str) -> Hypnogram | None:
+    """The night's stage runs: from the hypnogram file, or from the PSG itself for the formats
+    that live there; None when there is no scoring (a night to score)."""
+    spec = profile.annotations
+    if hypnogram_path is not None:
+        return read_hypnogram(hypnogram_path, spec, source=hyp_source)
+    if spec.format == "embedded":
+        hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
+        if len(hyp) == 0:
+            raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
+                                             "EDF+ annotations, but the file has none")
+        return hyp
+    if spec.format == "edf_signal":
+        return hypnogram_from_signal(psg, spec, psg_source)
+    return None
+
+
 def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
                       profile: CohortProfile, *, recording_id: str, subject_id: str,
                       psg_source: str | None = None,
@@ -303,8 +435,8 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
         The EDF/EDF+/BDF file (local path, fsspec URI, or its content).
     hypnogram_path : str, path-like, bytes or binary file, optional
         The scoring file in the profile's annotation format.  None with format ``embedded`` uses
-        the PSG's own EDF+ annotations; None otherwise prepares an unscored recording (labels -1,
-        no trimming), as scoring a new night needs.
+        the PSG's own EDF+ annotations, with ``edf_signal`` the PSG's own stage-code signal; None
+        otherwise prepares an unscored recording (labels -1, no trimming).
     profile : CohortProfile
         Channels, filters, labels, trimming and normalisation of the cohort.
     recording_id, subject_id : str
@@ -323,23 +455,25 @@ def prepare_recording(psg_path: PathOrData, hypnogram_path: PathOrData | None,
     RecordingError
         With ``recording_id`` set, for: a file that is not EDF or is truncated/corrupt; a missing
         or unusable (all-NaN, flat, too slow for its filter) required channel; a hypnogram whose
-        start differs, that covers too little of the signal, has labels off the 30-s grid or
-        unknown labels; no sleep/scored epoch left after trimming; ``require_all_stages`` unmet.
+        start differs, that covers too little of the signal or runs too far past it, has labels
+        off the ``label_period`` grid or unknown labels; no sleep/scored epoch left after
+        trimming; ``require_all_stages`` unmet.  The channels' and the scoring's problems are
+        independent, so they come together in one error (``N problems: (1) ...; (2) ...``).
     """
     psg_source = psg_source or _name(psg_path) or "<psg>"
     hyp_source = hypnogram_source or _name(hypnogram_path) or psg_source
     try:
-        psg = read_psg(psg_path, source=psg_source)
-        spec = profile.annotations
-        if hypnogram_path is not None:
-            hyp = read_hypnogram(hypnogram_path, spec, source=hyp_source)
-        elif spec.format == "embedded":
-            hyp = hypnogram_from_annotations(psg.annotations, spec, psg.start)
-            if len(hyp) == 0:
-                raise RecordingError(psg_source, "the profile reads stages from the PSG's embedded "
-                                                 "EDF+ annotations, but the file has none")
-        else:
-            hyp = None
+        psg = read_psg(psg_path, source=psg_source, truncated=profile.reading.truncated)
+        try:
+            hyp = _read_scoring(psg, hypnogram_path, profile, psg_source, hyp_source)
+        except RecordingError as hyp_problem:
+            # An unreadable scoring leaves the signals to check: report their problems with it.
+            try:
+                prepare_psg(psg, None, profile, recording_id=recording_id, subject_id=subject_id,
+                            psg_source=psg_source)
+            except RecordingError as channel_problems:
+                raise _together([channel_problems, hyp_problem]) from None
+            raise
         return prepare_psg(psg, hyp, profile, recording_id=recording_id, subject_id=subject_id,
                            psg_source=psg_source, hypnogram_source=hyp_source)
     except RecordingError as exc:

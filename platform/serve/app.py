@@ -90,6 +90,8 @@ class PreparedNight:
         ``(n, M)`` bool, columns in the model's modality order.
     warnings : list of str
         Non-identifying preparation warnings (optional channel missing, ...).
+    channels : dict of str to str
+        Modality → the EDF signal it was read from (shown in the outputs).
     input_sha256, profile_sha256 : str or None
         SHA-256 of the uploaded bytes and of the profile they were read with (the lineage).
     """
@@ -99,6 +101,7 @@ class PreparedNight:
     signals: dict[str, np.ndarray]
     available: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    channels: dict[str, str] = field(default_factory=dict)
     input_sha256: str | None = None
     profile_sha256: str | None = None
 
@@ -159,8 +162,10 @@ class Preprocessor:
         self.default_profile = config.default_profile
 
     def prepare(self, data: bytes, recording_id: str, profile: str | None,
-                channel_map: dict[str, str] | None) -> PreparedNight | RequestProblem:
+                channel_map: dict[str, Any] | None) -> PreparedNight | RequestProblem:
         """Prepare one upload; a :class:`RequestProblem` (400/422) for anything wrong with it."""
+        from somnray.data.recording import channels_used
+
         from .inference import input_sha256, model_inputs, prepare_for_scoring, profile_sha256, scoring_profile
 
         source = f"upload {recording_id}"  # never the client's file name: it may identify someone
@@ -188,6 +193,7 @@ class Preprocessor:
         return PreparedNight(recording_id=recording_id, epoch_index=np.asarray(rec.epoch_index),
                              signals=signals, available=available,
                              warnings=[str(w) for w in rec.info.get("warnings", [])],
+                             channels=channels_used(rec.info),
                              input_sha256=input_sha256(data), profile_sha256=profile_sha256(prof))
 
 
@@ -252,7 +258,7 @@ class StageModel:
             lineage = night_lineage(self.spec, stride=stride, input_digest=prepared.input_sha256,
                                     profile_digest=prepared.profile_sha256)
             night = scored_night(self.spec, prepared.recording_id, prepared.epoch_index, probabilities,
-                                 prepared.available, lineage)
+                                 prepared.available, prepared.channels, lineage)
             return ScoreResult(night=night, warnings=prepared.warnings)
         except RecordingError as exc:
             return RequestProblem(422, str(exc))
@@ -332,6 +338,8 @@ class ScoreResponse(BaseModel):
                                                        "models that imagine a missing input).")
     modalities_used: list[str] = Field(description="Inputs each stage came from (`eeg+eog`, `eeg`, "
                                                    "`eeg+eog(imputed)`, `none`).")
+    channels: dict[str, str] = Field(description="Modality -> the EDF signal it was read from (`C4-A1`, "
+                                                 "`E1 - E2` for a derivation).")
     sleep_statistics: dict[str, Any] = Field(description="AASM statistics: TST, sleep efficiency, SOL, "
                                                          "WASO, REM latency, minutes and % per stage.")
     warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...).")
@@ -429,6 +437,7 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         "availability": {m: night.available[:, j].tolist() for j, m in enumerate(night.modalities)},
         "quality": {k: v.astype(bool).tolist() for k, v in night.quality.items()},
         "modalities_used": [str(u) for u in night.modalities_used],
+        "channels": dict(night.channels),
         "sleep_statistics": stats.to_dict(),
         "warnings": list(result.warnings),
         "model": night.model.to_dict(),
@@ -453,6 +462,7 @@ def night_from_answer(doc: Mapping[str, Any]) -> ScoredNight:
         stages=np.asarray(doc["stages"], dtype=np.int8), modalities=modalities, available=available,
         model=ModelInfo.from_dict(doc["model"]), modalities_used=list(doc["modalities_used"]),
         quality={k: v for k, v in doc["quality"].items() if k not in STANDARD_FLAGS},
+        channels=dict(doc.get("channels") or {}),
         epoch_s=float(doc["epoch_s"]), lineage=dict(doc.get("lineage") or {}))
 
 
@@ -551,7 +561,7 @@ class ScoringIngress:
             await form.close()
         return data, fields
 
-    def _parse_fields(self, fields: dict[str, str]) -> tuple[str, str | None, dict[str, str] | None, int | None]:
+    def _parse_fields(self, fields: dict[str, str]) -> tuple[str, str | None, dict[str, Any] | None, int | None]:
         recording_id = fields.get("recording_id") or f"upload-{uuid.uuid4().hex}"
         try:
             check_recording_id(recording_id)
@@ -565,10 +575,11 @@ class ScoringIngress:
             except json.JSONDecodeError as exc:
                 raise _problem(400, f"channel_map is not valid JSON ({exc.msg}); expected an object "
                                     'such as {"eeg": "EEG Fpz-Cz"}') from None
-            if not isinstance(channel_map, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in channel_map.items()):
-                raise _problem(400, 'channel_map must be a JSON object of modality -> EDF label '
-                                    'strings, such as {"eeg": "EEG Fpz-Cz"}')
+            # Entries are checked by scoring_profile, which names the bad one.
+            if not isinstance(channel_map, dict):
+                raise _problem(400, 'channel_map must be a JSON object of modality -> EDF label, '
+                                    'derivation or list of them, such as {"eeg": ["C4-A1", '
+                                    '"C3-A2"], "eog": {"signal": "E1", "reference": "E2"}}')
         stride = None
         if fields.get("stride"):
             try:
@@ -605,7 +616,10 @@ class ScoringIngress:
                 "profile": {"type": "string", "description": "Shipped cohort profile name (channel "
                                                              "aliases, filters); default: the model's."},
                 "channel_map": {"type": "string", "description": "JSON object modality -> EDF signal "
-                                                                 'label, e.g. {"eeg": "EEG Fpz-Cz"}.'},
+                                                                 'label, derivation or list of them tried '
+                                                                 'in order, e.g. {"eeg": ["C4-A1", '
+                                                                 '"C3-A2"], "eog": {"signal": "E1", '
+                                                                 '"reference": "E2"}}.'},
                 "recording_id": {"type": "string", "description": "Id for the answer (letters, digits, "
                                                                   ". _ - + = @); default: generated."},
                 "stride": {"type": "integer", "description": "Window stride in epochs (1..L); "

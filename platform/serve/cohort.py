@@ -39,6 +39,7 @@ cohort with exactly one output set per recording; it has no other use.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import pickle
@@ -155,12 +156,14 @@ def _quiet_discover(loc: StorageLocation, profile: CohortProfile,
 
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
-            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"", input_sha256: str = "",
-            profile_sha256: str = "") -> dict[str, Any]:
-    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify.
+            n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
+            warnings: str = "[]", input_sha256: str = "", profile_sha256: str = "") -> dict[str, Any]:
+    # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify (so the
+    # night's warnings travel as JSON text, not as lists that may be empty).
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
-            "payload": payload, "input_sha256": input_sha256, "profile_sha256": profile_sha256}
+            "payload": payload, "warnings": warnings, "input_sha256": input_sha256,
+            "profile_sha256": profile_sha256}
 
 
 def _reason(exc: BaseException, source: str) -> tuple[str, str]:
@@ -191,8 +194,8 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
         rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profile, psg_source=source)
         payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
-                       payload=payload, input_sha256=input_sha256(data),
-                       profile_sha256=profile_sha256(profile))
+                       payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])),
+                       input_sha256=input_sha256(data), profile_sha256=profile_sha256(profile))
     except Exception as exc:
         reason, etype = _reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
@@ -205,12 +208,15 @@ class ScoreAndWriteNight:
     Called with the actor's scorer and one status row from :func:`prepare_entry_for_scoring`:
     scores the prepared night and writes its outputs, or records a rejected one; returns the
     night's final status row.  Each actor holds its own copy, so ``written`` counts per actor
-    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).
+    (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).  ``lights`` maps a recording id to
+    its manifest's (lights-off, lights-on) seconds, which the sleep statistics start and end at.
     """
 
     def __init__(self, out_uri: str, *, plots: bool, stride: int | None,
-                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None):
+                 storage_options: Mapping[str, Any] | None, fault_after: int | None = None,
+                 lights: Mapping[str, tuple[float | None, float | None]] | None = None):
         self.out_uri = out_uri
+        self.lights = dict(lights or {})
         self.plots = plots
         self.stride = stride
         self.storage_options = dict(storage_options or {})
@@ -229,11 +235,12 @@ class ScoreAndWriteNight:
                 rec = pickle.loads(bytes(row["payload"]))
                 night = score_prepared(scorer, rec, stride=self.stride, input_digest=row["input_sha256"] or None,
                                        profile_digest=row["profile_sha256"] or None)
-                write_night_outputs(night, self.out_uri, plots=self.plots,
-                                    storage_options=self.storage_options)
+                lights_off, lights_on = self.lights.get(rid, (None, None))
+                write_night_outputs(night, self.out_uri, plots=self.plots, lights_off_s=lights_off,
+                                    lights_on_s=lights_on, storage_options=self.storage_options)
                 self.written += 1
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
-                               seconds=seconds + time.monotonic() - t0)
+                               seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
             except Exception as exc:
                 reason, etype = _reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
@@ -265,6 +272,9 @@ class CohortScoreResult:
         ``weights_sha256``), scored again with this model.
     rejects : list of dict
         ``recording_id``, ``reason`` and ``error_type`` of each rejected recording.
+    warnings : list of dict
+        ``recording_id`` and ``warning``, one per warning a night scored by this run got while it
+        was read and prepared.
     summary : dict of str to str
         URIs of ``cohort_summary.csv`` / ``.parquet`` (/ ``.png``).
     seconds : float
@@ -277,6 +287,7 @@ class CohortScoreResult:
     skipped: int
     rejected: int
     rejects: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
     summary: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     rescored: int = 0
@@ -325,6 +336,7 @@ class _Tally:
         self.total = total
         self.counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
         self.rejects: list[dict[str, str]] = []
+        self.warnings: list[dict[str, str]] = []
         self.callback = callback
 
     @property
@@ -339,6 +351,8 @@ class _Tally:
             self.rejects.append({"recording_id": row["recording_id"], "reason": row["reason"],
                                  "error_type": row["error_type"]})
             log.warning("rejected %s: %s", row["recording_id"], row["reason"])
+        self.warnings.extend({"recording_id": row["recording_id"], "warning": w}
+                             for w in json.loads(row.get("warnings") or "[]"))
         self.report()
 
     def report(self) -> None:
@@ -374,7 +388,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key})
+        rows.append({"recording_id": e.recording_id, "psg": e.psg, "profile_key": key,
+                     "lights": (e.lights_off, e.lights_on)})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
     return rows, profiles
@@ -400,11 +415,14 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
     opts = worker_storage_options([out.uri, *(r["psg"] for r in todo)], options.storage_options)
     n_actors, cpus, gpus = _pool_shape(options.workers, len(todo))
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is on the driver
-    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    # The manifest's lights times go to the actors that write the statistics, not through the rows.
+    lights = {r["recording_id"]: r["lights"] for r in todo if r["lights"] != (None, None)}
+    ds = ray.data.from_items([{k: v for k, v in r.items() if k != "lights"} for r in todo],
+                             override_num_blocks=len(todo))
     ds = ds.map(prepare_entry_for_scoring, num_cpus=1, memory=PREPARE_MEMORY,
                 fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
     task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
-                              storage_options=opts, fault_after=fault_after)
+                              storage_options=opts, fault_after=fault_after, lights=lights)
     ds = map_with_scorer(ds, scorer, task, actors=n_actors, device=options.device,
                          precision=options.precision, threads=options.threads_per_worker,
                          num_cpus=cpus, num_gpus=gpus)
@@ -496,6 +514,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     return CohortScoreResult(out_uri=out.uri, total=tally.total, scored=tally.counts[STATUS_OK],
                              skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
                              rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
+                             warnings=sorted(tally.warnings, key=lambda w: w["recording_id"]),
                              summary=summary, seconds=time.monotonic() - started, rescored=rescored)
 
 

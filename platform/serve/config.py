@@ -176,8 +176,10 @@ class CohortScoringOptions:
     profile : CohortProfile or str, optional
         Cohort profile of every recording; default: each manifest entry's own profile, else the
         bundle's, else ``generic``.
-    channel_map : mapping of str to str, optional
-        Modality → EDF signal label for every recording (overrides the profile's aliases).
+    channel_map : mapping, optional
+        Modality → EDF signal label, derivation ``{"signal", "reference"}`` or a list of them tried
+        in order, for every recording (overrides the profile's channel; see
+        :func:`somnray.serve.inference.channel_map_alternatives`).
     stride : int, optional
         Window stride in epochs (default: the model's window length).
     workers : int, optional
@@ -199,7 +201,7 @@ class CohortScoringOptions:
     """
 
     profile: CohortProfile | str | None = None
-    channel_map: Mapping[str, str] | None = None
+    channel_map: Mapping[str, Any] | None = None
     stride: int | None = None
     workers: int | None = None
     device: str = "auto"

@@ -32,18 +32,18 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import numpy as np
 
 from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import resolve
 from somnray.data.prepared import PreparedRecording
-from somnray.data.profiles import ChannelSpec, CohortProfile, load_profile
+from somnray.data.profiles import ChannelAlternative, ChannelSpec, CohortProfile, load_profile
 from somnray.data.readers import PathOrData, read_psg
-from somnray.data.recording import prepare_psg
+from somnray.data.recording import channels_used, prepare_psg
 from somnray.models.base import SleepStagingModel
 from somnray.scoring.scorer import Scorer
 
@@ -172,8 +172,58 @@ def night_lineage(spec: ModelSpec, *, stride: int | None, input_digest: str | No
 
 
 # -- profiles for scoring ------------------------------------------------------------------------
+#: What one channel-map entry may be, as parsed from JSON.
+ChannelMapValue = Union[str, Mapping[str, str], Sequence[Union[str, Mapping[str, str]]]]
+
+
+def _alternative(modality: str, value: Any) -> ChannelAlternative | str:
+    """One channel-map alternative (a label, or ``{"signal", "reference"}``), or the problem."""
+    where = f"channel_map[{modality!r}]"
+    if isinstance(value, str):
+        if not value.strip():
+            return f"{where}: the EDF label must be a non-empty string, got {value!r}"
+        return ChannelAlternative(aliases=[value.strip()])
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"signal", "reference"})
+        signal, reference = value.get("signal"), value.get("reference")
+        if unknown or not isinstance(signal, str) or not signal.strip() or not (
+                reference is None or (isinstance(reference, str) and reference.strip())):
+            return (f"{where}: a derivation is an object {{\"signal\": \"<EDF label>\", "
+                    f"\"reference\": \"<EDF label>\"}}, got {value!r}")
+        return ChannelAlternative(aliases=[signal.strip()],
+                                  reference=[reference.strip()] if reference else None)
+    return (f"{where}: expected an EDF label, a derivation {{\"signal\": ..., \"reference\": "
+            f"...}} or a list of them (tried in order), got {value!r}")
+
+
+def channel_map_alternatives(channel_map: Mapping[str, ChannelMapValue]
+                             ) -> tuple[dict[str, list[ChannelAlternative]], list[str]]:
+    """Parse a channel map into each modality's alternatives, in the order they are tried.
+
+    A value is an EDF label (``"C4-A1"``), a derivation (``{"signal": "E1", "reference":
+    "E2"}``), or a list of those: the first usable one is used (``["C4-A1", "C3-A2"]``).
+
+    Returns
+    -------
+    alternatives : dict of str to list of ChannelAlternative
+    problems : list of str
+        One line per bad entry (empty when all are good).
+    """
+    alternatives: dict[str, list[ChannelAlternative]] = {}
+    problems: list[str] = []
+    for modality, value in channel_map.items():
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            problems.append(f"channel_map[{modality!r}]: an empty list names no signal")
+            continue
+        parsed = [_alternative(modality, item) for item in items]
+        problems += [p for p in parsed if isinstance(p, str)]
+        alternatives[modality] = [p for p in parsed if not isinstance(p, str)]
+    return alternatives, problems
+
+
 def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | None = None,
-                    channel_map: Mapping[str, str] | None = None) -> CohortProfile:
+                    channel_map: Mapping[str, ChannelMapValue] | None = None) -> CohortProfile:
     """The cohort profile a night is prepared with for ``model``.
 
     Starts from ``profile`` (default: the bundle's profile), keeps only the model's modalities
@@ -183,16 +233,17 @@ def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | No
 
     Parameters
     ----------
-    channel_map : mapping of str to str, optional
-        Canonical modality → the exact EDF signal label for this call.  It replaces the profile's
-        aliases and drops its reference derivation (the label names the final signal); a channel
-        named this way is required (asking for a label the file lacks is an error, not a
-        silently missing modality).
+    channel_map : mapping, optional
+        Canonical modality → how to find its signal in this call's file: an exact EDF label, a
+        derivation ``{"signal": ..., "reference": ...}``, or a list of those tried in order
+        (:func:`channel_map_alternatives`).  It replaces the profile's aliases, reference and
+        fallbacks; a channel named this way is required (asking for a label the file lacks is an
+        error, not a silently missing modality).
 
     Raises
     ------
     ConfigError
-        ``channel_map`` names a modality the model does not use or gives an empty label; the
+        ``channel_map`` names a modality the model does not use or gives a malformed entry; the
         model uses a modality neither the profile nor ``channel_map`` says how to find while it
         cannot do without it.
     """
@@ -201,18 +252,19 @@ def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | No
     channel_map = dict(channel_map or {})
     errors = [f"channel_map: modality {m!r} is not used by model {spec_.name!r} "
               f"(it uses {list(spec_.modalities)})" for m in channel_map if m not in spec_.modalities]
-    errors += [f"channel_map[{m!r}]: the EDF label must be a non-empty string, got {lbl!r}"
-               for m, lbl in channel_map.items() if not isinstance(lbl, str) or not lbl.strip()]
+    mapped, problems = channel_map_alternatives(channel_map)
+    errors += problems
     if errors:
         raise ConfigError("channel_map", errors)
     policy = spec_.policy
     channels: dict[str, ChannelSpec] = {}
     for m in spec_.modalities:
         spec = base.channels.get(m)
-        if m in channel_map:
-            label = channel_map[m].strip()
-            spec = (spec.model_copy(update={"aliases": [label], "reference": None}) if spec is not None
-                    else ChannelSpec(aliases=[label]))
+        if m in mapped:
+            first, *rest = mapped[m]
+            update = {"aliases": first.aliases, "reference": first.reference, "fallbacks": rest}
+            spec = (spec.model_copy(update=update) if spec is not None
+                    else ChannelSpec(**update))
         if spec is None:
             if policy == "require":
                 errors.append(f"model {spec_.name!r} needs modality {m!r} but profile "
@@ -243,7 +295,7 @@ def prepare_for_scoring(model: Scorer | ModelSpec, psg: PathOrData, *, recording
     source = psg_source or (os.fspath(psg) if isinstance(psg, (str, os.PathLike)) else "<upload>")
     try:
         check_recording_id(recording_id)
-        data = read_psg(psg, source=source)
+        data = read_psg(psg, source=source, truncated=profile.reading.truncated)
         rec = prepare_psg(data, None, profile, recording_id=recording_id, subject_id=recording_id,
                           psg_source=source)
     except RecordingError as exc:
@@ -255,7 +307,8 @@ def prepare_for_scoring(model: Scorer | ModelSpec, psg: PathOrData, *, recording
         tried = "; ".join(f"{m}: aliases {profile.channels[m].aliases}" for m in wanted)
         raise RecordingError(source, f"none of the model's modalities {list(model.modalities)} is "
                                      f"present and usable ({tried}); the file has signals "
-                                     f"{data.labels}; pass channel_map to name the EDF signals",
+                                     f"{data.labels}; name the EDF signals with --channel-map "
+                                     "(somnray score) or channel_map (HTTP)",
                              recording_id)
     return rec
 
@@ -281,11 +334,14 @@ def model_inputs(spec: ModelSpec, rec: PreparedRecording) -> tuple[dict[str, np.
 
 
 def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, probabilities: np.ndarray,
-                 available: np.ndarray, lineage: Mapping[str, Any] | None = None) -> ScoredNight:
+                 available: np.ndarray, channels: Mapping[str, str] | None = None,
+                 lineage: Mapping[str, Any] | None = None) -> ScoredNight:
     """A :class:`ScoredNight` of per-epoch probabilities, labelled with the inputs each came from.
 
-    ``modalities_used`` per epoch (:func:`modalities_used_labels`), and an ``imputed_modality``
-    quality flag for models that imagine missing inputs; ``lineage`` from :func:`night_lineage`.
+    ``modalities_used`` per epoch (:func:`modalities_used_labels`), an ``imputed_modality``
+    quality flag for models that imagine missing inputs, the EDF signal each modality was
+    read from (``channels``, from :func:`somnray.data.recording.channels_used`) and the night's
+    ``lineage`` (:func:`night_lineage`).
     """
     used = modalities_used_labels(spec.modalities, available, spec.policy)
     quality: dict[str, np.ndarray] = {}
@@ -293,7 +349,8 @@ def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, pr
         quality["imputed_modality"] = available.any(axis=1) & ~available.all(axis=1)
     return ScoredNight(recording_id=recording_id, epoch_index=epoch_index, probabilities=probabilities,
                        modalities=spec.modalities, available=available, model=spec.model_info,
-                       modalities_used=used, quality=quality, lineage=dict(lineage or {}))
+                       modalities_used=used, quality=quality, channels=dict(channels or {}),
+                       lineage=dict(lineage or {}))
 
 
 def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None,
@@ -342,7 +399,8 @@ def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None
     probs = scorer.predict(signals, available, stride=stride)
     log.debug("scored %s: %d epochs in %.2f s", rec.recording_id, n, time.perf_counter() - t0)
     lineage = night_lineage(spec, stride=stride, input_digest=input_digest, profile_digest=profile_digest)
-    return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available, lineage)
+    return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available, channels_used(rec.info),
+                        lineage)
 
 
 def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,

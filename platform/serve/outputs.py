@@ -309,6 +309,7 @@ def stats_document(night: ScoredNight, stats: SleepStats | None = None, *,
             "names": list(night.modalities),
             "available_fraction": {m: round(v, 6) for m, v in night.available_fraction().items()},
             "used_epochs": night.modalities_used_counts(),
+            "channels": dict(night.channels),
         },
         "quality": {
             "low_confidence_threshold": night.low_confidence_threshold,

@@ -138,6 +138,9 @@ class ScoredNight:
         Seconds from the recording start to the onset of epoch index 0.
     low_confidence_threshold : float
         Maximum probability below which an epoch is flagged ``low_confidence``.
+    channels : dict of str to str
+        Modality → the EDF signal it was read from (``C4-A1``, ``E1 - E2`` for a derivation),
+        as :func:`somnray.data.recording.channels_used` names it.
     lineage : dict, optional
         Where this night's scoring came from besides the model (:class:`ModelInfo`): the input
         file's ``input_sha256``, the window ``stride``, the ``profile_sha256`` of the cohort profile
@@ -162,6 +165,7 @@ class ScoredNight:
     epoch_s: float = EPOCH_SECONDS
     start_offset_s: float = 0.0
     low_confidence_threshold: float = LOW_CONFIDENCE
+    channels: dict[str, str] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ The DeepSpeed config carries batch sizes, ZeRO stage, precision and clipping onl
 and the schedule are torch objects handed to ``deepspeed.initialize`` (see :mod:`.optim`).
 
 Scoring a trained model (evaluation, ``somnray score``, the Serve app) has its own device and
-precision policy, with ``bf16`` on AMX CPUs: :mod:`somnray.scoring.device`.
+precision policy, with ``bf16`` on CPUs only where it is measured faster: :mod:`somnray.scoring.device`.
 """
 
 from __future__ import annotations

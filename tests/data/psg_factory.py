@@ -63,3 +63,47 @@ def shhs_like(path: Path, seconds: float = 600.0, **overrides) -> Path:
     }
     signals.update(overrides)
     return write_edf(path, {k: v for k, v in signals.items() if v is not None})
+
+
+def patch_header(path: Path, offset: int, width: int, value: str) -> Path:
+    """Overwrite one fixed-width ASCII header field in place (for deliberately broken headers)."""
+    raw = bytearray(path.read_bytes())
+    raw[offset:offset + width] = value.ljust(width).encode("ascii")
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def patch_signal_header(path: Path, field_offset: int, index: int, value: str) -> Path:
+    """Overwrite an 8-byte per-signal header field, e.g. ``field_offset=104`` physical minimum.
+
+    Offsets per signal block (times the signal count): 104 physical min, 112 physical max,
+    120 digital min, 128 digital max.
+    """
+    n_signals = int(path.read_bytes()[252:256].decode("ascii"))
+    return patch_header(path, 256 + n_signals * field_offset + 8 * index, 8, value)
+
+
+def make_discontinuous(path: Path, record_starts: list[float]) -> Path:
+    """Turn an EDF+C file into EDF+D whose data records start at ``record_starts`` (seconds).
+
+    Rewrites each record's time-keeping annotation (``+onset`` 0x14 0x14 0x00) and the header's
+    ``EDF+C`` mark; the annotation signal must be the last signal (as edfio writes it).
+    """
+    raw = bytearray(path.read_bytes())
+    n_signals = int(raw[252:256].decode("ascii"))
+    header = 256 * (n_signals + 1)
+    spr_at = 256 + n_signals * 216
+    spr = [int(raw[spr_at + 8 * i:spr_at + 8 * i + 8].decode("ascii")) for i in range(n_signals)]
+    record_bytes = 2 * sum(spr)
+    n_records = (len(raw) - header) // record_bytes
+    assert len(record_starts) == n_records, (len(record_starts), n_records)
+    ann_offset, ann_width = 2 * sum(spr[:-1]), 2 * spr[-1]
+    for r, onset in enumerate(record_starts):
+        at = header + r * record_bytes + ann_offset
+        tal = raw[at:at + ann_width]
+        rest = tal[tal.index(b"\x14\x14\x00") + 3:]  # the record's other annotations
+        new = f"+{onset:g}".encode("ascii") + b"\x14\x14\x00" + rest
+        raw[at:at + ann_width] = new[:ann_width].ljust(ann_width, b"\x00")
+    raw[192:197] = b"EDF+D"
+    path.write_bytes(bytes(raw))
+    return path

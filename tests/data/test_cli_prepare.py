@@ -32,7 +32,7 @@ def test_prepare_good_cohort_exit_0_and_split(ray_local, synth_cohort, tmp_path,
     assert code == 0 and out[-1] == f"{dataset}/splits/cv2.json"
     folds = load_splits(out[-1])
     assert len(folds) == 2
-    assert sorted(s for f in folds for s in f.test_subjects) == ["00", "01"]
+    assert sorted(s for f in folds for s in f.test_subjects) == ["SC400", "SC401"]
     assert sorted(r for f in folds for r in f.test) == ["SC4001E0", "SC4002E0", "SC4011E0"]
 
 

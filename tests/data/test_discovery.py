@@ -32,7 +32,7 @@ def test_sleep_edf_pairing_by_key(tmp_path, sleep_edf):
     touch(tmp_path, "SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf", "sub/SC4012E0-PSG.edf",
           "sub/SC4012EC-Hypnogram.edf", "README.txt")
     entries = discover(str(tmp_path), sleep_edf)
-    assert [(e.recording_id, e.subject_id) for e in entries] == [("SC4001E0", "00"), ("SC4012E0", "01")]
+    assert [(e.recording_id, e.subject_id) for e in entries] == [("SC4001E0", "SC400"), ("SC4012E0", "SC401")]
     assert entries[0].psg == f"file://{tmp_path}/SC4001E0-PSG.edf"
     assert entries[1].hypnogram == f"file://{tmp_path}/sub/SC4012EC-Hypnogram.edf"
     assert all(e.profile == "sleep-edf" for e in entries)

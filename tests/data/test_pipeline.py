@@ -218,9 +218,10 @@ def write_bad_recordings(folder: Path, good) -> dict[str, str]:
     psg0 = folder / good.psg
     hyp0 = folder / good.hypnogram
     expected = {}
-    # 1. Corrupt EDF: a good PSG cut short.
+    # 1. Corrupt EDF: a good PSG cut inside its first data record (a file with complete records
+    # left would be prepared from them, with a warning).
     data = psg0.read_bytes()
-    (folder / "SC4091E0-PSG.edf").write_bytes(data[: len(data) // 2])
+    (folder / "SC4091E0-PSG.edf").write_bytes(data[: int(data[184:192]) + 100])
     shutil.copy(hyp0, folder / "SC4091EC-Hypnogram.edf")
     expected["SC4091E0"] = "SC4091E0-PSG.edf: file is truncated: header declares"
     # 2. Not an EDF at all.

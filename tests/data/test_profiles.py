@@ -11,11 +11,11 @@ from pydantic import ValidationError
 from somnray.core.errors import ConfigError
 from somnray.data.profiles import CohortProfile, list_profiles, load_profile, normalize_label
 
-SHIPPED = ["generic", "shhs", "sleep-edf"]
+SHIPPED = ["generic", "shhs", "shhs-5463", "sleep-edf", "sleep-edf-20", "sleep-edf-78"]
 
 
 def test_list_profiles_names_the_shipped_yamls():
-    """list_profiles returns exactly the three shipped profiles."""
+    """list_profiles returns exactly the shipped profiles."""
     assert list_profiles() == SHIPPED
 
 
@@ -62,12 +62,12 @@ def test_sleep_edf_profile_facts():
 
 
 @pytest.mark.parametrize("psg, hyp, key, subject, rec_id", [
-    ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf", "SC4001", "00", "SC4001E0"),
-    ("SC4192E0-PSG.edf", "SC4192EV-Hypnogram.edf", "SC4192", "19", "SC4192E0"),
-    ("ST7022J0-PSG.edf", "ST7022JM-Hypnogram.edf", "ST7022", "02", "ST7022J0"),
+    ("SC4001E0-PSG.edf", "SC4001EC-Hypnogram.edf", "SC4001", "SC400", "SC4001E0"),
+    ("SC4192E0-PSG.edf", "SC4192EV-Hypnogram.edf", "SC4192", "SC419", "SC4192E0"),
+    ("ST7022J0-PSG.edf", "ST7022JM-Hypnogram.edf", "ST7022", "ST702", "ST7022J0"),
 ])
 def test_sleep_edf_pairing_regexes(psg, hyp, key, subject, rec_id):
-    """sleep-edf pairs by the first 6 characters; subject = characters 3-4; id = first 8."""
+    """sleep-edf pairs by the first 6 characters; subject = study + characters 3-4; id = first 8."""
     pairing = load_profile("sleep-edf").pairing
     assert re.match(pairing.key_regex, psg).group(1) == key
     assert re.match(pairing.key_regex, hyp).group(1) == key
@@ -143,7 +143,7 @@ def test_malformed_profile_reports_every_error_at_once(tmp_path):
         "channels.eeg.aliases: List should have at least 1 item",
         "channels.eeg.band: must be (low, high) with 0 <= low < high in Hz, got [40.0, 0.3]",
         "channels.eeg.requird: unknown key",
-        "annotations.format: Input should be 'edf_annotations', 'nsrr_xml', 'csv', 'tsv' or 'embedded' (got 'xml')",
+        "annotations.format: Input should be 'edf_annotations', 'nsrr_xml', 'csv', 'tsv', 'embedded' or 'edf_signal' (got 'xml')",
         "annotations.label_map: classes must be 0 W, 1 N1, 2 N2, 3 N3, 4 REM or -1 (unscored); got {'N1': 7}",
         "trimming.rule: Input should be 'none', 'edges', 'shhs_code' or 'shhs_paper' (got 'sometimes')",
         "pairing.key_regex: needs a capturing group (group 1 is used); got 'no-group'",
@@ -179,7 +179,8 @@ def test_unknown_profile_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError) as info:
         load_profile("sleep-edf-typo")
     assert info.value.errors == [
-        "no such profile: not a shipped profile name (generic, shhs, sleep-edf) and no file at this path"]
+        "no such profile: not a shipped profile name (generic, shhs, shhs-5463, sleep-edf, sleep-edf-20, "
+        "sleep-edf-78) and no file at this path"]
 
 
 def test_profile_without_required_channel_is_rejected(tmp_path):
@@ -189,3 +190,65 @@ def test_profile_without_required_channel_is_rejected(tmp_path):
     path.write_text(text.replace("required: true", "required: false"))
     with pytest.raises(ConfigError, match="at least one modality must be required"):
         load_profile(path)
+
+
+def test_sleep_edf_subject_ids_of_the_two_studies_never_collide():
+    """Cassette subject 00 (SC400x) and telemetry subject 00 (ST700x) get different subject ids."""
+    regex = load_profile("sleep-edf").pairing.subject_regex
+    assert re.match(regex, "SC4001E0-PSG.edf").group(1) != re.match(regex, "ST7001J0-PSG.edf").group(1)
+
+
+@pytest.mark.parametrize("name, included, excluded", [
+    ("sleep-edf-20", ["SC4001E0-PSG.edf", "SC4192E0-PSG.edf"], ["SC4201E0-PSG.edf", "ST7011J0-PSG.edf"]),
+    ("sleep-edf-78", ["SC4001E0-PSG.edf", "SC4822G0-PSG.edf"], ["ST7011J0-PSG.edf"]),
+])
+def test_sleep_edf_cassette_profiles_select_their_subjects(name, included, excluded):
+    """sleep-edf-20 keeps SC subjects 00-19 only, sleep-edf-78 every SC night, neither an ST night."""
+    from fnmatch import fnmatchcase
+
+    p = load_profile(name)
+    assert all(fnmatchcase(f, p.pairing.psg_glob) for f in included)
+    assert not any(fnmatchcase(f, p.pairing.psg_glob) for f in excluded)
+    assert fnmatchcase(included[0].replace("E0-PSG", "EC-Hypnogram"), p.pairing.hypnogram_glob)
+    # everything else is the sleep-edf profile's
+    base = load_profile("sleep-edf")
+    assert p.channels == base.channels and p.annotations == base.annotations
+    assert p.trimming == base.trimming and p.pairing.subject_regex == base.pairing.subject_regex
+
+
+def test_shhs_5463_is_shhs_with_all_stages_required_and_unscored_epochs_dropped():
+    """shhs-5463 differs from shhs only in require_all_stages and dropping unscored epochs."""
+    p, base = load_profile("shhs-5463"), load_profile("shhs")
+    assert p.require_all_stages and not base.require_all_stages
+    assert (p.trimming.rule, p.trimming.unscored) == ("shhs_code", "drop")
+    assert base.trimming.unscored == "keep"
+    assert p.channels == base.channels and p.annotations == base.annotations and p.pairing == base.pairing
+
+
+def test_extends_overlays_keys_and_merges_mappings(tmp_path):
+    """A profile extending a shipped one changes only what it names; nested mappings merge."""
+    path = tmp_path / "my-shhs.yaml"
+    path.write_text("extends: shhs\nname: my-shhs\nchannels:\n  eeg:\n    band: [0.5, 35.0]\n")
+    p, base = load_profile(path), load_profile("shhs")
+    assert p.name == "my-shhs"
+    assert p.channels["eeg"].band == (0.5, 35.0) and p.channels["eeg"].aliases == base.channels["eeg"].aliases
+    assert p.channels["eog"] == base.channels["eog"] and p.annotations == base.annotations
+
+
+def test_extends_finds_a_path_beside_the_extending_file(tmp_path):
+    """extends: a relative YAML path is looked up beside the profile that names it."""
+    (tmp_path / "cohorts").mkdir()
+    text = resources.files("somnray.data").joinpath("profiles", "shhs.yaml").read_text()
+    (tmp_path / "cohorts" / "base.yaml").write_text(text.replace("name: shhs", "name: base"))
+    (tmp_path / "cohorts" / "child.yaml").write_text("extends: base.yaml\nname: child\n")
+    assert load_profile(tmp_path / "cohorts" / "child.yaml").name == "child"
+
+
+def test_circular_extends_is_a_config_error(tmp_path):
+    """Two profiles extending each other fail with the chain named, not a recursion error."""
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_profile(tmp_path / "a.yaml")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    assert info.value.errors == [f"extends: circular chain {a} -> {b} -> {a}"]

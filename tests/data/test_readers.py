@@ -91,11 +91,11 @@ def test_read_psg_from_bytes_and_file_uri():
 # -- corrupt files -----------------------------------------------------------------------------
 
 def test_truncated_edf(tmp_path):
-    """A download cut short names the declared records and the bytes that are really there."""
+    """A download cut short, with truncated files rejected, names the declared records and the bytes."""
     path = tmp_path / "cut.edf"
     path.write_bytes(PSG_FILE.read_bytes()[:-1000])
     with pytest.raises(RecordingError) as info:
-        read_psg(path, source="s3://bucket/cut.edf")
+        read_psg(path, source="s3://bucket/cut.edf", truncated="reject")
     assert str(info.value) == (
         "s3://bucket/cut.edf: file is truncated: header declares 10 data records of 18240 bytes "
         "but only 181400 bytes follow")

@@ -153,6 +153,32 @@ def test_require_all_stages(tmp_path):
                                  "requires all five (require_all_stages: true)")
 
 
+def _night_with_movement(tmp_path):
+    psg = shhs_like(tmp_path / "x.edf", seconds=20 * 30)
+    xml = _nsrr_xml(tmp_path / "x.xml", [("Wake|0", 4), ("Stage 2 sleep|2", 5), ("Movement|6", 2),
+                                         ("Stage 2 sleep|2", 4), ("Unscored|9", 1), ("REM sleep|5", 4)])
+    return psg, xml
+
+
+def test_unscored_epochs_stay_in_the_sequence_by_default(tmp_path):
+    """trimming.unscored keep (default): movement/unscored epochs remain as -1 at their time."""
+    rec = _prepare(*_night_with_movement(tmp_path), _with(SHHS, trimming={"rule": "none"}))
+    assert rec.labels.tolist() == [0] * 4 + [2] * 5 + [-1] * 2 + [2] * 4 + [-1] + [4] * 4
+    assert rec.epoch_index.tolist() == list(range(20))
+    assert rec.info["epochs_unscored"] == 3 and "epochs_unscored_dropped" not in rec.info
+
+
+def test_unscored_epochs_are_cut_out_when_the_profile_drops_them(tmp_path):
+    """trimming.unscored drop: -1 epochs leave labels, signals and masks; epoch_index keeps the gaps."""
+    profile = _with(SHHS, trimming={"rule": "none", "unscored": "drop"})
+    rec = _prepare(*_night_with_movement(tmp_path), profile)
+    assert rec.labels.tolist() == [0] * 4 + [2] * 9 + [4] * 4
+    assert rec.epoch_index.tolist() == [*range(9), *range(11, 15), *range(16, 20)]
+    assert rec.signals["eeg"].shape == (17, 3000) and rec.available["eog"].shape == (17,)
+    assert rec.info["epochs_unscored"] == 0 and rec.info["epochs_unscored_dropped"] == 3
+    assert rec.info["epochs_trimmed_start"] == 0 and rec.info["epochs_trimmed_end"] == 0
+
+
 def test_unscored_recording_for_scoring(tmp_path):
     """Without a hypnogram (non-embedded profile) the night is prepared unscored: labels -1, no trim."""
     psg = shhs_like(tmp_path / "x.edf", seconds=10 * 30)
@@ -191,11 +217,11 @@ def test_clipped_epochs_are_masked_not_rejected(tmp_path):
 # -- corrupt inputs: exact messages --------------------------------------------------------------
 
 def test_reject_truncated_edf(tmp_path):
-    """A truncated PSG is rejected with the byte counts, naming the user's URI and recording id."""
+    """With reading.truncated reject, a truncated PSG is rejected with the byte counts, URI and id."""
     path = tmp_path / "cut.edf"
     path.write_bytes(PSG_FILE.read_bytes()[:-1000])
     with pytest.raises(RecordingError) as info:
-        _prepare(path, HYP_FILE, SLEEP_EDF, psg_source="s3://cohort/SC4001E0-PSG.edf")
+        _prepare(path, HYP_FILE, _with(SLEEP_EDF, reading={"truncated": "reject"}), psg_source="s3://cohort/SC4001E0-PSG.edf")
     assert str(info.value) == (
         "s3://cohort/SC4001E0-PSG.edf: file is truncated: header declares 10 data records of "
         "18240 bytes but only 181400 bytes follow")

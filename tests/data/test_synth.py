@@ -151,7 +151,7 @@ def test_sleep_edf_files_read_with_mne(cohorts):
     """SC PSG files open in MNE with the SC labels, the 100/1-Hz native rates and 30-s records."""
     folder, entries = cohorts["sleep-edf"]
     assert [e.psg for e in entries] == ["SC4001E0-PSG.edf", "SC4002E0-PSG.edf"]
-    assert [e.subject_id for e in entries] == ["00", "00"]
+    assert [e.subject_id for e in entries] == ["SC400", "SC400"]
     raw = mne.io.read_raw_edf(folder / entries[0].psg, preload=False, verbose="error")
     assert raw.ch_names == [c.label for c in synth.SLEEP_EDF_CHANNELS]
     assert raw.times[-1] + 1 / raw.info["sfreq"] == pytest.approx(HOURS * 3600)

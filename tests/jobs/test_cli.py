@@ -17,6 +17,7 @@ from somnray.jobs.cli import COMMAND_MODULES, EXIT_ERROR, EXIT_PARTIAL, EXIT_TRA
 MINIMAL_ARGV: dict[str, list[str]] = {
     "demo": [],
     "synth": ["--profile", "sleep-edf", "--nights", "1", "--out", "cohort"],
+    "inspect": ["night.edf"],
     "prepare": ["manifest.csv", "--profile", "sleep-edf", "--out", "store"],
     "split": ["store/ds", "--kfold", "2"],
     "train": ["experiment.yaml"],

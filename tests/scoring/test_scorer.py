@@ -109,6 +109,33 @@ def test_device_precision_and_batch_size_are_chosen_at_load(run_dir):
         Scorer.load(str(run_dir), device="cpu", precision="fp16")
 
 
+@pytest.mark.parametrize("native_bf16, probe_says, expected", [
+    (False, torch.bfloat16, "fp32"),  # no native bf16: never probed, fp32
+    (True, torch.bfloat16, "bf16"),   # native and measured faster: bf16
+    (True, None, "fp32"),             # native but not faster here: fp32
+])
+def test_auto_precision_on_cpu_is_measured_once_per_model(run_dir, monkeypatch, native_bf16, probe_says, expected):
+    """'auto' on CPU probes the model only where bf16 is native, takes the probe's answer, and caches it."""
+    from somnray.scoring import scorer as scorer_module
+
+    probes = []
+
+    def fake_probe(run, *args, **kwargs):
+        run(None)  # the probe runs real forward passes of the loaded model
+        probes.append(1)
+        return probe_says
+
+    monkeypatch.setattr(scorer_module, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(scorer_module, "faster_autocast", fake_probe)
+    monkeypatch.setattr(scorer_module, "_MEASURED_AUTOCAST", {})
+    first = Scorer.load(str(run_dir), device="cpu", precision="auto")
+    second = Scorer.load(str(run_dir), device="cpu", precision="auto")
+    assert first.precision == second.precision == expected
+    assert len(probes) == (1 if native_bf16 else 0)
+    assert Scorer.load(str(run_dir), device="cpu", precision="fp32").precision == "fp32"  # named: no probe
+    assert len(probes) == (1 if native_bf16 else 0)
+
+
 # -- predicting ------------------------------------------------------------------------------------
 def test_predict_is_what_evaluation_and_serving_computed_before(scorer, night):
     """Scorer.predict equals the direct predict_night calls evaluation (batch 16) and serving

@@ -174,7 +174,8 @@ def test_bad_requests_get_4xx_and_service_keeps_serving(service):
     good = service.psg.read_bytes()
     cases = {
         "not edf": (service.score(data=b"this is not an EDF file" * 100), 422),
-        "truncated": (service.score(data=good[: len(good) // 3]), 422),
+        # Cut inside the first data record: with complete records left it would be scored.
+        "truncated": (service.score(data=good[: int(good[184:192]) + 100]), 422),
         "missing channels": (service.score(channel_map=json.dumps({"eeg": "Nope", "eog": "Nada"})), 422),
         "unknown profile": (service.score(profile="no-such-profile"), 400),
         "bad channel_map": (service.score(channel_map="{eeg: C4"), 400),
@@ -499,3 +500,19 @@ def test_night_from_answer_reads_back_the_score_answer():
     assert set(back.quality) == set(night.quality)
     for name, flags in night.quality.items():
         np.testing.assert_array_equal(back.quality[name], flags)
+
+
+@pytest.mark.integration
+def test_channel_map_with_alternatives_and_a_derivation_over_http(service):
+    """A request's channel map falls back past a missing label and derives the EOG; the answer names both."""
+    resp = service.score(recording_id="mapped", channel_map=json.dumps({
+        "eeg": ["C4-A1", "EEG Pz-Oz"], "eog": {"signal": "EOG horizontal", "reference": "EEG Fpz-Cz"}}))
+    assert resp.status_code == 200, resp.text[:300]
+    doc = resp.json()
+    assert doc["channels"] == {"eeg": "EEG Pz-Oz", "eog": "EOG horizontal - EEG Fpz-Cz"}
+    assert all(doc["availability"]["eeg"]) and all(doc["availability"]["eog"])
+    bad = service.score(channel_map=json.dumps({"eog": {"signal": "E1", "ref": "E2"}}))
+    assert bad.status_code == 400
+    assert bad.json()["detail"] == (
+        "channel_map: 1 problem(s):\n  - channel_map['eog']: a derivation is an object "
+        "{\"signal\": \"<EDF label>\", \"reference\": \"<EDF label>\"}, got {'signal': 'E1', 'ref': 'E2'}")

@@ -40,3 +40,28 @@ def test_missing_model_is_a_fatal_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and "no model bundle" in err and "no-run" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_channel_map_option_names_the_signals(ray_local, synth_cohort, tmp_path, capsys):
+    """--channel-map picks the fallback EEG and a derived EOG; the statistics name both."""
+    cohort = synth_cohort("sleep-edf", n_nights=1, hours=1.0)
+    night = cohort.path / cohort.entries[0].psg
+    out = tmp_path / "scored"
+    code = main(["score", str(make_run(tmp_path / "run")), str(night), "--out", str(out), "--no-progress",
+                 "--channel-map", "eeg=C4-A1,EEG Pz-Oz",
+                 "--channel-map", '{"eog": {"signal": "EOG horizontal", "reference": "EEG Fpz-Cz"}}'])
+    assert code == 0, capsys.readouterr()
+    (stats,) = out.glob("*/*_sleep_stats.json")
+    doc = json.loads(stats.read_text())
+    assert doc["modalities"]["channels"] == {"eeg": "EEG Pz-Oz", "eog": "EOG horizontal - EEG Fpz-Cz"}
+
+
+def test_malformed_channel_map_option_is_one_message(tmp_path, capsys):
+    """A --channel-map value in neither form exits 1 naming the option and the value."""
+    code = main(["score", str(tmp_path / "run"), str(tmp_path / "x.edf"), "--out", str(tmp_path / "o"),
+                 "--channel-map", "eeg"])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "somnray score: error: --channel-map: 1 problem(s):\n  - 'eeg': expected "
+        "MODALITY=LABEL[,LABEL...] such as eeg=C4-A1,C3-A2, or a JSON object\n")

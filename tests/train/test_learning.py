@@ -4,12 +4,17 @@ Real components throughout: synthetic EDF nights prepared by the Ray Data pipeli
 workers (half a CPU each, so Ray Data keeps a CPU for reading), DeepSpeed on CPU (gloo, ZeRO 0,
 fp32). The validation subject is held out from training. MC²SleepNet runs its two-phase recipe
 (pretrain → finetune with the epoch level frozen) in one ``run_experiment`` call.
+
+Each trained model is also the precision check of scoring: bf16 autocast must give the same stage
+as fp32 on at least 99 % of the cohort's epochs, so ``precision: auto`` may take bf16 wherever it
+is faster without changing what a night is scored as.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +26,8 @@ pytestmark = pytest.mark.integration
 
 #: The bar every tiny model must clear (best validation checkpoint).
 MIN_MACRO_F1 = 0.6
+#: Fraction of epochs whose stage bf16 scoring must share with fp32 scoring.
+MIN_BF16_AGREEMENT = 0.99
 SCALING = {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 0.5, "max_failures": 0}
 
 
@@ -50,19 +57,38 @@ def _train(tmp_path: Path, dataset: str, model: str, monkeypatch, **sections):
     return run_experiment(cfg)
 
 
+def _bf16_agreement(run_uri: Path, dataset: str) -> float:
+    """Fraction of the cohort's epochs that bf16 and fp32 scoring of the run's bundle stage alike."""
+    from somnray.data.dataset import PreparedDataset
+    from somnray.scoring.scorer import Scorer
+
+    fp32, bf16 = (Scorer.load(str(run_uri), device="cpu", precision=p) for p in ("fp32", "bf16"))
+    same = total = 0
+    for row in PreparedDataset.open(dataset).iter():
+        signals = {m: row[m].astype(np.float32) for m in fp32.modalities if row.get(m) is not None}
+        present = np.stack([row.get(f"available_{m}", np.zeros(row["n_epochs"], bool)) & (m in signals)
+                            for m in fp32.modalities], axis=1)
+        a = fp32.predict(signals, present).argmax(axis=1)
+        b = bf16.predict(signals, present).argmax(axis=1)
+        same += int((a == b).sum())
+        total += len(a)
+    return same / total
+
+
 def test_coresleep_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> None:
-    """CoRe-Sleep (tiny, EEG + EOG) reaches validation macro-F1 ≥ 0.6."""
+    """CoRe-Sleep (tiny, EEG + EOG) reaches validation macro-F1 ≥ 0.6, and bf16 scoring agrees with fp32."""
     [result] = _train(tmp_path, dataset, "coresleep_tiny", monkeypatch,
                       data={"sequence_length": 11},
                       optim={"optimizer": "adamw", "lr": 2.0e-3, "batch_size": 8, "max_steps": 80,
                              "validate_every": 10})
     print(f"\n[learning] {result.metrics['val_macro_f1']:.3f} val macro-F1")
     assert result.metrics["val_macro_f1"] >= MIN_MACRO_F1, result.metrics
+    assert _bf16_agreement(tmp_path / "runs" / "coresleep_tiny", dataset) >= MIN_BF16_AGREEMENT
 
 
 def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Path, dataset_16: str,
                                                                     monkeypatch) -> None:
-    """MC²SleepNet pretrain → finetune in one call: macro-F1 ≥ 0.6 and the frozen epoch level is bit-identical."""
+    """MC²SleepNet pretrain → finetune: macro-F1 ≥ 0.6, frozen epoch level bit-identical, bf16 agrees."""
     from somnray.models import create_model
 
     pre, fine = _train(
@@ -86,13 +112,15 @@ def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Pat
     print(f"\n[learning] pretrain {pre.metrics['val_macro_f1']:.3f}, finetune {fine.metrics['val_macro_f1']:.3f} "
           "val macro-F1")
     assert fine.metrics["val_macro_f1"] >= MIN_MACRO_F1, fine.metrics
+    assert _bf16_agreement(tmp_path / "runs" / "mc2sleepnet_tiny", dataset_16) >= MIN_BF16_AGREEMENT
 
 
 def test_cimsleepnet_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> None:
-    """CIMSleepNet (tiny, EEG + EOG with MAIM / SMCCL / MCTA) reaches validation macro-F1 ≥ 0.6."""
+    """CIMSleepNet (tiny, EEG + EOG with MAIM / SMCCL / MCTA) reaches validation macro-F1 ≥ 0.6; bf16 agrees."""
     [result] = _train(tmp_path, dataset, "cimsleepnet_tiny", monkeypatch,
                       data={"sequence_length": 15},
                       optim={"optimizer": "adamw", "lr": 3.0e-3, "batch_size": 8, "max_steps": 250,
                              "validate_every": 25})
     print(f"\n[learning] {result.metrics['val_macro_f1']:.3f} val macro-F1")
     assert result.metrics["val_macro_f1"] >= MIN_MACRO_F1, result.metrics
+    assert _bf16_agreement(tmp_path / "runs" / "cimsleepnet_tiny", dataset) >= MIN_BF16_AGREEMENT

@@ -56,7 +56,8 @@ def _night_id(profile: str, index: int, rng: np.random.Generator, embed: bool) -
         subject, night = divmod(index, 2)
         stem = f"SC4{subject:02d}{night + 1}"
         letter = _SC_TECHNICIAN_LETTERS[int(rng.integers(len(_SC_TECHNICIAN_LETTERS)))]
-        return _NightId(f"{stem}E0", f"{subject:02d}", subject, night + 1, f"{stem}E0-PSG.edf",
+        # the subject id the sleep-edf profile derives from the file name (study prefix kept)
+        return _NightId(f"{stem}E0", f"SC4{subject:02d}", subject, night + 1, f"{stem}E0-PSG.edf",
                         f"{stem}E{letter}-Hypnogram.edf")
     if profile == "shhs":
         nsrrid = 200001 + index

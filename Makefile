@@ -15,12 +15,13 @@ install: $(STAMP)
 # torch first (the CPU wheel from local disk), then DeepSpeed without build isolation so that its
 # build sees that torch rather than pulling a CUDA one, then the project with its extras.  s3fs and
 # moto are resolved in one run: installed apart, moto upgrades botocore past what s3fs accepts.
+# The mlflow extra is part of the test set-up: the registry tests start a real MLflow server.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
 	$(PIP) install -q torch==2.13.0
 	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(PIP) install -q --no-build-isolation "deepspeed>=0.15"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,mlflow]"
 	@touch $(STAMP)
 
 demo: install

@@ -40,6 +40,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tune",
     "serve",
     "cohorts",
+    "models",
     "submit",
     "jobs",
 )

@@ -32,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from somnray.jobs.cli import positive_int
 
     p.add_argument("runs", nargs="+", metavar="RUN_URI",
-                   help="run folder(s) (<storage.uri>/<storage.name>) or model bundle folder(s); "
-                        "several runs are folds, pooled")
+                   help="run folder(s) (<storage.uri>/<storage.name>), model bundle folder(s) or "
+                        "models:/NAME/VERSION | models:/NAME@ALIAS (give --out); several runs are "
+                        "folds, pooled")
     p.add_argument("--data", required=True, metavar="URI", help="prepared dataset (path or URI)")
     p.add_argument("--split", default=None, metavar="NAME|PATH",
                    help="'all', 'manifest', a split stored with the dataset, or a split JSON file "

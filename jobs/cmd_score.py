@@ -8,13 +8,15 @@ Examples::
     somnray score runs/r1 night.edf --out scored/ --channel-map eeg=C4-A1,C3-A2 \\
         --channel-map '{"eog": {"signal": "E1", "reference": "E2"}}'
 
-RUN_URI is a training run (its ``model/`` bundle) or a bundle folder.  INPUTs are EDF/EDF+/BDF
+RUN_URI is a training run (its ``model/`` bundle), a bundle folder, or a registered model
+(``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, with ``MLFLOW_TRACKING_URI`` set).  INPUTs are EDF/EDF+/BDF
 files, folders (paired by the cohort profile) and manifests; several may be given.  File names may
 identify people: ``--id-from hash`` names a single file's outputs by a hash of its content, and
 outputs always name files relative to their manifest or folder, never by absolute path.  Each night
 gets ``<out>/<recording_id>/`` (hypnogram CSV, EDF+ annotations, BIDS events, per-epoch Parquet,
 sleep statistics JSON, PNG with --plots) and the run writes ``cohort_summary.csv/.parquet``.
-A rerun skips nights already scored, so an interrupted run is completed by running it again.
+A rerun skips nights already scored, so an interrupted run is completed by running it again;
+nights scored earlier by another model (other weights) are scored again, and the run says so.
 
 Exit status: 0 every recording scored (or already scored), 2 some rejected (listed with their
 reasons; the others are written), 1 a fatal error (no model bundle, unknown profile, bad input).
@@ -40,7 +42,8 @@ HELP = "score recordings with a trained model (hypnograms, statistics)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray score`` (also parsed by ``somnray submit score``)."""
     p.add_argument("run", metavar="RUN_URI",
-                   help="training run (with model/) or model bundle folder (path or URI)")
+                   help="training run (with model/), model bundle folder (path or URI), or "
+                        "models:/NAME/VERSION | models:/NAME@ALIAS")
     p.add_argument("inputs", metavar="INPUT", nargs="+",
                    help="EDF/BDF file, folder of recordings, or manifest CSV/Parquet")
     p.add_argument("--out", required=True, metavar="URI",
@@ -123,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     result = score_cohort(args.run, args.inputs, args.out, options)
     print(f"{result.total} recording(s): {result.scored} scored, {result.skipped} already scored, "
           f"{result.rejected} rejected ({result.seconds:.1f} s)")
+    if result.rescored:
+        print(f"  re-scored {result.rescored} night(s) whose outputs came from another model")
     for r in result.rejects:
         print(f"  rejected {r['recording_id']}: {r['reason']}")
     print(result.out_uri)

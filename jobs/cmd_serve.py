@@ -32,7 +32,8 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray serve``."""
     parser.add_argument("run_uri", metavar="RUN_URI",
-                        help="training run (its model/ bundle) or model bundle folder: path, file://, s3://")
+                        help="training run (its model/ bundle) or model bundle folder: path, file://, "
+                             "s3://; or models:/NAME/VERSION | models:/NAME@ALIAS")
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to listen on (default: 127.0.0.1; 0.0.0.0 exposes the service)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default: 8000)")

@@ -528,6 +528,8 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
     from somnray.jobs.cmd_train import cli_overrides
     from somnray.jobs.cmd_tune import argument_problems
 
+    from somnray.scoring.registry import is_registry_uri
+
     source = f"somnray submit {command}"
     parser = command_parser(command)
     args = parser.parse_args(list(argv))
@@ -547,7 +549,9 @@ def prepare_command(command: str, argv: Sequence[str]) -> PreparedCommand:
         args.out = _check_uri(args.out, "--out", errors, warnings)
     elif command == "score":
         summary = f"{len(args.inputs)} input(s) scored with the run at {args.run}"
-        args.run = _check_uri(args.run, "RUN_URI", errors, warnings)
+        # A registered model (models:/…) is resolved by the job against its own MLFLOW_TRACKING_URI.
+        if not is_registry_uri(args.run):
+            args.run = _check_uri(args.run, "RUN_URI", errors, warnings)
         args.inputs = [_check_uri(u, "INPUT", errors, warnings) for u in args.inputs]
         args.out = _check_uri(args.out, "--out", errors, warnings)
         if args.profile is not None:

@@ -7,6 +7,8 @@ Each expensive resource starts at most once per pytest session, on first use:
   own short temp dir (Unix socket paths must stay under ~107 characters);
 * ``s3_server`` — ``moto_server`` on 127.0.0.1 with fake credentials exported as the standard
   ``AWS_*`` variables, so :mod:`somnray.core.storage` finds it with no extra options;
+* ``mlflow_server`` — ``mlflow server`` on 127.0.0.1 with a SQLite backend store and a bucket of
+  ``s3_server`` as its artifact store (clients reach artifacts through the server);
 * ``synth_cohort`` — a factory of synthetic cohorts written by :mod:`somnray.data.synth` (real EDF
   files), cached per argument set; ``sleep_edf_cohort`` and ``shhs_cohort`` are the usual ones.
 """
@@ -163,6 +165,59 @@ def s3_server():
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+        log.close()
+
+
+# -- MLflow -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running ``mlflow server``."""
+
+    uri: str
+    artifacts: str
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1:<free port>, SQLite backend, artifacts in a moto bucket."""
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable))
+    if exe is None:
+        pytest.fail("mlflow not found: install the mlflow extra (pip install -e '.[dev,mlflow]')")
+    home = tmp_path_factory.mktemp("mlflow")
+    artifacts = s3_server.make_bucket() + "/artifacts"
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    # The server writes the artifacts: it gets the S3 endpoint (boto3 reads MLFLOW_S3_ENDPOINT_URL).
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{home}/mlflow.db", "--artifacts-destination", artifacts],
+        stdout=log, stderr=log, cwd=home, env=env, start_new_session=True)
+    server = MlflowServer(uri=f"http://127.0.0.1:{port}", artifacts=artifacts)
+    try:
+        # Creating the SQLite schema takes ~30 s on a loaded 2-core machine.
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                urllib.request.urlopen(server.uri + "/health", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"mlflow server did not start: {log.read().decode(errors='replace')[-3000:]}")
+                time.sleep(0.5)
+        yield server
+    finally:
+        # The server forks workers in its own session: end the whole group it leads, nothing else.
+        try:
+            os.killpg(proc.pid, 15)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
             proc.wait()
         log.close()
 

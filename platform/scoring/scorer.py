@@ -25,7 +25,7 @@ from somnray.models.base import SleepStagingModel
 from somnray.models.bundle import BundleInfo, load_bundle
 from somnray.models.inference import predict_night, window_probabilities
 
-from .bundles import bundle_location, local_bundle
+from .bundles import local_bundle, resolve_bundle, weights_sha256
 from .device import (
     Device,
     Precision,
@@ -49,7 +49,7 @@ DEFAULT_BATCH_SIZE = 8
 
 @dataclass(frozen=True)
 class ScorerWeights:
-    """A scorer's model as plain data (``model.json`` text, CPU ``state_dict``, bundle URI).
+    """A scorer's model as plain data (``model.json`` text, CPU ``state_dict``, bundle URI, lineage).
 
     What travels through Ray's object store to the actors (:mod:`.actors`); rebuilt with
     :meth:`Scorer.from_weights`, so no pickled module crosses the cluster.
@@ -58,6 +58,8 @@ class ScorerWeights:
     info_json: str
     state: dict[str, torch.Tensor]
     uri: str | None = None
+    weights_sha256: str | None = None
+    registered: dict[str, str] | None = None
 
 
 @dataclass
@@ -71,13 +73,17 @@ class Scorer:
     info : BundleInfo
         The bundle's ``model.json``.
     uri : str or None
-        The bundle folder's URI (what outputs record as the checkpoint); None for a model that
-        came from memory.
+        The bundle folder's URI, or ``models:/NAME/VERSION`` for a registered model (what outputs
+        record as the checkpoint); None for a model that came from memory.
     device : torch.device
     autocast_dtype : torch.dtype or None
         None: plain fp32.
     batch_size : int
         Windows per forward pass.
+    weights_sha256 : str or None
+        Hex SHA-256 of the bundle's ``model.pt`` (None for a model that came from memory).
+    registered : dict or None
+        ``name``, ``version`` and ``uri`` of the registered model version it was loaded from.
     """
 
     model: SleepStagingModel
@@ -86,6 +92,8 @@ class Scorer:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast_dtype: torch.dtype | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    weights_sha256: str | None = None
+    registered: dict[str, str] | None = None
 
     # -- what it is ------------------------------------------------------------------------------
     @property
@@ -109,13 +117,14 @@ class Scorer:
              device: Device | str = "auto", precision: Precision | str = "auto",
              batch_size: int = DEFAULT_BATCH_SIZE,
              storage_options: Mapping[str, Any] | None = None) -> "Scorer":
-        """Load the bundle of a training run (``<run>/model/``) or a bundle folder.
+        """Load the bundle of a training run (``<run>/model/``), a bundle folder or a registered model.
 
         Parameters
         ----------
         run_or_bundle_uri : str, path or StorageLocation
-            Local path, ``file://`` or remote URI; remote bundles are downloaded to a temporary
-            folder and removed once loaded.
+            Local path, ``file://`` or remote URI, or ``models:/NAME/VERSION`` /
+            ``models:/NAME@ALIAS`` (:func:`~.bundles.resolve_bundle`); remote bundles are
+            downloaded to a temporary folder and removed once loaded, registered ones are cached.
         device : {"auto", "cpu", "cuda"} or str
             ``"auto"``: CUDA when available, else CPU (:func:`~.device.scoring_device`).
         precision : {"auto", "fp32", "bf16", "fp16"}
@@ -130,24 +139,37 @@ class Scorer:
         ------
         ConfigError
             No bundle at the URI, a malformed bundle, a bad device, precision or batch size.
+        RegistryError
+            A ``models:/`` URI that cannot be resolved (or MLflow is not installed).
         """
-        loc = bundle_location(run_or_bundle_uri, storage_options)
+        resolved = resolve_bundle(run_or_bundle_uri, storage_options)
+        loc = resolved.location
         with local_bundle(loc) as folder:
             try:
                 model, info = load_bundle(folder, map_location="cpu")
             except (ValueError, FileNotFoundError) as exc:
                 raise ConfigError(loc.uri, [str(exc)]) from exc
-        # The bundle's own folder, not <run>: it is what every output records as the checkpoint.
-        scorer = cls.from_model(model, info, uri=loc.uri.rstrip("/"), device=device,
-                                precision=precision, batch_size=batch_size)
+            # load_bundle has checked the weights against the hash model.json records; older
+            # bundles record none, so theirs is computed here.
+            digest = info.weights_sha256 or weights_sha256(folder)
+        # The bundle's own folder, not <run> (nor a registered version's local cache): it is what
+        # every output records as the checkpoint.
+        registered = resolved.registered.lineage() if resolved.registered is not None else None
+        uri = registered["uri"] if registered else loc.uri.rstrip("/")
+        scorer = cls.from_model(model, info, uri=uri, device=device, precision=precision,
+                                batch_size=batch_size, weights_sha256=digest, registered=registered)
         log.info("loaded %s from %s on %s (%s)", info.model, scorer.uri, scorer.device, scorer.precision)
         return scorer
 
     @classmethod
     def from_model(cls, model: SleepStagingModel, info: BundleInfo, *, uri: str | None = None,
                    device: Device | str = "auto", precision: Precision | str = "auto",
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> "Scorer":
+                   batch_size: int = DEFAULT_BATCH_SIZE, weights_sha256: str | None = None,
+                   registered: Mapping[str, str] | None = None) -> "Scorer":
         """A scorer of a model already in memory (moved to ``device``, put in eval mode).
+
+        ``weights_sha256`` and ``registered`` are the lineage of a model that came from a bundle
+        (:meth:`load` sets them).
 
         Raises
         ------
@@ -159,7 +181,8 @@ class Scorer:
         dev = scoring_device(device)
         autocast = scoring_autocast(dev, precision)
         scorer = cls(model=model.to(dev).eval(), info=info, uri=uri, device=dev, autocast_dtype=autocast,
-                     batch_size=batch_size)
+                     batch_size=batch_size, weights_sha256=weights_sha256,
+                     registered=dict(registered) if registered else None)
         if precision == "auto" and dev.type == "cpu" and cpu_has_native_bf16():
             scorer.autocast_dtype = scorer._measured_cpu_autocast()
         return scorer
@@ -184,7 +207,7 @@ class Scorer:
     def weights(self) -> ScorerWeights:
         """The model as plain data, for :meth:`from_weights` elsewhere (a Ray actor)."""
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return ScorerWeights(self.info.to_json(), state, self.uri)
+        return ScorerWeights(self.info.to_json(), state, self.uri, self.weights_sha256, self.registered)
 
     @classmethod
     def from_weights(cls, weights: ScorerWeights, *, device: Device | str = "auto",
@@ -197,7 +220,8 @@ class Scorer:
         model = create_model(info.model, **info.overrides)
         model.load_state_dict(weights.state)
         return cls.from_model(model, info, uri=weights.uri, device=device, precision=precision,
-                              batch_size=batch_size)
+                              batch_size=batch_size, weights_sha256=weights.weights_sha256,
+                              registered=weights.registered)
 
     # -- scoring ---------------------------------------------------------------------------------
     def check_stride(self, stride: int | None, source: str = "stride") -> None:

@@ -104,6 +104,8 @@ class PreparedNight:
         Non-identifying preparation warnings (optional channel missing, ...).
     channels : dict of str to str
         Modality → the EDF signal it was read from (shown in the outputs).
+    input_sha256, profile_sha256 : str or None
+        SHA-256 of the uploaded bytes and of the profile they were read with (the lineage).
     """
 
     recording_id: str
@@ -112,6 +114,8 @@ class PreparedNight:
     available: np.ndarray
     warnings: list[str] = field(default_factory=list)
     channels: dict[str, str] = field(default_factory=dict)
+    input_sha256: str | None = None
+    profile_sha256: str | None = None
 
     @property
     def n_epochs(self) -> int:
@@ -190,7 +194,7 @@ class Preprocessor:
         """Prepare one upload; a :class:`RequestProblem` (400/422) for anything wrong with it."""
         from somnray.data.recording import channels_used
 
-        from .inference import model_inputs, prepare_for_scoring, scoring_profile
+        from .inference import input_sha256, model_inputs, prepare_for_scoring, profile_sha256, scoring_profile
 
         source = f"upload {recording_id}"  # never the client's file name: it may identify someone
         try:
@@ -217,7 +221,8 @@ class Preprocessor:
         return PreparedNight(recording_id=recording_id, epoch_index=np.asarray(rec.epoch_index),
                              signals=signals, available=available,
                              warnings=[str(w) for w in rec.info.get("warnings", [])],
-                             channels=channels_used(rec.info))
+                             channels=channels_used(rec.info),
+                             input_sha256=input_sha256(data), profile_sha256=profile_sha256(prof))
 
 
 class StageModel:
@@ -262,7 +267,7 @@ class StageModel:
         """Stage a prepared night (a problem from the preprocessor passes through)."""
         from somnray.models.inference import average_windows, window_index
 
-        from .inference import scored_night
+        from .inference import night_lineage, scored_night
 
         if isinstance(prepared, RequestProblem):
             return prepared
@@ -279,8 +284,10 @@ class StageModel:
         results = await asyncio.gather(*(self._forward_windows(c) for c in chunks))
         probabilities = average_windows(n, zip((c.idx for c in chunks), results))
         try:
+            lineage = night_lineage(self.spec, stride=stride, input_digest=prepared.input_sha256,
+                                    profile_digest=prepared.profile_sha256)
             night = scored_night(self.spec, prepared.recording_id, prepared.epoch_index, probabilities,
-                                 prepared.available, prepared.channels)
+                                 prepared.available, prepared.channels, lineage)
             return ScoreResult(night=night, warnings=prepared.warnings)
         except RecordingError as exc:
             return RequestProblem(422, str(exc))
@@ -366,7 +373,11 @@ class ScoreResponse(BaseModel):
     sleep_statistics: dict[str, Any] = Field(description="AASM statistics: TST, sleep efficiency, SOL, "
                                                          "WASO, REM latency, minutes and % per stage.")
     warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...).")
-    model: dict[str, str] = Field(description="Model name, checkpoint URI, somnray version.")
+    model: dict[str, Any] = Field(description="Model name, checkpoint URI, somnray version, weights "
+                                              "SHA-256, registered model version (or null).")
+    lineage: dict[str, Any] = Field(default_factory=dict,
+                                    description="Upload SHA-256, window stride, profile SHA-256, "
+                                                "the model's training dataset.")
 
 
 class CohortRequest(BaseModel):
@@ -503,6 +514,7 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         "sleep_statistics": stats.to_dict(),
         "warnings": list(result.warnings),
         "model": night.model.to_dict(),
+        "lineage": dict(night.lineage),
     }
 
 
@@ -524,7 +536,7 @@ def night_from_answer(doc: Mapping[str, Any]) -> ScoredNight:
         model=ModelInfo.from_dict(doc["model"]), modalities_used=list(doc["modalities_used"]),
         quality={k: v for k, v in doc["quality"].items() if k not in STANDARD_FLAGS},
         channels=dict(doc.get("channels") or {}),
-        epoch_s=float(doc["epoch_s"]))
+        epoch_s=float(doc["epoch_s"]), lineage=dict(doc.get("lineage") or {}))
 
 
 # Everything the routes call must be defined above the ingress class: @serve.ingress serialises

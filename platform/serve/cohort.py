@@ -19,7 +19,11 @@ Guarantees
   writing one night becomes a ``rejected`` status, recorded in the night's statistics JSON.
 * Resumable: a night whose ``<id>_sleep_stats.json`` says ``status: ok`` is skipped, and every
   file is written atomically with the statistics JSON last, so a rerun after a crash writes
-  exactly one complete output set per recording.  Rejected nights are retried on every run.
+  exactly one complete output set per recording.  Rejected nights are retried on every run, and
+  so is a night whose outputs came from other weights (a different ``weights_sha256``): a rerun
+  with another model re-scores it and says how many it did.
+* Traceable: every night's outputs record the weights' SHA-256 (and the registered model version),
+  the input file's SHA-256, the profile's, the training data's version and the stride.
 * Private: outputs and logs name recordings by manifest id only; EDF patient/recording header
   fields are never read into results (see :mod:`somnray.data.readers`).
 
@@ -59,7 +63,8 @@ from somnray.data.profiles import CohortProfile, list_profiles
 from somnray.scoring.scorer import Scorer
 
 from .config import CohortScoringOptions, ProgressCallback
-from .inference import ModelSpec, prepare_for_scoring, score_prepared, scoring_profile
+from .inference import (ModelSpec, input_sha256, prepare_for_scoring, profile_sha256, score_prepared,
+                        scoring_profile)
 from .outputs import read_stats_documents, summarize_cohort, write_night_outputs, write_rejected_night
 
 log = logging.getLogger(__name__)
@@ -265,12 +270,13 @@ def confine_entries(entries: Sequence[ManifestEntry], roots: StorageRoots,
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
             n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
-            warnings: str = "[]") -> dict[str, Any]:
+            warnings: str = "[]", input_sha256: str = "", profile_sha256: str = "") -> dict[str, Any]:
     # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify (so the
     # night's warnings travel as JSON text, not as lists that may be empty).
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
-            "payload": payload, "warnings": warnings}
+            "payload": payload, "warnings": warnings, "input_sha256": input_sha256,
+            "profile_sha256": profile_sha256}
 
 
 def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
@@ -279,8 +285,9 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
     """Read and prepare one recording for scoring; never raises for a bad recording.
 
     Returns a status row whose ``payload`` is the pickled :class:`PreparedRecording` (status
-    ``prepared``) or empty with a ``reason`` (status ``rejected``).  The pickle only travels
-    between this cohort run's own Ray workers.
+    ``prepared``, with the SHA-256 of the input file and of its profile for the lineage) or empty
+    with a ``reason`` (status ``rejected``).  The pickle only travels between this cohort run's
+    own Ray workers.
     """
     t0 = time.monotonic()
     # Messages name the file as records do (relative, or a content hash), never by absolute path.
@@ -289,11 +296,12 @@ def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
         loc = resolve(entry["psg"], storage_options)
         # Remote files are read into memory (the reader takes bytes): no temp file to clean up.
         data = loc.path if loc.is_local else loc.read_bytes()
-        rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profiles[entry["profile_key"]],
-                                  psg_source=source)
+        profile = profiles[entry["profile_key"]]
+        rec = prepare_for_scoring(spec, data, recording_id=rid, profile=profile, psg_source=source)
         payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
         return _status(rid, "prepared", n_epochs=rec.n_epochs, seconds=time.monotonic() - t0,
-                       payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])))
+                       payload=payload, warnings=json.dumps(list(rec.info.get("warnings") or [])),
+                       input_sha256=input_sha256(data), profile_sha256=profile_sha256(profile))
     except Exception as exc:
         reason, etype = reject_reason(exc, source)
         return _status(rid, STATUS_REJECTED, reason=reason, error_type=etype,
@@ -331,7 +339,8 @@ class ScoreAndWriteNight:
         if row["status"] != STATUS_REJECTED:
             try:
                 rec = pickle.loads(bytes(row["payload"]))
-                night = score_prepared(scorer, rec, stride=self.stride)
+                night = score_prepared(scorer, rec, stride=self.stride, input_digest=row["input_sha256"] or None,
+                                       profile_digest=row["profile_sha256"] or None)
                 lights_off, lights_on = self.lights.get(rid, (None, None))
                 write_night_outputs(night, self.out_uri, plots=self.plots, lights_off_s=lights_off,
                                     lights_on_s=lights_on, storage_options=self.storage_options)
@@ -364,6 +373,9 @@ class CohortScoreResult:
         Recordings in the inputs.
     scored, skipped, rejected : int
         Scored by this run; already scored by an earlier run; not scorable.
+    rescored : int
+        Of ``scored``: nights an earlier run had scored with other weights (a different
+        ``weights_sha256``), scored again with this model.
     rejects : list of dict
         ``recording_id``, ``reason`` and ``error_type`` of each rejected recording.
     warnings : list of dict
@@ -384,6 +396,7 @@ class CohortScoreResult:
     warnings: list[dict[str, str]] = field(default_factory=list)
     summary: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    rescored: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -585,7 +598,8 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     Parameters
     ----------
     run_uri : str
-        A training run (its ``model/`` bundle) or a bundle folder.
+        A training run (its ``model/`` bundle), a bundle folder, or a registered model version
+        (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``).
     input_uri : str or sequence of str
         Manifests (CSV/Parquet), folders (paired by the profile) and single EDF/BDF files.
     out_uri : str
@@ -627,11 +641,15 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
 
     out = resolve(out_uri, options.storage_options)
     out.makedirs()
-    done_ids = {d["recording_id"] for d in read_stats_documents(out) if d.get("status") == STATUS_OK}
+    done_ids, other_model = scored_before(out, scorer.weights_sha256)
     todo = [r for r in rows if r["recording_id"] not in done_ids]
+    rescored = sum(r["recording_id"] in other_model for r in todo)
     tally = _Tally(len(rows), len(rows) - len(todo), options.progress_callback)
     log.info("scoring %d recording(s) (%d already scored) with %s into %s",
              len(todo), len(rows) - len(todo), spec.name, out.uri)
+    if rescored:
+        log.warning("re-scoring %d night(s) whose outputs came from another model (other weights "
+                    "than %s)", rescored, scorer.weights_sha256)
     tally.report()
     if todo:
         _score_on_ray(scorer, spec, todo, profiles, out, options, tally, fault_after)
@@ -641,10 +659,29 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
                              skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
                              rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
                              warnings=sorted(tally.warnings, key=lambda w: w["recording_id"]),
-                             summary=summary, seconds=time.monotonic() - started)
+                             summary=summary, seconds=time.monotonic() - started, rescored=rescored)
+
+
+def scored_before(out: StorageLocation, weights_sha256: str | None) -> tuple[set[str], set[str]]:
+    """Nights of ``out`` an earlier run scored: ``(with these weights, with other weights)``.
+
+    A night counts as scored with these weights when its statistics JSON says ``ok`` and records
+    the same ``weights_sha256``; one scored by other weights, or whose outputs do not say which
+    (older outputs), is to be scored again.  A model from memory (no hash) keeps every ``ok`` night.
+    """
+    same, other = set(), set()
+    for doc in read_stats_documents(out):
+        if doc.get("status") != STATUS_OK:
+            continue
+        recorded = (doc.get("model") or {}).get("weights_sha256")
+        if weights_sha256 is None or recorded == weights_sha256:
+            same.add(doc["recording_id"])
+        else:
+            other.add(doc["recording_id"])
+    return same, other
 
 
 __all__ = ["FAULT_ENV", "OUTSIDE_ROOTS", "CohortScoreResult", "CohortScoringError", "InjectedFault",
            "ID_FROM", "ScoreAndWriteNight", "collect_entries", "collect_recordings", "confine_entries",
-           "content_id", "confine_inputs",
-           "confine_profile", "prepare_entry_for_scoring", "score_cohort"]
+           "content_id", "confine_inputs", "confine_profile", "prepare_entry_for_scoring", "score_cohort",
+           "scored_before"]

@@ -26,8 +26,11 @@ MC²SleepNet, anything else    not supported       every modality of the model
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from typing import Any, Literal, Union
 import numpy as np
 
 from somnray.core.errors import ConfigError, RecordingError
+from somnray.core.storage import resolve
 from somnray.data.prepared import PreparedRecording
 from somnray.data.profiles import ChannelAlternative, ChannelSpec, CohortProfile, load_profile
 from somnray.data.readers import PathOrData, read_psg
@@ -101,6 +105,9 @@ class ModelSpec:
     checkpoint_uri: str = IN_MEMORY_MODEL
     #: The cohort profile embedded in the bundle (None: a bundle that records only a name).
     profile: CohortProfile | None = None
+    weights_sha256: str | None = None
+    registered_model: Mapping[str, str] | None = None
+    training_dataset: Mapping[str, str | None] | None = None
 
     @classmethod
     def of(cls, scorer: Scorer) -> "ModelSpec":
@@ -132,7 +139,9 @@ class ModelSpec:
             extra.get("cohort_profile") or extra.get("profile") or DEFAULT_PROFILE)
         return cls(name=scorer.info.model, modalities=scorer.modalities,
                    policy=missing_modality_policy(scorer.model), profile_name=profile,
-                   length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL, profile=embedded)
+                   length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL, profile=embedded,
+                   weights_sha256=scorer.weights_sha256, registered_model=scorer.registered,
+                   training_dataset=training_dataset(extra))
 
     def default_profile(self) -> CohortProfile:
         """The profile a night is read with when nobody names one: the embedded one, else by name."""
@@ -150,7 +159,49 @@ class ModelSpec:
     @property
     def model_info(self) -> ModelInfo:
         """What every output records about the model."""
-        return ModelInfo(name=self.name, checkpoint_uri=self.checkpoint_uri)
+        return ModelInfo(name=self.name, checkpoint_uri=self.checkpoint_uri, weights_sha256=self.weights_sha256,
+                         registered_model=dict(self.registered_model) if self.registered_model else None)
+
+
+# -- lineage -------------------------------------------------------------------------------------
+def training_dataset(extra: Mapping[str, Any]) -> dict[str, str | None] | None:
+    """The prepared dataset a bundle was trained on, as outputs record it (None when not recorded).
+
+    Only the dataset's folder name ``<profile>-<version>`` and its version hash: the rest of the
+    URI is where the training run kept it, which may name a person or a site.
+    """
+    uri = extra.get("dataset_uri")
+    if not uri:
+        return None
+    name = posixpath.basename(str(uri).rstrip("/"))
+    version = name.rsplit("-", 1)[1] if "-" in name else None
+    return {"name": name, "version": version}
+
+
+def profile_sha256(profile: CohortProfile) -> str:
+    """Hex SHA-256 of a resolved cohort profile (its canonical JSON): how a night was read."""
+    blob = json.dumps(profile.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def input_sha256(psg: PathOrData) -> str:
+    """Hex SHA-256 of a recording's bytes, or of the file at a path or storage URI (read in blocks)."""
+    digest = hashlib.sha256()
+    if isinstance(psg, (bytes, bytearray, memoryview)):
+        digest.update(psg)
+        return digest.hexdigest()
+    with resolve(os.fspath(psg)).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def night_lineage(spec: ModelSpec, *, stride: int | None, input_digest: str | None = None,
+                  profile_digest: str | None = None) -> dict[str, Any]:
+    """The ``lineage`` of a scored night besides the model: input, stride, profile, training data."""
+    return {"input_sha256": input_digest, "stride": int(stride or spec.length),
+            "profile_sha256": profile_digest,
+            "training_dataset": dict(spec.training_dataset) if spec.training_dataset else None}
 
 
 # -- profiles for scoring ------------------------------------------------------------------------
@@ -317,12 +368,14 @@ def model_inputs(spec: ModelSpec, rec: PreparedRecording) -> tuple[dict[str, np.
 
 
 def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, probabilities: np.ndarray,
-                 available: np.ndarray, channels: Mapping[str, str] | None = None) -> ScoredNight:
+                 available: np.ndarray, channels: Mapping[str, str] | None = None,
+                 lineage: Mapping[str, Any] | None = None) -> ScoredNight:
     """A :class:`ScoredNight` of per-epoch probabilities, labelled with the inputs each came from.
 
     ``modalities_used`` per epoch (:func:`modalities_used_labels`), an ``imputed_modality``
-    quality flag for models that imagine missing inputs, and the EDF signal each modality was
-    read from (``channels``, from :func:`somnray.data.recording.channels_used`).
+    quality flag for models that imagine missing inputs, the EDF signal each modality was
+    read from (``channels``, from :func:`somnray.data.recording.channels_used`) and the night's
+    ``lineage`` (:func:`night_lineage`).
     """
     used = modalities_used_labels(spec.modalities, available, spec.policy)
     quality: dict[str, np.ndarray] = {}
@@ -330,10 +383,12 @@ def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, pr
         quality["imputed_modality"] = available.any(axis=1) & ~available.all(axis=1)
     return ScoredNight(recording_id=recording_id, epoch_index=epoch_index, probabilities=probabilities,
                        modalities=spec.modalities, available=available, model=spec.model_info,
-                       modalities_used=used, quality=quality, channels=dict(channels or {}))
+                       modalities_used=used, quality=quality, channels=dict(channels or {}),
+                       lineage=dict(lineage or {}))
 
 
-def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None) -> ScoredNight:
+def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None,
+                   input_digest: str | None = None, profile_digest: str | None = None) -> ScoredNight:
     """Stage a prepared (unscored) night.
 
     Builds the model's inputs from the record (:func:`model_inputs`: modalities the recording
@@ -348,6 +403,9 @@ def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None
         From :func:`prepare_for_scoring` (or the data pipeline).
     stride : int, optional
         Window stride in epochs (default: the window length; 1 averages every window position).
+    input_digest, profile_digest : str, optional
+        SHA-256 of the input file and of the profile it was prepared with (:func:`input_sha256`,
+        :func:`profile_sha256`), recorded in the night's lineage.
 
     Returns
     -------
@@ -374,8 +432,9 @@ def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None
     t0 = time.perf_counter()
     probs = scorer.predict(signals, available, stride=stride)
     log.debug("scored %s: %d epochs in %.2f s", rec.recording_id, n, time.perf_counter() - t0)
-    return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available,
-                        channels_used(rec.info))
+    lineage = night_lineage(spec, stride=stride, input_digest=input_digest, profile_digest=profile_digest)
+    return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available, channels_used(rec.info),
+                        lineage)
 
 
 def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
@@ -416,11 +475,12 @@ def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
     prof = scoring_profile(scorer, profile, channel_map)
     rec = prepare_for_scoring(scorer, psg_path, recording_id=recording_id, profile=prof,
                               psg_source=psg_source)
-    return score_prepared(scorer, rec, stride=stride)
+    digest = input_sha256(psg_path) if isinstance(psg_path, (bytes, bytearray, str, os.PathLike)) else None
+    return score_prepared(scorer, rec, stride=stride, input_digest=digest, profile_digest=profile_sha256(prof))
 
 
 __all__ = [
-    "DEFAULT_PROFILE", "IN_MEMORY_MODEL", "ModelSpec", "missing_modality_policy", "model_inputs",
-    "modalities_used_labels", "prepare_for_scoring", "score_prepared", "score_recording",
-    "scored_night", "scoring_profile",
+    "DEFAULT_PROFILE", "IN_MEMORY_MODEL", "ModelSpec", "input_sha256", "missing_modality_policy",
+    "model_inputs", "modalities_used_labels", "night_lineage", "prepare_for_scoring", "profile_sha256",
+    "score_prepared", "score_recording", "scored_night", "scoring_profile", "training_dataset",
 ]

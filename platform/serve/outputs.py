@@ -107,6 +107,7 @@ def _night_metadata(night: ScoredNight) -> dict[str, Any]:
         "stage_codes": {**{name: code for code, name in enumerate(STAGES)}, "UNS": UNSCORED},
         "low_confidence_threshold": night.low_confidence_threshold,
         "model": night.model.to_dict(),
+        "lineage": dict(night.lineage),
     }
 
 
@@ -114,7 +115,7 @@ def epochs_table(night: ScoredNight) -> pa.Table:
     """The per-epoch table of a night (the content of ``<id>_epochs.parquet``).
 
     Key/value metadata: ``somnray`` (JSON: recording id, epoch length, modalities, stage codes,
-    model) and ``somnray_version``.
+    model, lineage) and ``somnray_version``.
     """
     cols: dict[str, pa.Array] = {
         "epoch": pa.array(night.epoch_index, pa.int32()),
@@ -315,6 +316,7 @@ def stats_document(night: ScoredNight, stats: SleepStats | None = None, *,
             "flag_epochs": {k: int(v.sum()) for k, v in night.quality.items()},
         },
         "model": night.model.to_dict(),
+        "lineage": dict(night.lineage),
         "files": dict(files or {}),
     }
 
@@ -404,7 +406,8 @@ def write_rejected_night(recording_id: str, reason: str, out_uri: str | StorageL
 # -- cohort summary ------------------------------------------------------------------------------
 _STATS_FIELDS = tuple(f.name for f in fields(SleepStats))
 _HEAD = ("recording_id", "status", "reason", "n_epochs")
-_TAIL = ("modalities_used_main", "model_name", "model_checkpoint_uri", "somnray_version")
+_TAIL = ("modalities_used_main", "model_name", "model_checkpoint_uri", "somnray_version",
+         "model_weights_sha256", "model_registered", "input_sha256", "stride")
 
 
 def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -412,7 +415,9 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
 
     Columns: ``recording_id``, ``status``, ``reason``, ``n_epochs``, every statistic,
     ``available_<m>`` (fraction of epochs), ``flag_<f>`` (fraction of epochs flagged),
-    ``modalities_used_main`` (most frequent label), model name / checkpoint / somnray version.
+    ``modalities_used_main`` (most frequent label), model name / checkpoint / somnray version,
+    and the lineage: ``model_weights_sha256``, ``model_registered`` (``models:/NAME/VERSION``),
+    ``input_sha256``, ``stride``.
     """
     row: dict[str, Any] = {"recording_id": doc["recording_id"], "status": doc.get("status", "ok"),
                            "reason": doc.get("reason"), "n_epochs": doc.get("n_epochs")}
@@ -430,6 +435,11 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     row["model_name"] = model.get("name")
     row["model_checkpoint_uri"] = model.get("checkpoint_uri")
     row["somnray_version"] = model.get("somnray_version")
+    row["model_weights_sha256"] = model.get("weights_sha256")
+    row["model_registered"] = (model.get("registered_model") or {}).get("uri")
+    lineage = doc.get("lineage") or {}
+    row["input_sha256"] = lineage.get("input_sha256")
+    row["stride"] = lineage.get("stride")
     return row
 
 
@@ -448,6 +458,8 @@ def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
 
 
 def _column_type(name: str) -> pa.DataType | None:
+    if name == "stride":
+        return pa.int64()
     if name in ("recording_id", "status", "reason", *_TAIL):
         return pa.string()
     if name.startswith(("available_", "flag_")):

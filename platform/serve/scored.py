@@ -41,25 +41,37 @@ class ModelInfo:
     name : str
         Registry name of the architecture (``coresleep``, ``mc2sleepnet``, ...).
     checkpoint_uri : str
-        Where the weights came from.  Must not embed credentials (it is written to every output).
+        Where the weights came from (``models:/NAME/VERSION`` for a registered model).  Must not
+        embed credentials (it is written to every output).
     somnray_version : str
         Version of the code that scored; defaults to the installed version.
+    weights_sha256 : str, optional
+        Hex SHA-256 of the bundle's ``model.pt``: which weights scored, wherever they were loaded
+        from (a resumed cohort run compares it to decide whether a night needs scoring again).
+    registered_model : dict, optional
+        ``name``, ``version`` and ``uri`` of the registered model version, when there is one.
     """
 
     name: str
     checkpoint_uri: str
     somnray_version: str = field(default_factory=somnray_version)
+    weights_sha256: str | None = None
+    registered_model: dict[str, str] | None = None
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {"name": self.name, "checkpoint_uri": self.checkpoint_uri,
-                "somnray_version": self.somnray_version}
+                "somnray_version": self.somnray_version, "weights_sha256": self.weights_sha256,
+                "registered_model": dict(self.registered_model) if self.registered_model else None}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelInfo":
         """Inverse of :meth:`to_dict`."""
+        registered = data.get("registered_model")
         return cls(name=str(data["name"]), checkpoint_uri=str(data["checkpoint_uri"]),
-                   somnray_version=str(data.get("somnray_version", "unknown")))
+                   somnray_version=str(data.get("somnray_version", "unknown")),
+                   weights_sha256=data.get("weights_sha256"),
+                   registered_model=dict(registered) if registered else None)
 
 
 def check_recording_id(recording_id: str) -> str:
@@ -129,6 +141,10 @@ class ScoredNight:
     channels : dict of str to str
         Modality → the EDF signal it was read from (``C4-A1``, ``E1 - E2`` for a derivation),
         as :func:`somnray.data.recording.channels_used` names it.
+    lineage : dict, optional
+        Where this night's scoring came from besides the model (:class:`ModelInfo`): the input
+        file's ``input_sha256``, the window ``stride``, the ``profile_sha256`` of the cohort profile
+        it was prepared with and the model's ``training_dataset`` (``docs/outputs.md``).
 
     Raises
     ------
@@ -150,6 +166,7 @@ class ScoredNight:
     start_offset_s: float = 0.0
     low_confidence_threshold: float = LOW_CONFIDENCE
     channels: dict[str, str] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_recording_id(self.recording_id)

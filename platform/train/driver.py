@@ -35,7 +35,7 @@ from .config import ExperimentConfig, PhaseConfig, dump_experiment, model_facts
 from .distributed import micro_batch_size
 from .missing import incomplete_training_plan
 from .export import PHASE_RESULT_FILE, export_bundle, write_run_metrics
-from .tracking import check_sinks_available
+from .tracking import ExperimentTracking, check_sinks_available, mlflow_loop_config
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _storage(cfg: ExperimentConfig) -> StorageLocation:
 
 def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
                   placement_strategy: str | None = None, callbacks: Sequence[Any] = (), continue_from: Any = None,
-                  checkpoints_to_keep: int | None = 2):
+                  checkpoints_to_keep: int | None = 2, mlflow_parent: str | None = None):
     """The ``TorchTrainer`` of one phase (datasets, statistics and Ray configs resolved).
 
     ``placement_strategy`` overrides ``phase.scaling.placement_strategy``, Ray's placement-group
@@ -108,7 +108,8 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
     :mod:`somnray.train.loop` — and this run's own checkpoints, once it has one, win on a
     worker-failure restart. ``checkpoints_to_keep`` is Ray Train's ``num_to_keep`` (None: all;
     population-based training needs every checkpoint another trial may still continue from).
-    Call after ``ray.init``.
+    ``mlflow_parent`` is the experiment's MLflow run, when the phase logs to MLflow
+    (:class:`~somnray.train.tracking.ExperimentTracking`). Call after ``ray.init``.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -177,7 +178,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
         train_loop_config=loop_config(phase, modalities, stats, use_gpu=use_gpu, init_checkpoint=init_checkpoint,
                                       phase_uri=storage.join(phase.name).uri,
                                       storage_options=storage.storage_options, run_name=cfg.storage.name,
-                                      continue_from=continue_from),
+                                      continue_from=continue_from, mlflow=mlflow_loop_config(phase, mlflow_parent)),
         scaling_config=ScalingConfig(num_workers=phase.scaling.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=placement_strategy or phase.scaling.placement_strategy),
@@ -187,7 +188,7 @@ def build_trainer(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint:
 
 
 def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any = None,
-              placement_strategy: str | None = None) -> PhaseResult:
+              placement_strategy: str | None = None, mlflow_parent: str | None = None) -> PhaseResult:
     """Train one phase to completion (or early stop) and record its best checkpoint."""
     storage = _storage(cfg)
     done = storage.join(phase.name, PHASE_RESULT_FILE)
@@ -196,7 +197,8 @@ def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any
         log.info("phase %s already finished; skipping (delete %s to retrain)", phase.name, done.uri)
         return PhaseResult(doc["name"], doc["checkpoint_uri"], doc["metrics"])
 
-    result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint, placement_strategy=placement_strategy).fit()
+    result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint, placement_strategy=placement_strategy,
+                           mlflow_parent=mlflow_parent).fit()
     best = result.get_best_checkpoint(metric=f"val_{phase.optim.monitor}", mode=phase.optim.monitor_mode) \
         if result.best_checkpoints else None
     metrics: dict[str, Any] = {}
@@ -294,8 +296,10 @@ def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = No
     :func:`somnray.train.finetune.check_source`).
 
     The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
-    and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). Call after
-    ``ray.init``. ``placement_strategy`` overrides every phase's ``scaling.placement_strategy``.
+    and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). When a phase logs
+    to MLflow, the experiment is one MLflow run too (the phases' runs its children, the bundle its
+    artifact ``model/``). Call after ``ray.init``. ``placement_strategy`` overrides every phase's
+    ``scaling.placement_strategy``.
 
     Raises
     ------
@@ -311,17 +315,25 @@ def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = No
     storage = _storage(cfg)
     dump_experiment(cfg, storage.join("config.yaml").uri)
     results: list[PhaseResult] = []
-    for phase in cfg.phases:
-        init = sources[phase.name].checkpoint() if phase.name in sources else None
-        if phase.init_from == "previous":
-            init = results[-1].checkpoint(storage.storage_options)
-            if init is None:
-                raise RuntimeError(f"phase {phase.name!r} starts from the previous phase's best checkpoint, "
-                                   f"but phase {results[-1].name!r} produced none (did it validate?)")
-        results.append(fit_phase(cfg, phase, init_checkpoint=init, placement_strategy=placement_strategy))
+    tracking = ExperimentTracking(cfg)
+    try:
+        for phase in cfg.phases:
+            init = sources[phase.name].checkpoint() if phase.name in sources else None
+            if phase.init_from == "previous":
+                init = results[-1].checkpoint(storage.storage_options)
+                if init is None:
+                    raise RuntimeError(f"phase {phase.name!r} starts from the previous phase's best checkpoint, "
+                                       f"but phase {results[-1].name!r} produced none (did it validate?)")
+            results.append(fit_phase(cfg, phase, init_checkpoint=init, placement_strategy=placement_strategy,
+                                     mlflow_parent=tracking.run_id))
+    except BaseException:
+        tracking.fail()
+        raise
     write_run_metrics(storage.uri, results)
+    bundle = None
     if results[-1].checkpoint_uri is not None:
-        export_bundle(storage.uri, cfg=cfg)
+        bundle = export_bundle(storage.uri, cfg=cfg)
     else:
         log.warning("phase %s produced no checkpoint; no model bundle exported", results[-1].name)
+    tracking.finish(results, bundle, storage.storage_options)
     return results

@@ -56,6 +56,7 @@ from somnray.data import schema
 from somnray.data.dataset import PreparedDataset
 from somnray.models.bundle import BundleInfo
 from somnray.scoring.bundles import bundle_location
+from somnray.scoring.registry import is_registry_uri
 from somnray.scoring.scorer import Scorer
 
 from .inputs import recording_present
@@ -221,7 +222,9 @@ class EvaluationRun:
     ----------
     uri : str, optional
         A training run (its ``model/`` bundle is loaded) or a bundle folder, local or remote; the
-        report goes to ``<uri>/evaluation/<dataset>/`` by default.
+        report goes to ``<uri>/evaluation/<dataset>/`` by default.  A registered model
+        (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``) has no folder: its report is written
+        only to an explicit ``EvaluationOptions.out_uri``.
     scorer : Scorer, optional
         A model in memory (:meth:`Scorer.from_model <somnray.scoring.scorer.Scorer.from_model>`);
         its report is written only to an explicit ``EvaluationOptions.out_uri``.
@@ -256,11 +259,12 @@ def _load_run(run: EvaluationRun, batch_size: int, storage_options: Mapping[str,
     except ConfigError as exc:
         raise ConfigError(run.uri, [f"no trained model to evaluate: {'; '.join(exc.errors)}"]) from None
     try:
-        scorer = Scorer.load(location, device=EVALUATION_DEVICE, precision=EVALUATION_PRECISION,
-                             batch_size=batch_size)
+        scorer = Scorer.load(run.uri if is_registry_uri(run.uri) else location, device=EVALUATION_DEVICE,
+                             precision=EVALUATION_PRECISION, batch_size=batch_size)
     except ConfigError as exc:
         raise ConfigError(run.uri, [f"the run's model bundle cannot be loaded: {'; '.join(exc.errors)}"]) from None
-    return _LoadedRun(resolve(run.uri, storage_options).uri, scorer)
+    # A registered version is named by its models:/NAME/VERSION URI (it has no run folder).
+    return _LoadedRun(scorer.uri if scorer.registered else resolve(run.uri, storage_options).uri, scorer)
 
 
 def dataset_name(dataset_uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
@@ -762,7 +766,7 @@ def evaluate_run(runs: Sequence[EvaluationRun], data_uri: str,
                               dataset_uri=data.uri, dataset=name, scenarios=chosen, folds=tuple(folds),
                               summaries=summaries, base_seed=options.base_seed, chunk_epochs=options.chunk_epochs)
     target = options.out_uri or (resolve(first.uri, options.storage_options).join(EVALUATION_DIR, name).uri
-                                 if first.uri else None)
+                                 if first.uri and not is_registry_uri(first.uri) else None)
     if options.write and target is not None:
         report.write(target, options.storage_options)
     if options.write:

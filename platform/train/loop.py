@@ -96,7 +96,7 @@ class LoopState:
 def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: TrainingStatistics, *,
                 use_gpu: bool, init_checkpoint: Any = None, phase_uri: str | None = None,
                 storage_options: Mapping[str, Any] | None = None, run_name: str = "",
-                continue_from: Any = None) -> dict[str, Any]:
+                continue_from: Any = None, mlflow: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``train_loop_config`` the driver passes: plain, picklable data only.
 
     ``phase_uri`` (``<run>/<phase>``) is where rank 0 writes TensorBoard files and the
@@ -104,6 +104,8 @@ def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: Training
     may have started before the driver's environment named the store). ``init_checkpoint`` gives
     initial weights only (``init_from: previous``); ``continue_from`` another run's checkpoint whose
     full state this run continues with this phase's hyperparameters (see the module docstring).
+    ``mlflow`` is :func:`somnray.train.tracking.mlflow_loop_config` (resolved on the driver, whose
+    environment may name the server).
     """
     return {
         "phase": phase.model_dump(mode="json"),
@@ -116,6 +118,7 @@ def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: Training
         "fitted": {name: value.tolist() for name, value in stats.fitted.items()},
         "init_checkpoint": init_checkpoint,
         "continue_from": continue_from,
+        "mlflow": dict(mlflow) if mlflow else None,
     }
 
 
@@ -363,7 +366,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state.stopped_early or state.step >= phase.optim.max_steps:
         return
     sinks = MetricSinks(phase, config.get("phase_uri"), config.get("storage_options"), active=rank == 0,
-                        run_name=config.get("run_name", ""))
+                        run_name=config.get("run_name", ""), tracking=config.get("mlflow"))
 
     simulator = MissingSimulator(phase.missing, modalities)
     # Masks come with the windows (drawn per recording); this generator only draws noise values.

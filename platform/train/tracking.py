@@ -8,9 +8,15 @@ sinks are for people watching a run:
   losses by term every step, lr, missing rate and every scalar validation metric. Event files are
   append-only local files, so for a remote run they are written to a local folder and uploaded at
   each validation (and at the end);
-* MLflow (``logging.mlflow``): the same scalars and the phase's config as parameters. MLflow is an
-  optional dependency; :func:`check_sinks_available` fails before launch when it is configured but
-  not installed, rather than silently logging nothing.
+* MLflow (``logging.mlflow``, or ``MLFLOW_TRACKING_URI`` in the driver's environment): the same
+  scalars and the phase's config as parameters, one MLflow run per phase. MLflow is an optional
+  dependency (``somnray[mlflow]``); :func:`check_sinks_available` fails before launch when it is
+  configured but not installed, rather than silently logging nothing.
+
+``somnray train`` also keeps one MLflow run for the whole experiment (:class:`ExperimentTracking`,
+on the driver): the phases' runs are its children, and the exported bundle (every file of
+``<run>/model/``) and ``metrics.json`` are its artifacts, so ``runs:/<run id>/model`` can be
+registered (``somnray models register``).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from typing import Any, Mapping
 
 from somnray.core.errors import ConfigError
 
-from .config import LoggingConfig, PhaseConfig
+from .config import ExperimentConfig, LoggingConfig, MlflowConfig, PhaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,96 @@ def check_sinks_available(logging_cfg: LoggingConfig, source: str) -> None:
                         "or remove the logging.mlflow section")
     if problems:
         raise ConfigError(source, problems)
+
+
+def mlflow_target(logging_cfg: LoggingConfig) -> MlflowConfig | None:
+    """Where a phase logs to MLflow: its ``logging.mlflow``, else ``MLFLOW_TRACKING_URI`` (None: nowhere).
+
+    The environment variable alone turns MLflow logging on when MLflow is installed (and is
+    ignored, with a warning, when it is not: nothing in the config asked for it).
+    """
+    if logging_cfg.mlflow is not None:
+        return logging_cfg.mlflow
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    if importlib.util.find_spec("mlflow") is None:
+        log.warning("MLFLOW_TRACKING_URI is set but MLflow is not installed (pip install 'somnray[mlflow]'): "
+                    "the run is not logged to MLflow")
+        return None
+    return MlflowConfig(tracking_uri=uri)
+
+
+def mlflow_loop_config(phase: PhaseConfig, parent_run_id: str | None = None) -> dict[str, Any] | None:
+    """The ``mlflow`` entry of a phase's loop config: target and parent run, plain data (None: off)."""
+    target = mlflow_target(phase.logging)
+    if target is None:
+        return None
+    return {"tracking_uri": target.tracking_uri, "experiment": target.experiment, "parent_run_id": parent_run_id}
+
+
+class ExperimentTracking:
+    """The driver's MLflow run of a whole experiment (a no-op object when no phase logs to MLflow).
+
+    Parameters
+    ----------
+    cfg : ExperimentConfig
+        The experiment; the first phase with an MLflow target names the server and experiment.
+    run_name : str, optional
+        The MLflow run's name (default ``storage.name``).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_name: str | None = None) -> None:
+        self.run_id: str | None = None
+        target = next((t for t in (mlflow_target(p.logging) for p in cfg.phases) if t is not None), None)
+        if target is None:
+            return
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=target.tracking_uri)
+        exp = self.client.get_experiment_by_name(target.experiment)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(target.experiment)
+        run = self.client.create_run(exp_id, run_name=run_name or cfg.storage.name,
+                                     tags={"somnray.run_name": cfg.storage.name})
+        self.run_id = run.info.run_id
+        params = {"model": cfg.phases[-1].model.name, "phases": ",".join(p.name for p in cfg.phases),
+                  "dataset": cfg.phases[-1].data.dataset.rstrip("/").rsplit("/", 1)[-1]}
+        self.client.log_batch(self.run_id, params=[_param(k, v) for k, v in params.items()])
+
+    def finish(self, results: Any, bundle_uri: str | None,
+               storage_options: Mapping[str, Any] | None = None) -> None:
+        """Log every phase's best metrics and the bundle (all its files, under ``model/``); end the run.
+
+        ``results`` are :class:`~somnray.train.driver.PhaseResult` objects.
+        """
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        from somnray.scoring.bundles import copy_bundle_folder
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(f"{r.name}.{k}", s, stamp, 0) for r in results
+                   for k, v in (r.metrics or {}).items() if (s := _scalar(v)) is not None]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        if bundle_uri is not None:
+            with tempfile.TemporaryDirectory(prefix="somnray-mlflow-") as tmp:
+                self.client.log_artifacts(self.run_id, copy_bundle_folder(bundle_uri, tmp, storage_options), "model")
+            log.info("MLflow run %s holds the bundle: register it with "
+                        "`somnray models register runs:/%s/model --name NAME`", self.run_id, self.run_id)
+        self.client.set_terminated(self.run_id, "FINISHED" if bundle_uri is not None else "FAILED")
+
+    def fail(self) -> None:
+        """End the run as failed (a phase raised)."""
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FAILED")
+
+
+def _param(key: str, value: Any):
+    from mlflow.entities import Param
+
+    return Param(key, str(value)[:500])
 
 
 def format_progress(phase: str, max_steps: int, metrics: Mapping[str, Any]) -> str:
@@ -81,10 +178,12 @@ class MetricSinks:
         False on ranks other than 0.
     run_name : str
         The run's name (MLflow run name prefix).
+    tracking : mapping, optional
+        :func:`mlflow_loop_config`: MLflow tracking URI, experiment and parent run (None: no MLflow).
     """
 
     def __init__(self, phase: PhaseConfig, phase_uri: str | None, storage_options: Mapping[str, Any] | None = None,
-                 *, active: bool, run_name: str = "") -> None:
+                 *, active: bool, run_name: str = "", tracking: Mapping[str, Any] | None = None) -> None:
         self.phase = phase
         self.active = active
         self._writer = None
@@ -108,13 +207,14 @@ class MetricSinks:
                 self._local_dir = tempfile.mkdtemp(prefix="somnray-tb-")
                 self._remote = target
             self._writer = SummaryWriter(log_dir=self._local_dir)
-        if phase.logging.mlflow is not None:
+        if tracking is not None:
             import mlflow
 
-            if phase.logging.mlflow.tracking_uri:
-                mlflow.set_tracking_uri(phase.logging.mlflow.tracking_uri)
-            mlflow.set_experiment(phase.logging.mlflow.experiment)
-            mlflow.start_run(run_name=f"{run_name}/{phase.name}" if run_name else phase.name)
+            if tracking["tracking_uri"]:
+                mlflow.set_tracking_uri(tracking["tracking_uri"])
+            mlflow.set_experiment(tracking["experiment"])
+            mlflow.start_run(run_name=f"{run_name}/{phase.name}" if run_name else phase.name,
+                             parent_run_id=tracking.get("parent_run_id"))
             flat = _flatten(phase.model_dump(mode="json"))
             mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
             self._mlflow = mlflow

@@ -306,10 +306,12 @@ def export_best(search: StorageLocation, records: Sequence[TrialRecord], doc: Ma
 
     The folder is a run folder as :mod:`somnray.train.export` reads it: the winning trial's
     ``config.yaml``, ``metrics.json``, ``<last phase>/phase_result.json`` (pointing at the trial's
-    best checkpoint) and the bundle ``model/``.
+    best checkpoint) and the bundle ``model/``.  When the search logs to MLflow, an MLflow run
+    ``<search>/best`` holds that bundle too (register it with ``somnray models register``).
     """
     from somnray.train.driver import PhaseResult
     from somnray.train.export import export_bundle, write_run_metrics
+    from somnray.train.tracking import ExperimentTracking
 
 
     winner = next((r for r in records if r.value is not None and r.checkpoint_uri), None)
@@ -332,7 +334,9 @@ def export_best(search: StorageLocation, records: Sequence[TrialRecord], doc: Ma
     phase_file.write_text(json.dumps({**result.__dict__, "trial_id": winner.trial_id,
                                       "search_uri": search.uri, "params": winner.params}, indent=2, default=float))
     write_run_metrics(best.uri, [result])
-    export_bundle(best.uri, cfg=cfg)
+    bundle = export_bundle(best.uri, cfg=cfg)
+    # The winner's trial runs are in MLflow already (when it is configured); this run holds its bundle.
+    ExperimentTracking(cfg, run_name=f"{search.name}/best").finish([result], bundle, best.storage_options)
     return best.uri
 
 

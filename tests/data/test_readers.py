@@ -12,7 +12,7 @@ import pytest
 from psg_factory import START, sine, write_edf, write_hypnogram
 
 from somnray.core.errors import RecordingError
-from somnray.data.profiles import AnnotationSpec, load_profile
+from somnray.data.profiles import load_profile
 from somnray.data.hypnograms import Hypnogram, hypnogram_to_epochs, read_hypnogram
 from somnray.data.readers import read_psg
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from psg_factory import START, shhs_like, sine, write_edf, write_hypnogram
+from psg_factory import shhs_like, sine, write_edf, write_hypnogram
 
 from somnray.core.errors import RecordingError
 from somnray.data.profiles import CohortProfile, load_profile

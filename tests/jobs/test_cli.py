@@ -28,6 +28,7 @@ MINIMAL_ARGV: dict[str, list[str]] = {
     "tune": ["experiment.yaml", "space.yaml"],
     "serve": ["runs/r"],
     "cohorts": ["status", "cohort-0"],
+    "models": ["list"],
     "submit": ["train", "experiment.yaml"],
     "jobs": ["list"],
 }

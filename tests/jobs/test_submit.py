@@ -222,6 +222,12 @@ def test_score_arguments_are_parsed_as_uris():
     assert any("two slashes" in e for e in info.value.errors)
 
 
+def test_score_accepts_a_registered_model():
+    """score submits models:/NAME@ALIAS as it is (the job resolves it), not as a malformed URI."""
+    cmd = sub.prepare_command("score", ["models:/sleep@champion", "s3://data/a.edf", "--out", "s3://out/x"])
+    assert cmd.argv[:2] == ("models:/sleep@champion", "s3://data/a.edf")
+
+
 def test_malformed_experiment_lists_every_error(tmp_path):
     """A bad experiment config is refused with each of its errors (and no --set is lost)."""
     config = _experiment(tmp_path, model={"name": "no_such_model"}, optim={"lr": -1.0, "batch_size": 2})

@@ -7,6 +7,7 @@ are tested at the bottom.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -147,6 +148,10 @@ def test_score_returns_hypnogram_consistent_with_stats_and_local_scoring(service
     local = score_recording(Scorer.load(str(service.bundle), device="cpu", precision="fp32"),
                             service.psg, recording_id="night-a")
     np.testing.assert_allclose(probs, local.probabilities, atol=2e-4)
+    # Lineage: the same weights and profile as local scoring, the upload's own SHA-256.
+    assert doc["model"]["weights_sha256"] == local.model.weights_sha256 and doc["model"]["registered_model"] is None
+    assert doc["lineage"]["input_sha256"] == hashlib.sha256(Path(service.psg).read_bytes()).hexdigest()
+    assert doc["lineage"] == local.lineage
     print(f"\n[serve latency] one request: {latency * 1000:.0f} ms")
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 
 import pytest
-from scoring_factory import copy_cohort, identifying_hits  # tests/serve is on sys.path
+from scoring_factory import TEST_LENGTH, copy_cohort, identifying_hits, make_run  # tests/serve is on sys.path
 
 from somnray.core import storage
 from somnray.core.errors import ConfigError
 from somnray.data.profiles import load_profile
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
+from somnray.scoring.bundles import weights_sha256
 from somnray.serve.cohort import FAULT_ENV, collect_entries, score_cohort
 from somnray.serve.config import CohortScoringOptions
 from somnray.serve.outputs import OUTPUT_SUFFIXES, read_stats_documents
@@ -108,6 +110,27 @@ def test_crash_midway_then_rerun_writes_each_night_once(ray_local, run_dir, coho
     summary = (out / "cohort_summary.csv").read_text().splitlines()
     assert len(summary) == N_NIGHTS + 1
     assert identifying_hits(out, SYNTH_IDENTIFYING_STRINGS) == []
+
+
+@pytest.mark.integration
+def test_rerun_with_other_weights_rescores_and_records_lineage(ray_local, run_dir, cohort, tmp_path):
+    """A rerun skips nights its model scored; another model's rerun re-scores them, counted, with lineage."""
+    out, night = tmp_path / "scored", cohort.path / cohort.entries[0].psg
+    rid = cohort.entries[0].recording_id
+    options = CohortScoringOptions(workers=1, progress=False)
+    first = score_cohort(str(run_dir), str(night), str(out), options)
+    again = score_cohort(str(run_dir), str(night), str(out), options)
+    assert (first.scored, first.rescored) == (1, 0)
+    assert (again.skipped, again.scored, again.rescored) == (1, 0, 0)
+
+    other = make_run(tmp_path / "other", seed=1)
+    third = score_cohort(str(other), str(night), str(out), options)
+    assert (third.skipped, third.scored, third.rescored) == (0, 1, 1)
+    doc = json.loads((out / rid / f"{rid}_sleep_stats.json").read_text())
+    assert doc["model"]["weights_sha256"] == weights_sha256(other / "model") != weights_sha256(run_dir / "model")
+    assert doc["model"]["registered_model"] is None
+    assert doc["lineage"]["input_sha256"] == hashlib.sha256(night.read_bytes()).hexdigest()
+    assert doc["lineage"]["stride"] == TEST_LENGTH and doc["lineage"]["training_dataset"] is None
 
 
 @pytest.mark.integration

@@ -31,7 +31,7 @@ from somnray.serve.outputs import (
     write_night_outputs,
     write_rejected_night,
 )
-from somnray.serve.scored import ScoredNight, modalities_used_from_available
+from somnray.serve.scored import ModelInfo, ScoredNight, modalities_used_from_available
 from somnray.serve.stats import compute_sleep_stats, timeline
 
 W, N1, N2, N3, R, U = 0, 1, 2, 3, 4, -1
@@ -373,6 +373,28 @@ def test_cohort_summary_reads_back(tmp_path):
     csv_df = pd.read_csv(io.StringIO(storage.read_text(uris["csv"])))
     assert csv_df.columns.tolist() == table.column_names
     assert csv_df["sleep_efficiency_pct"].iloc[0] == pytest.approx(75.0)
+
+
+def test_lineage_reaches_every_output_and_the_summary(tmp_path):
+    """Weights hash, registered version, input/profile hashes and stride land in JSON, Parquet, CSV."""
+    model = ModelInfo("coresleep_tiny", "models:/sleep/3", "9.9.9", weights_sha256="ab" * 32,
+                      registered_model={"name": "sleep", "version": "3", "uri": "models:/sleep/3"})
+    lineage = {"input_sha256": "cd" * 32, "stride": 5, "profile_sha256": "ef" * 32,
+               "training_dataset": {"name": "sleep-edf-0123456789ab", "version": "0123456789ab"}}
+    night = ScoredNight("n1", np.arange(3), np.full((3, 5), 0.2, np.float32), ("eeg",),
+                        np.ones((3, 1), bool), model, lineage=lineage)
+    uris = write_night_outputs(night, tmp_path)
+    doc = json.loads(storage.read_text(uris["stats"]))
+    assert doc["lineage"] == lineage and doc["model"] == model.to_dict()
+    assert doc["model"]["weights_sha256"] == "ab" * 32 and doc["model"]["registered_model"]["version"] == "3"
+    _, meta = read_epochs(uris["epochs"])
+    assert meta["lineage"] == lineage and meta["model"]["weights_sha256"] == "ab" * 32
+    assert ModelInfo.from_dict(doc["model"]) == model
+    table = pq.read_table(storage.resolve(summarize_cohort(tmp_path)["parquet"]).path)
+    row = table.to_pylist()[0]
+    assert (row["model_weights_sha256"], row["model_registered"], row["input_sha256"], row["stride"]) == \
+        ("ab" * 32, "models:/sleep/3", "cd" * 32, 5)
+    assert str(table.schema.field("stride").type) == "int64"
 
 
 def test_summarize_cohort_rebuilds_from_stats_json(tmp_path):

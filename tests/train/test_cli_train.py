@@ -14,6 +14,7 @@ from run_factory import write_config
 
 from somnray.jobs import cli
 from somnray.jobs.cmd_train import cli_overrides
+from somnray.scoring.bundles import weights_sha256
 
 
 def test_malformed_config_exits_1_listing_every_error_before_ray(tmp_path: Path, capsys, monkeypatch) -> None:
@@ -47,8 +48,10 @@ def test_configured_sink_that_is_not_installed_fails_before_ray(tmp_path: Path, 
 
     import somnray.core.session as session
 
-    if importlib.util.find_spec("mlflow") is not None:
-        pytest.skip("mlflow is installed here")
+    # MLflow is part of the test set-up: hide it, as on a machine without the extra.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "mlflow" else find_spec(name, *a, **k))
     started = []
     monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: started.append(1))
     cfg = write_config(tmp_path / "ml.yaml", dataset=str(tmp_path), storage_uri=str(tmp_path / "runs"), name="ml",
@@ -94,3 +97,38 @@ def test_train_command_trains_exports_and_prints_uri_last(tmp_path: Path, ray_lo
     assert "lr: 0.003" in (run / "config.yaml").read_text()
     assert list((run / "train" / "tensorboard").glob("events.out.tfevents.*"))
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.integration
+def test_train_logs_to_mlflow_named_by_the_environment(tmp_path: Path, ray_local, mlflow_server) -> None:
+    """MLFLOW_TRACKING_URI alone: the run, its phase's per-validation metrics and the bundle reach MLflow."""
+    from mlflow import MlflowClient
+
+    data = tmp_path / "prepared"
+    write_dataset(data)
+    name = f"tracked-{tmp_path.name[-8:]}"
+    cfg = write_config(tmp_path / "exp.yaml", dataset=str(data), storage_uri=str(tmp_path / "runs"), name=name,
+                       data={"dataset": str(data), "split": "manifest", "sequence_length": 5, "shuffle_buffer": 8},
+                       optim={"batch_size": 4, "max_steps": 4, "validate_every": 2})
+    env = {**os.environ, "RAY_ADDRESS": ray_local.address, "DS_ACCELERATOR": "cpu",
+           "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    proc = subprocess.run([sys.executable, "-m", "somnray.jobs", "train", str(cfg)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("somnray")
+    [parent] = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = '{name}'")
+    [child] = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert child.info.run_name == f"{name}/train" and child.data.params["optim.max_steps"] == "4"
+    history = client.get_metric_history(child.info.run_id, "val_macro_f1")
+    assert [m.step for m in history] == [2, 4]
+    assert parent.info.status == "FINISHED" and "train.val_macro_f1" in parent.data.metrics
+    files = {f.path for f in client.list_artifacts(parent.info.run_id, "model")}
+    assert files == {"model/model.json", "model/model.pt"}
+    run = tmp_path / "runs" / name
+    assert cli.main(["models", "--tracking-uri", mlflow_server.uri, "register",
+                     f"runs:/{parent.info.run_id}/model", "--name", name]) == 0
+    [version] = client.search_model_versions(f"name = '{name}'")
+    assert version.run_id == parent.info.run_id and version.source.endswith("/model")
+    assert version.tags["weights_sha256"] == weights_sha256(run / "model")

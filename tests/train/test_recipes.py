@@ -75,15 +75,22 @@ def test_paper_protocol_values() -> None:
     assert (core.data.sequence_length, core.optim.batch_size, core.optim.lr, core.optim.eps) == (21, 16, 1e-4, 1e-7)
     assert (core.optim.warmup_steps, core.optim.validate_every, core.optim.patience, core.seed) == (20000, 400, 250, 28)
     assert core.data.split.test_fraction == 0.3 and core.data.split.n_val_subjects == 100
-    for name in ("mc2sleepnet_shhs", "mc2sleepnet_sleepedf78", "mc2sleepnet_tiny"):
+    for name in ("mc2sleepnet_shhs", "mc2sleepnet_tiny"):
         pre, fine = load_experiment(CONFIGS / f"{name}.yaml").phases
         assert pre.model.overrides["phase"] == "pretrain" and pre.model.overrides["mask_ratio"] == 0.5
         assert pre.loss_weights == {"contrastive": 1.0, "raw": 1.0, "spec": 0.1, "concat": 0.1}
         assert fine.init_from == "previous" and fine.freeze == ("epoch_level",)
         assert fine.model.overrides["phase"] == "finetune" and fine.missing.kind == "none"
         assert fine.loss_weights == {"contrastive": 0.0, "raw": 1.0, "spec": 1.0, "concat": 1.0}
-    edf = load_experiment(CONFIGS / "mc2sleepnet_sleepedf78.yaml").phases[0]
+    # Sleep-EDF-78 'Γ' rows: the pre-training step only; '+': the SHHS model, fine-tuned on EDF-78
+    [edf] = load_experiment(CONFIGS / "mc2sleepnet_sleepedf78.yaml").phases
     assert edf.data.split.n_folds == 10 and edf.optim.lr == 5e-4 and edf.optim.batch_size == 32
+    assert edf.model.overrides["phase"] == "pretrain" and edf.model.overrides["mask_ratio"] == 0.5
+    [plus] = load_experiment(CONFIGS / "mc2sleepnet_sleepedf78_plus.yaml").phases
+    assert plus.model.overrides["phase"] == "finetune" and plus.freeze == ("epoch_level",)
+    assert plus.init_from not in (None, "previous") and plus.init_statistics == "keep"
+    assert plus.loss_weights == {"contrastive": 0.0, "raw": 1.0, "spec": 1.0, "concat": 1.0}
+    assert plus.data.split.n_folds == 10 and plus.missing.kind == "none"
     cim = load_experiment(CONFIGS / "cimsleepnet_sleepedf20.yaml").phases[0]
     assert (cim.data.sequence_length, cim.optim.batch_size, cim.optim.amsgrad, cim.data.split.n_folds) == (25, 64, True, 20)
     assert cim.missing.kind == "partial_chunks" and cim.missing.rate == 0.5 and cim.optim.step_milestones == (250,)

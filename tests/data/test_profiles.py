@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from somnray.core.errors import ConfigError
 from somnray.data.profiles import CohortProfile, list_profiles, load_profile, normalize_label
 
-SHIPPED = ["generic", "shhs", "shhs-5463", "sleep-edf", "sleep-edf-20", "sleep-edf-78"]
+SHIPPED = ["generic", "shhs", "shhs-5463", "shhs-5463-amplitude", "sleep-edf", "sleep-edf-20", "sleep-edf-78"]
 
 
 def test_list_profiles_names_the_shipped_yamls():
@@ -179,7 +179,8 @@ def test_unknown_profile_name_lists_the_shipped_ones():
     with pytest.raises(ConfigError) as info:
         load_profile("sleep-edf-typo")
     assert info.value.errors == [
-        "no such profile: not a shipped profile name (generic, shhs, shhs-5463, sleep-edf, sleep-edf-20, "
+        "no such profile: not a shipped profile name (generic, shhs, shhs-5463, shhs-5463-amplitude, sleep-edf, "
+        "sleep-edf-20, "
         "sleep-edf-78) and no file at this path"]
 
 
@@ -252,3 +253,11 @@ def test_circular_extends_is_a_config_error(tmp_path):
         load_profile(tmp_path / "a.yaml")
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     assert info.value.errors == [f"extends: circular chain {a} -> {b} -> {a}"]
+
+
+def test_shhs_5463_amplitude_keeps_physical_units_and_nothing_else_changes():
+    """shhs-5463-amplitude is shhs-5463 with normalization none (CoRe-Sleep's official pipeline)."""
+    p, base = load_profile("shhs-5463-amplitude"), load_profile("shhs-5463")
+    assert p.normalization == "none" and base.normalization == "zscore"
+    assert p.model_dump(exclude={"name", "description", "normalization"}) == \
+        base.model_dump(exclude={"name", "description", "normalization"})

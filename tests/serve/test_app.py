@@ -363,7 +363,7 @@ def test_cohort_rows_reaching_outside_the_roots_fail_the_job_unread(service, tmp
         f"  - recording 'link': psg '{attacks / 'link.edf'}': {OUTSIDE_ROOTS}",
         f"  - recording 'creds': psg '{attacks / 'link.edf'}': {OUTSIDE_ROOTS}",
         f"  - recording 'creds': profile '{tmp_path / 'credentials'}': not a shipped profile "
-        f"(generic, shhs, shhs-5463, sleep-edf, sleep-edf-20, sleep-edf-78) and {OUTSIDE_ROOTS}"]
+        f"(generic, shhs, shhs-5463, shhs-5463-amplitude, sleep-edf, sleep-edf-20, sleep-edf-78) and {OUTSIDE_ROOTS}"]
     assert canary not in st.text and "root:" not in st.text
     assert not (attacks / "scored").exists()
 

@@ -100,7 +100,7 @@ def test_profile_column_naming_a_credentials_file_outside_is_refused_unread(run_
     creds = outside / "credentials"
     err = _score(run_dir, root, f"good,s1,{psg.name},,{creds}\n")
     assert err.errors == [f"recording 'good': profile '{creds}': not a shipped profile "
-                          f"(generic, shhs, shhs-5463, sleep-edf, sleep-edf-20, sleep-edf-78) and {OUTSIDE_ROOTS}"]
+                          f"(generic, shhs, shhs-5463, shhs-5463-amplitude, sleep-edf, sleep-edf-20, sleep-edf-78) and {OUTSIDE_ROOTS}"]
     assert CANARY not in str(err)
 
 

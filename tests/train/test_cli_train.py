@@ -125,7 +125,8 @@ def test_train_logs_to_mlflow_named_by_the_environment(tmp_path: Path, ray_local
     assert [m.step for m in history] == [2, 4]
     assert parent.info.status == "FINISHED" and "train.val_macro_f1" in parent.data.metrics
     files = {f.path for f in client.list_artifacts(parent.info.run_id, "model")}
-    assert files == {"model/model.json", "model/model.pt"}
+    # the whole bundle, its model card included
+    assert files == {"model/model.json", "model/model.pt", "model/MODEL_CARD.md", "model/model_card.json"}
     run = tmp_path / "runs" / name
     assert cli.main(["models", "--tracking-uri", mlflow_server.uri, "register",
                      f"runs:/{parent.info.run_id}/model", "--name", name]) == 0

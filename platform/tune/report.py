@@ -128,13 +128,17 @@ def collect_records(search: StorageLocation, grid: Any, cfg: ExperimentConfig, s
         # exploit Tune restores the trial with the donor's last result (trial_id included), and
         # a trial exploited at its last report reports nothing after it.
         trial_id = Path(result.path).name.removeprefix("trial_")
-        params = {k: v for k, v in (result.config or {}).items()}
         run = search.join(trial_dirname(trial_id))
+        lineage = read_lineage(run)
+        # The final config is the one the trial's last generation started with: Tune's
+        # `result.config` is its last result's, which after an exploit at the last report is the
+        # donor's.
+        params = dict(lineage[-1]["config"] if lineage else (result.config or {}))
         # The trial function's own log of every report; Tune's drops reports when a trial restarts.
         logged = read_reports(run)
         df = pd.DataFrame(logged) if logged else result.metrics_dataframe
         rec = TrialRecord(trial_id=trial_id, status="done", params=params, run_uri=run.uri,
-                          exploits=len(read_lineage(run)))
+                          exploits=len(lineage))
         if df is not None and len(df):
             if TIME_ATTR in df:
                 rec.progress = int(df[TIME_ATTR].max())

@@ -144,6 +144,28 @@ def test_leaderboard_names_a_trial_by_its_folder_when_its_last_result_is_the_don
     assert [(r.trial_id, r.value) for r in records] == [("a_00001", 0.4), ("a_00000", 0.9)]
 
 
+def test_leaderboard_shows_the_config_of_the_final_lineage_not_the_donors(tmp_path) -> None:
+    """A trial exploited at its last report carries the donor's config in Tune's last result; its
+    leaderboard row shows the perturbed config its final lineage started with."""
+    from somnray.core.storage import resolve
+    from somnray.tune.layout import GENERATION, LINEAGE_FILE, REPORTS_FILE, TIME_ATTR
+    from somnray.tune.report import collect_records
+
+    cfg = experiment()
+    folder = tmp_path / "trial_a_00000"
+    folder.mkdir()
+    (folder / REPORTS_FILE).write_text(json.dumps({"val_loss": 0.5, TIME_ATTR: 4, GENERATION: 0,
+                                                   "phase": cfg.phases[-1].name, "step": 4}) + "\n")
+    (folder / LINEAGE_FILE).write_text(json.dumps({"exploits": [
+        {"generation": 1, "folder": str(folder / "exploit-1"), "config": {"optim.lr": 0.8e-3},
+         "donor_config": {"optim.lr": 1e-3}}]}))
+    grid = [SimpleNamespace(metrics={"val_loss": 0.4, TIME_ATTR: 4}, path=str(folder),
+                            config={"optim.lr": 1e-3}, error=None, metrics_dataframe=None)]
+    [record] = collect_records(resolve(str(tmp_path)), grid, cfg, SimpleNamespace(metric="val_loss",
+                                                                                  resolved_mode="min"))
+    assert record.exploits == 1 and record.params == {"optim.lr": 0.8e-3}
+
+
 # ------------------------------------------------------------------------------------------------
 # integration: a real PBT search on the session's 2-CPU cluster
 # ------------------------------------------------------------------------------------------------

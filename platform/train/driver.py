@@ -199,6 +199,7 @@ def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any
 
     result = build_trainer(cfg, phase, init_checkpoint=init_checkpoint, placement_strategy=placement_strategy,
                            mlflow_parent=mlflow_parent).fit()
+    remove_unregistered_checkpoints(storage.join(phase.name), result)
     best = result.get_best_checkpoint(metric=f"val_{phase.optim.monitor}", mode=phase.optim.monitor_mode) \
         if result.best_checkpoints else None
     metrics: dict[str, Any] = {}
@@ -209,6 +210,44 @@ def fit_phase(cfg: ExperimentConfig, phase: PhaseConfig, *, init_checkpoint: Any
     outcome = PhaseResult(phase.name, uri, {k: v for k, v in metrics.items() if _jsonable(v)})
     done.write_text(json.dumps(outcome.__dict__, indent=2, default=float))
     return outcome
+
+
+def remove_unregistered_checkpoints(phase_folder: StorageLocation, result: Any) -> list[str]:
+    """Delete the phase's checkpoint folders Ray Train never registered.
+
+    A worker that dies after writing a checkpoint but before its report reaches the controller
+    leaves a folder that ``num_to_keep`` never counts, so it would stay on disk for ever. Once the
+    phase has finished, every ``checkpoint_*`` folder that is neither one of the result's kept
+    checkpoints nor its latest one is such an orphan.
+
+    Parameters
+    ----------
+    phase_folder : StorageLocation
+        The phase's Ray Train run folder (``<run>/<phase>``).
+    result : ray.train.Result
+        What ``fit()`` returned.
+
+    Returns
+    -------
+    list of str
+        The folder names removed.
+    """
+    kept = {c.path.rstrip("/") for c, _ in (result.best_checkpoints or [])}
+    if result.checkpoint is not None:
+        kept.add(result.checkpoint.path.rstrip("/"))
+    if not kept or not phase_folder.exists():
+        return []  # nothing registered: keep everything rather than guess
+    removed = []
+    with phase_folder.errors():
+        for path in phase_folder.fs.ls(phase_folder.path, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("checkpoint_") and path.rstrip("/") not in kept and phase_folder.fs.isdir(path):
+                phase_folder.fs.rm(path, recursive=True)
+                removed.append(name)
+    if removed:
+        log.info("phase folder %s: removed %d checkpoint(s) whose report never reached Ray Train: %s",
+                 phase_folder.uri, len(removed), ", ".join(sorted(removed)))
+    return removed
 
 
 def _jsonable(value: Any) -> bool:

@@ -484,7 +484,8 @@ def build_review(scored: str, inputs: str | Sequence[str], *, fraction: float | 
     for q in queue:
         queued_per_night.setdefault(q["recording_id"], []).append(q)
 
-    dataset_uri = write_prepared(review.join(rf.PREPARED_DIR), used_profile, entries, prepared) if prepared else None
+    dataset_uri = (write_prepared(review.join(rf.PREPARED_DIR), dataset_profile(used_profile), entries, prepared)
+                   if prepared else None)
     for rid, queued in queued_per_night.items():
         night = by_id[rid]
         review.join(rid, rid + rf.MARKS_SUFFIX).atomic_write_bytes(marks_edf(night.table, night.meta, queued))
@@ -555,6 +556,24 @@ def prepare_night(night: ScoredCohortNight, row: Mapping[str, Any], profile, spe
     return dataclasses.replace(rec, subject_id=str(row.get("subject_id") or rid))
 
 
+def dataset_profile(profile):
+    """The profile recorded with the review's prepared nights: the one they were read with, valid as a
+    cohort profile.
+
+    A scoring profile marks no channel required when the model copes with any one missing
+    (:func:`somnray.serve.inference.scoring_profile`), which a cohort profile may not do; training
+    copies a dataset's profile into its model bundle and scoring validates it, so the first channel
+    (EEG) is marked required here.  Scoring sets every ``required`` flag from the model again.
+    """
+    from somnray.data.profiles import CohortProfile
+
+    channels = dict(profile.channels)
+    if channels and not any(c.required for c in channels.values()):
+        first = next(iter(channels))
+        channels[first] = channels[first].model_copy(update={"required": True})
+    return CohortProfile.model_validate(profile.model_copy(update={"channels": channels}).model_dump(mode="json"))
+
+
 def write_prepared(parent: StorageLocation, profile, entries: Sequence[ManifestEntry],
                    recordings: Mapping[str, Any], *, labels: Mapping[str, np.ndarray] | None = None) -> str:
     """Write ``recordings`` (PreparedRecording by id) as a prepared dataset under ``parent``.
@@ -584,6 +603,6 @@ def write_prepared(parent: StorageLocation, profile, entries: Sequence[ManifestE
 
 
 __all__ = ["CLOSE_CALL_MARGIN", "DEFAULT_FRACTION", "NIGHT_COLUMNS", "QUEUE_COLUMNS", "NightScores",
-           "ReviewResult", "ScoredCohortNight", "build_review", "domain_shift_of", "epoch_reasons",
+           "ReviewResult", "ScoredCohortNight", "build_review", "dataset_profile", "domain_shift_of", "epoch_reasons",
            "marks_edf", "night_row", "night_scores", "prepare_night", "queue_budget", "queue_rows",
            "rank_nights", "read_scored_nights", "scored_night_of", "select_epochs", "write_prepared"]

@@ -582,7 +582,7 @@ def write_prepared(parent: StorageLocation, profile, entries: Sequence[ManifestE
     ``manifest.json`` built as ``somnray prepare`` builds it.  ``labels`` replaces the labels of
     the recordings it names.  Returns the dataset's URI.
     """
-    from somnray.data.pipeline import manifest_document
+    from somnray.data import manifest_document
 
     started = datetime.now(timezone.utc)
     # The version hashes the entries: another set of nights lands in another folder.

@@ -8,7 +8,8 @@
    truth): reviewing the 10 % least certain epochs (the ``somnray review`` queue) against reviewing
    10 % drawn at random (mean of 20 draws) — :func:`somnray.review.simulate.review_gain`.
 
-Target: the queue fixes at least twice as many errors as random review.
+Target: the queue fixes at least twice as many errors as random review on the training site.  Site B
+shows where that ends: a model confidently wrong under a domain shift (docs/review.md).
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "finetune",
     "evaluate",
     "score",
+    "review",
     "bench",
     "tune",
     "serve",

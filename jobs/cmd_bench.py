@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-BENCHMARKS = ("prepare", "models", "score", "train", "finetune")
+BENCHMARKS = ("prepare", "models", "score", "train", "finetune", "review")
 #: Benchmarks ``all`` leaves out: they need hardware a CPU machine lacks.
 HARDWARE_BENCHMARKS = ("gpu",)
 #: Benchmarks run only by name (``all`` leaves them out): the soak takes half an hour.
@@ -53,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
             from . import bench_finetune
 
             result = bench_finetune.run(quick=args.quick)
+        elif name == "review":
+            from . import bench_review
+
+            result = bench_review.run(quick=args.quick)
         elif name == "score":
             from . import bench_score
 

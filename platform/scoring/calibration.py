@@ -349,9 +349,13 @@ class Calibration:
                    n_bins=int(doc.get("n_bins") or DEFAULT_BINS), reason=reason)
 
     def output_metadata(self) -> dict[str, Any]:
-        """What every scored night records about it (``calibration`` in the outputs' metadata)."""
+        """What every scored night records about it (``calibration`` in the outputs' metadata).
+
+        ``fitted``, the ``temperature`` applied (1 when none was fitted), where the
+        ``low_confidence`` threshold (:attr:`threshold`, recorded beside it) came from
+        (``calibration`` or ``default``), and why there is no temperature (``reason``).
+        """
         return {"fitted": self.fitted, "temperature": self.applied_temperature,
-                "low_confidence_threshold": self.threshold,
                 "threshold_source": "calibration" if self.low_confidence_threshold is not None else "default",
                 "reason": self.reason}
 

@@ -10,7 +10,7 @@ A bundle is a folder with
   A bundle is self-contained: ``model.json`` also carries the full cohort profile the training
   data was prepared with (channels, derivations, filters, rates, normalisation), the window rule,
   the class names, summary statistics of the training signals per modality (for domain-shift
-  checks), a calibration slot and the SHA-256 of ``model.pt``.  Bundles written before these
+  checks), the calibration fitted on the validation split and the SHA-256 of ``model.pt``.  Bundles written before these
   fields existed load with them empty.
 
 Training exports one per run; scoring and evaluation load it.  Normalisation statistics
@@ -90,7 +90,11 @@ class BundleInfo:
         Per modality, summary statistics of the training signals as the model saw them
         (``somnray.data.signal_summary``): epoch-RMS quantiles and relative band powers.
     calibration : dict
-        ``{"temperature": T}`` once a temperature is fitted; ``None`` until then.
+        The temperature fitted on the validation split at export and what it measured
+        (``somnray.scoring.calibration.Calibration``: ``temperature``, ``method``, ``n_epochs``,
+        ``ece_before``, ``ece_after``, ``low_confidence_threshold``, ``threshold_rule``,
+        ``reliability``, ``reason``); ``{"temperature": None}`` when none was fitted (bundles from
+        before calibration, or too little validation data: ``reason`` says which).
     weights_sha256 : str, optional
         SHA-256 of ``model.pt`` (set by :func:`save_bundle`).
     """
@@ -141,7 +145,8 @@ class BundleInfo:
 def save_bundle(model: SleepStagingModel, directory: str | os.PathLike, *, name: str,
                 overrides: Mapping[str, Any] | None = None, sequence_length: int,
                 extra: Mapping[str, Any] | None = None, profile: Mapping[str, Any] | None = None,
-                eval_stride: int | None = None, data_summary: Mapping[str, Any] | None = None) -> Path:
+                eval_stride: int | None = None, data_summary: Mapping[str, Any] | None = None,
+                calibration: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` as a bundle into ``directory`` (created if needed); returns the folder.
 
     The weights are written to a temporary name and renamed, so a reader never sees half a file;
@@ -155,6 +160,8 @@ def save_bundle(model: SleepStagingModel, directory: str | os.PathLike, *, name:
         The window stride the model was validated with (recorded in ``window``).
     data_summary : mapping, optional
         Summary statistics of the training signals per modality.
+    calibration : mapping, optional
+        The fitted calibration (see :class:`BundleInfo`); default ``{"temperature": None}``.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +174,9 @@ def save_bundle(model: SleepStagingModel, directory: str | os.PathLike, *, name:
                       sequence_length=int(sequence_length), extra=dict(extra or {}),
                       profile=dict(profile) if profile else None,
                       window=window_rule(sequence_length, eval_stride),
-                      data_summary=dict(data_summary or {}), weights_sha256=file_sha256(out / WEIGHTS_FILE))
+                      data_summary=dict(data_summary or {}),
+                      calibration=dict(calibration) if calibration else {"temperature": None},
+                      weights_sha256=file_sha256(out / WEIGHTS_FILE))
     tmp_info = out / f".{INFO_FILE}.tmp"
     tmp_info.write_text(info.to_json())
     os.replace(tmp_info, out / INFO_FILE)

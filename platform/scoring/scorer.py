@@ -5,14 +5,15 @@ the Serve app.  It carries the module (eval mode, on its device), the bundle's
 :class:`~somnray.models.bundle.BundleInfo`, the autocast dtype of the precision policy
 (:mod:`.device`) and the windows per forward pass, and it predicts with
 :func:`somnray.models.inference.predict_night`, so a night gets the same probabilities whichever
-path scores it.
+path scores it.  It is also the one place a bundle's fitted temperature is applied
+(:meth:`Scorer.calibrate`, :mod:`.calibration`): every path gets calibrated probabilities.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,10 @@ from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageLocation
 from somnray.models.base import SleepStagingModel
 from somnray.models.bundle import BundleInfo, load_bundle
-from somnray.models.inference import predict_night, window_probabilities
+from somnray.models.inference import average_windows, predict_night, window_probabilities
 
 from .bundles import local_bundle, resolve_bundle, weights_sha256
+from .calibration import Calibration, apply_temperature
 from .device import (
     Device,
     Precision,
@@ -110,6 +112,11 @@ class Scorer:
     def precision(self) -> str:
         """``fp32``, ``bf16`` or ``fp16``: the arithmetic scoring runs in."""
         return precision_name(self.autocast_dtype)
+
+    @property
+    def calibration(self) -> Calibration:
+        """The bundle's calibration (temperature, flag threshold); unfitted for older bundles."""
+        return Calibration.from_dict(self.info.calibration)
 
     # -- building one ----------------------------------------------------------------------------
     @classmethod
@@ -236,9 +243,17 @@ class Scorer:
             raise ConfigError(source, [f"stride must be in [1, {self.length}] (the model's window "
                                        f"length), got {stride}"])
 
+    def calibrate(self, probabilities: np.ndarray) -> np.ndarray:
+        """Per-epoch probabilities ``(n, 5)`` with the bundle's temperature applied.
+
+        ``softmax(log p / T)`` (:func:`~.calibration.apply_temperature`); unchanged when the bundle
+        has no fitted temperature.  The argmax never changes.
+        """
+        return apply_temperature(probabilities, self.calibration.temperature)
+
     def predict(self, signals: Mapping[str, np.ndarray], present: np.ndarray, *,
-                stride: int | None = None) -> np.ndarray:
-        """Per-epoch probabilities ``(n, 5)`` of one night.
+                stride: int | None = None, calibrated: bool = True) -> np.ndarray:
+        """Per-epoch probabilities ``(n, 5)`` of one night, calibrated (:meth:`calibrate`).
 
         Parameters
         ----------
@@ -249,6 +264,9 @@ class Scorer:
             ``(n, M)`` bool, columns in :attr:`modalities` order.
         stride : int, optional
             Window stride in epochs (default: the window length; 1 averages every position).
+        calibrated : bool
+            False: the model's own softmax averaged over windows, without the temperature (what
+            calibration is fitted and measured on).
 
         Raises
         ------
@@ -256,15 +274,29 @@ class Scorer:
             The stride is outside ``[1, L]``.
         """
         self.check_stride(stride)
-        return predict_night(self.model, signals, present, length=self.length, stride=stride,
-                             batch_size=self.batch_size, device=self.device,
-                             autocast_dtype=self.autocast_dtype)
+        probs = predict_night(self.model, signals, present, length=self.length, stride=stride,
+                              batch_size=self.batch_size, device=self.device,
+                              autocast_dtype=self.autocast_dtype)
+        return self.calibrate(probs) if calibrated else probs
+
+    def night_probabilities(self, n_epochs: int, windows: Iterable[tuple[np.ndarray, np.ndarray]]
+                            ) -> np.ndarray:
+        """Calibrated per-epoch probabilities ``(n, 5)`` of a night from :meth:`predict_windows` results.
+
+        For callers that batch windows themselves (the Serve app): each epoch's probabilities are
+        averaged over the windows covering it (:func:`~somnray.models.inference.average_windows`,
+        as :meth:`predict` does), then calibrated.  ``windows`` yields ``(idx, probs)``: ``(W, L)``
+        epoch indices and their ``(W, L, 5)`` probabilities.
+        """
+        return self.calibrate(average_windows(n_epochs, windows))
 
     def predict_windows(self, signals: Mapping[str, np.ndarray], present: np.ndarray) -> np.ndarray:
-        """Probabilities ``(W, L, 5)`` (float32) of a batch of windows, in one forward pass.
+        """Uncalibrated probabilities ``(W, L, 5)`` (float32) of a batch of windows, in one forward pass.
 
         For callers that cut and batch windows themselves (the Serve app gathers windows of
         concurrent requests); ``signals[m]`` is ``(W, L, 3000)`` and ``present`` ``(W, L, M)``.
+        The night's probabilities are :meth:`night_probabilities` of these (the temperature
+        applies to the window average, as in :meth:`predict`).
         """
         sig = {m: torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self.device) for m, x in signals.items()}
         mask = torch.from_numpy(np.asarray(present, dtype=bool)).to(self.device)

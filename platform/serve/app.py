@@ -233,7 +233,8 @@ class StageModel:
     :func:`~somnray.models.inference.predict_night` does), submits them in chunks to
     :meth:`_forward_windows` — a ``@serve.batch`` method whose batch is bounded by the number of
     windows (``ServeConfig.max_batch_windows``) — and averages each epoch's softmax over the windows
-    covering it (:func:`~somnray.models.inference.average_windows`).  Concurrent requests' chunks
+    covering it and calibrates them (:meth:`Scorer.night_probabilities
+    <somnray.scoring.scorer.Scorer.night_probabilities>`).  Concurrent requests' chunks
     are concatenated into one forward pass (:meth:`Scorer.predict_windows
     <somnray.scoring.scorer.Scorer.predict_windows>`) when they have the same window length and
     modalities, and the results split back.
@@ -265,7 +266,7 @@ class StageModel:
     async def score(self, prepared: PreparedNight | RequestProblem,
                     stride: int | None = None) -> ScoreResult | RequestProblem:
         """Stage a prepared night (a problem from the preprocessor passes through)."""
-        from somnray.models.inference import average_windows, window_index
+        from somnray.models.inference import window_index
 
         from .inference import night_lineage, scored_night
 
@@ -282,7 +283,7 @@ class StageModel:
         chunks = [WindowChunk(prepared.recording_id, prepared.signals, prepared.available,
                               idx[i:i + self.max_windows]) for i in range(0, len(idx), self.max_windows)]
         results = await asyncio.gather(*(self._forward_windows(c) for c in chunks))
-        probabilities = average_windows(n, zip((c.idx for c in chunks), results))
+        probabilities = self.scorer.night_probabilities(n, zip((c.idx for c in chunks), results))
         try:
             lineage = night_lineage(self.spec, stride=stride, input_digest=prepared.input_sha256,
                                     profile_digest=prepared.profile_sha256)
@@ -361,11 +362,23 @@ class ScoreResponse(BaseModel):
     epoch_index: list[int] = Field(description="Position of each epoch from the recording start.")
     hypnogram: list[str] = Field(description="Stage name of each epoch: W N1 N2 N3 REM (UNS: unscored).")
     stages: list[int] = Field(description="Stage code of each epoch: 0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored.")
-    probabilities: list[list[float]] = Field(description="n x 5 class probabilities (W, N1, N2, N3, REM).")
+    probabilities: list[list[float]] = Field(description="n x 5 class probabilities (W, N1, N2, N3, REM), "
+                                                         "calibrated when the model has a fitted temperature.")
+    confidence: list[float | None] = Field(default_factory=list,
+                                           description="Per epoch, the highest class probability.")
+    margin: list[float | None] = Field(default_factory=list,
+                                       description="Per epoch, highest minus second-highest probability.")
+    entropy: list[float | None] = Field(default_factory=list,
+                                        description="Per epoch, the probabilities' entropy divided by "
+                                                    "ln 5 (0 certain, 1 uniform).")
     availability: dict[str, list[bool]] = Field(description="Per modality, whether each epoch was usable.")
     quality: dict[str, list[bool]] = Field(description="Per-epoch flags: unscored, missing_modality, "
                                                        "low_confidence (and imputed_modality for "
                                                        "models that imagine a missing input).")
+    confidence_summary: dict[str, Any] = Field(
+        default_factory=dict, description="Mean confidence, fraction flagged low_confidence, expected "
+                                          "number of errors, the low_confidence threshold and how the "
+                                          "model was calibrated (fitted, temperature, threshold source).")
     modalities_used: list[str] = Field(description="Inputs each stage came from (`eeg+eog`, `eeg`, "
                                                    "`eeg+eog(imputed)`, `none`).")
     channels: dict[str, str] = Field(description="Modality -> the EDF signal it was read from (`C4-A1`, "
@@ -507,8 +520,11 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         # Every epoch is covered by at least one window, so the rows are finite; 5 decimals keep
         # a 24-h answer small without changing any argmax.
         "probabilities": np.round(night.probabilities.astype(np.float64), 5).tolist(),
+        **{k: [None if math.isnan(x) else round(x, 5) for x in v.astype(np.float64).tolist()]
+           for k, v in night.uncertainty().items()},
         "availability": {m: night.available[:, j].tolist() for j, m in enumerate(night.modalities)},
         "quality": {k: v.astype(bool).tolist() for k, v in night.quality.items()},
+        "confidence_summary": night.confidence_summary(),
         "modalities_used": [str(u) for u in night.modalities_used],
         "channels": dict(night.channels),
         "sleep_statistics": stats.to_dict(),

@@ -47,7 +47,7 @@ from somnray.data.recording import channels_used, prepare_psg
 from somnray.models.base import SleepStagingModel
 from somnray.scoring.scorer import Scorer
 
-from .scored import NOT_SCORED, ModelInfo, ScoredNight, check_recording_id
+from .scored import LOW_CONFIDENCE, NOT_SCORED, ModelInfo, ScoredNight, check_recording_id, uncalibrated
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,10 @@ class ModelSpec:
     weights_sha256: str | None = None
     registered_model: Mapping[str, str] | None = None
     training_dataset: Mapping[str, str | None] | None = None
+    #: The bundle's ``low_confidence`` threshold and its calibration as every night records it
+    #: (:meth:`~somnray.scoring.calibration.Calibration.output_metadata`).
+    low_confidence_threshold: float = LOW_CONFIDENCE
+    calibration: Mapping[str, Any] | None = None
 
     @classmethod
     def of(cls, scorer: Scorer) -> "ModelSpec":
@@ -141,7 +145,9 @@ class ModelSpec:
                    policy=missing_modality_policy(scorer.model), profile_name=profile,
                    length=scorer.length, checkpoint_uri=scorer.uri or IN_MEMORY_MODEL, profile=embedded,
                    weights_sha256=scorer.weights_sha256, registered_model=scorer.registered,
-                   training_dataset=training_dataset(extra))
+                   training_dataset=training_dataset(extra),
+                   low_confidence_threshold=scorer.calibration.threshold,
+                   calibration=scorer.calibration.output_metadata())
 
     def default_profile(self) -> CohortProfile:
         """The profile a night is read with when nobody names one: the embedded one, else by name."""
@@ -375,7 +381,8 @@ def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, pr
     ``modalities_used`` per epoch (:func:`modalities_used_labels`), an ``imputed_modality``
     quality flag for models that imagine missing inputs, the EDF signal each modality was
     read from (``channels``, from :func:`somnray.data.recording.channels_used`) and the night's
-    ``lineage`` (:func:`night_lineage`).
+    ``lineage`` (:func:`night_lineage`).  The ``low_confidence`` threshold and the calibration
+    the night records are the bundle's (``spec.calibration``).
     """
     used = modalities_used_labels(spec.modalities, available, spec.policy)
     quality: dict[str, np.ndarray] = {}
@@ -384,7 +391,8 @@ def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, pr
     return ScoredNight(recording_id=recording_id, epoch_index=epoch_index, probabilities=probabilities,
                        modalities=spec.modalities, available=available, model=spec.model_info,
                        modalities_used=used, quality=quality, channels=dict(channels or {}),
-                       lineage=dict(lineage or {}))
+                       lineage=dict(lineage or {}), low_confidence_threshold=spec.low_confidence_threshold,
+                       calibration=dict(spec.calibration or uncalibrated()))
 
 
 def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None,

@@ -7,12 +7,14 @@ column):
 file                                       content
 =========================================  =======================================================
 ``<id>_epochs.parquet``                    one row per scored epoch: stage, probabilities,
-                                           modality availability, what was used, quality flags
+                                           confidence, margin, entropy, modality availability,
+                                           what was used, quality flags
 ``<id>_hypnogram.csv``                     ``epoch,onset_s,stage`` with stage names
 ``<id>_annotations.edf``                   EDF+C with only an annotation signal ("Sleep stage N2"
                                            events, equal consecutive stages merged), anonymous
 ``<id>_events.tsv`` + ``<id>_events.json`` BIDS-style events (one per epoch) and their sidecar
-``<id>_sleep_stats.json``                  AASM statistics, modalities, quality counts, model
+``<id>_sleep_stats.json``                  AASM statistics, modalities, quality counts, confidence,
+                                           model
 ``<id>_hypnogram.png``                     hypnogram + hypnodensity picture (when asked)
 =========================================  =======================================================
 
@@ -43,7 +45,7 @@ from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import StorageLocation, resolve
 from somnray.core.version import somnray_version
 
-from .scored import ModelInfo, ScoredNight, check_recording_id
+from .scored import UNCERTAINTY_COLUMNS, ModelInfo, ScoredNight, check_recording_id
 from .stats import UNSCORED, SleepStats
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ def _night_metadata(night: ScoredNight) -> dict[str, Any]:
         "modalities": list(night.modalities),
         "stage_codes": {**{name: code for code, name in enumerate(STAGES)}, "UNS": UNSCORED},
         "low_confidence_threshold": night.low_confidence_threshold,
+        "calibration": dict(night.calibration),
         "model": night.model.to_dict(),
         "lineage": dict(night.lineage),
     }
@@ -115,7 +118,7 @@ def epochs_table(night: ScoredNight) -> pa.Table:
     """The per-epoch table of a night (the content of ``<id>_epochs.parquet``).
 
     Key/value metadata: ``somnray`` (JSON: recording id, epoch length, modalities, stage codes,
-    model, lineage) and ``somnray_version``.
+    low-confidence threshold, calibration, model, lineage) and ``somnray_version``.
     """
     cols: dict[str, pa.Array] = {
         "epoch": pa.array(night.epoch_index, pa.int32()),
@@ -125,6 +128,9 @@ def epochs_table(night: ScoredNight) -> pa.Table:
     }
     for j, name in enumerate(PROB_COLUMNS):
         cols[name] = pa.array(night.probabilities[:, j], pa.float32(), from_pandas=True)
+    uncertainty = night.uncertainty()
+    for name in UNCERTAINTY_COLUMNS:
+        cols[name] = pa.array(uncertainty[name], pa.float32(), from_pandas=True)
     for j, m in enumerate(night.modalities):
         cols[f"available_{m}"] = pa.array(night.available[:, j], pa.bool_())
     cols["modalities_used"] = pa.array(night.modalities_used.astype(str).tolist(), pa.string())
@@ -284,7 +290,8 @@ def bids_events_sidecar(night: ScoredNight) -> dict[str, Any]:
                   "Description": "Integer stage code: 0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored."},
         "probability": {"LongName": "Stage probability",
                         "Description": "Model probability of the stage given (the maximum class "
-                                       "probability of the epoch); n/a for unscored epochs.",
+                                       "probability of the epoch, calibrated when the model has a "
+                                       "fitted temperature); n/a for unscored epochs.",
                         "Units": "1"},
         "GeneratedBy": [{"Name": "somnray", "Version": night.model.somnray_version,
                          "Description": f"automatic sleep staging with model {night.model.name}"}],
@@ -320,6 +327,7 @@ def stats_document(night: ScoredNight, stats: SleepStats | None = None, *,
             "low_confidence_threshold": night.low_confidence_threshold,
             "flag_epochs": {k: int(v.sum()) for k, v in night.quality.items()},
         },
+        "confidence": night.confidence_summary(),
         "model": night.model.to_dict(),
         "lineage": dict(night.lineage),
         "files": dict(files or {}),
@@ -413,6 +421,8 @@ _STATS_FIELDS = tuple(f.name for f in fields(SleepStats))
 _HEAD = ("recording_id", "status", "reason", "n_epochs")
 _TAIL = ("modalities_used_main", "model_name", "model_checkpoint_uri", "somnray_version",
          "model_weights_sha256", "model_registered", "input_sha256", "stride")
+#: Per-night confidence columns (the statistics JSON's ``confidence`` section).
+_CONFIDENCE = ("mean_confidence", "low_confidence_fraction", "expected_errors")
 
 
 def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -422,7 +432,8 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     ``available_<m>`` (fraction of epochs), ``flag_<f>`` (fraction of epochs flagged),
     ``modalities_used_main`` (most frequent label), model name / checkpoint / somnray version,
     and the lineage: ``model_weights_sha256``, ``model_registered`` (``models:/NAME/VERSION``),
-    ``input_sha256``, ``stride``.
+    ``input_sha256``, ``stride``; then ``mean_confidence``, ``low_confidence_fraction`` and
+    ``expected_errors`` (null for nights scored before they were recorded).
     """
     row: dict[str, Any] = {"recording_id": doc["recording_id"], "status": doc.get("status", "ok"),
                            "reason": doc.get("reason"), "n_epochs": doc.get("n_epochs")}
@@ -445,6 +456,8 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     lineage = doc.get("lineage") or {}
     row["input_sha256"] = lineage.get("input_sha256")
     row["stride"] = lineage.get("stride")
+    confidence = doc.get("confidence") or {}
+    row.update({k: confidence.get(k) for k in _CONFIDENCE})
     return row
 
 
@@ -458,8 +471,8 @@ def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
     known = [*_HEAD, *_STATS_FIELDS]
     avail = sorted(k for k in keys if k.startswith("available_"))
     flags = sorted(k for k in keys if k.startswith("flag_"))
-    extra = sorted(keys - set(known) - set(avail) - set(flags) - set(_TAIL))
-    return [*known, *avail, *flags, *_TAIL, *extra]
+    extra = sorted(keys - set(known) - set(avail) - set(flags) - set(_TAIL) - set(_CONFIDENCE))
+    return [*known, *avail, *flags, *_TAIL, *_CONFIDENCE, *extra]
 
 
 def _column_type(name: str) -> pa.DataType | None:
@@ -467,7 +480,7 @@ def _column_type(name: str) -> pa.DataType | None:
         return pa.int64()
     if name in ("recording_id", "status", "reason", *_TAIL):
         return pa.string()
-    if name.startswith(("available_", "flag_")):
+    if name.startswith(("available_", "flag_")) or name in _CONFIDENCE:
         return pa.float64()
     if name in _STATS_FIELDS:
         ann = SleepStats.__dataclass_fields__[name].type

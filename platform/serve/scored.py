@@ -16,13 +16,17 @@ import numpy as np
 from somnray.core.constants import EPOCH_SECONDS, STAGES
 from somnray.core.errors import RecordingError
 from somnray.core.version import somnray_version
+from somnray.scoring.calibration import UNCALIBRATED_THRESHOLD, Calibration, epoch_uncertainty
 
 from .stats import UNSCORED, SleepStats, compute_sleep_stats, timeline
 
 #: Number of stage classes (W, N1, N2, N3, REM).
 N_CLASSES = len(STAGES)
-#: Below this maximum probability an epoch is flagged ``low_confidence``.
-LOW_CONFIDENCE = 0.5
+#: Below this maximum probability an epoch is flagged ``low_confidence`` when the model has no
+#: calibrated threshold (a fitted bundle records its own: ``somnray.scoring.calibration``).
+LOW_CONFIDENCE = UNCALIBRATED_THRESHOLD
+#: Per-epoch uncertainty of the (calibrated) probabilities (``epoch_uncertainty``).
+UNCERTAINTY_COLUMNS = ("confidence", "margin", "entropy")
 #: The per-epoch quality flags every night carries (more may be added by the scorer).
 STANDARD_FLAGS = ("unscored", "missing_modality", "low_confidence")
 #: ``modalities_used`` of an epoch that could not be scored.
@@ -72,6 +76,11 @@ class ModelInfo:
                    somnray_version=str(data.get("somnray_version", "unknown")),
                    weights_sha256=data.get("weights_sha256"),
                    registered_model=dict(registered) if registered else None)
+
+
+def uncalibrated() -> dict[str, Any]:
+    """The ``calibration`` record of a night whose probabilities had no temperature applied."""
+    return Calibration().output_metadata()
 
 
 def check_recording_id(recording_id: str) -> str:
@@ -137,7 +146,12 @@ class ScoredNight:
     start_offset_s : float
         Seconds from the recording start to the onset of epoch index 0.
     low_confidence_threshold : float
-        Maximum probability below which an epoch is flagged ``low_confidence``.
+        Maximum probability below which an epoch is flagged ``low_confidence`` (the bundle's
+        calibrated threshold, or :data:`LOW_CONFIDENCE`).
+    calibration : dict
+        How the probabilities were calibrated: ``fitted``, ``temperature`` (1 when not fitted),
+        ``threshold_source`` (``calibration`` or ``default``) and ``reason`` (why not fitted), as
+        :meth:`somnray.scoring.calibration.Calibration.output_metadata` gives it.
     channels : dict of str to str
         Modality → the EDF signal it was read from (``C4-A1``, ``E1 - E2`` for a derivation),
         as :func:`somnray.data.recording.channels_used` names it.
@@ -167,6 +181,7 @@ class ScoredNight:
     low_confidence_threshold: float = LOW_CONFIDENCE
     channels: dict[str, str] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=uncalibrated)
 
     def __post_init__(self) -> None:
         check_recording_id(self.recording_id)
@@ -264,6 +279,32 @@ class ScoredNight:
         """Short stage name of each epoch (W N1 N2 N3 REM, UNS for unscored)."""
         names = (*STAGES, "UNS")  # index -1 picks the last entry
         return [names[int(s)] for s in self.stages]
+
+    def uncertainty(self) -> dict[str, np.ndarray]:
+        """Per-epoch ``confidence``, ``margin`` and ``entropy`` (normalised) of the probabilities.
+
+        See :func:`somnray.scoring.calibration.epoch_uncertainty`; NaN where a row has no
+        probabilities.
+        """
+        return epoch_uncertainty(self.probabilities)
+
+    def confidence_summary(self) -> dict[str, Any]:
+        """The night's confidence over its scored epochs (the statistics JSON's ``confidence``).
+
+        ``mean_confidence`` (mean top probability), ``low_confidence_fraction`` (share flagged
+        ``low_confidence``), ``expected_errors`` (Σ 1 − top probability: the number of wrong
+        stages to expect when the probabilities are calibrated), ``n_scored_epochs``, the
+        threshold and the ``calibration`` record.  Null values when no epoch was scored.
+        """
+        confidence = self.uncertainty()["confidence"].astype(np.float64)
+        scored = (self.stages != UNSCORED) & np.isfinite(confidence)
+        n = int(scored.sum())
+        return {"n_scored_epochs": n,
+                "mean_confidence": round(float(confidence[scored].mean()), 6) if n else None,
+                "low_confidence_fraction": round(float(self.quality["low_confidence"][scored].mean()), 6) if n else None,
+                "expected_errors": round(float((1.0 - confidence[scored]).sum()), 3) if n else None,
+                "low_confidence_threshold": self.low_confidence_threshold,
+                "calibration": dict(self.calibration)}
 
     def available_fraction(self) -> dict[str, float]:
         """Fraction of epochs in which each modality was usable."""

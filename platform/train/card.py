@@ -3,8 +3,11 @@
 A card says what a bundle is and what it may be used for, for a reviewer who opens the folder:
 the architecture and its paper; the training data (dataset version and the SHA-256 of its
 ``manifest.json``, cohort profile and the montage it maps, nights and subjects, class histogram);
-the recipe (every phase, where it started from, what it froze); validation metrics; the metrics
-per missing-modality scenario once ``somnray evaluate`` has scored the run (pooled and per fold);
+the recipe (every phase, where it started from, what it froze); validation metrics; the
+calibration fitted at export (temperature, ECE before and after on the validation split, the
+``low_confidence`` threshold and its rule, the reliability table); the metrics per
+missing-modality scenario once ``somnray evaluate`` has scored the run (pooled and per fold, with
+each scenario's calibration error);
 intended use and limitations; the SHA-256 of the weights; the somnray version.
 
 :func:`model_card` builds the JSON document at export (:mod:`somnray.train.export`),
@@ -119,6 +122,7 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
         "recipe": {"description": cfg.description, "run_uri": info.extra.get("run_uri"),
                    "exported_phase": phase.name, "phases": [_phase_recipe(p) for p in cfg.phases]},
         "validation_metrics": dict(info.extra.get("metrics") or {}),
+        "calibration": dict(info.calibration or {}),
         "evaluation": None,
         "intended_use": INTENDED_USE,
         "limitations": list(LIMITATIONS),
@@ -130,7 +134,8 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
 def with_evaluation(card: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
     """``card`` with an evaluation report (``report.json`` of ``somnray evaluate``) as its evaluation.
 
-    Keeps, per scenario, the pooled metrics and the per-fold mean and std, plus each fold's run.
+    Keeps, per scenario, the pooled metrics and the per-fold mean and std, plus each fold's run,
+    and per scenario the expected calibration error, calibrated and uncalibrated.
     """
     pooled = report.get("pooled") or {}
     keep = ("n_epochs", "accuracy", "macro_f1", "kappa", "f1")
@@ -139,12 +144,43 @@ def with_evaluation(card: Mapping[str, Any], report: Mapping[str, Any]) -> dict[
         "stride": report.get("stride"), "folds": [f.get("run") for f in report.get("folds") or []],
         "pooled": {s: {k: m.get(k) for k in keep if k in m} for s, m in pooled.items()},
         "fold_mean": dict(report.get("fold_mean") or {}), "fold_std": dict(report.get("fold_std") or {}),
+        "calibration": {s: {k: c.get(k) for k in ("n_epochs", "ece", "ece_uncalibrated")}
+                        for s, c in (report.get("calibration") or {}).items()},
     }
     return {**card, "evaluation": evaluation}
 
 
 def _pct(value: Any) -> str:
     return "–" if not isinstance(value, (int, float)) else f"{100 * value:.1f}"
+
+
+def _calibration_lines(cal: Mapping[str, Any]) -> list[str]:
+    """The card's calibration section (``model.json``'s ``calibration``)."""
+    lines = ["## Calibration", ""]
+    if cal.get("temperature") is None:
+        reason = cal.get("reason") or "no calibration recorded (exported before calibration was fitted)"
+        return lines + [f"Not calibrated: {reason}. Scoring uses the model's own probabilities (T = 1) "
+                        "and flags `low_confidence` below a top probability of 0.5.", ""]
+    rule = cal.get("threshold_rule") or {}
+    lines += [f"Temperature scaling fitted at export on {cal.get('n_epochs')} labelled validation epochs: "
+              f"T = {cal['temperature']:.3f} (every output's probabilities are softmax(log p / T)).",
+              f"Expected calibration error on the validation split: {_pct(cal.get('ece_before'))} % before, "
+              f"{_pct(cal.get('ece_after'))} % after ({cal.get('n_bins')} equal-width bins of the top "
+              "probability; the split also chose the checkpoint, so these are optimistic).",
+              f"`low_confidence` threshold: {cal.get('low_confidence_threshold'):.3f} — {rule.get('rule')} "
+              f"(target {rule.get('flag_error_rate')}).", ""]
+    before = (cal.get("reliability") or {}).get("before") or []
+    after = (cal.get("reliability") or {}).get("after") or []
+    if after:
+        lines += ["Reliability on the validation split (bins with epochs):", "",
+                  "| Confidence | Epochs before | Acc before | Epochs after | Mean conf. after | Acc after |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for b, a in zip(before, after):
+            if b["count"] or a["count"]:
+                lines.append(f"| {b['lower']:.2f}–{b['upper']:.2f} | {b['count']} | {_pct(b['accuracy'])} | "
+                             f"{a['count']} | {_pct(a['confidence'])} | {_pct(a['accuracy'])} |")
+        lines.append("")
+    return lines
 
 
 def render_card(card: Mapping[str, Any]) -> str:
@@ -183,8 +219,9 @@ def render_card(card: Mapping[str, Any]) -> str:
     kappa = val.get("val_kappa")
     lines += ["", f"Exported phase: `{r['exported_phase']}` of run `{r.get('run_uri')}`; validation "
               f"(checkpoint selection): accuracy {_pct(val.get('val_accuracy'))} %, macro-F1 "
-              f"{_pct(val.get('val_macro_f1'))} %, κ {'–' if kappa is None else f'{kappa:.3f}'}", "",
-              "## Evaluation", ""]
+              f"{_pct(val.get('val_macro_f1'))} %, κ {'–' if kappa is None else f'{kappa:.3f}'}", ""]
+    lines += _calibration_lines(card.get("calibration") or {})
+    lines += ["## Evaluation", ""]
     ev = card.get("evaluation")
     if not ev:
         lines.append("Not evaluated yet: `somnray evaluate RUN_URI --data DATASET_URI` adds the metrics "
@@ -198,6 +235,11 @@ def render_card(card: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {pm.get('n_epochs')} | {_pct(pm.get('accuracy'))} | {_pct(pm.get('macro_f1'))} | "
                          f"{pm.get('kappa', float('nan')):.3f} | {_pct(mean.get('accuracy'))}±{_pct(std.get('accuracy'))} | "
                          f"{_pct(mean.get('macro_f1'))}±{_pct(std.get('macro_f1'))} |")
+        calibration = ev.get("calibration") or {}
+        if calibration:
+            lines += ["", "Calibration error per scenario (ECE %, calibrated / uncalibrated): "
+                      + "; ".join(f"{name} {_pct(c.get('ece'))} / {_pct(c.get('ece_uncalibrated'))}"
+                                  for name, c in calibration.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ defaults)::
     scaling:     {num_workers: 1, use_gpu: auto}
     storage:     {uri: s3://bucket/runs, name: coresleep-shhs}
     logging:     {tensorboard: true, mlflow: {tracking_uri: ..., experiment: ...}}
+    calibration: {flag_error_rate: 0.5, min_epochs: 100, bins: 15}
     phases:      # optional: a recipe, run in order
       - {name: pretrain, model: {overrides: {phase: pretrain}}}
       - {name: finetune, init_from: previous, freeze: [backbones], model: {overrides: {phase: finetune}}}
@@ -47,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from somnray.core.config import did_you_mean, location_text, read_yaml_file, validation_errors
 from somnray.core.errors import ConfigError
+from somnray.scoring.calibration import DEFAULT_BINS, DEFAULT_FLAG_ERROR_RATE, DEFAULT_MIN_EPOCHS
 
 #: Validation metrics early stopping and model selection can monitor.
 MONITOR_METRICS = ("loss", "accuracy", "macro_f1", "kappa")
@@ -456,12 +458,28 @@ class LoggingConfig(_Strict):
     mlflow: MlflowConfig | None = None
 
 
+class CalibrationConfig(_Strict):
+    """How the exported bundle is calibrated on the phase's validation split.
+
+    At export a temperature is fitted on the validation epochs (:mod:`somnray.scoring.calibration`):
+    ``flag_error_rate`` is the target of the ``low_confidence`` rule (flagged validation epochs
+    are wrong at least this often), ``min_epochs`` the labelled validation epochs below which no
+    temperature is fitted, ``bins`` the ECE's and reliability diagram's bins; ``enabled: false``
+    exports without calibration.
+    """
+
+    enabled: bool = True
+    flag_error_rate: float = Field(DEFAULT_FLAG_ERROR_RATE, gt=0.0, lt=1.0)
+    min_epochs: int = Field(DEFAULT_MIN_EPOCHS, ge=1)
+    bins: int = Field(DEFAULT_BINS, ge=2)
+
+
 # ------------------------------------------------------------------------------------------------
 # phases and the experiment
 # ------------------------------------------------------------------------------------------------
 #: Sections a phase may override (``storage`` is one per run).
 PHASE_SECTIONS = ("data", "model", "loss_weights", "missing", "optim", "deepspeed", "scaling",
-                  "seed", "logging")
+                  "seed", "logging", "calibration")
 
 
 class PhaseConfig(_Strict):
@@ -489,6 +507,7 @@ class PhaseConfig(_Strict):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     seed: int = Field(0, ge=0)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
 
     @field_validator("name")
     @classmethod

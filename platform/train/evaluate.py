@@ -30,9 +30,15 @@ built once per actor); otherwise a plain loop in this process. Both run
 What is evaluated and how are explicit: :func:`evaluate_run` takes :class:`EvaluationRun` s (one
 per fold) and an :class:`EvaluationOptions`.
 
+Calibration is reported per scenario too: the expected calibration error of the calibrated
+probabilities (each run's bundle temperature, :meth:`Scorer.calibrate
+<somnray.scoring.scorer.Scorer.calibrate>`) beside that of the model's raw softmax, and a
+reliability diagram (:mod:`somnray.scoring.calibration`).
+
 Outputs, through :mod:`somnray.core.storage` (local or ``s3://``), in
-``<run>/evaluation/<dataset>/``: ``report.md``, ``report.json``, ``confusion_<scenario>.png``
-and ``missing_rate.png`` (Acc / MF1 / κ against the missing rate, CIMSleepNet Fig. 4).
+``<run>/evaluation/<dataset>/``: ``report.md``, ``report.json``, ``confusion_<scenario>.png``,
+``missing_rate.png`` (Acc / MF1 / κ against the missing rate, CIMSleepNet Fig. 4) and
+``reliability.png`` (one reliability diagram per scenario).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from somnray.data import schema
 from somnray.data.dataset import PreparedDataset
 from somnray.models.bundle import BundleInfo
 from somnray.scoring.bundles import bundle_location
+from somnray.scoring.calibration import DEFAULT_BINS, confidence_bins, ece_of_bins
 from somnray.scoring.registry import is_registry_uri
 from somnray.scoring.scorer import Scorer
 
@@ -102,6 +109,9 @@ class EvalSpec:
         Chunk length of the partial-missing protocol.
     storage_options : dict
         Filesystem options resolved on the driver.
+    keep_probabilities : bool
+        Keep each scenario's uncalibrated ``(n, 5)`` probabilities in the result (what fitting a
+        calibration needs; reports only keep the top probabilities).
     """
 
     dataset_uri: str
@@ -112,6 +122,7 @@ class EvalSpec:
     base_seed: int = DEFAULT_BASE_SEED
     chunk_epochs: int = DEFAULT_CHUNK_EPOCHS
     storage_options: dict[str, Any] = field(default_factory=dict)
+    keep_probabilities: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,12 +140,22 @@ class RecordingScores:
     predictions : dict of str to ndarray
         Scenario name → ``(n,)`` int8 predicted stages. A scenario that left the recording with
         no input at all (e.g. ``eog_only`` on a night without EOG) has no entry.
+    confidence : dict of str to ndarray
+        Scenario name → ``(n,)`` float32 top probability after the bundle's temperature.
+    raw_confidence : dict of str to ndarray
+        Scenario name → ``(n,)`` float32 top probability of the model's own softmax.
+    probabilities : dict of str to ndarray
+        Scenario name → ``(n, 5)`` float32 uncalibrated probabilities (only with
+        ``EvalSpec.keep_probabilities``).
     """
 
     recording_id: str
     recording_index: int
     labels: np.ndarray
     predictions: dict[str, np.ndarray]
+    confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    raw_confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    probabilities: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def recording_inputs(arrays: Mapping[str, Any], modalities: Sequence[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -150,6 +171,9 @@ def score_scenarios(scorer: Scorer, arrays: Mapping[str, Any], spec: EvalSpec,
     signals, present = recording_inputs(arrays, spec.modalities)
     labels = np.asarray(arrays["labels"], dtype=np.int8)
     predictions: dict[str, np.ndarray] = {}
+    confidence: dict[str, np.ndarray] = {}
+    raw_confidence: dict[str, np.ndarray] = {}
+    kept: dict[str, np.ndarray] = {}
     for scenario in spec.scenarios:
         sig, mask = apply_scenario(scenario, signals, present, spec.modalities, str(arrays["recording_id"]),
                                    base_seed=spec.base_seed, chunk_epochs=spec.chunk_epochs)
@@ -157,9 +181,15 @@ def score_scenarios(scorer: Scorer, arrays: Mapping[str, Any], spec: EvalSpec,
         sig = {m: x for m, x in sig.items() if mask[:, spec.modalities.index(m)].any()}
         if not sig or len(labels) == 0:
             continue
-        probs = scorer.predict(sig, mask, stride=spec.stride)
-        predictions[scenario.name] = probs.argmax(axis=1).astype(np.int8)
-    return RecordingScores(str(arrays["recording_id"]), int(recording_index), labels, predictions)
+        # Scaled and unscaled probabilities have the same argmax, so the stages are the same.
+        raw = scorer.predict(sig, mask, stride=spec.stride, calibrated=False)
+        predictions[scenario.name] = raw.argmax(axis=1).astype(np.int8)
+        raw_confidence[scenario.name] = raw.max(axis=1).astype(np.float32)
+        confidence[scenario.name] = scorer.calibrate(raw).max(axis=1).astype(np.float32)
+        if spec.keep_probabilities:
+            kept[scenario.name] = raw.astype(np.float32)
+    return RecordingScores(str(arrays["recording_id"]), int(recording_index), labels, predictions,
+                           confidence, raw_confidence, kept)
 
 
 def _read(spec: EvalSpec, recording_id: str) -> dict[str, Any]:
@@ -207,6 +237,55 @@ def _score_recordings(scorer: Scorer, spec: EvalSpec, items: Sequence[tuple[str,
     ds = map_with_scorer(ds, scorer, task, actors=size, device=EVALUATION_DEVICE,
                          precision=EVALUATION_PRECISION, threads=1, num_cpus=1)
     return [pickle.loads(row["scores"]) for row in ds.iter_rows()]
+
+
+def scenario_probabilities(scorer: Scorer, dataset_uri: str, recording_ids: Sequence[str], *,
+                           scenario: str = "all", modalities: Sequence[str] | None = None,
+                           stride: int | None = None, workers: int | None = None,
+                           storage_options: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated probabilities and labels of recordings under one scenario, concatenated.
+
+    Scores exactly as :func:`evaluate_run` does (:class:`EvaluateRecording`, in-process or on
+    scoring's actor pool, fp32 on CPU when the scorer was built so); export fits the bundle's
+    calibration on them.
+
+    Parameters
+    ----------
+    scorer : Scorer
+    dataset_uri : str
+        The prepared dataset.
+    recording_ids : sequence of str
+        The recordings to score (e.g. a split's validation part).
+    scenario : str
+        Scenario name (default ``all``: every modality as recorded).
+    modalities : sequence of str, optional
+        The dataset columns read (default: the model's); a modality left out is absent.
+    stride : int, optional
+        Window stride (default: the window length, as scoring).
+    workers : int, optional
+        As :attr:`EvaluationOptions.workers`.
+    storage_options : mapping, optional
+        Filesystem options of the dataset.
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(n, 5)`` float32 probabilities (the model's softmax averaged over windows, no
+        temperature) and ``(n,)`` int8 labels (-1 unlabelled), over every recording scored.
+    """
+    data = resolve(dataset_uri, storage_options)
+    storage = dict(data.storage_options)
+    spec = EvalSpec(dataset_uri=data.uri, modalities=scorer.modalities, stride=stride,
+                    scenarios=resolve_scenarios([scenario], scorer.modalities),
+                    columns=_existing_columns(data.uri, modalities or scorer.modalities, storage),
+                    storage_options=storage, keep_probabilities=True)
+    items = [(rid, i) for i, rid in enumerate(sorted(recording_ids))]
+    scores = [r for r in _score_recordings(scorer, spec, items, workers) if scenario in r.probabilities]
+    if not scores:
+        return np.zeros((0, len(STAGES)), np.float32), np.zeros(0, np.int8)
+    scores.sort(key=lambda r: r.recording_id)
+    return (np.concatenate([r.probabilities[scenario] for r in scores]),
+            np.concatenate([r.labels for r in scores]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -383,12 +462,15 @@ class FoldResult:
         Per-recording predictions, in recording order.
     metrics : dict of str to StagingMetrics
         Scenario → metrics of this fold's pooled epochs.
+    temperature : float or None
+        The run's bundle temperature (None: not calibrated; its probabilities are the raw ones).
     """
 
     run: str
     selection: EvalSelection
     recordings: tuple[RecordingScores, ...]
     metrics: dict[str, StagingMetrics]
+    temperature: float | None = None
 
     def skipped(self, scenario: str) -> list[str]:
         """Recordings the scenario left without any input (not scored under it)."""
@@ -436,6 +518,39 @@ class EvaluationReport:
         if not labels:
             return np.zeros(0, np.int8), np.zeros(0, np.int8)
         return np.concatenate(labels), np.concatenate(preds)
+
+    def calibration(self, scenario: str, n_bins: int = DEFAULT_BINS) -> dict[str, Any]:
+        """Calibration of ``scenario`` over every fold's labelled epochs (pooled).
+
+        Returns
+        -------
+        dict
+            ``n_epochs``; ``ece`` and ``bins`` (:func:`~somnray.scoring.calibration.confidence_bins`)
+            of the calibrated top probabilities, ``ece_uncalibrated`` and ``bins_uncalibrated`` of
+            the model's raw softmax; ``mean_confidence`` (calibrated) and ``accuracy``.
+        """
+        conf, raw, correct = [], [], []
+        for fold in self.folds:
+            for rec in fold.recordings:
+                if scenario in rec.confidence:
+                    labelled = rec.labels >= 0
+                    conf.append(rec.confidence[scenario][labelled])
+                    raw.append(rec.raw_confidence[scenario][labelled])
+                    correct.append(rec.predictions[scenario][labelled] == rec.labels[labelled])
+        conf_all = np.concatenate(conf) if conf else np.zeros(0, np.float32)
+        raw_all = np.concatenate(raw) if raw else np.zeros(0, np.float32)
+        right = np.concatenate(correct) if correct else np.zeros(0, bool)
+        bins, raw_bins = confidence_bins(conf_all, right, n_bins), confidence_bins(raw_all, right, n_bins)
+        n = int(right.size)
+        return {"n_epochs": n, "ece": ece_of_bins(bins), "ece_uncalibrated": ece_of_bins(raw_bins),
+                "mean_confidence": float(conf_all.mean()) if n else None,
+                "accuracy": float(right.mean()) if n else None,
+                "bins": bins, "bins_uncalibrated": raw_bins}
+
+    @property
+    def temperatures(self) -> list[float | None]:
+        """Each fold's bundle temperature (None: that bundle is not calibrated)."""
+        return [f.temperature for f in self.folds]
 
     @property
     def scenario_names(self) -> list[str]:
@@ -512,11 +627,29 @@ class EvaluationReport:
         if skipped:
             lines += ["## Recordings not scored under a scenario (no input left)", ""]
             lines += [f"- {n}: {', '.join(r)}" for n, r in skipped.items()] + [""]
+        lines += self._calibration_lines()
         figures = [f"![{n}](confusion_{n}.png)" for n in self.scenario_names]
         if self._curve_scenarios():
             figures.insert(0, "![missing rate](missing_rate.png)")
+        figures.append("![reliability](reliability.png)")
         lines += ["## Figures", "", *figures, ""]
         return "\n".join(lines)
+
+    def _calibration_lines(self) -> list[str]:
+        """The report's calibration section: ECE per scenario, calibrated and raw."""
+        temps = ", ".join("not fitted (T = 1)" if t is None else f"T = {t:.3f}" for t in self.temperatures)
+        lines = ["## Calibration", "",
+                 f"Expected calibration error (ECE, %; {DEFAULT_BINS} equal-width bins of the top probability; "
+                 "0 is perfectly calibrated) of the probabilities scoring outputs, calibrated with each "
+                 f"bundle's temperature ({temps}), and of the model's raw softmax; labelled epochs only. "
+                 "Reliability diagrams: `reliability.png`.", "",
+                 "| Scenario | Epochs | ECE | ECE uncalibrated | Mean confidence | Acc |",
+                 "|---|---:|---:|---:|---:|---:|"]
+        for name in self.scenario_names:
+            c = self.calibration(name)
+            lines.append(f"| {name} | {c['n_epochs']} | {_pct(c['ece'])} | {_pct(c['ece_uncalibrated'])} | "
+                         f"{_pct(c['mean_confidence'])} | {_pct(c['accuracy'])} |")
+        return lines + [""]
 
     def to_dict(self) -> dict[str, Any]:
         """The whole ``report.json`` (no per-epoch predictions)."""
@@ -534,8 +667,10 @@ class EvaluationReport:
             "pooled": {n: self.pooled(n).to_dict() for n in self.scenario_names},
             "fold_mean": {n: self.summaries[n].mean for n in self.scenario_names},
             "fold_std": {n: self.summaries[n].std for n in self.scenario_names},
+            "calibration": {n: self.calibration(n) for n in self.scenario_names},
             "folds": [{
                 "run": f.run,
+                "temperature": f.temperature,
                 "split_source": f.selection.source,
                 "split_name": f.selection.split_name,
                 "split_fold": f.selection.fold,
@@ -587,6 +722,45 @@ class EvaluationReport:
         fig.savefig(out, format="png")
         return out
 
+    def plot_reliability(self, path: str | os.PathLike) -> Path:
+        """Reliability diagrams, one panel per scenario: accuracy against confidence per bin.
+
+        Calibrated (the bundles' temperatures) and uncalibrated (raw softmax) points; the diagonal
+        is perfect calibration, points below it are over-confident.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        names = self.scenario_names
+        cols = min(4, len(names))
+        rows = -(-len(names) // cols)
+        fig = Figure(figsize=(3.2 * cols, 3.0 * rows), dpi=110)
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax, name in zip(axes, names):
+            c = self.calibration(name)
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+            for key, label, style in (("bins_uncalibrated", "uncalibrated", "s:"), ("bins", "calibrated", "o-")):
+                used = [b for b in c[key] if b["count"]]
+                ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], style, ms=4,
+                        label=f"{label} (ECE {_pct(c['ece' if key == 'bins' else 'ece_uncalibrated'])} %)")
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{name} ({c['n_epochs']} epochs)", fontsize=9)
+            ax.set_xlabel("confidence (top probability)", fontsize=8)
+            ax.set_ylabel("accuracy", fontsize=8)
+            ax.legend(fontsize=7, loc="upper left")
+            ax.grid(alpha=0.3)
+        for ax in axes[len(names):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{self.model} on {self.dataset}: reliability", fontsize=10)
+        fig.tight_layout()
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+        return out
+
     def write(self, out_uri: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Write ``report.md``, ``report.json`` and the figures under ``out_uri``; returns name → URI."""
         target = resolve(out_uri, storage_options)
@@ -600,6 +774,7 @@ class EvaluationReport:
                 plot_confusion_matrix(np.asarray(self.pooled(name).confusion), folder / f"confusion_{name}.png",
                                       title=f"{self.model}: {name}")
             self.plot_missing_rate(folder / "missing_rate.png")
+            self.plot_reliability(folder / "reliability.png")
             # Figures first, the reports last: a reader who finds report.json finds the figures.
             files = sorted(folder.iterdir(), key=lambda p: (p.suffix != ".png", p.name))
             for path in files:
@@ -710,7 +885,7 @@ def _evaluate_fold(run: _LoadedRun, position: int, spec: EvalSpec, index_of: Map
         labels = np.concatenate([r.labels for r in got]) if got else np.zeros(0, np.int8)
         preds = np.concatenate([r.predictions[s.name] for r in got]) if got else np.zeros(0, np.int8)
         metrics[s.name] = compute_metrics(labels, preds)
-    return FoldResult(run.label, selection, tuple(scores), metrics)
+    return FoldResult(run.label, selection, tuple(scores), metrics, run.scorer.calibration.temperature)
 
 
 def evaluate_run(runs: Sequence[EvaluationRun], data_uri: str,
@@ -791,5 +966,5 @@ def _update_cards(runs: Sequence[_LoadedRun], report: EvaluationReport,
 
 __all__ = ["EVALUATION_DEVICE", "EVALUATION_DIR", "EVALUATION_PRECISION", "EvalSelection", "EvalSpec",
            "EvaluateRecording", "EvaluationOptions", "EvaluationReport", "EvaluationRun", "FoldResult",
-           "RecordingScores", "dataset_name", "evaluate_run", "recording_inputs", "score_scenarios",
-           "select_test_recordings"]
+           "RecordingScores", "dataset_name", "evaluate_run", "recording_inputs", "scenario_probabilities",
+           "score_scenarios", "select_test_recordings"]

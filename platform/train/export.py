@@ -16,7 +16,9 @@ where the weights came from (run, phase, checkpoint, validation metrics, dataset
 profile, the split, the somnray version); ``model.json`` also embeds the full cohort profile of
 the training data and summary statistics of the training signals (:func:`training_data`), so
 the bundle scores new recordings without naming a profile, and the bundle carries its model
-card (:mod:`somnray.train.card`).
+card (:mod:`somnray.train.card`).  Before the bundle is written, the exported model scores the
+phase's validation split and a temperature is fitted on it (:func:`validation_calibration`,
+:mod:`somnray.scoring.calibration`): ``model.json``'s ``calibration``.
 
 :func:`export_bundle` (re-)exports from an existing run, e.g. from an earlier phase, and works on
 any storage URI: remote runs are assembled in a temporary folder and uploaded file by file with
@@ -38,8 +40,10 @@ from somnray.core.errors import ConfigError
 from somnray.core.storage import StorageLocation, resolve
 from somnray.core.constants import STAGE_NAMES
 from somnray.core.version import somnray_version
+from somnray.models.base import SleepStagingModel
 from somnray.models.bundle import INFO_FILE, WEIGHTS_FILE, BundleInfo, save_bundle
 from somnray.scoring.bundles import BUNDLE_DIR
+from somnray.scoring.calibration import Calibration, calibrate, not_fitted
 
 from .card import CARD_FILE, CARD_JSON_FILE, TrainingData, card_files, model_card
 from .config import ExperimentConfig, PhaseConfig, model_facts, validate_experiment
@@ -148,6 +152,65 @@ def training_data(phase: PhaseConfig, storage_options: Mapping[str, Any] | None 
         modalities=list(modalities), summary=summarize_modalities(epochs))
 
 
+def validation_calibration(model: SleepStagingModel, phase: PhaseConfig, *,
+                           storage_options: Mapping[str, Any] | None = None,
+                           workers: int | None = None) -> Calibration:
+    """Fit the bundle's temperature on ``phase``'s validation split with the exported model.
+
+    The validation recordings are scored the way ``somnray evaluate`` scores (scenario ``all``,
+    the default stride, fp32 on CPU: :func:`somnray.train.evaluate.scenario_probabilities`), and
+    :func:`somnray.scoring.calibration.calibrate` fits the temperature and the ``low_confidence``
+    threshold on the labelled epochs, with the phase's ``calibration`` settings.  No validation
+    split, too few labelled epochs, an unreadable dataset or ``calibration.enabled: false`` give
+    a calibration without a temperature whose ``reason`` says why (logged as a warning).
+
+    Parameters
+    ----------
+    model : SleepStagingModel
+        The exported weights.
+    phase : PhaseConfig
+        The exported phase (its data section names the split).
+    storage_options : mapping, optional
+        Filesystem options of the dataset.
+    workers : int, optional
+        Scoring actors (default: Ray's when it is initialised, else in-process).
+    """
+    from somnray.scoring.scorer import Scorer
+
+    from .evaluate import EVALUATION_DEVICE, EVALUATION_PRECISION, scenario_probabilities
+    from .inputs import resolve_split
+
+    settings = phase.calibration
+
+    def unfitted(reason: str, n: int = 0) -> Calibration:
+        log.warning("model bundle of phase %s not calibrated: %s; scoring will use T = 1 and the "
+                    "default low-confidence threshold", phase.name, reason)
+        return not_fitted(reason, n)
+
+    if not settings.enabled:
+        return unfitted("calibration is disabled (calibration.enabled: false)")
+    try:
+        val = resolve_split(phase.data, storage_options).val
+    except (ConfigError, OSError, ValueError) as exc:
+        return unfitted(f"the validation split of {phase.data.dataset} cannot be read ({exc})")
+    if not val:
+        return unfitted("the run has no validation split")
+    info = BundleInfo(model=phase.model.name, overrides=dict(phase.model.overrides),
+                      modalities=tuple(model.modalities), sequence_length=phase.data.sequence_length)
+    scorer = Scorer.from_model(model, info, device=EVALUATION_DEVICE, precision=EVALUATION_PRECISION)
+    probs, labels = scenario_probabilities(scorer, phase.data.dataset, val,
+                                           modalities=phase.modalities(model.modalities), workers=workers,
+                                           storage_options=storage_options)
+    result = calibrate(probs, labels, n_bins=settings.bins, flag_error_rate=settings.flag_error_rate,
+                       min_epochs=settings.min_epochs)
+    if not result.fitted:
+        return unfitted(result.reason or "not fitted", result.n_epochs)
+    log.info("calibrated on %d validation epochs: T = %.3f, ECE %.4f -> %.4f, low-confidence threshold %.3f",
+             result.n_epochs, result.temperature, result.ece_before, result.ece_after,
+             result.low_confidence_threshold)
+    return result
+
+
 def _load_weights(checkpoint_uri: str, storage_options: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
     loc = resolve(checkpoint_uri, storage_options).join(WEIGHTS_FILE)
     try:
@@ -241,10 +304,12 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
         raise ConfigError(checkpoint, [f"{WEIGHTS_FILE} does not fit model {phase_cfg.model.name!r}: {exc}"]) from None
     data = training_data(phase_cfg, storage_options)
     extra = bundle_extra(cfg, phase_cfg, run.uri, result, data)
+    calibration = validation_calibration(model, phase_cfg, storage_options=storage_options)
     target = run.join(BUNDLE_DIR)
     kwargs = dict(name=phase_cfg.model.name, overrides=phase_cfg.model.overrides,
                   sequence_length=phase_cfg.data.sequence_length, extra=extra, profile=data.profile,
-                  eval_stride=phase_cfg.data.stride, data_summary=data.summary)
+                  eval_stride=phase_cfg.data.stride, data_summary=data.summary,
+                  calibration=calibration.to_dict())
     if target.is_local:
         _write_card(save_bundle(model, target.path, **kwargs), cfg, phase_cfg, data)
     else:
@@ -256,4 +321,4 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
 
 
 __all__ = ["METRICS_FILE", "bundle_extra", "export_bundle", "read_phase_result", "read_run_config",
-           "write_run_metrics"]
+           "validation_calibration", "write_run_metrics"]

@@ -125,7 +125,7 @@ def test_epochs_parquet_reads_back(tmp_path):
     uris = write_night_outputs(night, tmp_path)
     table = pq.read_table(storage.resolve(uris["epochs"]).path)
     assert table.column_names == [
-        "epoch", "onset_s", "stage", "stage_name", *PROB_COLUMNS, "available_eeg",
+        "epoch", "onset_s", "stage", "stage_name", *PROB_COLUMNS, "confidence", "margin", "entropy", "available_eeg",
         "available_eog", "available_emg", "modalities_used", "flag_unscored",
         "flag_missing_modality", "flag_low_confidence"]
     types = {f.name: str(f.type) for f in table.schema}

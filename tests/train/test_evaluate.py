@@ -172,6 +172,12 @@ def test_report_has_every_scenario_and_is_written_beside_the_run(report, runs) -
         assert f"| {name} |" in md
         assert folder.join(f"confusion_{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert "| Scenario | Epochs | Acc | κ | MF1 | W | N1 | N2 | N3 | REM |" in md
+    # Calibration per scenario: these bundles have no temperature, so calibrated = uncalibrated.
+    assert "## Calibration" in md and "not fitted (T = 1)" in md
+    assert folder.join("reliability.png").read_bytes()[:4] == b"\x89PNG"
+    for name in TWO_MODALITY_SCENARIOS:
+        c = report.calibration(name)
+        assert c["ece"] == c["ece_uncalibrated"] and c["n_epochs"] == report.pooled(name).n_epochs
     doc = json.loads(folder.join("report.json").read_text())
     assert set(doc["pooled"]) == set(TWO_MODALITY_SCENARIOS)
     assert doc["folds"][0]["split_source"].startswith("the run's training split")

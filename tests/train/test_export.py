@@ -25,7 +25,8 @@ from somnray.scoring.scorer import Scorer
 from somnray.train.export import export_bundle, read_run_config, write_run_metrics
 
 
-def _finished_run(tmp_path: Path, run_uri: str | None = None) -> tuple[str, dict[str, dict[str, torch.Tensor]]]:
+def _finished_run(tmp_path: Path, run_uri: str | None = None, calibration: str = "{}"
+                  ) -> tuple[str, dict[str, dict[str, torch.Tensor]]]:
     """A two-phase MC²SleepNet run folder as run_experiment leaves it; returns (run URI, weights by phase)."""
     from somnray.core.storage import resolve
 
@@ -39,6 +40,7 @@ def _finished_run(tmp_path: Path, run_uri: str | None = None) -> tuple[str, dict
         model: {{name: mc2sleepnet_tiny}}
         optim: {{batch_size: 4, max_steps: 4, validate_every: 2}}
         storage: {{uri: {storage}, name: {run_uri.rsplit('/', 1)[1] if run_uri else 'mc2'}}}
+        calibration: {calibration}
         phases:
           - {{name: pretrain, model: {{overrides: {{phase: pretrain}}}}}}
           - {{name: finetune, init_from: previous, freeze: [epoch_level], model: {{overrides: {{phase: finetune}}}}}}
@@ -96,6 +98,43 @@ def test_reexport_an_earlier_phase_and_load_it_for_scoring(tmp_path: Path) -> No
         assert info.extra["phase"] == "pretrain" and info.overrides == {"phase": "pretrain"}
         assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["pretrain"].items())
         assert not model.training
+
+
+def test_export_without_enough_validation_epochs_keeps_temperature_null_and_says_why(tmp_path: Path, caplog) -> None:
+    """The manifest split's 35 labelled validation epochs are below the default 100: no temperature,
+    the reason in model.json, a warning, and the card says the model is not calibrated."""
+    run_uri, _ = _finished_run(tmp_path)
+    with caplog.at_level("WARNING", logger="somnray.train.export"):
+        bundle = Path(export_bundle(run_uri).removeprefix("file://"))
+    calibration = json.loads((bundle / "model.json").read_text())["calibration"]
+    assert calibration["temperature"] is None and calibration["n_epochs"] == 35
+    assert "35 labelled validation epoch(s), fewer than the 100" in calibration["reason"]
+    assert any("not calibrated" in r.message for r in caplog.records)
+    assert "Not calibrated: 35 labelled" in (bundle / "MODEL_CARD.md").read_text()
+    scorer = Scorer.load(run_uri, device="cpu", precision="fp32")
+    assert scorer.calibration.applied_temperature == 1.0 and scorer.calibration.threshold == 0.5
+
+
+def test_export_fits_the_temperature_on_the_validation_split(tmp_path: Path) -> None:
+    """With calibration.min_epochs lowered, export scores the validation recording with the exported
+    model and records T, ECE before/after, the threshold and its rule, and the reliability bins."""
+    from somnray.scoring.calibration import Calibration, calibrate
+    from somnray.train.evaluate import scenario_probabilities
+
+    run_uri, _ = _finished_run(tmp_path, calibration="{min_epochs: 20, flag_error_rate: 0.6, bins: 10}")
+    bundle = Path(export_bundle(run_uri).removeprefix("file://"))
+    doc = json.loads((bundle / "model.json").read_text())["calibration"]
+    fitted = Calibration.from_dict(doc)
+    assert fitted.fitted and fitted.method == "temperature" and fitted.n_epochs == 35 and fitted.n_bins == 10
+    assert fitted.threshold_rule["flag_error_rate"] == 0.6 and len(fitted.reliability["after"]) == 10
+    assert 0.3 <= fitted.low_confidence_threshold <= 0.9
+    # The same numbers as scoring the validation recording (r04) through evaluation's path again.
+    scorer = Scorer.load(run_uri, device="cpu", precision="fp32")
+    probs, labels = scenario_probabilities(scorer, str(tmp_path / "prepared"), ["r04"])
+    assert calibrate(probs, labels, min_epochs=20, flag_error_rate=0.6, n_bins=10) == fitted
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["calibration"]["temperature"] == fitted.temperature
+    assert "Temperature scaling fitted at export on 35" in (bundle / "MODEL_CARD.md").read_text()
 
 
 def test_export_errors_name_the_problem(tmp_path: Path) -> None:

@@ -57,7 +57,14 @@ def test_bundle_embeds_profile_summary_card_and_weights_hash(own_profile_run):
     assert info["profile"]["channels"]["eeg"]["aliases"] == ["EEG Fpz-Cz"]
     assert info["window"]["sequence_length"] == 11 and info["window"]["default_stride"] == 11
     assert info["class_names"] == ["W", "N1", "N2", "N3", "REM"]
-    assert info["calibration"] == {"temperature": None}
+    # Calibrated at export on the validation subject's nights (fitted T, ECE measured before and after).
+    calibration = info["calibration"]
+    assert calibration["method"] == "temperature" and calibration["n_epochs"] >= 100
+    assert 0.05 < calibration["temperature"] < 20
+    assert calibration["ece_after"] <= calibration["ece_before"]
+    assert 0.3 <= calibration["low_confidence_threshold"] <= 0.9
+    assert calibration["threshold_rule"]["flag_error_rate"] == 0.5
+    assert sum(b["count"] for b in calibration["reliability"]["after"]) == calibration["n_epochs"]
     assert info["weights_sha256"] == hashlib.sha256((bundle / "model.pt").read_bytes()).hexdigest()
     assert set(info["data_summary"]) == {"eeg", "eog"}
     eeg = info["data_summary"]["eeg"]
@@ -70,8 +77,10 @@ def test_bundle_embeds_profile_summary_card_and_weights_hash(own_profile_run):
     assert data["cohort_profile"] == OWN_PROFILE and data["nights"]["train"] >= 1
     assert sum(data["class_histogram"].values()) > 0 and data["manifest_sha256"] and len(data["manifest_sha256"]) == 64
     assert "Kontras" in card["model"]["paper"] and card["evaluation"] is None
+    assert card["calibration"]["temperature"] == calibration["temperature"]
     text = (bundle / "MODEL_CARD.md").read_text()
     assert "not a medical device" in text and info["weights_sha256"] in text and OWN_PROFILE in text
+    assert "## Calibration" in text and f"T = {calibration['temperature']:.3f}" in text
 
 
 @pytest.mark.integration
@@ -124,3 +133,15 @@ def test_evaluate_adds_scenario_metrics_to_the_model_card(own_profile_run, capsy
     assert 0 <= evaluation["pooled"]["all"]["accuracy"] <= 1 and "accuracy" in evaluation["fold_mean"]["all"]
     text = (run / "model" / "MODEL_CARD.md").read_text()
     assert "| eeg_only |" in text and "Not evaluated yet" not in text
+    # Calibration per scenario: ECE with the bundle's temperature and without, and the diagrams.
+    assert set(evaluation["calibration"]) == {"all", "eeg_only"}
+    assert "Calibration error per scenario" in text
+    report_dir = next((run / "evaluation").iterdir())
+    report = json.loads((report_dir / "report.json").read_text())
+    temperature = json.loads((run / "model" / "model.json").read_text())["calibration"]["temperature"]
+    assert report["folds"][0]["temperature"] == temperature
+    for scenario in ("all", "eeg_only"):
+        c = report["calibration"][scenario]
+        assert c["n_epochs"] > 0 and 0 <= c["ece"] <= 1 and 0 <= c["ece_uncalibrated"] <= 1
+    assert (report_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![reliability](reliability.png)" in (report_dir / "report.md").read_text()

@@ -8,12 +8,9 @@ so everything the review ranks reads the same numbers whichever outputs it is gi
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyarrow as pa
-
-from somnray.core.constants import N_CLASSES
+from somnray.scoring.calibration import epoch_uncertainty as calibration_uncertainty
 from somnray.serve.outputs import PROB_COLUMNS
 
 #: Per-epoch columns a scorer may write itself; computed from the probabilities when absent.
@@ -42,13 +39,9 @@ def epoch_uncertainty(table: pa.Table) -> dict[str, np.ndarray]:
     if all(c in table.column_names for c in UNCERTAINTY_COLUMNS):
         return {c: np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64)
                 for c in UNCERTAINTY_COLUMNS}
-    p = probabilities(table)
-    top2 = -np.sort(-p, axis=1)[:, :2] if len(p) else np.zeros((0, 2))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p), 0.0)
-    entropy = -terms.sum(axis=1) / math.log(N_CLASSES)
-    entropy[~np.isfinite(p).all(axis=1)] = np.nan
-    return {"confidence": top2[:, 0], "margin": top2[:, 0] - top2[:, 1], "entropy": entropy}
+    # Outputs written before scorers recorded them: the scorer's own definitions, applied to the
+    # probabilities the night was given.
+    return {k: v.astype(np.float64) for k, v in calibration_uncertainty(probabilities(table)).items()}
 
 
 def uncertainty_score(confidence: np.ndarray) -> np.ndarray:

@@ -573,15 +573,21 @@ def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys
 
 
 def test_night_from_answer_reads_back_the_score_answer():
-    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model."""
+    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model,
+    domain-shift check (whose reasons are also a warning of the answer)."""
     from night_factory import night_from_stages, realistic_stages
+    from somnray.scoring.domain import CheckResult, DomainCheck
     from somnray.serve.app import ScoreResult, _score_answer, night_from_answer
 
     stages = realistic_stages(1.0)
     available = np.ones((stages.size, 2), dtype=bool)
     available[10:20, 1] = False
-    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2})
-    back = night_from_answer(json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"])))))
+    shift = DomainCheck(checks=(CheckResult("native_sfreq", "eeg", "shift", "eeg sampled at 256 Hz; training saw 100 Hz"),))
+    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2}, domain_shift=shift)
+    answer = json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"]))))
+    assert answer["warnings"] == ["a warning", "domain shift: eeg sampled at 256 Hz; training saw 100 Hz"]
+    back = night_from_answer(answer)
+    assert back.domain_shift == shift
     assert back.recording_id == night.recording_id and back.modalities == night.modalities
     assert back.model == night.model and back.epoch_s == night.epoch_s
     np.testing.assert_array_equal(back.epoch_index, night.epoch_index)

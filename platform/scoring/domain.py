@@ -78,9 +78,9 @@ class DomainThresholds:
         Most RMS z-score of the night's mean relative band powers against the training mean,
         in units of the training epochs' spread per band (at least :data:`MIN_BAND_SPREAD`).
         Default 2: a night's mean is an average over hundreds of epochs, so a night of the
-        training kind sits inside one epoch-spread of the mean (0.17-0.68 measured on synthetic
+        training kind sits inside one epoch-spread of the mean (0.17-0.86 measured on synthetic
         nights of held-out and new subjects, ``docs/domain-shift.md``), while a channel of white
-        noise lies at 5.4; 2 is about the geometric middle of the two.
+        noise lies at 5.4-5.8; 2 is about the geometric middle of the two.
     ignore : tuple of str
         Checks (names of :data:`CHECKS`) that are reported but never flag a night, e.g.
         ``native_sfreq`` for a model known to be rate-robust.

@@ -21,7 +21,9 @@ nights scored earlier by another model (other weights) are scored again, and the
 Exit status: 0 every recording scored (or already scored), 2 some rejected (listed with their
 reasons; the others are written), 1 a fatal error (no model bundle, unknown profile, bad input).
 The last line printed is the output URI, for scripts; every warning a scored night got while it
-was read and prepared is listed on stderr at the end.
+was read and prepared is listed on stderr at the end, and so is every night that lies outside the
+model's training data (``domain shift <recording_id>: <reasons>``; thresholds with
+``--domain-shift KEY=VALUE``, see docs/domain-shift.md).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from somnray.core.errors import ConfigError
 
-from .recording_warnings import print_recording_warnings
+from .recording_warnings import print_domain_shifts, print_recording_warnings
 
 
 #: One line for ``somnray --help``.
@@ -69,6 +71,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-from", default="name", choices=("name", "hash"),
                    help="how a single EDF/BDF INPUT is named in outputs: its file name (default) or "
                         "a short SHA-256 of its content (file names may identify people)")
+    p.add_argument("--domain-shift", action="append", default=[], metavar="KEY=VALUE",
+                   help="threshold of the domain-shift check, repeatable: amplitude_factor=3 (amplitude "
+                        "beyond the training 1st-99th percentile by this factor), band_power_distance=2 "
+                        "(band-power RMS z-score), ignore=native_sfreq,band (checks that never flag); "
+                        "see docs/domain-shift.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -116,13 +123,15 @@ def parse_channel_map(values: list[str]) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Score the inputs; returns 0, or 2 when some recordings were rejected."""
+    from somnray.scoring.domain import DomainThresholds
     from somnray.serve.cohort import score_cohort
     from somnray.serve.config import CohortScoringOptions
 
     options = CohortScoringOptions(profile=args.profile, channel_map=parse_channel_map(args.channel_map),
                                    workers=args.workers, plots=args.plots,
                                    stride=args.stride, device=args.device, precision=args.precision,
-                                   progress=not args.no_progress, id_from=args.id_from)
+                                   progress=not args.no_progress, id_from=args.id_from,
+                                   domain=DomainThresholds.parse(args.domain_shift))
     result = score_cohort(args.run, args.inputs, args.out, options)
     print(f"{result.total} recording(s): {result.scored} scored, {result.skipped} already scored, "
           f"{result.rejected} rejected ({result.seconds:.1f} s)")
@@ -132,4 +141,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"  rejected {r['recording_id']}: {r['reason']}")
     print(result.out_uri)
     print_recording_warnings(result.warnings)
+    print_domain_shifts(result.domain_shifts)
     return result.exit_code

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="arithmetic of the model (default: auto)")
+    parser.add_argument("--domain-shift", action="append", default=[], metavar="KEY=VALUE",
+                        help="threshold of the domain-shift check of every night, repeatable "
+                             "(as for somnray score; docs/domain-shift.md)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -92,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from somnray.core.errors import ConfigError
-    from somnray.serve.config import ServeConfig
     from somnray.scoring.bundles import bundle_location
+    from somnray.scoring.domain import DomainThresholds
+    from somnray.serve.config import ServeConfig
 
     config = ServeConfig.from_mapping({
         "run_uri": args.run_uri, "host": args.host, "port": args.port,
@@ -107,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         "max_waiting_requests": args.max_waiting_requests,
         "ingress_max_queued_requests": args.max_queued_requests, "retry_after_s": args.retry_after,
         "device": args.device, "precision": args.precision,
+        "domain_shift": DomainThresholds.parse(args.domain_shift).to_dict(),
     }, source="command-line options")
     if args.profile is not None:
         from somnray.data.profiles import list_profiles

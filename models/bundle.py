@@ -88,7 +88,9 @@ class BundleInfo:
         Output classes in logit order.
     data_summary : dict
         Per modality, summary statistics of the training signals as the model saw them
-        (``somnray.data.signal_summary``): epoch-RMS quantiles and relative band powers.
+        (``somnray.data.signal_summary``): epoch-RMS quantiles and relative band powers, and how
+        the training recordings were read (``reading``: native rates, signals, band-pass) with the
+        range of their physical amplitude (``amplitude``), for scoring's domain-shift check.
     calibration : dict
         The temperature fitted on the validation split at export and what it measured
         (``somnray.scoring.calibration.Calibration``: ``temperature``, ``method``, ``n_epochs``,

@@ -28,6 +28,7 @@ __all__ = [
     "epoch",
     "fit_band",
     "map_labels",
+    "normalization_stats",
     "normalize",
     "resample",
     "trim_wake",
@@ -386,14 +387,50 @@ def availability(epochs: np.ndarray, *, flat_std: float = 0.0,
     return usable
 
 
-def normalize(epochs: np.ndarray, available: np.ndarray,
-              method: Literal["zscore", "robust", "none"]) -> np.ndarray:
-    """Scale one modality of one recording with statistics of its available epochs only.
+def normalization_stats(epochs: np.ndarray, available: np.ndarray,
+                        method: Literal["zscore", "robust"]) -> tuple[float, float] | None:
+    """Centre and scale of one modality of one recording, from its available epochs only.
 
     ``zscore``: mean and standard deviation; ``robust``: median and IQR / 1.349 (equal to the
-    standard deviation for Gaussian data, insensitive to artefact bursts); ``none``: unchanged.
-    Flat, clipped or NaN epochs would bias the statistics, hence the mask.  With no available
-    epoch, or zero spread, the data are returned centred but unscaled.
+    standard deviation for Gaussian data, insensitive to artefact bursts; the standard deviation
+    when the IQR is 0).  In the signal's physical unit: the scale is what :func:`normalize`
+    divides by, and the recording's amplitude that the prepared signals no longer show.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(centre, scale)``; None when no available epoch holds a finite sample.  The scale may
+        be 0 or non-finite (a constant signal): :func:`normalize` then leaves the data unscaled.
+    """
+    if method not in ("zscore", "robust"):
+        raise ValueError(f"unknown normalization statistic {method!r}; expected zscore or robust")
+    epochs = np.asarray(epochs, dtype=np.float64)
+    good = epochs[np.asarray(available, dtype=bool)]
+    good = good[np.isfinite(good)]
+    if good.size == 0:
+        return None
+    if method == "zscore":
+        return float(good.mean()), float(good.std())
+    q25, centre, q75 = (float(v) for v in np.percentile(good, [25, 50, 75]))
+    scale = (q75 - q25) / 1.349
+    return centre, scale if scale > 0 else float(good.std())
+
+
+def normalize(epochs: np.ndarray, available: np.ndarray,
+              method: Literal["zscore", "robust", "none"],
+              stats: tuple[float, float] | None = None) -> np.ndarray:
+    """Scale one modality of one recording with statistics of its available epochs only.
+
+    ``zscore`` and ``robust`` subtract the centre and divide by the scale of
+    :func:`normalization_stats`; ``none`` returns the data unchanged.  Flat, clipped or NaN
+    epochs would bias the statistics, hence the mask.  With no available epoch, or zero spread,
+    the data are returned centred but unscaled.
+
+    Parameters
+    ----------
+    stats : (float, float), optional
+        ``(centre, scale)`` already computed with :func:`normalization_stats` for ``method``
+        (the caller records the scale); default: computed here.
 
     Returns
     -------
@@ -405,17 +442,10 @@ def normalize(epochs: np.ndarray, available: np.ndarray,
         return epochs.copy()
     if method not in ("zscore", "robust"):
         raise ValueError(f"unknown normalization {method!r}; expected zscore, robust or none")
-    good = epochs[np.asarray(available, dtype=bool)]
-    good = good[np.isfinite(good)]
-    if good.size == 0:
+    stats = stats if stats is not None else normalization_stats(epochs, available, method)
+    if stats is None:
         return epochs.copy()
-    if method == "zscore":
-        centre, scale = float(good.mean()), float(good.std())
-    else:
-        q25, centre, q75 = (float(v) for v in np.percentile(good, [25, 50, 75]))
-        scale = (q75 - q25) / 1.349
-        if scale <= 0:
-            scale = float(good.std())
+    centre, scale = stats
     if not np.isfinite(scale) or scale <= 0:
         scale = 1.0
     return (epochs - centre) / scale

@@ -28,6 +28,7 @@ from .preprocess import (
     derive_channel,
     epoch,
     fit_band,
+    normalization_stats,
     normalize,
     resample,
     trim_wake,
@@ -42,7 +43,11 @@ from .hypnograms import (
 )
 from .readers import PSG, ChannelData, PathOrData, read_psg
 
-__all__ = ["channels_used", "prepare_psg", "prepare_recording", "find_channel"]
+__all__ = ["AMPLITUDE_STATISTICS", "channels_used", "prepare_psg", "prepare_recording", "find_channel"]
+
+#: Name of the amplitude scale recorded per modality (``info["amplitude"][m]["statistic"]``), by
+#: the normalisation statistic it comes from.
+AMPLITUDE_STATISTICS = {"zscore": "std", "robust": "iqr/1.349"}
 
 
 def find_channel(psg: PSG, aliases: list[str]) -> str | None:
@@ -351,15 +356,25 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
     signals: dict[str, np.ndarray | None] = {}
     available: dict[str, np.ndarray] = {}
     channels: dict[str, Any] = {}
+    amplitude: dict[str, Any] = {}
+    # The physical scale normalisation divides by is recorded, since the prepared signals no longer
+    # show it (a gain or unit error is invisible after it); normalization "none" records the
+    # standard deviation, the z-score's scale.
+    statistic = "robust" if profile.normalization == "robust" else "zscore"
     for modality, prep in prepared.items():
         if prep is None:
             signals[modality] = None
             available[modality] = np.zeros(n_kept, dtype=bool)
             continue
         mask = prep.available[keep]
-        signals[modality] = normalize(prep.epochs[keep], mask, profile.normalization).astype(np.float32)
+        stats = normalization_stats(prep.epochs[keep], mask, statistic)
+        signals[modality] = normalize(prep.epochs[keep], mask, profile.normalization,
+                                      stats=stats).astype(np.float32)
         available[modality] = mask.copy()
         channels[modality] = dict(prep.facts, epochs_unavailable=int((~mask).sum()))
+        if stats is not None and np.isfinite(stats[1]) and stats[1] > 0:
+            amplitude[modality] = {"scale": float(stats[1]), "unit": prep.facts["unit"],
+                                   "statistic": AMPLITUDE_STATISTICS[statistic]}
 
     counts = np.bincount(kept_labels[kept_labels >= 0].astype(np.int64), minlength=5)
     info: dict[str, Any] = {
@@ -373,6 +388,7 @@ def prepare_psg(psg: PSG, hypnogram: Hypnogram | None, profile: CohortProfile, *
         "class_counts": {STAGES[c]: int(counts[c]) for c in range(5)},
         "native_sfreq": {m: f["native_sfreq"] for m, f in channels.items()},
         "channels": channels,
+        "amplitude": amplitude,
         "absent": [m for m, p in prepared.items() if p is None],
         "trimming": profile.trimming.rule,
         "normalization": profile.normalization,

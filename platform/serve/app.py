@@ -59,6 +59,7 @@ from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import resolve
 from somnray.core.version import somnray_version
 from somnray.data.profiles import list_profiles
+from somnray.scoring.domain import DomainCheck, DomainThresholds
 
 from .config import ServeConfig
 from .jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, CohortJobs
@@ -106,6 +107,9 @@ class PreparedNight:
         Modality → the EDF signal it was read from (shown in the outputs).
     input_sha256, profile_sha256 : str or None
         SHA-256 of the uploaded bytes and of the profile they were read with (the lineage).
+    domain_shift : DomainCheck, optional
+        How the night compares with the model's training data (computed here, where the prepared
+        night is; the model deployment only sees the model's inputs).
     """
 
     recording_id: str
@@ -116,6 +120,7 @@ class PreparedNight:
     channels: dict[str, str] = field(default_factory=dict)
     input_sha256: str | None = None
     profile_sha256: str | None = None
+    domain_shift: DomainCheck | None = None
 
     @property
     def n_epochs(self) -> int:
@@ -188,13 +193,15 @@ class Preprocessor:
         restrict_replica_ports(config.host)
         self.spec = ModelSpec.of(Scorer.load(config.run_uri, device="cpu", precision="fp32"))
         self.default_profile = config.default_profile
+        self.domain = DomainThresholds.from_mapping(config.domain_shift)
 
     def prepare(self, data: bytes, recording_id: str, profile: str | None,
                 channel_map: dict[str, Any] | None) -> PreparedNight | RequestProblem:
         """Prepare one upload; a :class:`RequestProblem` (400/422) for anything wrong with it."""
         from somnray.data.recording import channels_used
 
-        from .inference import input_sha256, model_inputs, prepare_for_scoring, profile_sha256, scoring_profile
+        from .inference import (domain_check, input_sha256, model_inputs, prepare_for_scoring, profile_sha256,
+                                scoring_profile)
 
         source = f"upload {recording_id}"  # never the client's file name: it may identify someone
         try:
@@ -222,7 +229,8 @@ class Preprocessor:
                              signals=signals, available=available,
                              warnings=[str(w) for w in rec.info.get("warnings", [])],
                              channels=channels_used(rec.info),
-                             input_sha256=input_sha256(data), profile_sha256=profile_sha256(prof))
+                             input_sha256=input_sha256(data), profile_sha256=profile_sha256(prof),
+                             domain_shift=domain_check(self.spec, rec, self.domain))
 
 
 class StageModel:
@@ -288,7 +296,7 @@ class StageModel:
             lineage = night_lineage(self.spec, stride=stride, input_digest=prepared.input_sha256,
                                     profile_digest=prepared.profile_sha256)
             night = scored_night(self.spec, prepared.recording_id, prepared.epoch_index, probabilities,
-                                 prepared.available, prepared.channels, lineage)
+                                 prepared.available, prepared.channels, lineage, prepared.domain_shift)
             return ScoreResult(night=night, warnings=prepared.warnings)
         except RecordingError as exc:
             return RequestProblem(422, str(exc))
@@ -385,12 +393,17 @@ class ScoreResponse(BaseModel):
                                                  "`E1 - E2` for a derivation).")
     sleep_statistics: dict[str, Any] = Field(description="AASM statistics: TST, sleep efficiency, SOL, "
                                                          "WASO, REM latency, minutes and % per stage.")
-    warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...).")
+    warnings: list[str] = Field(description="Preparation warnings (an optional channel missing, ...), and "
+                                            "`domain shift: <reasons>` when the night lies outside the "
+                                            "model's training data.")
     model: dict[str, Any] = Field(description="Model name, checkpoint URI, somnray version, weights "
                                               "SHA-256, registered model version (or null).")
     lineage: dict[str, Any] = Field(default_factory=dict,
                                     description="Upload SHA-256, window stride, profile SHA-256, "
                                                 "the model's training dataset.")
+    domain_shift: dict[str, Any] | None = Field(
+        default=None, description="How the night compares with the model's training data: `flag`, "
+                                  "`reasons`, `skipped`, every check and the thresholds (docs/domain-shift.md).")
 
 
 class CohortRequest(BaseModel):
@@ -421,6 +434,13 @@ class Reject(BaseModel):
     reason: str
 
 
+class DomainShift(BaseModel):
+    """A night the job scored outside the model's training data."""
+
+    recording_id: str
+    reasons: list[str]
+
+
 class CohortStatus(BaseModel):
     """Progress of a cohort job."""
 
@@ -430,6 +450,9 @@ class CohortStatus(BaseModel):
     failed: int = Field(description="Recordings rejected.")
     total: int | None = Field(description="Recordings in the manifest (null until known).")
     rejects: list[Reject]
+    domain_shifts: list[DomainShift] = Field(
+        default_factory=list, description="Nights scored outside the model's training data, with the "
+                                          "reasons (filled in when the job finishes).")
     output_uri: str
     error: str | None = Field(default=None, description="Why the job failed, if it did.")
     submitted_at: float
@@ -510,6 +533,8 @@ class _Capacity:
 def _score_answer(result: ScoreResult) -> dict[str, Any]:
     night = result.night
     stats = night.sleep_stats()
+    domain = night.domain_shift
+    shifted = [f"domain shift: {'; '.join(domain.reasons)}"] if domain is not None and domain.flag else []
     return {
         "recording_id": night.recording_id,
         "n_epochs": night.n_epochs,
@@ -528,9 +553,10 @@ def _score_answer(result: ScoreResult) -> dict[str, Any]:
         "modalities_used": [str(u) for u in night.modalities_used],
         "channels": dict(night.channels),
         "sleep_statistics": stats.to_dict(),
-        "warnings": list(result.warnings),
+        "warnings": [*result.warnings, *shifted],
         "model": night.model.to_dict(),
         "lineage": dict(night.lineage),
+        "domain_shift": None if domain is None else domain.to_dict(),
     }
 
 
@@ -552,7 +578,8 @@ def night_from_answer(doc: Mapping[str, Any]) -> ScoredNight:
         model=ModelInfo.from_dict(doc["model"]), modalities_used=list(doc["modalities_used"]),
         quality={k: v for k, v in doc["quality"].items() if k not in STANDARD_FLAGS},
         channels=dict(doc.get("channels") or {}),
-        epoch_s=float(doc["epoch_s"]), lineage=dict(doc.get("lineage") or {}))
+        epoch_s=float(doc["epoch_s"]), lineage=dict(doc.get("lineage") or {}),
+        domain_shift=DomainCheck.from_dict(doc["domain_shift"]) if doc.get("domain_shift") else None)
 
 
 # Everything the routes call must be defined above the ingress class: @serve.ingress serialises
@@ -857,7 +884,7 @@ def build_app(config: ServeConfig) -> Application:
         jobs.bind(config.run_uri, max_running=config.max_cohort_jobs, workers=config.cohort_workers,
                   default_profile=config.default_profile, cpus_per_job=config.cohort_num_cpus,
                   reserved_cpus=config.replica_cpus(), loopback_only=is_loopback(config.host),
-                  storage_roots=config.storage_roots),
+                  storage_roots=config.storage_roots, domain_shift=config.domain_shift),
     )
 
 

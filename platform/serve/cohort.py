@@ -60,6 +60,7 @@ from somnray.data.discovery import check_entries, discover, load_manifest
 from somnray.data.manifest import ManifestEntry
 from somnray.data.profiles import CohortProfile, list_profiles
 
+from somnray.scoring.domain import DomainThresholds
 from somnray.scoring.scorer import Scorer
 
 from .config import CohortScoringOptions, ProgressCallback
@@ -270,13 +271,14 @@ def confine_entries(entries: Sequence[ManifestEntry], roots: StorageRoots,
 # -- the per-recording steps (plain functions; Ray only maps them) --------------------------------
 def _status(recording_id: str, status: str, *, reason: str = "", error_type: str = "",
             n_epochs: int = 0, seconds: float = 0.0, payload: bytes = b"",
-            warnings: str = "[]", input_sha256: str = "", profile_sha256: str = "") -> dict[str, Any]:
+            warnings: str = "[]", input_sha256: str = "", profile_sha256: str = "",
+            domain_shift: str = "[]") -> dict[str, Any]:
     # Fixed, flat columns: Ray Data builds Arrow blocks from the rows, which must unify (so the
-    # night's warnings travel as JSON text, not as lists that may be empty).
+    # night's warnings and domain-shift reasons travel as JSON text, not as lists that may be empty).
     return {"recording_id": recording_id, "status": status, "reason": reason,
             "error_type": error_type, "n_epochs": int(n_epochs), "seconds": float(seconds),
             "payload": payload, "warnings": warnings, "input_sha256": input_sha256,
-            "profile_sha256": profile_sha256}
+            "profile_sha256": profile_sha256, "domain_shift": domain_shift}
 
 
 def prepare_entry_for_scoring(entry: Mapping[str, Any], *, spec: ModelSpec,
@@ -315,13 +317,17 @@ class ScoreAndWriteNight:
     scores the prepared night and writes its outputs, or records a rejected one; returns the
     night's final status row.  Each actor holds its own copy, so ``written`` counts per actor
     (what the ``SOMNRAY_SCORE_FAULT_AFTER`` test hook needs).  ``lights`` maps a recording id to
-    its manifest's (lights-off, lights-on) seconds, which the sleep statistics start and end at.
+    its manifest's (lights-off, lights-on) seconds, which the sleep statistics start and end at;
+    ``domain`` the thresholds of each night's domain-shift check, whose reasons the status row
+    carries (``domain_shift``, JSON text: empty when the night is like the training ones).
     """
 
     def __init__(self, out_uri: str, *, plots: bool, stride: int | None,
                  storage_options: Mapping[str, Any] | None, fault_after: int | None = None,
-                 lights: Mapping[str, tuple[float | None, float | None]] | None = None):
+                 lights: Mapping[str, tuple[float | None, float | None]] | None = None,
+                 domain: DomainThresholds | None = None):
         self.out_uri = out_uri
+        self.domain = domain
         self.lights = dict(lights or {})
         self.plots = plots
         self.stride = stride
@@ -340,13 +346,15 @@ class ScoreAndWriteNight:
             try:
                 rec = pickle.loads(bytes(row["payload"]))
                 night = score_prepared(scorer, rec, stride=self.stride, input_digest=row["input_sha256"] or None,
-                                       profile_digest=row["profile_sha256"] or None)
+                                       profile_digest=row["profile_sha256"] or None, domain=self.domain)
                 lights_off, lights_on = self.lights.get(rid, (None, None))
                 write_night_outputs(night, self.out_uri, plots=self.plots, lights_off_s=lights_off,
                                     lights_on_s=lights_on, storage_options=self.storage_options)
                 self.written += 1
+                shift = night.domain_shift.reasons if night.domain_shift is not None else []
                 return _status(rid, STATUS_OK, n_epochs=night.n_epochs,
-                               seconds=seconds + time.monotonic() - t0, warnings=row["warnings"])
+                               seconds=seconds + time.monotonic() - t0, warnings=row["warnings"],
+                               domain_shift=json.dumps(shift))
             except Exception as exc:
                 reason, etype = reject_reason(exc, rid)
                 row = {**row, "reason": reason, "error_type": etype}
@@ -381,6 +389,9 @@ class CohortScoreResult:
     warnings : list of dict
         ``recording_id`` and ``warning``, one per warning a night scored by this run got while it
         was read and prepared.
+    domain_shifts : list of dict
+        ``recording_id`` and ``reasons`` (list of str) of each night scored by this run that lies
+        outside the model's training data (its ``domain_shift`` flag).
     summary : dict of str to str
         URIs of ``cohort_summary.csv`` / ``.parquet`` (/ ``.png``).
     seconds : float
@@ -397,6 +408,7 @@ class CohortScoreResult:
     summary: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     rescored: int = 0
+    domain_shifts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -458,6 +470,7 @@ class _Tally:
         self.counts: Counter[str] = Counter({STATUS_SKIPPED: skipped})
         self.rejects: list[dict[str, str]] = []
         self.warnings: list[dict[str, str]] = []
+        self.domain_shifts: list[dict[str, Any]] = []
         self.callback = callback
 
     @property
@@ -474,6 +487,9 @@ class _Tally:
             log.warning("rejected %s: %s", row["recording_id"], row["reason"])
         self.warnings.extend({"recording_id": row["recording_id"], "warning": w}
                              for w in json.loads(row.get("warnings") or "[]"))
+        reasons = json.loads(row.get("domain_shift") or "[]")
+        if reasons:
+            self.domain_shifts.append({"recording_id": row["recording_id"], "reasons": reasons})
         self.report()
 
     def report(self) -> None:
@@ -559,7 +575,8 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
     ds = ds.map(prepare_entry_for_scoring, num_cpus=plan.prepare_cpus, memory=PREPARE_MEMORY,
                 fn_kwargs={"spec": spec, "profiles": profiles, "storage_options": opts})
     task = ScoreAndWriteNight(out.uri, plots=options.plots, stride=options.stride,
-                              storage_options=opts, fault_after=fault_after, lights=lights)
+                              storage_options=opts, fault_after=fault_after, lights=lights,
+                              domain=options.domain)
     ds = map_with_scorer(ds, scorer, task, actors=plan.actors, device=options.device,
                          precision=options.precision, threads=options.threads_per_worker,
                          num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
@@ -662,7 +679,8 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
                              skipped=tally.counts[STATUS_SKIPPED], rejected=tally.counts[STATUS_REJECTED],
                              rejects=sorted(tally.rejects, key=lambda r: r["recording_id"]),
                              warnings=sorted(tally.warnings, key=lambda w: w["recording_id"]),
-                             summary=summary, seconds=time.monotonic() - started, rescored=rescored)
+                             summary=summary, seconds=time.monotonic() - started, rescored=rescored,
+                             domain_shifts=sorted(tally.domain_shifts, key=lambda d: d["recording_id"]))
 
 
 def scored_before(out: StorageLocation, weights_sha256: str | None) -> tuple[set[str], set[str]]:

@@ -30,6 +30,7 @@ from somnray.core.storage import StorageRoots, resolve
 
 if TYPE_CHECKING:
     from somnray.data.profiles import CohortProfile
+    from somnray.scoring.domain import DomainThresholds
 
 #: ``progress_callback(done, failed, total)`` of a cohort run.
 ProgressCallback = Callable[[int, int, int], None]
@@ -107,6 +108,10 @@ class ServeConfig(BaseModel):
         CPUs each cohort job may hold (its prepare tasks and scoring actors together); None: what
         the replicas leave of the cluster's CPUs (:meth:`replica_cpus`), split between
         ``max_cohort_jobs``.
+    domain_shift : dict
+        Thresholds of the domain-shift check of every night, uploaded or in a cohort job
+        (:class:`somnray.scoring.domain.DomainThresholds` fields: ``amplitude_factor``,
+        ``band_power_distance``, ``ignore``); empty: the defaults.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -142,6 +147,17 @@ class ServeConfig(BaseModel):
     max_cohort_jobs: int = Field(default=2, ge=1)
     cohort_workers: int | None = Field(default=None, ge=1)
     cohort_num_cpus: float | None = Field(default=None, gt=0.0)
+    domain_shift: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("domain_shift")
+    @classmethod
+    def _domain_thresholds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from somnray.scoring.domain import DomainThresholds
+
+        try:
+            return DomainThresholds.from_mapping(value).to_dict()
+        except ConfigError as exc:
+            raise ValueError("; ".join(exc.errors)) from None
 
     @field_validator("storage_roots")
     @classmethod
@@ -255,6 +271,9 @@ class CohortScoringOptions:
         Confine the run (the service's cohort jobs): every input, every manifest row, every
         profile file and the output must lie under these roots, checked before anything is
         opened; a location outside gets the same message whether it exists or not.
+    domain : DomainThresholds, optional
+        Thresholds of each night's domain-shift check (default: the defaults of
+        :class:`~somnray.scoring.domain.DomainThresholds`).
     """
 
     profile: CohortProfile | str | None = None
@@ -271,3 +290,4 @@ class CohortScoringOptions:
     storage_options: Mapping[str, Any] | None = None
     id_from: Literal["name", "hash"] = "name"
     storage_roots: StorageRoots | None = None
+    domain: DomainThresholds | None = None

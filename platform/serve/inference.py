@@ -33,7 +33,7 @@ import os
 import posixpath
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 import numpy as np
@@ -45,6 +45,7 @@ from somnray.data.profiles import ChannelAlternative, ChannelSpec, CohortProfile
 from somnray.data.readers import PathOrData, read_psg
 from somnray.data.recording import channels_used, prepare_psg
 from somnray.models.base import SleepStagingModel
+from somnray.scoring.domain import DomainCheck, DomainThresholds, NightSummary, TrainingDomain, check_night
 from somnray.scoring.scorer import Scorer
 
 from .scored import LOW_CONFIDENCE, NOT_SCORED, ModelInfo, ScoredNight, check_recording_id, uncalibrated
@@ -112,6 +113,8 @@ class ModelSpec:
     #: (:meth:`~somnray.scoring.calibration.Calibration.output_metadata`).
     low_confidence_threshold: float = LOW_CONFIDENCE
     calibration: Mapping[str, Any] | None = None
+    #: What the bundle records of its training data, for the domain-shift check.
+    training_domain: TrainingDomain = field(default_factory=TrainingDomain)
 
     @classmethod
     def of(cls, scorer: Scorer) -> "ModelSpec":
@@ -147,7 +150,7 @@ class ModelSpec:
                    weights_sha256=scorer.weights_sha256, registered_model=scorer.registered,
                    training_dataset=training_dataset(extra),
                    low_confidence_threshold=scorer.calibration.threshold,
-                   calibration=scorer.calibration.output_metadata())
+                   calibration=scorer.calibration.output_metadata(), training_domain=TrainingDomain.of(scorer.info))
 
     def default_profile(self) -> CohortProfile:
         """The profile a night is read with when nobody names one: the embedded one, else by name."""
@@ -208,6 +211,19 @@ def night_lineage(spec: ModelSpec, *, stride: int | None, input_digest: str | No
     return {"input_sha256": input_digest, "stride": int(stride or spec.length),
             "profile_sha256": profile_digest,
             "training_dataset": dict(spec.training_dataset) if spec.training_dataset else None}
+
+
+# -- domain shift --------------------------------------------------------------------------------
+def domain_check(spec: ModelSpec, rec: PreparedRecording,
+                 thresholds: DomainThresholds | None = None) -> DomainCheck:
+    """Compare a prepared night with the model's training data (:mod:`somnray.scoring.domain`).
+
+    The night's reading facts (rates, signals, band-pass, normalisation and amplitude scale, from
+    ``rec.info``) and the band powers of its prepared signals against the bundle's training
+    profile and ``data_summary``; ``thresholds`` default to :class:`DomainThresholds`.
+    """
+    night = NightSummary.of(rec.info, rec.signals, rec.available, spec.modalities)
+    return check_night(night, spec.training_domain, spec.modalities, thresholds)
 
 
 # -- profiles for scoring ------------------------------------------------------------------------
@@ -375,14 +391,16 @@ def model_inputs(spec: ModelSpec, rec: PreparedRecording) -> tuple[dict[str, np.
 
 def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, probabilities: np.ndarray,
                  available: np.ndarray, channels: Mapping[str, str] | None = None,
-                 lineage: Mapping[str, Any] | None = None) -> ScoredNight:
+                 lineage: Mapping[str, Any] | None = None,
+                 domain_shift: DomainCheck | None = None) -> ScoredNight:
     """A :class:`ScoredNight` of per-epoch probabilities, labelled with the inputs each came from.
 
     ``modalities_used`` per epoch (:func:`modalities_used_labels`), an ``imputed_modality``
     quality flag for models that imagine missing inputs, the EDF signal each modality was
-    read from (``channels``, from :func:`somnray.data.recording.channels_used`) and the night's
-    ``lineage`` (:func:`night_lineage`).  The ``low_confidence`` threshold and the calibration
-    the night records are the bundle's (``spec.calibration``).
+    read from (``channels``, from :func:`somnray.data.recording.channels_used`), the night's
+    ``lineage`` (:func:`night_lineage`) and its ``domain_shift`` check (:func:`domain_check`).
+    The ``low_confidence`` threshold and the calibration the night records are the bundle's
+    (``spec.calibration``).
     """
     used = modalities_used_labels(spec.modalities, available, spec.policy)
     quality: dict[str, np.ndarray] = {}
@@ -392,17 +410,19 @@ def scored_night(spec: ModelSpec, recording_id: str, epoch_index: np.ndarray, pr
                        modalities=spec.modalities, available=available, model=spec.model_info,
                        modalities_used=used, quality=quality, channels=dict(channels or {}),
                        lineage=dict(lineage or {}), low_confidence_threshold=spec.low_confidence_threshold,
-                       calibration=dict(spec.calibration or uncalibrated()))
+                       calibration=dict(spec.calibration or uncalibrated()), domain_shift=domain_shift)
 
 
 def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None = None,
-                   input_digest: str | None = None, profile_digest: str | None = None) -> ScoredNight:
+                   input_digest: str | None = None, profile_digest: str | None = None,
+                   domain: DomainThresholds | None = None) -> ScoredNight:
     """Stage a prepared (unscored) night.
 
     Builds the model's inputs from the record (:func:`model_inputs`: modalities the recording
     lacks are left out, so the model uses what is there), predicts with the scorer
     (:meth:`Scorer.predict <somnray.scoring.scorer.Scorer.predict>`), and labels each epoch with
-    the inputs its stage came from (:func:`scored_night`).
+    the inputs its stage came from (:func:`scored_night`), with the night's domain-shift check
+    (:func:`domain_check`).
 
     Parameters
     ----------
@@ -414,6 +434,8 @@ def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None
     input_digest, profile_digest : str, optional
         SHA-256 of the input file and of the profile it was prepared with (:func:`input_sha256`,
         :func:`profile_sha256`), recorded in the night's lineage.
+    domain : DomainThresholds, optional
+        Thresholds of the domain-shift check (default :class:`DomainThresholds`).
 
     Returns
     -------
@@ -442,13 +464,13 @@ def score_prepared(scorer: Scorer, rec: PreparedRecording, *, stride: int | None
     log.debug("scored %s: %d epochs in %.2f s", rec.recording_id, n, time.perf_counter() - t0)
     lineage = night_lineage(spec, stride=stride, input_digest=input_digest, profile_digest=profile_digest)
     return scored_night(spec, rec.recording_id, rec.epoch_index, probs, available, channels_used(rec.info),
-                        lineage)
+                        lineage, domain_check(spec, rec, domain))
 
 
 def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
                     profile: CohortProfile | str | None = None,
                     channel_map: Mapping[str, str] | None = None, psg_source: str | None = None,
-                    stride: int | None = None) -> ScoredNight:
+                    stride: int | None = None, domain: DomainThresholds | None = None) -> ScoredNight:
     """Score one EDF/EDF+/BDF night.
 
     Parameters
@@ -467,6 +489,8 @@ def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
         Name of the file in error messages (the user's URI or upload name).
     stride : int, optional
         Window stride in epochs (default: the model's window length).
+    domain : DomainThresholds, optional
+        Thresholds of the night's domain-shift check (default :class:`DomainThresholds`).
 
     Returns
     -------
@@ -484,11 +508,12 @@ def score_recording(scorer: Scorer, psg_path: PathOrData, *, recording_id: str,
     rec = prepare_for_scoring(scorer, psg_path, recording_id=recording_id, profile=prof,
                               psg_source=psg_source)
     digest = input_sha256(psg_path) if isinstance(psg_path, (bytes, bytearray, str, os.PathLike)) else None
-    return score_prepared(scorer, rec, stride=stride, input_digest=digest, profile_digest=profile_sha256(prof))
+    return score_prepared(scorer, rec, stride=stride, input_digest=digest, profile_digest=profile_sha256(prof),
+                          domain=domain)
 
 
 __all__ = [
-    "DEFAULT_PROFILE", "IN_MEMORY_MODEL", "ModelSpec", "input_sha256", "missing_modality_policy",
+    "DEFAULT_PROFILE", "IN_MEMORY_MODEL", "ModelSpec", "domain_check", "input_sha256", "missing_modality_policy",
     "model_inputs", "modalities_used_labels", "night_lineage", "prepare_for_scoring", "profile_sha256",
     "score_prepared", "score_recording", "scored_night", "scoring_profile", "training_dataset",
 ]

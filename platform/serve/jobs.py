@@ -25,11 +25,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from somnray.core.storage import StorageRoots
+from somnray.scoring.domain import DomainThresholds
 
 from .config import CohortScoringOptions
 from .loopback import bind_replica_grpc_to_loopback
@@ -87,6 +88,8 @@ class CohortJob:
     failed: int = 0
     total: int | None = None
     rejects: list[dict[str, str]] = field(default_factory=list)
+    #: ``recording_id`` and ``reasons`` of each night the job scored outside the model's training data.
+    domain_shifts: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -147,6 +150,9 @@ class CohortJobs:
     loopback_only : bool
         This registry is a replica of a service on a loopback address: keep the replica's
         internal gRPC port on loopback too (:mod:`somnray.serve.loopback`).
+    domain_shift : mapping, optional
+        Thresholds of the domain-shift check of every night
+        (:meth:`somnray.scoring.domain.DomainThresholds.from_mapping`; default: the defaults).
     storage_roots : sequence of str, optional
         Confine every job to these roots (``CohortScoringOptions.storage_roots``): its manifest,
         each row, each profile file and its output; an empty sequence refuses everything.  None
@@ -156,7 +162,8 @@ class CohortJobs:
     def __init__(self, run_uri: str, *, max_running: int = 2, workers: int | None = None,
                  default_profile: str | None = None, cpus_per_job: float | None = None,
                  reserved_cpus: float = 0.0, runner: CohortRunner | None = None,
-                 loopback_only: bool = False, storage_roots: Sequence[str] | None = None):
+                 loopback_only: bool = False, storage_roots: Sequence[str] | None = None,
+                 domain_shift: Mapping[str, Any] | None = None):
         if loopback_only:  # a replica of a loopback-only service (somnray.serve.loopback)
             bind_replica_grpc_to_loopback()
         self.run_uri = run_uri
@@ -167,6 +174,7 @@ class CohortJobs:
         self.reserved_cpus = reserved_cpus
         self._runner = runner
         self.roots = None if storage_roots is None else StorageRoots(storage_roots)
+        self.domain = DomainThresholds.from_mapping(domain_shift)
         self._jobs: dict[str, CohortJob] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
@@ -253,7 +261,8 @@ class CohortJobs:
                     "their own (cohort_num_cpus)")
         return CohortScoringOptions(profile=job.profile, workers=self.workers, cpus=cpus,
                                     plots=job.plots, progress=False,
-                                    progress_callback=self._progress(job), storage_roots=self.roots)
+                                    progress_callback=self._progress(job), storage_roots=self.roots,
+                                    domain=self.domain)
 
     def _run(self, job: CohortJob) -> None:
         with self._lock:
@@ -276,6 +285,7 @@ class CohortJobs:
             job.failed = int(result.rejected)
             job.done = int(result.scored + result.skipped + result.rejected)
             job.rejects = [dict(r) for r in result.rejects]
+            job.domain_shifts = [dict(d) for d in result.domain_shifts]
             job.status, job.finished_at = SUCCEEDED, time.time()
         log.info("cohort job %s succeeded: %d scored, %d skipped, %d rejected", job.job_id,
                  result.scored, result.skipped, result.rejected)

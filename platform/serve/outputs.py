@@ -111,14 +111,21 @@ def _night_metadata(night: ScoredNight) -> dict[str, Any]:
         "calibration": dict(night.calibration),
         "model": night.model.to_dict(),
         "lineage": dict(night.lineage),
+        "domain_shift": _domain_shift(night),
     }
+
+
+def _domain_shift(night: ScoredNight) -> dict[str, Any] | None:
+    return None if night.domain_shift is None else night.domain_shift.to_dict()
 
 
 def epochs_table(night: ScoredNight) -> pa.Table:
     """The per-epoch table of a night (the content of ``<id>_epochs.parquet``).
 
     Key/value metadata: ``somnray`` (JSON: recording id, epoch length, modalities, stage codes,
-    low-confidence threshold, calibration, model, lineage) and ``somnray_version``.
+    low-confidence threshold, calibration, model, lineage, domain-shift check) and
+    ``somnray_version``.  A night whose domain was checked gets ``flag_domain_shift``, the night's
+    flag repeated on every epoch.
     """
     cols: dict[str, pa.Array] = {
         "epoch": pa.array(night.epoch_index, pa.int32()),
@@ -136,6 +143,8 @@ def epochs_table(night: ScoredNight) -> pa.Table:
     cols["modalities_used"] = pa.array(night.modalities_used.astype(str).tolist(), pa.string())
     for flag, values in night.quality.items():
         cols[f"flag_{flag}"] = pa.array(values, pa.bool_())
+    if night.domain_shift is not None:
+        cols["flag_domain_shift"] = pa.array(np.full(night.n_epochs, night.domain_shift.flag), pa.bool_())
     table = pa.table(cols)
     meta = {b"somnray": json.dumps(_night_metadata(night)).encode(),
             b"somnray_version": night.model.somnray_version.encode()}
@@ -330,6 +339,7 @@ def stats_document(night: ScoredNight, stats: SleepStats | None = None, *,
         "confidence": night.confidence_summary(),
         "model": night.model.to_dict(),
         "lineage": dict(night.lineage),
+        "domain_shift": _domain_shift(night),
         "files": dict(files or {}),
     }
 
@@ -423,6 +433,8 @@ _TAIL = ("modalities_used_main", "model_name", "model_checkpoint_uri", "somnray_
          "model_weights_sha256", "model_registered", "input_sha256", "stride")
 #: Per-night confidence columns (the statistics JSON's ``confidence`` section).
 _CONFIDENCE = ("mean_confidence", "low_confidence_fraction", "expected_errors")
+#: The night's domain-shift flag and its reasons (``; ``-joined), after the lineage.
+_DOMAIN = ("domain_shift", "domain_shift_reasons")
 
 
 def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -432,8 +444,10 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     ``available_<m>`` (fraction of epochs), ``flag_<f>`` (fraction of epochs flagged),
     ``modalities_used_main`` (most frequent label), model name / checkpoint / somnray version,
     and the lineage: ``model_weights_sha256``, ``model_registered`` (``models:/NAME/VERSION``),
-    ``input_sha256``, ``stride``; then ``mean_confidence``, ``low_confidence_fraction`` and
-    ``expected_errors`` (null for nights scored before they were recorded).
+    ``input_sha256``, ``stride``; ``mean_confidence``, ``low_confidence_fraction`` and
+    ``expected_errors`` (null for nights scored before they were recorded); then ``domain_shift``
+    (the night lies outside the model's training data; null when not checked) and
+    ``domain_shift_reasons``.
     """
     row: dict[str, Any] = {"recording_id": doc["recording_id"], "status": doc.get("status", "ok"),
                            "reason": doc.get("reason"), "n_epochs": doc.get("n_epochs")}
@@ -458,6 +472,9 @@ def summary_row(doc: Mapping[str, Any]) -> dict[str, Any]:
     row["stride"] = lineage.get("stride")
     confidence = doc.get("confidence") or {}
     row.update({k: confidence.get(k) for k in _CONFIDENCE})
+    domain = doc.get("domain_shift") or {}
+    row["domain_shift"] = domain.get("flag")
+    row["domain_shift_reasons"] = "; ".join(domain.get("reasons") or []) or None
     return row
 
 
@@ -471,14 +488,16 @@ def _columns(rows: list[Mapping[str, Any]]) -> list[str]:
     known = [*_HEAD, *_STATS_FIELDS]
     avail = sorted(k for k in keys if k.startswith("available_"))
     flags = sorted(k for k in keys if k.startswith("flag_"))
-    extra = sorted(keys - set(known) - set(avail) - set(flags) - set(_TAIL) - set(_CONFIDENCE))
-    return [*known, *avail, *flags, *_TAIL, *_CONFIDENCE, *extra]
+    extra = sorted(keys - set(known) - set(avail) - set(flags) - set(_TAIL) - set(_DOMAIN) - set(_CONFIDENCE))
+    return [*known, *avail, *flags, *_TAIL, *_CONFIDENCE, *_DOMAIN, *extra]
 
 
 def _column_type(name: str) -> pa.DataType | None:
     if name == "stride":
         return pa.int64()
-    if name in ("recording_id", "status", "reason", *_TAIL):
+    if name == "domain_shift":
+        return pa.bool_()
+    if name in ("recording_id", "status", "reason", "domain_shift_reasons", *_TAIL):
         return pa.string()
     if name.startswith(("available_", "flag_")) or name in _CONFIDENCE:
         return pa.float64()

@@ -17,6 +17,7 @@ from somnray.core.constants import EPOCH_SECONDS, STAGES
 from somnray.core.errors import RecordingError
 from somnray.core.version import somnray_version
 from somnray.scoring.calibration import UNCALIBRATED_THRESHOLD, Calibration, epoch_uncertainty
+from somnray.scoring.domain import DomainCheck
 
 from .stats import UNSCORED, SleepStats, compute_sleep_stats, timeline
 
@@ -159,6 +160,10 @@ class ScoredNight:
         Where this night's scoring came from besides the model (:class:`ModelInfo`): the input
         file's ``input_sha256``, the window ``stride``, the ``profile_sha256`` of the cohort profile
         it was prepared with and the model's ``training_dataset`` (``docs/outputs.md``).
+    domain_shift : DomainCheck, optional
+        How the night compares with the model's training data
+        (:func:`somnray.serve.inference.domain_check`): its ``flag``, ``reasons`` and every check.
+        None: not checked (a night built by hand); the outputs then leave it out.
 
     Raises
     ------
@@ -182,6 +187,7 @@ class ScoredNight:
     channels: dict[str, str] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=uncalibrated)
+    domain_shift: DomainCheck | None = None
 
     def __post_init__(self) -> None:
         check_recording_id(self.recording_id)

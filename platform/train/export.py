@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from somnray.core.config import parse_yaml
@@ -56,6 +57,9 @@ CONFIG_FILE = "config.yaml"
 PHASE_RESULT_FILE = "phase_result.json"
 #: Training epochs per modality sampled for the bundle's signal summary.
 SUMMARY_EPOCHS = 2048
+#: Training recordings whose footers give the bundle's reading facts and amplitude range (all of
+#: them up to this many, else a seeded sample: one small metadata read each).
+SUMMARY_RECORDINGS = 512
 
 
 def read_run_config(run_uri: str, storage_options: Mapping[str, Any] | None = None) -> ExperimentConfig:
@@ -118,17 +122,34 @@ def _valid_profile(doc: Any, dataset_uri: str) -> dict[str, Any] | None:
         return None
 
 
+def _reading_infos(ds: Any, train_ids: Sequence[str], seed: int) -> list[dict[str, Any]]:
+    """The ``info`` of up to :data:`SUMMARY_RECORDINGS` training recordings, from their footers."""
+    ids = sorted(train_ids)
+    if len(ids) > SUMMARY_RECORDINGS:
+        ids = sorted(np.random.default_rng(seed).choice(ids, SUMMARY_RECORDINGS, replace=False).tolist())
+    infos = []
+    for rid in ids:
+        try:
+            infos.append(ds.summary(rid).get("info") or {})
+        except (OSError, ValueError) as exc:  # a footer-less file: the others still describe the data
+            log.warning("training recording %s: no summary to describe how it was read (%s)", rid, exc)
+    return infos
+
+
 def training_data(phase: PhaseConfig, storage_options: Mapping[str, Any] | None = None) -> TrainingData:
     """What the bundle and its card record about ``phase``'s training data.
 
     The dataset's version, manifest hash and full cohort profile; nights and subjects of the
     training and validation parts; the class histogram of the training part; and, per modality
     read, summary statistics of up to :data:`SUMMARY_EPOCHS` training epochs
-    (:func:`somnray.data.signal_summary.summarize_modalities`). A dataset that can no longer be
-    read (moved, deleted) gives only its URI, with a warning.
+    (:func:`somnray.data.signal_summary.summarize_modalities`) with how up to
+    :data:`SUMMARY_RECORDINGS` training recordings were read: native rates, signals, band-pass and
+    the range of their physical amplitude (:func:`somnray.data.signal_summary.summarize_reading`),
+    which the domain-shift check of scoring compares new nights with. A dataset that can no longer
+    be read (moved, deleted) gives only its URI, with a warning.
     """
     from somnray.data.dataset import PreparedDataset
-    from somnray.data.signal_summary import summarize_modalities
+    from somnray.data.signal_summary import summarize_modalities, summarize_reading
 
     from .inputs import resolve_split, sample_training_epochs
 
@@ -143,13 +164,17 @@ def training_data(phase: PhaseConfig, storage_options: Mapping[str, Any] | None 
     modalities = phase.modalities(model_facts(phase.model.name, phase.model.overrides).modalities)
     counts, epochs = sample_training_epochs(ds.uri, split.train, modalities, max_epochs=SUMMARY_EPOCHS,
                                             seed=phase.seed, storage_options=storage_options)
+    summary = summarize_modalities(epochs)
+    reading = summarize_reading(_reading_infos(ds, split.train, phase.seed))
+    for m, facts in summary.items():
+        facts.update(reading.get(m, {}))
     return TrainingData(
         dataset_uri=uri, dataset=ds.name, version=ds.version, manifest_sha256=manifest_sha,
         profile_name=ds.profile_name, profile=_valid_profile(ds.manifest.get("profile"), uri),
         nights={"train": len(split.train), "validation": len(split.val)},
         subjects={"train": len(split.train_subjects), "validation": len(split.val_subjects)},
         class_histogram={STAGE_NAMES[k]: int(v) for k, v in enumerate(counts)},
-        modalities=list(modalities), summary=summarize_modalities(epochs))
+        modalities=list(modalities), summary=summary)
 
 
 def validation_calibration(model: SleepStagingModel, phase: PhaseConfig, *,

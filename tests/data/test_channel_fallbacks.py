@@ -102,3 +102,25 @@ def test_no_usable_alternative_lists_every_one(tmp_path):
         "signals ['E1-M2', 'C3']; fallback 1 not found: no signal matches its aliases ['C3-A2']; "
         "the file has signals ['E1-M2', 'C3']; fallback 2 (signal 'C3') lacks its reference: no "
         "signal matches ['A2']; the file has signals ['E1-M2', 'C3']")
+
+
+
+@pytest.mark.parametrize("normalization, statistic", [("none", "std"), ("zscore", "std"), ("robust", "iqr/1.349")])
+def test_amplitude_scale_is_recorded_in_physical_units(tmp_path, normalization, statistic):
+    """info["amplitude"] holds each modality's physical scale in µV (the std z-scoring divides by,
+    the std too when signals stay in µV, IQR/1.349 for robust): ×10 input gives ×10 scale, while
+    normalised signals stay the same."""
+    profile = _profile().model_copy(update={"normalization": normalization})
+    eog = (sine(1, 100, SECONDS, seed=2), 100.0)
+    nights = {gain: write_edf(tmp_path / f"x{gain}.edf", {"E1-M2": eog, "C4-A1": (C4 * gain, 100.0)},
+                              record_s=30, physical_range=(-5000.0, 5000.0),
+                              annotations=[(0, 30, "W"), (30, 120, "N2")]) for gain in (1, 10)}
+    base, loud = (_prepare(nights[g], profile) for g in (1, 10))
+    amp = base.info["amplitude"]["eeg"]
+    assert amp["unit"] == "uV" and amp["statistic"] == statistic
+    expected = C4.std() if statistic == "std" else np.subtract(*np.percentile(C4, [75, 25])) / 1.349
+    assert amp["scale"] == pytest.approx(expected, rel=0.05)
+    assert loud.info["amplitude"]["eeg"]["scale"] == pytest.approx(10 * amp["scale"], rel=0.01)
+    assert loud.info["amplitude"]["eog"]["scale"] == pytest.approx(base.info["amplitude"]["eog"]["scale"])
+    if normalization != "none":
+        np.testing.assert_allclose(loud.signals["eeg"], base.signals["eeg"], atol=0.01)

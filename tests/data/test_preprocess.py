@@ -17,6 +17,7 @@ from somnray.data.preprocess import (
     design_bandpass,
     epoch,
     map_labels,
+    normalization_stats,
     normalize,
     resample,
     trim_wake,
@@ -316,3 +317,21 @@ def test_check_alignment_accepts_equal_or_unknown_starts():
     check_alignment(psg, psg, "h")
     check_alignment(psg, psg + dt.timedelta(seconds=0.5), "h")
     check_alignment(psg, None, "h")
+
+
+def test_normalization_stats_are_the_physical_scale_normalize_divides_by():
+    """normalization_stats gives (mean, std) or (median, IQR/1.349) of the available epochs in the
+    input's unit, and normalize with those stats equals normalize computing them itself."""
+    rng = np.random.default_rng(4)
+    epochs = rng.normal(3.0, 40.0, (6, 3000))
+    mask = np.array([True] * 5 + [False])
+    centre, scale = normalization_stats(epochs, mask, "zscore")
+    assert (centre, scale) == pytest.approx((epochs[:5].mean(), epochs[:5].std()))
+    assert normalization_stats(epochs, mask, "robust")[1] == pytest.approx(40.0, rel=0.02)
+    for method in ("zscore", "robust"):
+        stats = normalization_stats(epochs, mask, method)
+        np.testing.assert_array_equal(normalize(epochs, mask, method, stats=stats),
+                                      normalize(epochs, mask, method))
+    assert normalization_stats(epochs, np.zeros(6, bool), "zscore") is None
+    with pytest.raises(ValueError, match="unknown normalization statistic 'none'"):
+        normalization_stats(epochs, mask, "none")

@@ -521,13 +521,14 @@ def test_config_storage_roots_and_token(monkeypatch, tmp_path):
 
 
 def test_job_registry_counts_progress_limits_jobs_and_records_failures():
-    """The registry reports progress from the callback, refuses jobs beyond its limit, and marks a
-    job whose run raised as failed with the error."""
+    """The registry reports progress from the callback, refuses jobs beyond its limit, lists the
+    nights flagged for domain shift, and marks a job whose run raised as failed with the error."""
     release = threading.Event()
 
     class Result:
         total, scored, skipped, rejected = 3, 2, 0, 1
         rejects = [{"recording_id": "n3", "reason": "no EEG", "error_type": "RecordingError"}]
+        domain_shifts = [{"recording_id": "n1", "reasons": ["eeg sampled at 256 Hz; training saw 100 Hz"]}]
         out_uri = "file:///out"
 
     def runner(run_uri, manifest, out, options):
@@ -550,11 +551,28 @@ def test_job_registry_counts_progress_limits_jobs_and_records_failures():
     st = jobs.status(job)
     assert st["status"] == SUCCEEDED and st["done"] == st["total"] == 3 and st["failed"] == 1
     assert st["rejects"] == [{"recording_id": "n3", "reason": "no EEG"}]
+    assert st["domain_shifts"] == Result.domain_shifts
     bad = jobs.submit("boom", "file:///out3")
     while jobs.status(bad)["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert jobs.status(bad)["status"] == FAILED and "manifest is empty" in jobs.status(bad)["error"]
     assert jobs.status("nope") is None
+
+
+def test_domain_shift_thresholds_of_the_service_are_validated():
+    """ServeConfig.domain_shift takes DomainThresholds fields (defaults filled in) and refuses
+    unknown keys and bad values; `somnray serve --domain-shift` parses KEY=VALUE options."""
+    from somnray.core.errors import ConfigError
+    from somnray.jobs.cli import build_parser
+
+    config = ServeConfig(run_uri="x", domain_shift={"amplitude_factor": 5, "ignore": ["band"]})
+    assert config.domain_shift == {"amplitude_factor": 5.0, "band_power_distance": 2.0, "ignore": ["band"]}
+    with pytest.raises(ConfigError, match="amplitude_factor must be a number >= 1"):
+        ServeConfig.from_mapping({"run_uri": "x", "domain_shift": {"amplitude_factor": 0}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        ServeConfig.from_mapping({"run_uri": "x", "domain_shift": {"colour": 1}})
+    args = build_parser().parse_args(["serve", "file:///runs/x", "--domain-shift", "band_power_distance=3"])
+    assert args.domain_shift == ["band_power_distance=3"]
 
 
 def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys):
@@ -573,15 +591,21 @@ def test_serve_cli_parses_flags_and_fails_fast_without_a_bundle(tmp_path, capsys
 
 
 def test_night_from_answer_reads_back_the_score_answer():
-    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model."""
+    """A POST /v1/score answer, through JSON, gives back its night: stages, availability, flags, model,
+    domain-shift check (whose reasons are also a warning of the answer)."""
     from night_factory import night_from_stages, realistic_stages
+    from somnray.scoring.domain import CheckResult, DomainCheck
     from somnray.serve.app import ScoreResult, _score_answer, night_from_answer
 
     stages = realistic_stages(1.0)
     available = np.ones((stages.size, 2), dtype=bool)
     available[10:20, 1] = False
-    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2})
-    back = night_from_answer(json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"])))))
+    shift = DomainCheck(checks=(CheckResult("native_sfreq", "eeg", "shift", "eeg sampled at 256 Hz; training saw 100 Hz"),))
+    night = night_from_stages(stages, available=available, quality={"artefact": stages == 2}, domain_shift=shift)
+    answer = json.loads(json.dumps(_score_answer(ScoreResult(night, ["a warning"]))))
+    assert answer["warnings"] == ["a warning", "domain shift: eeg sampled at 256 Hz; training saw 100 Hz"]
+    back = night_from_answer(answer)
+    assert back.domain_shift == shift
     assert back.recording_id == night.recording_id and back.modalities == night.modalities
     assert back.model == night.model and back.epoch_s == night.epoch_s
     np.testing.assert_array_equal(back.epoch_index, night.epoch_index)

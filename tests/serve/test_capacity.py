@@ -252,6 +252,7 @@ def test_registry_cancels_a_running_job_and_ignores_its_late_result():
 
     class Result:
         total, scored, skipped, rejected, rejects, out_uri = 1, 1, 0, 0, [], "file:///out"
+        domain_shifts: list = []
 
     def runner(run_uri, manifest, out, options):
         release.wait(10)

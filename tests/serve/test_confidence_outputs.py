@@ -69,7 +69,8 @@ def test_stats_json_and_cohort_summary_carry_the_confidence_summary(tmp_path) ->
         assert str(table.schema.field(col).type) == "double"
         assert rows["cal-night"][col] == pytest.approx(c[col]) and rows["bad-night"][col] is None
     header = storage.read_text(summary["csv"]).splitlines()[0].split(",")
-    assert header[-3:] == ["mean_confidence", "low_confidence_fraction", "expected_errors"]
+    after_lineage = header.index("stride") + 1
+    assert header[after_lineage:after_lineage + 3] == ["mean_confidence", "low_confidence_fraction", "expected_errors"]
 
 
 def test_a_night_without_calibration_says_so() -> None:

@@ -397,6 +397,40 @@ def test_lineage_reaches_every_output_and_the_summary(tmp_path):
     assert str(table.schema.field("stride").type) == "int64"
 
 
+
+def test_domain_shift_reaches_every_output_and_the_summary(tmp_path):
+    """A night's domain-shift check lands in the statistics JSON (flag, reasons, checks), the
+    per-epoch Parquet (flag_domain_shift on every epoch, the check in the metadata) and the cohort
+    summary (domain_shift, domain_shift_reasons); a night built without a check has none of them."""
+    from somnray.scoring.domain import CheckResult, DomainCheck
+
+    reason = "eeg amplitude 10× the training median"
+    shifted = DomainCheck(checks=(CheckResult("amplitude", "eeg", "shift", reason, value=10.0, limit=3.0),
+                                  CheckResult("band_power", "eeg", "ok", "eeg spectrum", value=0.3, limit=2.0)))
+    quiet = DomainCheck(checks=(CheckResult("amplitude", "eeg", "ok", "eeg amplitude 1×", value=1.0, limit=3.0),))
+    for rid, check in (("a", shifted), ("b", quiet)):
+        night = ScoredNight(rid, np.arange(3), np.full((3, 5), 0.2, np.float32), ("eeg",),
+                            np.ones((3, 1), bool), ModelInfo("m", "ckpt"), domain_shift=check)
+        uris = write_night_outputs(night, tmp_path)
+        doc = json.loads(storage.read_text(uris["stats"]))
+        assert doc["domain_shift"] == check.to_dict()
+        assert doc["domain_shift"]["flag"] is check.flag and doc["domain_shift"]["reasons"] == check.reasons
+        table, meta = read_epochs(uris["epochs"])
+        assert table.column("flag_domain_shift").to_pylist() == [check.flag] * 3
+        assert meta["domain_shift"]["checks"][0]["check"] == "amplitude"
+    plain = write_night_outputs(night_from_stages([W, N2]), tmp_path / "plain")
+    assert json.loads(storage.read_text(plain["stats"]))["domain_shift"] is None
+    assert "flag_domain_shift" not in read_epochs(plain["epochs"])[0].column_names
+    uris = summarize_cohort(tmp_path)
+    table = pq.read_table(storage.resolve(uris["parquet"]).path)
+    rows = {r["recording_id"]: r for r in table.to_pylist()}
+    assert (rows["a"]["domain_shift"], rows["a"]["domain_shift_reasons"]) == (True, reason)
+    assert (rows["b"]["domain_shift"], rows["b"]["domain_shift_reasons"]) == (False, None)
+    assert str(table.schema.field("domain_shift").type) == "bool"
+    csv_rows = storage.read_text(uris["csv"]).splitlines()
+    assert "domain_shift,domain_shift_reasons" in csv_rows[0] and csv_rows[1].endswith(f"True,{reason}")
+
+
 def test_summarize_cohort_rebuilds_from_stats_json(tmp_path):
     """summarize_cohort finds every night's JSON (ok, rejected, damaged) and ignores foreign files."""
     write_night_outputs(night_from_stages([W, N2, R], recording_id="n2"), tmp_path)

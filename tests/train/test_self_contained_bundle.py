@@ -1,5 +1,6 @@
 """Self-contained bundles: a model trained with a user's own profile YAML scores EDFs through the
-CLI and over HTTP without the profile being named again; the bundle carries its card and hashes."""
+CLI and over HTTP without the profile being named again; the bundle carries its card and hashes,
+and what it records of its training data flags nights recorded unlike them (domain shift)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import requests
 import yaml
@@ -17,6 +20,48 @@ from somnray.jobs import cli
 
 #: The user's own profile: Sleep-EDF's layout, with its own name and an EEG band-pass of its own.
 OWN_PROFILE = "my-lab-fpz"
+#: Channel map that reads both the Sleep-EDF layout and the generic one (C4-M1, E1-M2 at 256 Hz).
+EITHER_LAYOUT = ["--channel-map", "eeg=EEG Fpz-Cz,C4-M1", "--channel-map", "eog=EOG horizontal,E1-M2"]
+#: Each shifted night (file stem = recording id) and the checks that must flag it.
+SHIFTED = {"amp10": {"amplitude"}, "noise": {"band_power"}, "generic": {"native_sfreq", "signal"}}
+
+
+def _rewrite_eeg(src: Path, dst: Path, change) -> Path:
+    """A copy of the EDF ``src`` whose ``EEG Fpz-Cz`` is ``change(signal) -> (samples, physical_range)``."""
+    import edfio
+
+    edf = edfio.read_edf(src)
+    signals = []
+    for sig in edf.signals:
+        if sig.label == "EEG Fpz-Cz":
+            data, physical_range = change(sig)
+            sig = edfio.EdfSignal(data, sig.sampling_frequency, label=sig.label,
+                                  physical_dimension=sig.physical_dimension, physical_range=physical_range,
+                                  digital_range=sig.digital_range)
+        signals.append(sig)
+    edfio.Edf(signals, patient=edf.patient, recording=edf.recording, starttime=edf.starttime,
+              data_record_duration=edf.data_record_duration).write(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def domain_nights(synth_cohort, tmp_path_factory):
+    """Nights like the training ones (4 new synthetic subjects) and three shifted ones made from
+    the same generator: the EEG ×10 (its header range too, so nothing clips), the EEG replaced by
+    white noise of its own RMS, and a generic-layout night (C4-M1/E1-M2 at 256 Hz)."""
+    import shutil
+
+    quiet = synth_cohort("sleep-edf", n_nights=4, hours=1.0, seed=7)
+    shifted = tmp_path_factory.mktemp("shifted")
+    src = quiet.path / quiet.entries[0].psg
+    _rewrite_eeg(src, shifted / "amp10.edf",
+                 lambda s: (s.data * 10, (10 * s.physical_min, 10 * s.physical_max)))
+    noise = np.random.default_rng(1)
+    _rewrite_eeg(src, shifted / "noise.edf",
+                 lambda s: (noise.standard_normal(len(s.data)) * s.data.std(), s.physical_range))
+    generic = synth_cohort("generic", n_nights=1, hours=1.0, seed=3)
+    shutil.copy(generic.path / generic.entries[0].psg, shifted / "generic.edf")
+    return quiet, shifted
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +141,9 @@ def test_cli_scores_an_edf_without_naming_the_profile(own_profile_run, tmp_path,
 
 
 @pytest.mark.integration
-def test_http_scores_an_edf_without_naming_the_profile(own_profile_run):
-    """The Serve app over the run answers 200 with one stage per 1-h night epoch; no profile named."""
+def test_http_scores_an_edf_without_naming_the_profile(own_profile_run, domain_nights):
+    """The Serve app over the run answers 200 with one stage per 1-h night epoch; no profile named.
+    A night like the training ones has no domain-shift warning; the ×10 one has one, with its reason."""
     from ray import serve
 
     from somnray.serve.app import build_app
@@ -113,12 +159,20 @@ def test_http_scores_an_edf_without_naming_the_profile(own_profile_run):
         serve.run(build_app(config), name="own-profile", route_prefix="/")
         answer = requests.post(f"http://127.0.0.1:{port}/v1/score", timeout=120,
                                files={"file": ("night.edf", psg.read_bytes(), "application/octet-stream")})
+        loud = requests.post(f"http://127.0.0.1:{port}/v1/score", timeout=120,
+                             files={"file": ("x.edf", (domain_nights[1] / "amp10.edf").read_bytes(),
+                                             "application/octet-stream")})
     finally:
         serve.shutdown()
     assert answer.status_code == 200, answer.text
     doc = answer.json()
     assert doc["n_epochs"] == 120 and len(doc["hypnogram"]) == 120
     assert set(doc["hypnogram"]) <= {"W", "N1", "N2", "N3", "REM"} and doc["modalities_used"][0] == "eeg+eog"
+    assert doc["domain_shift"]["flag"] is False and not any(w.startswith("domain shift") for w in doc["warnings"])
+    assert loud.status_code == 200, loud.text
+    shift = loud.json()["domain_shift"]
+    assert shift["flag"] and shift["reasons"][0].startswith("eeg amplitude ")
+    assert f"domain shift: {'; '.join(shift['reasons'])}" in loud.json()["warnings"]
 
 
 @pytest.mark.integration
@@ -145,3 +199,51 @@ def test_evaluate_adds_scenario_metrics_to_the_model_card(own_profile_run, capsy
         assert c["n_epochs"] > 0 and 0 <= c["ece"] <= 1 and 0 <= c["ece_uncalibrated"] <= 1
     assert (report_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "![reliability](reliability.png)" in (report_dir / "report.md").read_text()
+
+
+@pytest.mark.integration
+def test_domain_shift_flags_shifted_nights_and_stays_quiet_on_training_like_ones(own_profile_run, domain_nights,
+                                                                                  tmp_path, capsys):
+    """somnray score over 4 new-subject nights and 3 shifted ones: each shifted night is flagged by
+    the check that describes its shift (amplitude ×10, a noise EEG, another rate and derivation),
+    in its statistics JSON, its per-epoch Parquet, the cohort summary and one stderr line; the
+    others are quiet with every check run (the bundle records what they need)."""
+    from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS
+    from somnray.serve.outputs import read_epochs
+
+    run, _, _ = own_profile_run
+    quiet, shifted = domain_nights
+    out = tmp_path / "scored"
+    assert cli.main(["score", str(run), str(quiet.path), *(str(shifted / f"{n}.edf") for n in SHIFTED),
+                     "--out", str(out), "--no-progress", *EITHER_LAYOUT]) == 0
+    err = capsys.readouterr().err
+    docs = {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/*_sleep_stats.json")}
+    assert set(docs) == set(SHIFTED) | {e.recording_id for e in quiet.entries}
+    measured = {}
+    for rid, doc in sorted(docs.items()):
+        shift = doc["domain_shift"]
+        measured[rid] = {f"{c['check']}:{c['modality']}": c["value"] for c in shift["checks"]
+                         if c["check"] in ("amplitude", "band_power")}
+        assert shift["skipped"] == [], (rid, shift["skipped"])
+        flagged = {c["check"] for c in shift["checks"] if c["status"] == "shift"}
+        table, meta = read_epochs(out / rid / f"{rid}_epochs.parquet")
+        assert set(table.column("flag_domain_shift").to_pylist()) == {bool(flagged)}
+        assert meta["domain_shift"]["flag"] is shift["flag"]
+        text = " ".join(shift["reasons"])
+        assert not any(s in text for s in SYNTH_IDENTIFYING_STRINGS) and str(tmp_path) not in text
+        if rid in SHIFTED:
+            assert shift["flag"] and flagged == SHIFTED[rid], (rid, shift["reasons"])
+            assert f"  domain shift {rid}: {'; '.join(shift['reasons'])}" in err
+        else:
+            assert not shift["flag"] and shift["reasons"] == [] and f"domain shift {rid}" not in err
+    print("domain-shift statistics (amplitude: ratio to the training median; band_power: distance):")
+    for rid, values in measured.items():
+        print(f"  {rid:10s} {values}")
+    assert any(r.startswith("eeg amplitude ") for r in docs["amp10"]["domain_shift"]["reasons"])
+    assert "eeg sampled at 256 Hz; training saw 100 Hz" in docs["generic"]["domain_shift"]["reasons"]
+    assert "eeg derivation C4-M1 vs training EEG Fpz-Cz" in docs["generic"]["domain_shift"]["reasons"]
+    assert "3 night(s) outside the model's training data" in err
+    summary = pd.read_csv(out / "cohort_summary.csv").set_index("recording_id")
+    assert summary.loc[sorted(SHIFTED), "domain_shift"].tolist() == [True] * 3
+    assert not summary.drop(index=list(SHIFTED))["domain_shift"].any()
+    assert summary.loc["noise", "domain_shift_reasons"].startswith("eeg spectrum unlike training")

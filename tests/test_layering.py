@@ -15,7 +15,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: Source folder of each somnray package (the pyproject.toml mapping).
 PACKAGES = {"core": "platform/core", "data": "platform/data", "models": "models", "scoring": "platform/scoring",
-            "train": "platform/train", "tune": "platform/tune", "serve": "platform/serve", "jobs": "jobs"}
+            "train": "platform/train", "tune": "platform/tune", "serve": "platform/serve", "review": "platform/review",
+            "jobs": "jobs"}
 #: What each package may import of the others (itself always).
 ALLOWED = {
     "core": set(),
@@ -25,6 +26,8 @@ ALLOWED = {
     "train": {"core", "data", "models", "scoring"},
     "tune": {"core", "data", "models", "train"},
     "serve": {"core", "data", "models", "scoring"},
+    # train only for its metrics (agreement): no Ray Train or DeepSpeed is imported.
+    "review": {"core", "data", "models", "scoring", "serve", "train"},
     "jobs": set(PACKAGES),
 }
 #: Architecture modules: only the registry's own import of them is allowed.

@@ -266,7 +266,7 @@ def prepare_cohort(input_uri: str, profile, out_uri: str, *, num_workers: int | 
 
     statuses = _run(todo, recorded, profile, dataset, storage_options, num_workers, progress) if todo else []
 
-    doc = _manifest_doc(list(recorded.values()), statuses, profile, version, dataset, pending,
+    doc = manifest_document(list(recorded.values()), statuses, profile, version, dataset, pending,
                         time.monotonic() - started)
     dataset.write_manifest(doc)
     c = doc["counts"]
@@ -314,9 +314,15 @@ def _run(todo: Sequence[ManifestEntry], recorded: Mapping[str, ManifestEntry], p
     return statuses
 
 
-def _manifest_doc(entries: Sequence[ManifestEntry], statuses: Sequence[Mapping[str, Any]], profile,
-                  version: str, dataset: PreparedDataset, pending: int, seconds: float
-                  ) -> dict[str, Any]:
+def manifest_document(entries: Sequence[ManifestEntry], statuses: Sequence[Mapping[str, Any]], profile,
+                      version: str, dataset: PreparedDataset, pending: int, seconds: float
+                      ) -> dict[str, Any]:
+    """The ``manifest.json`` of a dataset (``docs/data-contract.md``) from its entries and the
+    status rows of its recordings (``recording_id``, ``subject_id``, ``split``, ``status``, the
+    footer ``summary`` as JSON, and ``reason``/``source``/``error_type`` of a reject).
+
+    Every writer of a prepared dataset (``somnray prepare``, ``somnray review``) builds it here.
+    """
     by_status: Counter[str] = Counter(s["status"] for s in statuses)
     labels: Counter[int] = Counter()
     split_epochs: Counter[str] = Counter()

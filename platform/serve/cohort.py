@@ -485,9 +485,11 @@ class _Tally:
                 log.warning("progress_callback failed: %s", exc)
 
 
-def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortScoringOptions
-               ) -> tuple[list[dict[str, Any]], dict[str, CohortProfile]]:
-    """One row per recording (id, PSG, its recorded name, profile key) and the scoring profile of each key.
+def plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortScoringOptions
+              ) -> tuple[list[dict[str, Any]], dict[str, CohortProfile]]:
+    """One row per recording (id, subject, PSG, its recorded name, profile key, lights) and the
+    scoring profile of each key: how ``somnray score`` (and ``somnray review``, which re-prepares
+    scored nights from the same inputs) reads its inputs.
 
     Raises
     ------
@@ -521,7 +523,8 @@ def _plan_rows(input_uri: str | Sequence[str], spec: ModelSpec, options: CohortS
             except ConfigError as exc:
                 errors.extend(f"{exc.source}: {x}" for x in exc.errors)
                 profiles[key] = base
-        rows.append({"recording_id": e.recording_id, "psg": e.psg, "source": names[e.recording_id],
+        rows.append({"recording_id": e.recording_id, "subject_id": e.subject_id, "psg": e.psg,
+                     "source": names[e.recording_id],
                      "profile_key": key, "lights": (e.lights_off, e.lights_on)})
     if errors:
         raise ConfigError("profiles", sorted(set(errors)))
@@ -637,7 +640,7 @@ def score_cohort(run_uri: str, input_uri: str | Sequence[str], out_uri: str,
     scorer = Scorer.load(run_uri, device="cpu", precision="fp32", storage_options=options.storage_options)
     scorer.check_stride(options.stride, "--stride")
     spec = ModelSpec.of(scorer)
-    rows, profiles = _plan_rows(input_uri, spec, options)
+    rows, profiles = plan_rows(input_uri, spec, options)
 
     out = resolve(out_uri, options.storage_options)
     out.makedirs()
@@ -683,5 +686,5 @@ def scored_before(out: StorageLocation, weights_sha256: str | None) -> tuple[set
 
 __all__ = ["FAULT_ENV", "OUTSIDE_ROOTS", "CohortScoreResult", "CohortScoringError", "InjectedFault",
            "ID_FROM", "ScoreAndWriteNight", "collect_entries", "collect_recordings", "confine_entries",
-           "content_id", "confine_inputs", "confine_profile", "prepare_entry_for_scoring", "score_cohort",
+           "content_id", "confine_inputs", "confine_profile", "plan_rows", "prepare_entry_for_scoring", "score_cohort",
            "scored_before"]

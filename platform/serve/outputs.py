@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from typing import Any
 
@@ -210,8 +210,12 @@ def hypnogram_signal(night: ScoredNight) -> tuple[np.ndarray, float]:
     return trace.astype(np.float64), record_s
 
 
-def edf_annotations_bytes(night: ScoredNight) -> bytes:
+def edf_annotations_bytes(night: ScoredNight,
+                          marks: Sequence[tuple[float, float, str]] = ()) -> bytes:
     """An EDF+C file of the night's stages: stage annotations plus a ``Hypnogram`` signal.
+
+    ``marks`` are further ``(onset_s, duration_s, text)`` annotations written after the stages
+    (``somnray review`` marks the epochs a technician should look at this way).
 
     The annotations (one per run of equal stages, :func:`stage_runs`) are what MNE, somnray's
     ``edf_annotations`` reader and EDFbrowser's annotation list read. The ``Hypnogram`` signal
@@ -229,6 +233,7 @@ def edf_annotations_bytes(night: ScoredNight) -> bytes:
 
     anns = [EdfAnnotation(onset, duration, EDF_STAGE_TEXT[stage])
             for onset, duration, stage in stage_runs(night)]
+    anns += [EdfAnnotation(onset, duration, text) for onset, duration, text in marks]
     if not anns:
         raise RecordingError("EDF+ annotations", "the night has no epochs to annotate",
                              night.recording_id)

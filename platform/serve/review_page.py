@@ -54,6 +54,8 @@ TRACE_BUCKET = 4
 MAX_CONTEXT = 2
 #: Prepared recordings kept in memory (each is a few tens of MB for a long night).
 _CACHED_RECORDINGS = 2
+#: Problems of a refused save listed in its answer (the rest are counted).
+_LISTED_PROBLEMS = 10
 #: What a night outside the roots and a missing night are both told.
 _NO_NIGHT = "no night {rid!r} in review {review!r}"
 
@@ -292,7 +294,9 @@ class ReviewPages:
         valid = set(table.column("epoch").to_numpy().astype(int).tolist())
         parsed, problems = _parse_changes(changes, valid)
         if problems:
-            raise ReviewProblem(400, f"corrections of night {recording_id!r} not saved: " + "; ".join(problems))
+            more = f"; and {len(problems) - _LISTED_PROBLEMS} more" if len(problems) > _LISTED_PROBLEMS else ""
+            raise ReviewProblem(400, f"corrections of night {recording_id!r} not saved: "
+                                     + "; ".join(problems[:_LISTED_PROBLEMS]) + more)
         if self._confined(corrections_location(scored, recording_id)) is None:
             raise ReviewProblem(404, _NO_NIGHT.format(rid=recording_id, review=review))
         with self._lock_for(review, recording_id):

@@ -63,4 +63,8 @@ def headless_chromium(profile_dir: Path):
                  f"--user-data-dir={profile_dir}"):
         options.add_argument(flag)
     service = Service(executable_path=CHROMEDRIVER, log_output=subprocess.DEVNULL)
-    return webdriver.Chrome(options=options, service=service)
+    driver = webdriver.Chrome(options=options, service=service)
+    # The window size counts the browser's frame: the page itself gets exactly 1280×800.
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": WINDOW[0], "height": WINDOW[1], "deviceScaleFactor": 1, "mobile": False})
+    return driver

@@ -94,6 +94,7 @@
   function fmt(x, digits = 1) {
     return x === null || x === undefined || x === "" ? "—" : Number(x).toFixed(digits);
   }
+  const reasons = (text) => String(text || "").split(";").filter(Boolean).join(", ").replaceAll("_", " ");
   const pct = (x) => (x === null || x === undefined || x === "" ? "—" : (100 * x).toFixed(0) + " %");
 
   async function openQueue() {
@@ -113,7 +114,7 @@
       const cells = [
         [n.rank, "num"], [null, ""], [n.n_epochs, "num"], [fmt(n.expected_errors), "num"],
         [pct(n.expected_error_rate), "num"], [n.n_queued, "num"], [pct(n.low_confidence_fraction), "num"],
-        [pct(n.missing_modality_fraction), "num"], [n.reasons || "", ""], [n.n_corrected ?? "—", "num"],
+        [pct(n.missing_modality_fraction), "num"], [reasons(n.reasons), ""], [n.n_corrected ?? "—", "num"],
       ];
       cells.forEach(([text, cls], j) => {
         const td = document.createElement("td");
@@ -208,7 +209,7 @@
     $("panel-flags").textContent = flags.join(", ") || "none";
     const q = n.queue.findIndex((r) => r.epoch === epoch);
     $("panel-queue").textContent = q >= 0
-      ? `#${q + 1} of ${n.queue.length}` + (n.queue[q].reasons ? ` (${n.queue[q].reasons})` : "")
+      ? `#${q + 1} of ${n.queue.length}` + (n.queue[q].reasons ? ` (${reasons(n.queue[q].reasons)})` : "")
       : "not queued";
     renderProbs(n.probabilities[i]);
     drawHypnogram();
@@ -256,7 +257,7 @@
     return [ctx, w, h];
   }
 
-  const LEFT = 44; // room for the row labels of the hypnogram, hypnodensity and traces
+  const LEFT = 58; // room for the row labels of the hypnogram, hypnodensity and traces
 
   function epochX(i, w) {
     return LEFT + (i / state.night.n_epochs) * (w - LEFT - 4);

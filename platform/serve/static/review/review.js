@@ -423,9 +423,15 @@
     if (!n.queue.length) { status("No epoch of this night is queued for review."); return; }
     const epoch = n.epoch[state.cur];
     const here = n.queue.findIndex((r) => r.epoch === epoch);
-    // From a queued epoch, its neighbour in the queue; elsewhere, where the walk last was.
-    const from = here >= 0 ? here : state.qi - (step > 0 ? 1 : 0);
-    state.qi = Math.max(0, Math.min(n.queue.length - 1, from + step));
+    // From a queued epoch, its neighbour in the queue; elsewhere (staging an epoch moves on), the
+    // one after the queued epoch last visited, or back to that one.
+    const from = here >= 0 ? here : step > 0 ? state.qi : state.qi + 1;
+    const to = from + step;
+    if (to < 0 || to >= n.queue.length) {
+      status(to < 0 ? "This is the most uncertain queued epoch." : "No queued epoch after this one.");
+      return;
+    }
+    state.qi = to;
     const i = n.index.get(n.queue[state.qi].epoch);
     if (i !== undefined) go(i);
   }

@@ -37,7 +37,7 @@ def ensure_chromium() -> None:
         pytest.fail(f"Chromium is missing: install the Debian packages {' '.join(PACKAGES)} "
                     f"(sudo apt-get install -y {' '.join(PACKAGES)})")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
+    for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", *PACKAGES]):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         if done.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-2000:]}")

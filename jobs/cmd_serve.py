@@ -24,7 +24,8 @@ HELP = "serve a trained model over HTTP: score uploaded EDFs, run cohort jobs"
 DESCRIPTION = (
     "Deploy the somnray scoring service on Ray Serve: POST /v1/score scores one uploaded "
     "EDF/EDF+/BDF night, POST /v1/cohorts starts a cohort scoring job (GET "
-    "/v1/cohorts/{id} follows it), GET /healthz and /openapi.json describe the service.  "
+    "/v1/cohorts/{id} follows it), /review is the review page of --review roots, GET /healthz "
+    "and /openapi.json describe the service.  "
     "Listens on 127.0.0.1 unless --host says otherwise.  Blocks until Ctrl-C."
 )
 
@@ -45,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-root", action="append", default=[], metavar="URI", dest="storage_roots",
                         help="URI prefix cohort jobs may read manifests from and write outputs to "
                              "(repeatable; none = cohort jobs refused)")
+    parser.add_argument("--review", action="append", default=[], metavar="URI", dest="review_roots",
+                        help="scored output root with a review (somnray review) to open in the review "
+                             "page at /review; must lie under a --storage-root (repeatable)")
     parser.add_argument("--profile", default=None, metavar="NAME",
                         help="default cohort profile of requests naming none (default: the model's)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N",
@@ -103,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "run_uri": args.run_uri, "host": args.host, "port": args.port,
         "max_upload_bytes": int(args.max_upload_mb * 1024 * 1024),
         "token_env": args.token_env, "storage_roots": tuple(args.storage_roots),
+        "review_roots": tuple(args.review_roots),
         "default_profile": args.profile, "model_replicas": args.replicas,
         "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
         "model_num_cpus": args.model_cpus, "preprocess_num_cpus": args.preprocess_cpus,
@@ -148,6 +153,11 @@ def run(args: argparse.Namespace) -> int:
               f"(POST {url}/v1/score, docs {url}/docs; "
               f"{'bearer token required' if token else 'no authentication'}); Ctrl-C to stop",
               flush=True)
+        if config.review_roots:
+            # Never the token itself: this line may end up in a service manager's log.
+            how = (f"open {url}/review#token=<the token>, or paste the token in the page" if token
+                   else "no token needed")
+            print(f"somnray serve: review page at {url}/review ({how})", flush=True)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -64,6 +65,7 @@ from somnray.scoring.domain import DomainCheck, DomainThresholds
 from .config import ServeConfig
 from .jobs import CANCELLED, FAILED, RUNNING, SUCCEEDED, CohortJobs
 from .loopback import is_loopback, restrict_replica_ports
+from .review_page import STATIC_FILES, ReviewPages, ReviewProblem, page_file
 from .scored import STANDARD_FLAGS, ModelInfo, ScoredNight, check_recording_id
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,18 @@ log = logging.getLogger(__name__)
 SCORE_FORM_FIELDS = ("profile", "channel_map", "recording_id", "stride")
 #: Largest non-file form field (a channel map is a few hundred bytes).
 _MAX_FIELD_BYTES = 64 * 1024
+#: Largest body of a corrections save (a whole 24-h night of corrections is about 50 KB).
+_MAX_CORRECTIONS_BYTES = 1024 * 1024
+#: Headers of the review page's own files: nothing but the app's own scripts runs on it, and the
+#: page's address never travels to another site (it may carry the token in its fragment).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
 
 
 # -- payloads passed between deployments -----------------------------------------------------------
@@ -476,8 +490,9 @@ api = FastAPI(
         "Sleep staging of polysomnography recordings (EDF/EDF+/BDF) into W/N1/N2/N3/REM per 30-s "
         "epoch with a trained somnray model, robust to missing modalities.  Score one uploaded "
         "night, or start and follow cohort scoring jobs that write hypnograms, probabilities and "
-        "sleep statistics to object storage.  Every route but `/healthz` and the API description "
-        "needs `Authorization: Bearer <token>` when the service was started with a token."
+        "sleep statistics to object storage, and review scored nights in the browser (`/review`).  "
+        "Every route but `/healthz`, the API description and the review page's own files needs "
+        "`Authorization: Bearer <token>` when the service was started with a token."
     ),
 )
 _bearer = HTTPBearer(auto_error=False, description="The service token (`SOMNRAY_SERVE_TOKEN`).")
@@ -607,6 +622,12 @@ class ScoringIngress:
         self.cohort_calls = _Capacity("cohort-job requests", config.max_cohort_requests,
                                       config.max_waiting_requests, "ServeConfig.max_cohort_requests",
                                       config.retry_after_s)
+        # The review page's calls read small files; they get slots of their own, as many as
+        # cohort-job calls, so neither uploads nor jobs keep a technician waiting.
+        self.review_calls = _Capacity("review requests", config.max_cohort_requests,
+                                      config.max_waiting_requests, "ServeConfig.max_cohort_requests",
+                                      config.retry_after_s)
+        self.review = ReviewPages(config.reviews, config.roots)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _authorize(self, credentials: HTTPAuthorizationCredentials | None) -> None:
@@ -709,6 +730,19 @@ class ScoringIngress:
             except ValueError:
                 raise _problem(400, f"stride must be an integer number of epochs, got {fields['stride']!r}") from None
         return recording_id, profile, channel_map, stride
+
+    async def _review_answer(self, method: Any, *args: Any) -> Any:
+        """Run a :class:`ReviewPages` method off the event loop; its problems become HTTP errors."""
+        async with self.review_calls.slot():
+            try:
+                return await asyncio.to_thread(method, *args)
+            except ReviewProblem as exc:
+                raise _problem(exc.status, exc.message) from None
+            except OSError as exc:
+                # A storage failure's message may name server paths: the type only.
+                log.warning("review request failed on storage: %s", type(exc).__name__)
+                raise _problem(503, f"the review's storage could not be read ({type(exc).__name__}); "
+                                    "retry later") from None
 
     # -- routes ----------------------------------------------------------------------------------
     @api.get("/healthz", response_model=Health, tags=["service"],
@@ -842,6 +876,91 @@ class ScoringIngress:
         if state is None:
             raise _problem(404, f"no cohort job {job_id!r}")
         return state
+
+    # -- review page -----------------------------------------------------------------------------
+    @api.get("/review", tags=["review"], summary="The review page (HTML; no token needed to load it)",
+             response_class=Response, responses={200: {"content": {"text/html": {}}}})
+    async def review_page(self) -> Response:
+        """The browser page for reviewing scored nights.  It holds no data: it asks the token once
+        (or reads it from the address's `#token=` fragment, which browsers never send) and sends
+        it with each API call."""
+        return Response(page_file("index.html"), media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @api.get("/review/static/{name}", tags=["review"], summary="The review page's script and style",
+             response_class=Response)
+    async def review_static(self, name: str) -> Response:
+        """`review.js` and `review.css`; anything else is 404."""
+        if name not in STATIC_FILES:
+            raise _problem(404, f"no file {name!r} in the review page")
+        return Response(page_file(name), media_type=STATIC_FILES[name], headers=_PAGE_HEADERS)
+
+    @api.get("/v1/review", tags=["review"], summary="The reviews this service serves",
+             responses={401: _ERRORS[401]})
+    async def review_list(self, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                          ) -> dict[str, Any]:
+        """`{"reviews": [{"review": name}]}`, one per review root (`--review`), named by its last
+        folder name."""
+        self._authorize(credentials)
+        return await self._review_answer(self.review.reviews)
+
+    @api.get("/v1/review/{review}/nights", tags=["review"], summary="A review's nights, most errors first",
+             responses={**_ERRORS, 404: {"model": Problem, "description": "No such review, or no queue yet."}})
+    async def review_nights(self, review: str,
+                            credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                            ) -> dict[str, Any]:
+        """The rows of the review's `nights.csv` (rank, expected errors, reasons, ...) and
+        `n_corrected`, the epochs whose corrections are saved."""
+        self._authorize(credentials)
+        return await self._review_answer(self.review.nights, review)
+
+    @api.get("/v1/review/{review}/nights/{recording_id}", tags=["review"], summary="One night's scoring",
+             responses={**_ERRORS, 404: {"model": Problem, "description": "No such night."}})
+    async def review_night(self, review: str, recording_id: str,
+                           credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                           ) -> dict[str, Any]:
+        """Per epoch: position, stage, probabilities, confidence, availability and flags; the
+        night's queued epochs (most uncertain first) and its saved corrections."""
+        self._authorize(credentials)
+        return await self._review_answer(self.review.night, review, recording_id)
+
+    @api.get("/v1/review/{review}/nights/{recording_id}/epochs/{epoch}", tags=["review"],
+             summary="One epoch's signals",
+             responses={**_ERRORS, 404: {"model": Problem, "description": "No such night, epoch or signal."}})
+    async def review_traces(self, review: str, recording_id: str, epoch: int, context: int = 1,
+                            credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                            ) -> dict[str, Any]:
+        """The 30-s EEG/EOG/EMG of the epoch and of `context` epochs on each side (0-2), as
+        min/max pairs at 50 points per second with each night's display scale."""
+        self._authorize(credentials)
+        return await self._review_answer(self.review.traces, review, recording_id, epoch, context)
+
+    @api.post("/v1/review/{review}/nights/{recording_id}/corrections", tags=["review"],
+              summary="Save corrections of one night",
+              responses={**_ERRORS, 404: {"model": Problem, "description": "No such night."},
+                         413: {"model": Problem, "description": "The body is larger than 1 MiB."}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["corrections"], "additionalProperties": False,
+                  "properties": {"corrections": {
+                      "type": "object", "description": 'Epoch position -> stage name (W N1 N2 N3 REM) '
+                                                       'or null to clear, e.g. {"12": "N2", "13": null}.',
+                      "additionalProperties": {"type": ["string", "null"]}}}}}}}})
+    async def review_save(self, review: str, recording_id: str, request: Request,
+                          credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+                          ) -> dict[str, Any]:
+        """Merge the given epochs into the night's `<id>_corrections.csv` (beside its scored
+        outputs, written atomically) and return every correction now saved."""
+        self._authorize(credentials)  # before the body is read
+        body = await request.body()
+        if len(body) > _MAX_CORRECTIONS_BYTES:
+            raise _problem(413, f"the corrections body is {len(body)} bytes; at most "
+                                f"{_MAX_CORRECTIONS_BYTES} are accepted")
+        try:
+            doc = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _problem(400, 'the body is not JSON: send {"corrections": {"<epoch>": "N2", ...}}') from None
+        if not isinstance(doc, dict) or set(doc) != {"corrections"}:
+            raise _problem(400, 'send exactly {"corrections": {"<epoch>": "W|N1|N2|N3|REM" or null, ...}}')
+        return await self._review_answer(self.review.save, review, recording_id, doc["corrections"])
 
 
 # -- application builders ------------------------------------------------------------------------

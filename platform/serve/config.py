@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from somnray.core.config import validation_lines
 from somnray.core.errors import ConfigError
@@ -38,6 +38,11 @@ ProgressCallback = Callable[[int, int, int], None]
 DEFAULT_TOKEN_ENV = "SOMNRAY_SERVE_TOKEN"
 #: Default upload limit: a 24-h PSG at a few hundred Hz is a few hundred MB.
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+def review_name(uri: str) -> str:
+    """How the review page names a scored output root: its last path component."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 class ServeConfig(BaseModel):
@@ -63,6 +68,10 @@ class ServeConfig(BaseModel):
     storage_roots : tuple of str
         URI prefixes (``file:///data/psg``, ``s3://bucket/cohorts``) under which cohort jobs may
         read manifests and write outputs.  Empty: cohort jobs are refused.
+    review_roots : tuple of str
+        Scored output roots (``somnray score``/``somnray review`` outputs) the review page
+        (``/review``) serves, each under one of ``storage_roots``; the page names each by its last
+        path component, so those must differ.  Empty: the review page has nothing to show.
     default_profile : str, optional
         Cohort profile (shipped name) used when a request names none; None lets the scorer pick
         the profile recorded with the model, else ``generic``.
@@ -123,6 +132,7 @@ class ServeConfig(BaseModel):
     token: SecretStr | None = None
     token_env: str = DEFAULT_TOKEN_ENV
     storage_roots: tuple[str, ...] = ()
+    review_roots: tuple[str, ...] = ()
     default_profile: str | None = None
     max_batch_windows: int = Field(default=64, ge=1)
     batch_wait_timeout_s: float = Field(default=0.05, ge=0.0)
@@ -159,7 +169,7 @@ class ServeConfig(BaseModel):
         except ConfigError as exc:
             raise ValueError("; ".join(exc.errors)) from None
 
-    @field_validator("storage_roots")
+    @field_validator("storage_roots", "review_roots")
     @classmethod
     def _canonical_roots(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         # Stored in resolve()'s canonical form, so the prefix test in allowed_uri() compares like
@@ -171,6 +181,21 @@ class ServeConfig(BaseModel):
             except ConfigError as exc:
                 raise ValueError(f"storage root {root!r}: {'; '.join(exc.errors)}") from None
         return tuple(roots)
+
+    @model_validator(mode="after")
+    def _reviews_inside_storage_roots(self) -> "ServeConfig":
+        # Every file the review page opens is confined to the storage roots, so a review root
+        # outside them could never be read: refuse it here rather than on every request.
+        outside = [uri for uri in self.review_roots if self.roots.locate(uri) is None]
+        if outside:
+            raise ValueError(f"review root(s) {outside} lie outside the storage roots: add a "
+                             "storage root that holds each")
+        names = [review_name(uri) for uri in self.review_roots]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"review roots must end in different folder names (the page names them "
+                             f"so); repeated: {repeated}")
+        return self
 
     @field_validator("ingress_max_queued_requests", "preprocess_max_queued_requests",
                      "model_max_queued_requests")
@@ -206,6 +231,11 @@ class ServeConfig(BaseModel):
         if self.token is not None and self.token.get_secret_value():
             return self.token.get_secret_value()
         return os.environ.get(self.token_env) or None
+
+    @property
+    def reviews(self) -> dict[str, str]:
+        """Review name (the last path component of a review root) → the root's URI."""
+        return {review_name(uri): uri for uri in self.review_roots}
 
     @property
     def roots(self) -> StorageRoots:

@@ -2,46 +2,21 @@
 
 A scored night's ``<id>_epochs.parquet`` may carry ``confidence``, ``margin`` and ``entropy``
 columns (calibrated scorers write them); older outputs only hold the class probabilities
-``prob_W`` … ``prob_REM``.  :func:`epoch_uncertainty` is the one place that decides which to use,
-so everything the review ranks reads the same numbers whichever outputs it is given.
+``prob_W`` … ``prob_REM``.  :func:`epoch_uncertainty` (``somnray.serve.outputs.epochs_uncertainty``,
+which the review page uses too) decides which to use, so everything the review ranks reads the
+same numbers whichever outputs it is given.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
-from somnray.scoring.calibration import epoch_uncertainty as calibration_uncertainty
-from somnray.serve.outputs import PROB_COLUMNS
+from somnray.serve.outputs import epochs_probabilities, epochs_uncertainty
+from somnray.serve.scored import UNCERTAINTY_COLUMNS
 
-#: Per-epoch columns a scorer may write itself; computed from the probabilities when absent.
-UNCERTAINTY_COLUMNS = ("confidence", "margin", "entropy")
-
-
-def probabilities(table: pa.Table) -> np.ndarray:
-    """``(n, 5)`` float64 class probabilities of a per-epoch table (NaN rows where null)."""
-    return np.stack([np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64)
-                     for c in PROB_COLUMNS], axis=1)
-
-
-def epoch_uncertainty(table: pa.Table) -> dict[str, np.ndarray]:
-    """``confidence``, ``margin`` and ``entropy`` of every epoch of a per-epoch table.
-
-    Taken from the table's own columns when it has all three; otherwise computed from
-    ``prob_W`` … ``prob_REM``:
-
-    * ``confidence`` — the highest class probability (the probability of the stage given);
-    * ``margin`` — highest minus second-highest probability (0: two stages tied);
-    * ``entropy`` — Shannon entropy of the five probabilities divided by ``ln 5``, so 0 is
-      certain and 1 is uniform.
-
-    Unscored epochs (no probabilities) get NaN.
-    """
-    if all(c in table.column_names for c in UNCERTAINTY_COLUMNS):
-        return {c: np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64)
-                for c in UNCERTAINTY_COLUMNS}
-    # Outputs written before scorers recorded them: the scorer's own definitions, applied to the
-    # probabilities the night was given.
-    return {k: v.astype(np.float64) for k, v in calibration_uncertainty(probabilities(table)).items()}
+#: The probabilities and the confidence, margin and entropy of a per-epoch table: read the way the
+#: review page reads them (:mod:`somnray.serve.outputs`), so both rank the same numbers.
+probabilities = epochs_probabilities
+epoch_uncertainty = epochs_uncertainty
 
 
 def uncertainty_score(confidence: np.ndarray) -> np.ndarray:

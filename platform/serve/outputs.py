@@ -169,6 +169,28 @@ def read_epochs(uri: str | StorageLocation,
     return table, meta
 
 
+def epochs_probabilities(table: pa.Table) -> np.ndarray:
+    """``(n, 5)`` float64 class probabilities of a per-epoch table (NaN rows where null)."""
+    return np.stack([np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64)
+                     for c in PROB_COLUMNS], axis=1)
+
+
+def epochs_uncertainty(table: pa.Table) -> dict[str, np.ndarray]:
+    """``confidence``, ``margin`` and ``entropy`` of every epoch of a per-epoch table (float64).
+
+    The table's own columns when it has all three (the scorer wrote them, calibrated); for
+    outputs written before scorers recorded them, the scorer's definitions
+    (:func:`somnray.scoring.calibration.epoch_uncertainty`) applied to ``prob_W`` … ``prob_REM``.
+    Unscored epochs get NaN.
+    """
+    if all(c in table.column_names for c in UNCERTAINTY_COLUMNS):
+        return {c: np.asarray(table[c].to_numpy(zero_copy_only=False), dtype=np.float64)
+                for c in UNCERTAINTY_COLUMNS}
+    from somnray.scoring.calibration import epoch_uncertainty
+
+    return {k: v.astype(np.float64) for k, v in epoch_uncertainty(epochs_probabilities(table)).items()}
+
+
 # -- hypnogram CSV -------------------------------------------------------------------------------
 def hypnogram_csv(night: ScoredNight) -> str:
     """``epoch,onset_s,stage`` rows (stage names W N1 N2 N3 REM, UNS for unscored)."""
@@ -613,7 +635,7 @@ def summarize_cohort(out_uri: str | StorageLocation, *, plots: bool = False,
 __all__ = [
     "COHORT_FILES", "EDF_STAGE_TEXT", "EVENTS_COLUMNS", "OUTPUT_SUFFIXES", "PROB_COLUMNS",
     "ModelInfo", "ScoredNight", "bids_events_sidecar", "bids_events_tsv", "cohort_table",
-    "edf_annotations_bytes", "epochs_table", "hypnogram_csv", "night_folder", "output_name",
+    "edf_annotations_bytes", "epochs_probabilities", "epochs_table", "epochs_uncertainty", "hypnogram_csv", "night_folder", "output_name",
     "read_epochs", "read_stats_documents", "rejected_row", "stage_runs", "stats_document",
     "summarize_cohort", "summary_row", "write_cohort_summary", "write_night_outputs",
     "write_rejected_night",

@@ -25,12 +25,16 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-
-from somnray.core.constants import EPOCH_SAMPLES, EPOCH_SECONDS, SAMPLING_RATE_HZ, STAGES
+from somnray.core.constants import (
+    EPOCH_SAMPLES,
+    EPOCH_SECONDS,
+    SAMPLING_RATE_HZ,
+    STAGES,
+)
 from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import StorageLocation, StorageRoots
 
-from .outputs import PROB_COLUMNS, output_name, read_epochs
+from .outputs import PROB_COLUMNS, epochs_uncertainty, output_name, read_epochs
 from .review_files import (
     NIGHTS_FILE,
     QUEUE_CSV,
@@ -189,11 +193,7 @@ class ReviewPages:
         probs = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
                           for c in PROB_COLUMNS], axis=1)
         finite = np.isfinite(probs).all(axis=1)
-        # The calibrated confidence when scoring wrote one, else the top probability.
-        if "confidence" in cols:
-            confidence = table.column("confidence").to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            confidence = np.where(finite, np.where(finite[:, None], probs, 0.0).max(axis=1), np.nan)
+        uncertainty = epochs_uncertainty(table)
         modalities = [c[len("available_"):] for c in cols if c.startswith("available_")]
         flags = [c[len("flag_"):] for c in cols if c.startswith("flag_")]
         queue = [row for row in self._queue_rows(review, scored) if str(row["recording_id"]) == recording_id]
@@ -208,9 +208,7 @@ class ReviewPages:
             "stage": table.column("stage").to_numpy().astype(int).tolist(),
             "probabilities": [[round(float(p), 4) for p in row] if ok else None
                               for row, ok in zip(probs, finite)],
-            "confidence": [_finite(c) for c in confidence],
-            **{k: [_finite(v) for v in table.column(k).to_numpy(zero_copy_only=False).astype(np.float64)]
-               for k in ("margin", "entropy") if k in cols},
+            **{k: [_finite(v) for v in values] for k, values in uncertainty.items()},
             "available": {m: table.column(f"available_{m}").to_numpy(zero_copy_only=False).astype(bool).tolist()
                           for m in modalities},
             "flags": {f: table.column(f"flag_{f}").to_numpy(zero_copy_only=False).astype(bool).tolist()

@@ -128,5 +128,12 @@ def _dataset(args: argparse.Namespace) -> int:
           f"reviewed by the technician)")
     if result.uncorrected:
         print(f"  left out (no corrections): {', '.join(result.uncorrected)}")
+    if result.split is None:
+        print("  no split written: the corrected nights come from one subject, so nothing is left to validate "
+              "on; correct nights of a second subject, or write a split yourself (somnray split)")
+    else:
+        s = result.split
+        print(f"  split {s.name!r}: train {len(s.train_subjects)}, validation {len(s.val_subjects)}, test "
+              f"{len(s.test_subjects)} subject(s); fine-tune with --set 'data.split={{name: {s.name}}}'")
     print(result.dataset_uri)
     return 0

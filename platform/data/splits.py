@@ -43,7 +43,7 @@ class Split:
     ----------
     name : str
         Name of the split set it belongs to (``"shhs-seed0"``, ``"edf20-cv"``).
-    protocol : {"ratio", "kfold", "manifest"}
+    protocol : {"ratio", "kfold", "manifest", "review"}
         How it was made.
     seed : int or None
         Seed of the shuffle (None for the manifest's fixed split).

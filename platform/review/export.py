@@ -28,6 +28,7 @@ from somnray.core.storage import resolve
 from somnray.data.dataset import PreparedDataset
 from somnray.data.prepared import PreparedRecording
 from somnray.data.profiles import CohortProfile
+from somnray.data.splits import Split
 from somnray.serve import review_files as rf
 from somnray.serve.outputs import OUTPUT_SUFFIXES, read_epochs
 
@@ -35,6 +36,8 @@ from .queue import write_prepared
 
 #: What an unreviewed epoch is labelled with.
 UNREVIEWED = ("ignore", "model")
+#: Name of the split the export writes with the dataset (``data.split: {name: review}``).
+REVIEW_SPLIT = "review"
 
 
 @dataclass
@@ -47,6 +50,7 @@ class ExportResult:
     labelled_epochs: int
     reviewed_epochs: int
     uncorrected: list[str] = field(default_factory=list)
+    split: Split | None = None
 
 
 def review_labels(epoch_index: np.ndarray, corrections: Mapping[int, int],
@@ -101,8 +105,41 @@ def export_dataset(scored: str, out_uri: str, *, unreviewed: str = "ignore",
                                      "or `somnray review import` a corrected hypnogram first"])
     entries = [e for e in source.entries() if e.recording_id in recordings]
     uri = write_prepared(resolve(out_uri, storage_options), profile, entries, recordings, labels=labels)
+    split = review_split({rid: rec.subject_id for rid, rec in recordings.items()})
+    if split is not None:
+        PreparedDataset.at(uri, storage_options).write_splits([split])
     return ExportResult(uri, len(recordings), int(sum((v >= 0).sum() for v in labels.values())), reviewed,
-                        uncorrected)
+                        uncorrected, split)
+
+
+def review_split(subjects: Mapping[str, str]) -> Split | None:
+    """The subject-wise split written with a review's dataset, so that fine-tuning on it works as is.
+
+    A review usually covers a handful of subjects, too few for the k-fold recipes (which also
+    keep test subjects).  Subjects in id order: with three or more, the first validates, the
+    second tests and the rest train; with two, one trains and one validates (no test: evaluate
+    on other nights a person scored); with one, there is nothing to validate on without putting
+    the same person on both sides, so no split is written (None).
+
+    Parameters
+    ----------
+    subjects : mapping of str to str
+        recording id → subject id of the exported nights.
+    """
+    by_subject: dict[str, list[str]] = {}
+    for rid, subject in subjects.items():
+        by_subject.setdefault(subject, []).append(rid)
+    order = sorted(by_subject)
+    if len(order) < 2:
+        return None
+    val, test = order[:1], order[1:2] if len(order) >= 3 else []
+    train = [s for s in order if s not in val and s not in test]
+
+    def recs(part: list[str]) -> tuple[str, ...]:
+        return tuple(sorted(r for s in part for r in by_subject[s]))
+
+    return Split(name=REVIEW_SPLIT, protocol="review", seed=None, train=recs(train), val=recs(val),
+                 test=recs(test), train_subjects=tuple(train), val_subjects=tuple(val), test_subjects=tuple(test))
 
 
 def _recording(dataset: PreparedDataset, recording_id: str, profile: CohortProfile) -> PreparedRecording:
@@ -116,4 +153,4 @@ def _recording(dataset: PreparedDataset, recording_id: str, profile: CohortProfi
         labels=row["labels"], epoch_index=row["epoch_index"], info=dataset.summary(recording_id).get("info") or {})
 
 
-__all__ = ["ExportResult", "UNREVIEWED", "export_dataset", "review_labels"]
+__all__ = ["ExportResult", "REVIEW_SPLIT", "UNREVIEWED", "export_dataset", "review_labels", "review_split"]

@@ -170,8 +170,11 @@ def test_import_agreement_dataset_and_finetune_inputs(scored: Path, cohort, run_
     assert dataset.manifest["class_histogram"]["unscored"] == sum(
         dataset.read(r, ["labels"])["n_epochs"] for r in truth) - n
 
+    # The split written with it is what the docs fine-tune with: someone trains, someone validates
+    # (the trainer refuses an empty side), no subject on two sides.
     recipe = str(resources.files("somnray.jobs").joinpath("configs", "finetune_local.yaml"))
-    cfg = load_experiment(recipe, finetune_overrides(str(run_dir), uri, None) + [
-        "data.split={kind: kfold, n_folds: 2, fold: 0, n_val_subjects: 0}"])
+    cfg = load_experiment(recipe, finetune_overrides(str(run_dir), uri, None) + ["data.split={name: review}"])
     split = resolve_split(cfg.phases[0].data)
     assert sorted([*split.train, *split.val, *split.test]) == sorted(truth)
+    assert split.train and split.val
+    assert not set(split.train_subjects) & set(split.val_subjects)

@@ -102,3 +102,15 @@ def test_simulated_technician_fixes_more_errors_among_uncertain_epochs() -> None
     assert gain.reviewed == 200 and gain.errors == sum(int((n.stage != truths[n.recording_id]).sum()) for n in nights)
     assert gain.ratio >= 2, gain
     assert gain.accuracy_uncertain > gain.accuracy_random > gain.accuracy_before
+
+
+def test_review_split_keeps_subjects_apart_and_leaves_one_subject_unsplit() -> None:
+    """The export's split: 3+ subjects → validate, test, train; 2 → train and validate; 1 → no split."""
+    from somnray.review.export import review_split
+
+    three = review_split({"a1": "A", "a2": "A", "b1": "B", "c1": "C", "d1": "D"})
+    assert (three.val_subjects, three.test_subjects, three.train_subjects) == (("A",), ("B",), ("C", "D"))
+    assert three.val == ("a1", "a2") and three.test == ("b1",) and three.train == ("c1", "d1")
+    two = review_split({"x": "S2", "y": "S1"})
+    assert (two.val_subjects, two.test_subjects, two.train_subjects) == (("S1",), (), ("S2",))
+    assert review_split({"n1": "solo", "n2": "solo"}) is None

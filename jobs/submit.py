@@ -665,6 +665,13 @@ class Submission:
     wheel: BuiltWheel | None
 
 
+#: What a Ray head answers a submission while its job agent has not registered yet.
+NO_AGENT = "No available agent to submit job"
+#: How long a submission waits for the head's job agent, and the pause between attempts.
+AGENT_WAIT_S = 120.0
+AGENT_RETRY_S = 2.0
+
+
 def submit(prepared: PreparedCommand, *, address: str | None = None, use_installed: bool = False,
            source: str | os.PathLike[str] | None = None, env_vars: Mapping[str, str] | None = None,
            submission_id: str | None = None, entrypoint_num_cpus: float | None = None,
@@ -705,13 +712,23 @@ def submit(prepared: PreparedCommand, *, address: str | None = None, use_install
         metadata = {"somnray_command": prepared.command, "submitted_with": "somnray submit"}
         if wheel is not None:
             metadata.update(somnray_version=wheel.version, somnray_source_hash=wheel.source_hash)
-        try:
-            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
-                                       metadata=metadata, submission_id=submission_id,
-                                       entrypoint_num_cpus=entrypoint_num_cpus,
-                                       entrypoint_num_gpus=entrypoint_num_gpus)
-        except (RuntimeError, ValueError, ConnectionError, OSError) as exc:
-            raise SubmitError(f"the cluster at {client.get_address()} refused the job: {exc}") from None
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env,
+                                           metadata=metadata, submission_id=submission_id,
+                                           entrypoint_num_cpus=entrypoint_num_cpus,
+                                           entrypoint_num_gpus=entrypoint_num_gpus)
+                break
+            except (RuntimeError, ValueError, ConnectionError, OSError) as exc:
+                # A head that has just started (or is busy) answers this until its job agent has
+                # registered, after only 10 s of waiting itself; the job was not recorded, so
+                # submitting again is safe.
+                if NO_AGENT in str(exc) and time.monotonic() < deadline:
+                    log.info("the cluster at %s has no job agent yet; submitting again", client.get_address())
+                    time.sleep(AGENT_RETRY_S)
+                    continue
+                raise SubmitError(f"the cluster at {client.get_address()} refused the job: {exc}") from None
     finally:
         # The client has uploaded the working_dir and py_modules to the cluster by now.
         shutil.rmtree(staging, ignore_errors=True)

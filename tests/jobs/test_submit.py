@@ -210,6 +210,37 @@ def test_prepare_command_reports_every_problem_at_once():
     assert "--out" in text and "bucket name" in text
 
 
+class _HeadWithoutAgentYet:
+    """A Jobs API client whose head answers "no agent" ``refusals`` times, then queues the job."""
+
+    def __init__(self, refusals: int, message: str = sub.NO_AGENT + ", please try again later."):
+        self.refusals, self.message, self.calls = refusals, message, 0
+
+    def get_address(self) -> str:
+        return "http://127.0.0.1:1"
+
+    def submit_job(self, **kwargs) -> str:
+        self.calls += 1
+        if self.calls <= self.refusals:
+            raise RuntimeError(f"Request failed with status code 500: {self.message}")
+        return "raysubmit_test"
+
+
+def test_a_head_whose_job_agent_is_not_up_yet_gets_the_job_once_it_is(monkeypatch):
+    """"No available agent" (a fresh or busy head) is retried until the agent answers; any other refusal is not."""
+    monkeypatch.setattr(sub, "AGENT_RETRY_S", 0.0)
+    cmd = sub.prepare_command("score", ["s3://runs/r1", "s3://data/a.edf", "--out", "s3://out/x"])
+    client = _HeadWithoutAgentYet(refusals=3)
+    assert sub.submit(cmd, use_installed=True, client=client).submission_id == "raysubmit_test" and client.calls == 4
+    other = _HeadWithoutAgentYet(refusals=1, message="runtime_env is invalid")
+    with pytest.raises(sub.SubmitError, match="refused the job: .*runtime_env is invalid"):
+        sub.submit(cmd, use_installed=True, client=other)
+    assert other.calls == 1
+    monkeypatch.setattr(sub, "AGENT_WAIT_S", 0.0)
+    with pytest.raises(sub.SubmitError, match="No available agent"):
+        sub.submit(cmd, use_installed=True, client=_HeadWithoutAgentYet(refusals=5))
+
+
 def test_score_arguments_are_parsed_as_uris():
     """score keeps s3:// URIs, and a typo'd URI is refused before submission."""
     cmd = sub.prepare_command("score", ["s3://runs/r1", "s3://data/a.edf", "s3://data/b.edf",

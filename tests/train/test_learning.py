@@ -86,6 +86,7 @@ def test_coresleep_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> Non
     assert _bf16_agreement(tmp_path / "runs" / "coresleep_tiny", dataset) >= MIN_BF16_AGREEMENT
 
 
+@pytest.mark.slow  # 3-5 min each on 2 cores: `make test-slow` (the default suite keeps CoRe-Sleep's)
 def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Path, dataset_16: str,
                                                                     monkeypatch) -> None:
     """MC²SleepNet pretrain → finetune: macro-F1 ≥ 0.6, frozen epoch level bit-identical, bf16 agrees."""
@@ -115,6 +116,7 @@ def test_mc2sleepnet_tiny_two_phases_learn_and_keep_frozen_weights(tmp_path: Pat
     assert _bf16_agreement(tmp_path / "runs" / "mc2sleepnet_tiny", dataset_16) >= MIN_BF16_AGREEMENT
 
 
+@pytest.mark.slow  # 3-5 min each on 2 cores: `make test-slow` (the default suite keeps CoRe-Sleep's)
 def test_cimsleepnet_tiny_learns(tmp_path: Path, dataset: str, monkeypatch) -> None:
     """CIMSleepNet (tiny), trained under per-recording partial-missing masks, reaches validation macro-F1 ≥ 0.6; bf16 agrees."""
     [result] = _train(tmp_path, dataset, "cimsleepnet_tiny", monkeypatch,

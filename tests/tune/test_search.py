@@ -160,6 +160,7 @@ def test_asha_search_writes_leaderboard_plot_and_an_evaluable_best(tmp_path, ray
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ≈ 2 min: two searches, one killed midway (`make test-slow`)
 def test_interrupted_search_completes_with_resume(tmp_path, ray_local, monkeypatch, capsys) -> None:
     """Kill the driver once a trial has finished; `somnray tune --resume` completes all 4 and keeps it."""
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")

@@ -438,6 +438,8 @@ class _PoolPlan:
     actor_cpus: float
     actor_gpus: float
     prepare_cpus: float
+    #: torch threads per actor (None: what Ray gives it, e.g. on GPUs).
+    threads: int | None = None
 
 
 def _plan_pool(workers: int | None, n_todo: int, cluster: Mapping[str, float],
@@ -447,6 +449,10 @@ def _plan_pool(workers: int | None, n_todo: int, cluster: Mapping[str, float],
     One prepare task and the actors always fit in the budget together, so the run makes progress
     on any budget: with two CPUs or more a prepare task gets a whole one and the actors share the
     rest; below two, the budget is split half and half (a CPU is a scheduling share, not a core).
+
+    On CPUs the actors' torch threads cover the whole budget (``budget // actors`` each): reading
+    and preparing a night costs a few percent of scoring it, so the core reserved for it would
+    otherwise sit idle while Ray's default gives an actor of one CPU a single thread.
     """
     gpus = int(cluster.get("GPU", 0))
     budget = float(cluster.get("CPU", 1.0)) if cpus is None else float(cpus)
@@ -459,7 +465,7 @@ def _plan_pool(workers: int | None, n_todo: int, cluster: Mapping[str, float],
         return _PoolPlan(workers, 1.0, 1.0, prepare)
     # Ray counts CPUs in units of 1e-4; rounded down so that the actors never exceed their share.
     per_actor = max(1e-4, min(1.0, math.floor((budget - prepare) / workers * 1e4) / 1e4))
-    return _PoolPlan(workers, per_actor, 0.0, prepare)
+    return _PoolPlan(workers, per_actor, 0.0, prepare, threads=max(1, int(budget // workers)))
 
 
 class _Tally:
@@ -578,7 +584,7 @@ def _score_on_ray(scorer: Scorer, spec: ModelSpec, todo: list[dict[str, Any]],
                               storage_options=opts, fault_after=fault_after, lights=lights,
                               domain=options.domain)
     ds = map_with_scorer(ds, scorer, task, actors=plan.actors, device=options.device,
-                         precision=options.precision, threads=options.threads_per_worker,
+                         precision=options.precision, threads=options.threads_per_worker or plan.threads,
                          num_cpus=plan.actor_cpus, num_gpus=plan.actor_gpus)
     if options.cpus is not None:
         # Ray Data budgets by the whole cluster: beside a service whose replicas hold CPUs it

@@ -282,7 +282,8 @@ class CohortScoringOptions:
     device, precision : str
         For the actors (:mod:`somnray.scoring.device`: ``auto`` by default).
     threads_per_worker : int, optional
-        torch threads per actor (default: what Ray gives the actor).
+        torch threads per actor (default on CPUs: the run's CPUs divided among its actors, so
+        the cores reserved for reading and preparing score too; on GPUs: what Ray gives it).
     plots : bool
         Write each night's hypnogram PNG and the cohort PNG.
     progress : bool

@@ -245,6 +245,18 @@ def test_pool_plan_fits_one_prepare_task_and_the_actors_in_the_budget():
     assert _plan_pool(None, 10, {"CPU": 8.0, "GPU": 2}).actors == 2
 
 
+def test_cpu_actors_thread_over_the_whole_budget():
+    """On CPUs the actors' torch threads use every CPU of the run, the one kept for preparing
+    included (it is busy a few percent of the time); never fewer than one; GPUs keep Ray's."""
+    from somnray.serve.cohort import _plan_pool
+
+    assert _plan_pool(None, 10, {"CPU": 2.0}).threads == 2
+    eight = _plan_pool(None, 10, {"CPU": 8.0})
+    assert eight.actors * eight.threads == 8
+    assert _plan_pool(None, 10, {"CPU": 2.0}, cpus=0.45).threads == 1
+    assert _plan_pool(None, 10, {"CPU": 8.0, "GPU": 2}).threads is None
+
+
 def test_registry_cancels_a_running_job_and_ignores_its_late_result():
     """Cancelling a running job marks it cancelled at once, frees its slot, and the result its run
     returns later does not turn it into a success; finished and unknown jobs are left alone."""

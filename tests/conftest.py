@@ -79,15 +79,22 @@ def ray_local():
         yield RayLocal(temp_dir=ray._private.worker._global_node.get_temp_dir_path(),
                        address=ray.get_runtime_context().gcs_address)
         return
+    from somnray.core.session import own_dashboard
+
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    # Its own dashboard port, named to every worker: Ray Train's placement-group cleaner would
+    # otherwise fail on a machine where another Ray instance runs (somnray.core.session).
+    dashboard_port, runtime_env = own_dashboard()
     ctx = ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _node_ip_address="127.0.0.1",
         _temp_dir=temp_dir,
         configure_logging=False,
+        runtime_env=runtime_env,
     )
     try:
         yield RayLocal(temp_dir=temp_dir, address=ctx.address_info["gcs_address"])

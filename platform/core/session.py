@@ -14,6 +14,9 @@ Every entry point (prepare, train, tune, evaluate, score, serve, the benchmarks)
 * a local instance it starts is stopped at exit, every process of it: :func:`shutdown_ray` (also
   registered with ``atexit``) ends the agents Ray's raylet started, which would otherwise keep
   listening for a minute or more after the raylet is gone.
+* a local instance's dashboard gets a free loopback port, named to every worker in
+  ``RAY_API_SERVER_ADDRESS`` (:func:`own_dashboard`): Ray's own actors query the State API
+  without an address, which fails when a second Ray instance runs on the machine.
 * the variables in :data:`FORWARDED_ENV` (the architecture plugin modules) join the session's
   runtime environment, so every task and actor of the session sees them as the driver does:
   Ray Train workers, Ray Data actors, and Serve replicas (``serve.run`` gives them the job's
@@ -83,9 +86,10 @@ def ensure_ray(num_cpus: int | None = None, *, include_dashboard: bool = True,
         _exit_cleanly_on_sigterm()
         return True
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    dashboard_port, runtime_env = own_dashboard(runtime_env) if include_dashboard else (None, runtime_env)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=include_dashboard,
-             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-             log_to_driver=log_to_driver, runtime_env=runtime_env)
+             dashboard_host="127.0.0.1", dashboard_port=dashboard_port, _node_ip_address="127.0.0.1",
+             _temp_dir=temp_dir, log_to_driver=log_to_driver, runtime_env=runtime_env)
     # Registered after ray.init, so it runs before Ray's own exit hook (atexit runs last-in first).
     atexit.register(shutdown_ray)
     _exit_cleanly_on_sigterm()
@@ -160,6 +164,33 @@ def _end(processes: list[Any]) -> None:
         except psutil.NoSuchProcess:
             continue
     psutil.wait_procs(alive, timeout=EXIT_GRACE_S)
+
+
+#: Where Ray's State API looks first for the dashboard it asks (``ray.dashboard.utils``).
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def own_dashboard(runtime_env: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """A free loopback port for a local instance's dashboard, and ``runtime_env`` naming it.
+
+    Ray's own actors ask the State API about the cluster without an address (Ray Train's
+    ``PlacementGroupCleaner``, which removes a finished run's placement group): the API then
+    scans the machine for Ray instances and fails when it finds two ("Found multiple active Ray
+    instances"). The cleaner's thread dies, placement groups of finished trials stay reserved,
+    and a population-based search on a small machine waits for ever for CPUs. With
+    ``RAY_API_SERVER_ADDRESS`` in every worker's environment the API asks this instance's
+    dashboard instead, whatever else runs on the machine. Pass the port as ``dashboard_port`` and
+    the environment as ``runtime_env`` to ``ray.init``; the driver's own environment is left
+    alone (a client in it may talk to another cluster).
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    merged = dict(runtime_env or {})
+    merged["env_vars"] = {API_SERVER_ENV: f"http://127.0.0.1:{port}", **merged.get("env_vars", {})}
+    return port, merged
 
 
 def session_runtime_env(runtime_env: dict[str, Any] | None = None) -> dict[str, Any] | None:

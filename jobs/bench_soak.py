@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from somnray.core.session import free_loopback_port
+
 from .bench_score import _make_bundle, _night
 from .benchreport import BenchResult
 
@@ -43,12 +44,6 @@ from .benchreport import BenchResult
 STARTUP_TIMEOUT_S = 300.0
 #: Seconds the stopped service's processes get to exit before they are reported and killed.
 EXIT_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def process_role(cmdline: list[str]) -> str:
@@ -229,7 +224,7 @@ def run(clients: int = 32, minutes: float = 30.0, *, hours: float = 1.0, model: 
         bundle = _make_bundle(work / "bundle", "sleep-edf", model)
         [psg] = _night(work / "night", hours)
         body = Path(psg).read_bytes()
-        port = _free_port()
+        port = free_loopback_port()
         url = f"http://127.0.0.1:{port}"
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOMNRAY_SERVE_TOKEN")}
         env.update(RAY_TMPDIR=str(ray_tmp), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")

@@ -177,7 +177,7 @@ def _train(out: Path, dataset_uri: str, args: argparse.Namespace) -> str:
 
 def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     """Serve the run on loopback, score ``psg`` over HTTP, write its outputs and picture."""
-    import socket
+    from somnray.core.session import free_loopback_port
 
     import requests
     from ray import serve
@@ -186,15 +186,12 @@ def _score_over_http(out: Path, run_uri: str, psg: Path) -> Path:
     from somnray.serve.config import ServeConfig
     from somnray.serve.outputs import write_night_outputs
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = ServeConfig(run_uri=run_uri, host="127.0.0.1", port=port)
+    config = ServeConfig(run_uri=run_uri, host="127.0.0.1", port=free_loopback_port())
     serve.start(http_options={"host": config.host, "port": config.port})
     try:
         serve.run(build_app(config), name="somnray-demo", route_prefix="/")
         with psg.open("rb") as f:
-            reply = requests.post(f"http://127.0.0.1:{port}/v1/score", timeout=300,
+            reply = requests.post(f"http://127.0.0.1:{config.port}/v1/score", timeout=300,
                                   files={"file": ("night.edf", f, "application/octet-stream")},
                                   data={"recording_id": "demo-night", "profile": "sleep-edf"})
         reply.raise_for_status()

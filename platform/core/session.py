@@ -166,6 +166,15 @@ def _end(processes: list[Any]) -> None:
     psutil.wait_procs(alive, timeout=EXIT_GRACE_S)
 
 
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it), for a server somnray starts itself."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 #: Where Ray's State API looks first for the dashboard it asks (``ray.dashboard.utils``).
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
@@ -183,11 +192,7 @@ def own_dashboard(runtime_env: dict[str, Any] | None = None) -> tuple[int, dict[
     the environment as ``runtime_env`` to ``ray.init``; the driver's own environment is left
     alone (a client in it may talk to another cluster).
     """
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_loopback_port()
     merged = dict(runtime_env or {})
     merged["env_vars"] = {API_SERVER_ENV: f"http://127.0.0.1:{port}", **merged.get("env_vars", {})}
     return port, merged

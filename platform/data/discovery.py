@@ -125,18 +125,52 @@ def single_recording(psg: StorageLocation, profile, hypnogram: str | None = None
     subj_m = re.match(pairing.subject_regex, name)
     recording_id = rid_m.group(1) if rid_m else stem
     hyp_uri = hypnogram
-    key_m = re.match(pairing.key_regex, name)
-    if hyp_uri is None and pairing.hypnogram_glob is not None and key_m is not None:
-        # Only the PSG's own folder: a bare file's parent can be any large folder.
-        for path in sorted(psg.fs.ls(psg.parent.path, detail=False)):
-            other = psg.with_path(path)
-            m = re.match(pairing.key_regex, other.name)
-            if (other.name != name and fnmatch.fnmatch(other.name, pairing.hypnogram_glob)
-                    and m is not None and m.group(1) == key_m.group(1)):
-                hyp_uri = other.uri
-                break
+    if hyp_uri is None and pairing.hypnogram_glob is not None:
+        paired = paired_beside(psg, pairing.key_regex, pairing.hypnogram_glob)
+        hyp_uri = paired[0].uri if paired else None
     return ManifestEntry(recording_id=recording_id, subject_id=subj_m.group(1) if subj_m else recording_id,
                          psg=psg.uri, hypnogram=hyp_uri, profile=profile.name)
+
+
+def files_beside(psg: StorageLocation) -> list[StorageLocation]:
+    """The other files of a PSG's own folder, sorted by name.
+
+    Only that folder, not below it: a bare file's parent can be any large folder.
+    """
+    beside = (psg.with_path(path) for path in sorted(psg.fs.ls(psg.parent.path, detail=False)))
+    return [f for f in beside if f.name != psg.name]
+
+
+def paired_beside(psg: StorageLocation, key_regex: str, hypnogram_glob: str,
+                  beside: list[StorageLocation] | None = None) -> list[StorageLocation]:
+    """The files beside a PSG that pair with it, as a folder's files pair (:func:`discover`).
+
+    Parameters
+    ----------
+    psg : StorageLocation
+        The PSG file.
+    key_regex : str
+        Pairing rule: group 1 is the key a PSG and its hypnogram share.
+    hypnogram_glob : str
+        ``fnmatch`` pattern of hypnogram file names.
+    beside : list of StorageLocation, optional
+        The files of the PSG's folder when already listed (default: :func:`files_beside`).
+
+    Returns
+    -------
+    list of StorageLocation
+        Sorted by name; empty when the PSG's own name does not match ``key_regex``.
+    """
+    key_m = re.match(key_regex, psg.name)
+    if key_m is None:
+        return []
+    paired = []
+    for other in files_beside(psg) if beside is None else beside:
+        m = re.match(key_regex, other.name)
+        if (other.name != psg.name and fnmatch.fnmatch(other.name, hypnogram_glob)
+                and m is not None and m.group(1) == key_m.group(1)):
+            paired.append(other)
+    return paired
 
 
 def check_entries(entries: list[ManifestEntry]) -> list[str]:

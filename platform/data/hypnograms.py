@@ -25,6 +25,7 @@ from .profiles import AnnotationSpec, normalize_label
 from .readers import (
     PSG,
     Annotation,
+    ChannelData,
     PathOrData,
     _annotations,
     _default_source,
@@ -40,6 +41,7 @@ __all__ = [
     "hypnogram_from_signal",
     "hypnogram_to_epochs",
     "read_hypnogram",
+    "stage_code_runs",
 ]
 
 
@@ -237,10 +239,23 @@ def hypnogram_from_signal(psg: PSG, spec: AnnotationSpec, source: str) -> Hypnog
         raise RecordingError(
             source, f"no hypnogram signal {spec.signal!r} (annotations.signal); the file has "
             f"signals {psg.labels}")
-    ch = psg.signals[label]
+    return stage_code_runs(psg.signals[label], start=psg.start)
+
+
+def stage_code_runs(ch: ChannelData, start: datetime | None = None) -> Hypnogram:
+    """The runs of one code in a signal of stage codes, each code as the label text that
+    ``label_map`` maps (``2.0`` → ``"2"``; :func:`hypnogram_from_signal`, ``somnray inspect``).
+
+    Parameters
+    ----------
+    ch : ChannelData
+        The signal, samples being stage codes at any rate.
+    start : datetime, optional
+        Start time the runs' file declares.
+    """
     values = ch.data
     if values.size == 0:
-        return Hypnogram(np.array([]), np.array([]), [], start=psg.start)
+        return Hypnogram(np.array([]), np.array([]), [], start=start)
     change = np.flatnonzero(np.diff(values) != 0) + 1  # a run is a stretch of one code
     starts = np.concatenate([[0], change])
     stops = np.concatenate([change, [values.size]])
@@ -248,7 +263,7 @@ def hypnogram_from_signal(psg: PSG, spec: AnnotationSpec, source: str) -> Hypnog
         onsets_s=starts / ch.sfreq,
         durations_s=(stops - starts) / ch.sfreq,
         labels=[_code_text(float(values[i]), ch.resolution or 0.0) for i in starts],
-        start=psg.start,
+        start=start,
     )
 
 

@@ -4,8 +4,9 @@
 signals (native rate, unit, physical range, duration, and why a signal is unusable), the
 annotation texts inside it, the hypnogram files next to it and the labels they use, which
 hypnogram pairs with which PSG, and drafts a profile YAML from all of it (modalities guessed from
-signal names, rates and units; the label map from the labels seen).  The draft loads as it is and
-``somnray prepare`` accepts it; the user checks and edits it.
+signal names, rates and units; the label map from the labels seen).  A signal that holds stage
+codes (a hypnogram channel) is recognised as the scoring, not as a modality.  The draft loads as it
+is and ``somnray prepare`` accepts it; the user checks and edits it.
 
 Nothing identifying is reported: patient and recording header fields are never read into the
 report, and file names are shown as the user gave them.
@@ -22,11 +23,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from somnray.core.constants import EPOCH_SECONDS
 from somnray.core.errors import ConfigError, RecordingError
 from somnray.core.storage import StorageLocation, resolve
 
+from .discovery import files_beside, paired_beside
+from .hypnograms import _on_grid, stage_code_runs
 from .profiles import normalize_label
-from .readers import _ANNOTATION_LABELS, PSG, _annotations, _check_header, _open_edf, read_psg
+from .readers import _ANNOTATION_LABELS, PSG, ChannelData, _annotations, _check_header, _open_edf, read_psg
 
 __all__ = [
     "HypnogramReport",
@@ -46,6 +52,11 @@ _HYPNOGRAM_SUFFIXES = (".xml", ".csv", ".tsv", ".txt")
 _ROLE_WORDS = "psg|hypnogram|hypno|hyp|nsrr|stages?|scoring|annotations?|labels?"
 #: Pairing rule 1: the file name without its role word and extension.
 _STEM_KEY_REGEX = rf"(?i)^(.+?)(?:[-_. ](?:{_ROLE_WORDS}))*\.[a-z0-9]+$"
+#: Signal names of a hypnogram stored as a signal (``Hypnogram``, ``Sleep stage``, ``Stages``),
+#: compared with :func:`~somnray.data.profiles.normalize_label`'s reduced form.
+_STAGE_SIGNAL = re.compile(r"hypno|stage|staging")
+#: More distinct values than stage codes have (W, 1-4, REM, movement, unscored): not a hypnogram.
+_MAX_STAGE_CODES = 10
 #: The shipped per-modality minimum native rates and the bands the draft proposes.
 _FLOORS = {"eeg": 50.0, "eog": 25.0, "emg": 50.0}
 _BANDS = {"eeg": (0.3, 35.0), "eog": (0.3, 35.0), "emg": (10.0, 45.0)}
@@ -54,7 +65,12 @@ _BANDS = {"eeg": (0.3, 35.0), "eog": (0.3, 35.0), "emg": (10.0, 45.0)}
 # -- the report -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SignalReport:
-    """One signal of a PSG: what the header and the data say, and the modality it looks like."""
+    """One signal of a PSG: what the header and the data say, and the modality it looks like.
+
+    ``stage_codes`` (code text → samples) is set for a signal that holds stage codes, and
+    ``code_period`` is then the longest scoring period (30, 20, 15, 10 or 5 s) every change of
+    code falls on (None: none of them).
+    """
 
     label: str
     sfreq: float
@@ -63,6 +79,8 @@ class SignalReport:
     duration_s: float
     modality: str | None
     unusable: str | None = None
+    stage_codes: Counter | None = None
+    code_period: float | None = None
 
 
 @dataclass
@@ -84,7 +102,11 @@ class PsgReport:
 
 @dataclass
 class HypnogramReport:
-    """One scoring file: its format, the labels it uses (with counts) and its columns."""
+    """One scoring file: its format, the labels it uses (with counts) and its columns.
+
+    An EDF holding only a stage-code signal (format ``edf_signal``) names it in ``signal``, with
+    the codes as ``labels`` and the period its codes change on as ``label_period``.
+    """
 
     uri: str
     format: str
@@ -94,6 +116,8 @@ class HypnogramReport:
     header: bool = True
     delimiter: str = ","
     error: str | None = None
+    signal: str | None = None
+    label_period: float | None = None
 
 
 @dataclass
@@ -107,7 +131,8 @@ class Inspection:
     unpaired_hypnograms: list[str] = field(default_factory=list)
 
     def stage_labels(self) -> Counter:
-        """Labels of the hypnograms, else every annotation text of the PSGs when some are stages.
+        """Labels of the hypnograms, else every annotation text of the PSGs when some are stages,
+        else the codes of the PSGs' stage-code signal (:meth:`stage_signal`).
 
         Every text counts, not only stage-like ones: with embedded stages, an annotation the
         profile neither maps nor ignores rejects the recording.
@@ -120,7 +145,22 @@ class Inspection:
                 seen.update(p.annotations)
             if not any(guess_stage(t) is not None for t in seen):
                 seen.clear()
+        signal = self.stage_signal() if not seen else None
+        if signal is not None:
+            key = normalize_label(signal.label)
+            for p in self.psgs:
+                for s in p.signals:
+                    if s.stage_codes and normalize_label(s.label) == key:
+                        seen.update(s.stage_codes)
         return seen
+
+    def stage_signal(self) -> SignalReport | None:
+        """The first PSG stage-code signal, when it is where the stages are: no readable scoring
+        file is paired and the PSGs' annotations hold no stage."""
+        if any(not h.error for h in self.hypnograms) or any(
+                guess_stage(t) is not None for p in self.psgs for t in p.annotations):
+            return None
+        return next((s for p in self.psgs for s in p.signals if s.stage_codes), None)
 
 
 # -- guesses --------------------------------------------------------------------------------------
@@ -182,6 +222,27 @@ def guess_stage(text: str, numeric_rk: bool = False) -> int | None:
     return None
 
 
+def _stage_codes(label: str, ch: ChannelData) -> tuple[Counter, float | None] | None:
+    """Samples per code and the scoring period of a signal that holds stage codes, else None.
+
+    A stage-code signal is named like one (``Hypnogram``, ``Sleep stage``...) and holds a few
+    whole numbers; its codes read as ``format: edf_signal`` reads them (:func:`stage_code_runs`),
+    so the drafted ``label_map`` has the keys ``prepare`` looks up.
+    """
+    if (ch.unusable or not _STAGE_SIGNAL.search(normalize_label(label))
+            or np.unique(ch.data).size > _MAX_STAGE_CODES):
+        return None
+    runs = stage_code_runs(ch)
+    codes: Counter = Counter()
+    for text, seconds in zip(runs.labels, runs.durations_s):
+        codes[text] += int(round(seconds * ch.sfreq))
+    if not codes or not all(re.fullmatch(r"-?\d+", t) for t in codes):
+        return None
+    period = next((float(p) for p in sorted((p for p in _ROW_PERIODS if p <= 30), reverse=True)
+                   if all(_on_grid(float(o), p) for o in runs.onsets_s)), None)
+    return codes, period
+
+
 # -- reading --------------------------------------------------------------------------------------
 def _inspect_psg(loc: StorageLocation) -> PsgReport:
     report = PsgReport(uri=loc.uri)
@@ -193,21 +254,26 @@ def _inspect_psg(loc: StorageLocation) -> PsgReport:
     report.duration_s = psg.duration_s
     report.warnings = list(psg.warnings)
     for label, ch in psg.signals.items():
+        codes, period = _stage_codes(label, ch) or (None, None)
         report.signals.append(SignalReport(
             label=label, sfreq=ch.sfreq, unit=ch.unit, physical_range=ch.physical_range,
-            duration_s=len(ch.data) / ch.sfreq, modality=guess_modality(label, ch.sfreq, ch.unit),
-            unusable=ch.unusable))
+            duration_s=len(ch.data) / ch.sfreq,
+            # A hypnogram channel is the scoring, never a modality to read signals from.
+            modality=None if codes else guess_modality(label, ch.sfreq, ch.unit),
+            unusable=ch.unusable, stage_codes=codes, code_period=period))
     report.annotations = Counter(a.text for a in psg.annotations)
     return report
 
 
 def _inspect_edf_hypnogram(loc: StorageLocation) -> HypnogramReport | None:
-    """An annotation-only EDF+ file (Sleep-EDF's ``*-Hypnogram.edf``), else None."""
+    """An annotation-only EDF+ file (Sleep-EDF's ``*-Hypnogram.edf``) or an EDF holding only a
+    stage-code signal, else None."""
     raw = loc.read_bytes()
     try:
         # The header alone tells a PSG (any signal) from a scoring file; only the latter is parsed.
-        if any(lbl not in _ANNOTATION_LABELS for lbl in _check_header(raw, loc.uri).labels):
-            return None
+        signals = [lbl for lbl in _check_header(raw, loc.uri).labels if lbl not in _ANNOTATION_LABELS]
+        if signals:
+            return _inspect_signal_hypnogram(raw, loc, signals)
         rec, _ = _open_edf(raw, loc.uri)
     except RecordingError:
         return None
@@ -217,6 +283,20 @@ def _inspect_edf_hypnogram(loc: StorageLocation) -> HypnogramReport | None:
     except RecordingError as exc:
         report.error = exc.reason
     return report
+
+
+def _inspect_signal_hypnogram(raw: bytes, loc: StorageLocation, signals: list[str]
+                              ) -> HypnogramReport | None:
+    """An EDF whose one signal holds stage codes (``format: edf_signal`` in its own file), else None."""
+    if len(signals) != 1 or not _STAGE_SIGNAL.search(normalize_label(signals[0])):
+        return None
+    psg = read_psg(raw, source=loc.uri)
+    label, ch = next(iter(psg.signals.items()))
+    found = _stage_codes(label, ch)
+    if found is None:
+        return None
+    return HypnogramReport(uri=loc.uri, format="edf_signal", labels=found[0], signal=label,
+                           label_period=found[1])
 
 
 def _inspect_xml(loc: StorageLocation) -> HypnogramReport:
@@ -297,16 +377,17 @@ def _keys(names: list[str], regex: str) -> dict[str, str] | None:
     return keys if len(set(keys.values())) == len(keys) else None
 
 
-def _pairing_rule(psgs: list[str], hyps: list[str]) -> str:
-    """The first rule that pairs every hypnogram with exactly one PSG (or pairs the most).
+#: Pairing rules tried in order: rule 1 is the file name without role words (``-PSG``,
+#: ``-nsrr``...) and extension; the others are a fixed-length prefix, longest first (Sleep-EDF's
+#: ``SC4001E0-PSG.edf`` / ``SC4001EC-Hypnogram.edf`` share 7 characters).
+_PAIRING_RULES = (_STEM_KEY_REGEX, *(rf"^(.{{{n}}})" for n in range(12, 3, -1)))
 
-    Rule 1 is the file name without role words (``-PSG``, ``-nsrr``...) and extension; the others
-    are a fixed-length prefix (Sleep-EDF's ``SC4001E0-PSG.edf`` / ``SC4001EC-Hypnogram.edf`` share
-    7 characters).
-    """
-    rules = [_STEM_KEY_REGEX] + [rf"^(.{{{n}}})" for n in range(12, 3, -1)]
+
+def _pairing_rule(psgs: list[str], hyps: list[str]) -> str:
+    """The first of :data:`_PAIRING_RULES` that pairs every hypnogram with exactly one PSG (or
+    the one that pairs the most)."""
     best, best_pairs = _STEM_KEY_REGEX, -1
-    for rule in rules:
+    for rule in _PAIRING_RULES:
         pk, hk = _keys(psgs, rule), _keys(hyps, rule)
         if pk is None or hk is None:
             continue
@@ -318,26 +399,60 @@ def _pairing_rule(psgs: list[str], hyps: list[str]) -> str:
     return best
 
 
-def inspect_path(uri: str, storage_options: Mapping[str, Any] | None = None) -> Inspection:
+def _any_case_glob(suffix: str) -> str:
+    """``*.csv`` as an ``fnmatch`` pattern that also matches ``*.CSV`` on case-sensitive stores."""
+    return "*" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in suffix)
+
+
+def _hypnogram_beside(psg: StorageLocation) -> tuple[StorageLocation, HypnogramReport, str] | None:
+    """The scoring file beside a lone PSG, its report and the rule that paired them, or None.
+
+    Files pair as ``prepare`` pairs a bare EDF with its hypnogram
+    (:func:`~somnray.data.discovery.paired_beside`, the PSG's own folder only), under each of
+    :data:`_PAIRING_RULES` in turn; a paired EDF counts only when it is a scoring file.
+    """
+    beside = files_beside(psg)
+    for rule in _PAIRING_RULES:
+        for suffix in (*_HYPNOGRAM_SUFFIXES, *_PSG_SUFFIXES):
+            for f in paired_beside(psg, rule, _any_case_glob(suffix), beside):
+                hyp = _inspect_hypnogram(f)
+                if hyp is not None:
+                    return f, hyp, rule
+    return None
+
+
+def inspect_path(uri: str, storage_options: Mapping[str, Any] | None = None,
+                 hypnogram: str | None = None) -> Inspection:
     """Inspect one PSG file or every recording below a folder.
 
     Parameters
     ----------
     uri : str
         An EDF/EDF+/BDF file, or a folder searched recursively for PSGs (``.edf``, ``.bdf``) and
-        scoring files (annotation-only EDF+, ``.xml``, ``.csv``, ``.tsv``, ``.txt``).
+        scoring files (annotation-only EDF+, an EDF holding only a stage-code signal, ``.xml``,
+        ``.csv``, ``.tsv``, ``.txt``).  A file's hypnogram is the scoring file beside it that
+        pairs with it, as ``somnray prepare`` pairs a bare EDF.
     storage_options : mapping, optional
         Filesystem options.
+    hypnogram : str, optional
+        The scoring file of a single PSG file (default: the one paired beside it).
 
     Raises
     ------
     ConfigError
-        No such file or folder, or a folder without any PSG.
+        No such file or folder, a folder without any PSG, or ``hypnogram`` with a folder or
+        naming no file.
     """
     loc = resolve(uri, storage_options)
     if not loc.exists():
         raise ConfigError(str(uri), ["no such file or folder"])
     folder = loc.isdir()
+    one_psg = not folder and loc.name.lower().endswith(_PSG_SUFFIXES)
+    if hypnogram is not None and not one_psg:
+        raise ConfigError(str(uri), ["a hypnogram can be named only with a single EDF/BDF input"
+                                     + (", not with a folder" if folder else "")])
+    if one_psg:
+        return _inspect_file(loc, str(uri), storage_options, hypnogram)
     files = loc.find() if folder else [loc]
     # Shown as the user named them: the path given, or relative to the folder given.
     root = loc.uri.rstrip("/") + "/"
@@ -378,9 +493,44 @@ def inspect_path(uri: str, storage_options: Mapping[str, Any] | None = None) -> 
     return result
 
 
+def _inspect_file(loc: StorageLocation, given: str, storage_options: Mapping[str, Any] | None,
+                  hypnogram: str | None) -> Inspection:
+    """:func:`inspect_path` of one PSG file (named ``given``) and its named or paired hypnogram."""
+    result = Inspection(uri=given)
+    report = _inspect_psg(loc)
+    report.name = given
+    result.psgs.append(report)
+    if hypnogram is not None:
+        hyp_loc = resolve(hypnogram, storage_options)
+        if not hyp_loc.exists():
+            raise ConfigError(hypnogram, ["no such file"])
+        hyp = _inspect_hypnogram(hyp_loc) or HypnogramReport(
+            uri=hyp_loc.uri, format="edf_annotations",
+            error="an EDF with signals other than one stage-code signal: not a scoring file")
+        hyp.name = hypnogram
+    else:
+        found = _hypnogram_beside(loc)
+        if found is None:
+            return result
+        hyp_loc, hyp, result.key_regex = found
+        # Beside the PSG, so shown the way the PSG was given (the same folder part).
+        hyp.name = (given[:len(given) - len(loc.name)] + hyp_loc.name if given.endswith(loc.name)
+                    else hyp_loc.uri)
+    result.hypnograms.append(hyp)
+    report.hypnogram = hyp.name
+    return result
+
+
 # -- the report as text -----------------------------------------------------------------------------
 def _range(r: tuple[float, float] | None) -> str:
     return "-" if r is None else f"[{r[0]:g}, {r[1]:g}]"
+
+
+def _code_grid(period: float | None) -> str:
+    """What the changes of a stage-code signal say about its scoring period."""
+    if period is None:
+        return "codes change off every 5-s grid"
+    return f"codes change on a {period:g}-s grid"
 
 
 def format_report(result: Inspection) -> str:
@@ -395,17 +545,24 @@ def format_report(result: Inspection) -> str:
         out.append(f"  {'signal':<20} {'rate Hz':>8} {'unit':<6} {'physical range':<22} "
                    f"{'duration s':>10}  modality")
         for s in p.signals:
-            note = s.modality or "-"
+            note = "stage codes" if s.stage_codes else (s.modality or "-")
             if s.unusable:
                 note += f" (unusable: {s.unusable})"
             out.append(f"  {s.label:<20} {s.sfreq:>8g} {s.unit:<6} {_range(s.physical_range):<22} "
                        f"{s.duration_s:>10g}  {note}")
+        for s in p.signals:
+            if s.stage_codes:
+                codes = ", ".join(f"{t!r} ×{n}" for t, n in sorted(s.stage_codes.items()))
+                out.append(f"  stage codes in {s.label!r} (samples): {codes}; "
+                           f"{_code_grid(s.code_period)}")
         if p.annotations:
             kinds = ", ".join(f"{t!r} ×{n}" for t, n in sorted(p.annotations.items()))
             out.append(f"  annotations: {kinds}")
         for w in p.warnings:
             out.append(f"  warning: {w}")
-        out.append(f"  hypnogram: {p.hypnogram or 'none paired'}")
+        staged = next((s.label for s in p.signals if s.stage_codes), None)
+        unpaired = "none paired" + (f" (stages in signal {staged!r})" if staged else "")
+        out.append(f"  hypnogram: {p.hypnogram or unpaired}")
         hyp = next((h for h in result.hypnograms if h.name == p.hypnogram), None)
         if hyp is not None and len(hyp.columns) == 1 and hyp.labels:
             # One label per row: the row period follows from the recording's length, and a
@@ -419,6 +576,8 @@ def format_report(result: Inspection) -> str:
             out.append(f"  unreadable {h.format}: {h.error}")
             continue
         cols = f", columns {h.columns}" if h.columns else ""
+        if h.signal is not None:
+            cols = f", signal {h.signal!r} (samples), {_code_grid(h.label_period)}"
         out.append(f"  {h.format}{cols}")
         labels = ", ".join(f"{t!r} ×{n}" for t, n in sorted(h.labels.items()))
         out.append(f"  labels: {labels or 'none'}")
@@ -511,8 +670,9 @@ def draft_profile(result: Inspection, name: str = "my-cohort") -> str:
     hyps = [h for h in result.hypnograms if not h.error]
     labels = result.stage_labels()
     table = next((h for h in hyps if h.format in ("csv", "tsv")), None)
-    # Without a scoring file the stages can only be the PSG's own annotations.
-    fmt = hyps[0].format if hyps else "embedded"
+    # Without a scoring file the stages are the PSG's own: its annotations or a stage-code signal.
+    stage_signal = result.stage_signal()
+    fmt = hyps[0].format if hyps else ("edf_signal" if stage_signal else "embedded")
     out = [
         f"# Drafted by `somnray inspect` from {len(result.psgs)} recording(s): check every guess,",
         "# then run:  somnray prepare --profile THIS.yaml <folder or manifest> --out <store>",
@@ -551,6 +711,15 @@ def draft_profile(result: Inspection, name: str = "my-cohort") -> str:
     out += ["", "annotations:", f"  format: {fmt}"]
     if fmt == "nsrr_xml":
         out.append('  event_type: "Stages|Stages"')
+    if fmt == "edf_signal":
+        signal, period = ((hyps[0].signal, hyps[0].label_period) if hyps
+                          else (stage_signal.label, stage_signal.code_period))
+        out.append(f"  signal: {_q(signal)}          # its values are the stage codes below")
+        if period is None:
+            out.append("  # label_period: the codes change off every 5-s grid: set the scoring's period")
+        elif period != EPOCH_SECONDS:
+            out.append(f"  label_period: {period:g}            # every change of code falls on this "
+                       "grid: check it")
     out.append("  label_map:                  # 0 W, 1 N1, 2 N2, 3 N3, 4 REM, -1 unscored" +
                ("" if labels else " (no labels were seen: these are placeholders)"))
     out += map_lines

@@ -323,6 +323,8 @@ def manifest_document(entries: Sequence[ManifestEntry], statuses: Sequence[Mappi
 
     Every writer of a prepared dataset (``somnray prepare``, ``somnray review``) builds it here.
     """
+    from .recording import channels_used  # as prepare_entry: the data core only when needed
+
     by_status: Counter[str] = Counter(s["status"] for s in statuses)
     labels: Counter[int] = Counter()
     split_epochs: Counter[str] = Counter()
@@ -345,9 +347,12 @@ def manifest_document(entries: Sequence[ManifestEntry], statuses: Sequence[Mappi
             info = summ["modalities"].get(m) or {"present": False, "available_epochs": 0}
             present[m] += int(bool(info["present"]))
             avail_epochs[m] += int(info["available_epochs"])
-        warnings = (summ.get("info") or {}).get("warnings") or []
+        rec_info = summ.get("info") or {}
+        # The signal each modality was read from: with fallbacks it differs between recordings.
         recordings.append({"recording_id": s["recording_id"], "subject_id": s["subject_id"],
-                           "n_epochs": n, "status": s["status"], "warnings": list(warnings)})
+                           "n_epochs": n, "status": s["status"],
+                           "warnings": list(rec_info.get("warnings") or []),
+                           "channels": channels_used(rec_info)})
     n_ok = by_status[STATUS_OK] + by_status[STATUS_SKIPPED]
     rejected = sorted(({"recording_id": s["recording_id"], "reason": s["reason"],
                         "source": s["source"], "error_type": s["error_type"]}

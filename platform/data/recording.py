@@ -152,13 +152,15 @@ def _prepare_alternative(psg: PSG, modality: str, spec: ChannelSpec, alt: Channe
     native = min(ch.sfreq for _, ch in parts)
     band = spec.band
     if band is not None and spec.band_fit == "auto":
+        # The band applies to the derived signal, at the slower of its two rates: name both parts.
+        shown = _derivation_name(label, ref_label)
         try:
             band = fit_band(band, native)
         except ValueError as exc:
-            raise _Unusable(f"(signal '{label}'): {exc}") from None
+            raise _Unusable(f"(signal '{shown}'): {exc}") from None
         if band != tuple(spec.band):
             warnings.append(
-                f"channel '{modality}' (signal '{label}'): band-pass upper edge {spec.band[1]:g} Hz "
+                f"channel '{modality}' (signal '{shown}'): band-pass upper edge {spec.band[1]:g} Hz "
                 f"is at/above the Nyquist frequency {native / 2:g} Hz of the native rate "
                 f"{native:g} Hz; the band is clipped to [{band[0]:g}, {band[1]:g}] Hz "
                 "(band_fit: auto)")
@@ -208,9 +210,14 @@ def _average(found: list[tuple[int, _Prepared]]) -> _Prepared:
     return _Prepared(epochs, count > 0, facts)
 
 
+def _derivation_name(label: str, reference: str | None = None) -> str:
+    """How a signal is shown: its label, or ``label - reference`` for a derivation."""
+    return f"{label} - {reference}" if reference is not None else label
+
+
 def _signal_name(facts: dict[str, Any]) -> str:
-    """How the used signal is shown: its label, or ``label - reference`` for a derivation."""
-    return f"{facts['label']} - {facts['reference']}" if "reference" in facts else facts["label"]
+    """How the used signal is shown (:func:`_derivation_name` of its facts)."""
+    return _derivation_name(facts["label"], facts.get("reference"))
 
 
 def channels_used(info: dict[str, Any]) -> dict[str, str]:

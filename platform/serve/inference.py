@@ -324,8 +324,9 @@ def scoring_profile(model: Scorer | ModelSpec, profile: CohortProfile | str | No
         if spec is None:
             if policy == "require":
                 errors.append(f"model {spec_.name!r} needs modality {m!r} but profile "
-                              f"{base.name!r} has no channel for it; add it to the profile or pass "
-                              f"channel_map={{{m!r}: '<EDF label>'}}")
+                              f"{base.name!r} has no channel for it; add it to the profile, or name "
+                              f"its EDF signal with --channel-map {m}=LABEL (somnray score) or the "
+                              f"channel_map field {{\"{m}\": \"LABEL\"}} (HTTP)")
             continue
         required = policy == "require" or m in channel_map
         channels[m] = spec.model_copy(update={"required": required})

@@ -7,7 +7,7 @@ from psg_factory import sine, write_edf
 
 from somnray.core.errors import RecordingError
 from somnray.data.preprocess import fit_band
-from somnray.data.profiles import list_profiles, load_profile
+from somnray.data.profiles import CohortProfile, list_profiles, load_profile
 from somnray.data.recording import prepare_recording
 
 GENERIC = load_profile("generic")
@@ -49,6 +49,22 @@ def test_fifty_hz_recording_prepares_with_clipped_bands(tmp_path):
             "frequency 25 Hz of the native rate 50 Hz; the band is clipped to [0.3, 22.5] Hz "
             "(band_fit: auto)") in rec.info["warnings"]
     assert rec.available["eeg"].all()
+
+
+def test_clipped_band_of_a_derivation_names_the_derivation(tmp_path):
+    """A 50-Hz EOG derived as LOC - ROC: the clipping warning names the derivation, not LOC alone."""
+    data = GENERIC.model_dump()
+    data["channels"]["eog"].update(aliases=["LOC"], reference=["ROC"], fallbacks=[])
+    profile = CohortProfile.model_validate(data)
+    path = write_edf(tmp_path / "x.edf", {"EEG": (sine(10, 50, 150, seed=1), 50.0),
+                                          "LOC": (sine(1, 50, 150, seed=2), 50.0),
+                                          "ROC": (sine(1, 50, 150, amplitude=20, seed=3), 50.0)},
+                     record_s=30, annotations=[(0, 30, "W"), (30, 120, "N2")])
+    rec = prepare_recording(path, None, profile, recording_id="rec-1", subject_id="s1")
+    assert rec.info["channels"]["eog"]["reference"] == "ROC"
+    assert ("channel 'eog' (signal 'LOC - ROC'): band-pass upper edge 35 Hz is at/above the Nyquist "
+            "frequency 25 Hz of the native rate 50 Hz; the band is clipped to [0.3, 22.5] Hz "
+            "(band_fit: auto)") in rec.info["warnings"]
 
 
 def test_band_that_fits_is_not_clipped_nor_warned(tmp_path):

@@ -7,6 +7,9 @@ import pytest
 from psg_factory import patch_signal_header, sine, write_edf
 
 from somnray.core.errors import RecordingError
+from somnray.data.dataset import PreparedDataset
+from somnray.data.manifest import ManifestEntry
+from somnray.data.pipeline import manifest_document, prepare_entry
 from somnray.data.profiles import CohortProfile, load_profile
 from somnray.data.recording import prepare_recording
 
@@ -103,6 +106,26 @@ def test_no_usable_alternative_lists_every_one(tmp_path):
         "the file has signals ['E1-M2', 'C3']; fallback 2 (signal 'C3') lacks its reference: no "
         "signal matches ['A2']; the file has signals ['E1-M2', 'C3']")
 
+
+
+def test_manifest_json_names_the_signal_each_recording_used(tmp_path):
+    """Per recording, manifest.json's ``channels`` names the signal read for each modality: the
+    primary C4-A1 for one night, the fallback derivation C3 - A2 for the other."""
+    profile = _profile(fallbacks=FALLBACKS)
+    a2 = sine(0.5, 100, SECONDS, amplitude=5, seed=5)
+    nights = {"n1": _night(tmp_path / "n1.edf", **{"C4-A1": C4}),
+              "n2": _night(tmp_path / "n2.edf", C3=C3, A2=a2)}
+    entries = [ManifestEntry(recording_id=rid, subject_id=rid, psg=str(path), hypnogram=None,
+                             profile=profile.name) for rid, path in nights.items()]
+    dataset = PreparedDataset.create(str(tmp_path / "out"), profile, entries)
+    statuses = [prepare_entry(e.as_dict(), profile=profile, dataset_uri=dataset.uri) for e in entries]
+    assert [s["status"] for s in statuses] == ["ok", "ok"]
+    doc = manifest_document(entries, statuses, profile, dataset.version, dataset, pending=0, seconds=0.0)
+    assert {r["recording_id"]: r["channels"] for r in doc["recordings"]} == {
+        "n1": {"eeg": "C4-A1", "eog": "E1-M2"}, "n2": {"eeg": "C3 - A2", "eog": "E1-M2"}}
+    fallback = next(r for r in doc["recordings"] if r["recording_id"] == "n2")
+    assert set(fallback) == {"recording_id", "subject_id", "n_epochs", "status", "warnings", "channels"}
+    assert fallback["warnings"][0].endswith("; fallback 2 'C3 - A2' is used")
 
 
 @pytest.mark.parametrize("normalization, statistic", [("none", "std"), ("zscore", "std"), ("robust", "iqr/1.349")])

@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import edfio
+import numpy as np
 import pytest
 from psg_factory import START, sine, write_edf, write_hypnogram
 
@@ -217,3 +218,142 @@ def test_inspect_then_prepare_a_bare_edf_with_its_hypnogram(ray_local, tmp_path,
     assert code == 0, out
     assert "1 recording(s): 1 prepared, 0 already prepared, 0 rejected" in out[0]
     assert out[-1].startswith(f"file://{tmp_path}/out/my-cohort-")
+
+
+# -- a single file: the hypnogram beside it --------------------------------------------------------
+
+def _rk_rows(path: Path) -> Path:
+    """A clinic's text scoring: one R&K code per 5-s row, scored in 20-s epochs (W, S4, REM, S2, W...)."""
+    path.write_text("\n".join(["0"] * 4 + ["4"] * 4 + ["5"] * 4 + ["2"] * 4 + ["0"] * 44) + "\n")
+    return path
+
+
+def test_inspect_a_single_edf_pairs_the_hypnogram_beside_it(tmp_path):
+    """`inspect P01_n1.edf` finds P01_n1.txt beside it (not P02's), reports its 5-s period and
+    drafts a csv profile whose labels prepare as hand-computed."""
+    for night in ("P01_n1", "P02_n1"):
+        _clinic_psg(tmp_path / f"{night}.edf")
+        _rk_rows(tmp_path / f"{night}.txt")
+    psg = tmp_path / "P01_n1.edf"
+    result = inspect_path(str(psg))
+    assert [h.name for h in result.hypnograms] == [f"{tmp_path}/P01_n1.txt"]
+    text = format_report(result)
+    assert (f"  hypnogram: {tmp_path}/P01_n1.txt\n"
+            "  one label per row: 60 rows over 300 s = one label every 5 s\n"
+            f"{tmp_path}/P01_n1.txt\n  csv, columns ['column 1']\n"
+            "  labels: '0' ×48, '2' ×4, '4' ×4, '5' ×4") in text
+    draft = draft_profile(result)
+    assert "  format: csv\n" in draft and "  label_period: 5 " in draft
+    assert '    "4": 3\n' in draft and '    "5": 4\n' in draft
+    assert '  hypnogram_glob: "*.txt"' in draft
+    (tmp_path / "draft.yaml").write_text(draft)
+    (entry,) = load_manifest(str(psg), load_profile(tmp_path / "draft.yaml"))
+    assert Path(entry.hypnogram).name == "P01_n1.txt"
+    rec = prepare_recording(psg, entry.hypnogram, _without_trimming(tmp_path / "draft.yaml"),
+                            recording_id="P01_n1", subject_id="P01")
+    # W 0-20 s, S4 (N3) 20-40 s, REM 40-60 s, S2 60-80 s, W after: epoch 0 W 20 s > N3 10 s;
+    # epoch 1 REM 20 s > N3 10 s; epoch 2 N2 20 s > W 10 s; the rest W
+    assert rec.labels.tolist() == [0, 4, 2, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_inspect_a_single_sleep_edf_file_pairs_by_the_common_prefix(tmp_path):
+    """SC4001E0-PSG.edf on its own pairs with SC4001EC-Hypnogram.edf beside it, not SC4002's."""
+    for n in ("1", "2"):
+        _clinic_psg(tmp_path / f"SC400{n}E0-PSG.edf", rate=100.0)
+        write_hypnogram(tmp_path / f"SC400{n}EC-Hypnogram.edf", [(0, 150, "Sleep stage W"),
+                                                                 (150, 150, f"Sleep stage {n}")])
+    result = inspect_path(str(tmp_path / "SC4001E0-PSG.edf"))
+    assert result.key_regex == "^(.{7})"
+    assert result.psgs[0].hypnogram == f"{tmp_path}/SC4001EC-Hypnogram.edf"
+    assert result.stage_labels() == {"Sleep stage W": 1, "Sleep stage 1": 1}
+    assert "  format: edf_annotations\n" in draft_profile(result)
+
+
+def test_inspect_hypnogram_option_names_the_scoring_file(tmp_path, capsys):
+    """`inspect night.edf --hypnogram scoring.csv` reports that file as the night's; with a
+    folder the option is refused with one line."""
+    night = _clinic_psg(tmp_path / "night.edf")
+    hyp = _csv_hypnogram(tmp_path / "scoring.csv")
+    assert main(["inspect", str(night), "--hypnogram", str(hyp)]) == 0
+    out = capsys.readouterr().out
+    assert (f"  hypnogram: {hyp}\n{hyp}\n  csv, columns ['onset', 'duration', 'stage']\n"
+            "  labels: '0' ×1, '1' ×1, '2' ×1, '5' ×1, '9' ×1\n") in out
+    assert "  format: csv\n" in out and "placeholders" not in out
+    assert main(["inspect", str(tmp_path), "--hypnogram", str(hyp)]) == 1
+    assert capsys.readouterr().err == (
+        f"somnray inspect: error: {tmp_path}: 1 problem(s):\n  - a hypnogram can be named only "
+        "with a single EDF/BDF input, not with a folder\n")
+
+
+# -- a hypnogram stored as a signal ---------------------------------------------------------------
+
+STAGE_SECONDS = 180.0
+#: R&K codes every 20 s: W S1 S2 S2 REM W S2 S3 S4 (as in test_label_periods)
+RK_20_S = [0, 1, 2, 2, 5, 0, 2, 3, 4]
+
+
+def _stage_trace(rate: float = 1.0):
+    """The R&K codes as a signal sampled at ``rate`` Hz."""
+    return np.repeat(np.array(RK_20_S, dtype=float), int(20 * rate))
+
+
+def _montage(seconds: float = STAGE_SECONDS) -> dict:
+    return {"C4-A1": (sine(10, 50, seconds, seed=1), 50.0), "E1": (sine(0.5, 50, seconds, seed=3), 50.0),
+            "E2": (sine(0.5, 50, seconds, amplitude=20, seed=4), 50.0)}
+
+
+def test_inspect_recognises_a_stage_code_channel_and_drafts_edf_signal(tmp_path):
+    """A 1-Hz 'Hypnogram' channel of R&K codes in the PSG: reported as stage codes (not a
+    modality), drafted as format edf_signal with label_period 20 and R&K codes; prepare agrees."""
+    psg = write_edf(tmp_path / "night.edf", {**_montage(), "Hypnogram": (_stage_trace(), 1.0)},
+                    record_s=20)
+    result = inspect_path(str(psg))
+    text = format_report(result)
+    assert "  Hypnogram                   1 uV     [-500, 500]                   180  stage codes\n" in text
+    assert ("  stage codes in 'Hypnogram' (samples): '0' ×40, '1' ×20, '2' ×60, '3' ×20, '4' ×20, "
+            "'5' ×20; codes change on a 20-s grid\n") in text
+    assert text.endswith("  hypnogram: none paired (stages in signal 'Hypnogram')")
+    draft = draft_profile(result)
+    assert ('  format: edf_signal\n  signal: "Hypnogram"          # its values are the stage codes below\n'
+            "  label_period: 20 ") in draft
+    assert '    "4": 3\n' in draft and '    "5": 4\n' in draft and "placeholders" not in draft
+    assert "Hypnogram" not in draft.split("annotations:")[0]  # not offered as a channel
+    (tmp_path / "draft.yaml").write_text(draft)
+    rec = prepare_recording(psg, None, _without_trimming(tmp_path / "draft.yaml"), recording_id="n",
+                            subject_id="n")
+    # 20-s W N1 N2 N2 R W N2 N3 N3 by majority per 30 s: W, N2, N2, W, N2, N3
+    assert rec.labels.tolist() == [0, 2, 2, 0, 2, 3]
+
+
+def test_inspect_a_30_s_stage_channel_needs_no_label_period(tmp_path):
+    """A 'Sleep stage' channel with one code per 30-s epoch (1/30 Hz) drafts no label_period."""
+    codes = np.array([0, 0, 2, 2, 3, 5], dtype=float)
+    psg = write_edf(tmp_path / "night.edf", {**_montage(), "Sleep stage": (codes, 1 / 30)}, record_s=30)
+    result = inspect_path(str(psg))
+    assert ("  stage codes in 'Sleep stage' (samples): '0' ×2, '2' ×2, '3' ×1, '5' ×1; codes change "
+            "on a 30-s grid") in format_report(result)
+    draft = draft_profile(result)
+    assert '  format: edf_signal\n  signal: "Sleep stage"' in draft and "label_period" not in draft
+    (tmp_path / "draft.yaml").write_text(draft)
+    rec = prepare_recording(psg, None, _without_trimming(tmp_path / "draft.yaml"), recording_id="n",
+                            subject_id="n")
+    assert rec.labels.tolist() == [0, 0, 2, 2, 3, 4]
+
+
+def test_inspect_pairs_an_edf_holding_only_a_stage_channel(tmp_path):
+    """night-hyp.edf with one 'Hypnogram' signal beside night.edf is its scoring (format
+    edf_signal); the drafted profile prepares the pair."""
+    psg = write_edf(tmp_path / "night.edf", _montage(), record_s=20)
+    write_edf(tmp_path / "night-hyp.edf", {"Hypnogram": (_stage_trace(), 1.0)}, physical_range=(-1.0, 9.0))
+    result = inspect_path(str(tmp_path))
+    assert result.psgs[0].hypnogram == "night-hyp.edf"
+    assert ("night-hyp.edf\n  edf_signal, signal 'Hypnogram' (samples), codes change on a 20-s grid\n"
+            "  labels: '0' ×40, '1' ×20, '2' ×60, '3' ×20, '4' ×20, '5' ×20") in format_report(result)
+    draft = draft_profile(result)
+    assert '  format: edf_signal\n  signal: "Hypnogram"' in draft and "  label_period: 20 " in draft
+    (tmp_path / "draft.yaml").write_text(draft)
+    [entry] = discover(str(tmp_path), load_profile(tmp_path / "draft.yaml"))
+    assert Path(entry.hypnogram).name == "night-hyp.edf"
+    rec = prepare_recording(psg, entry.hypnogram, _without_trimming(tmp_path / "draft.yaml"),
+                            recording_id="night", subject_id="night")
+    assert rec.labels.tolist() == [0, 2, 2, 0, 2, 3]

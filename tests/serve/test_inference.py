@@ -12,6 +12,7 @@ import pytest
 from scoring_factory import TEST_LENGTH, identifying_hits, make_run  # tests/serve is on sys.path
 
 from somnray.core.errors import ConfigError, RecordingError
+from somnray.data.profiles import CohortProfile, load_profile
 from somnray.data.synth import SYNTH_IDENTIFYING_STRINGS, ArtefactConfig
 from somnray.models import create_model
 from somnray.scoring.scorer import Scorer
@@ -147,6 +148,20 @@ def test_channel_map_errors(scorer, night):
     assert err.value.recording_id == "r1"
     with pytest.raises(ConfigError, match="'emg' is not used by model"):
         score_recording(scorer, night, recording_id="r1", channel_map={"emg": "EMG submental"})
+
+
+def test_a_modality_missing_from_the_profile_names_both_ways_to_map_it(tmp_path, night):
+    """A model that needs EEG, scored with a profile without one: the error names the CLI's
+    --channel-map option and the HTTP channel_map field."""
+    scorer = Scorer.load(str(make_run(tmp_path / "mc2", model="mc2sleepnet_tiny")), precision="fp32")
+    data = load_profile("sleep-edf").model_dump()
+    data.update(name="eog-only", channels={"eog": data["channels"]["eog"]})
+    with pytest.raises(ConfigError) as err:
+        score_recording(scorer, night, recording_id="r1", profile=CohortProfile.model_validate(data))
+    assert err.value.errors == [
+        "model 'mc2sleepnet_tiny' needs modality 'eeg' but profile 'eog-only' has no channel for it; "
+        "add it to the profile, or name its EDF signal with --channel-map eeg=LABEL (somnray score) "
+        'or the channel_map field {"eeg": "LABEL"} (HTTP)']
 
 
 def test_bad_files_raise_recording_errors(scorer, night, tmp_path):

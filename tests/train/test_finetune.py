@@ -13,9 +13,11 @@ from prepared_factory import write_dataset  # tests/train is on sys.path (no pac
 from somnray.core.errors import ConfigError
 from somnray.jobs import cli
 from somnray.models import create_model
-from somnray.models.bundle import save_bundle
+from somnray.models.bundle import load_bundle, save_bundle
 from somnray.train.config import OptimConfig, load_experiment
 from somnray.train.finetune import check_source, finetune_overrides
+from somnray.train.inputs import apply_training_statistics, compute_training_statistics
+from somnray.train.loop import start_from_weights
 from somnray.train.optim import build_optimizer, group_base_lrs, learning_rate_groups
 
 
@@ -119,3 +121,59 @@ def test_finetune_cli_refuses_an_unseen_modality_before_training(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 1 and "modality 'eog': the source model never saw it in training" in err, err
     assert json.loads((source / "model.json").read_text())["model"] == "coresleep_tiny"
+
+
+def test_init_statistics_keep_retains_the_sources_and_refit_fits_the_new_split(tmp_path: Path) -> None:
+    """keep: the source bundle's spectrogram statistics survive; refit: the new training split's replace them."""
+    write_dataset(tmp_path / "data")
+    source_model = create_model("coresleep_tiny")
+    n_bins = source_model.front_end["eeg"].n_bins
+    for i, modality in enumerate(("eeg", "eog")):  # statistics no real split would give
+        source_model.set_spectrogram_statistics(modality, torch.full((n_bins,), -40.0 - i), torch.full((n_bins,), 9.0))
+    save_bundle(source_model, tmp_path / "src", name="coresleep_tiny", sequence_length=11)
+    state = load_bundle(tmp_path / "src")[0].state_dict()
+    stats = compute_training_statistics(create_model("coresleep_tiny"), str(tmp_path / "data"),
+                                        ["r00", "r01", "r02", "r03"], ("eeg", "eog"))
+    names = sorted(stats.fitted)
+    assert names == ["front_end.eeg.bin_mean", "front_end.eeg.bin_std", "front_end.eog.bin_mean",
+                     "front_end.eog.bin_std"]
+    started = {}
+    for mode in ("keep", "refit"):
+        model = create_model("coresleep_tiny")
+        apply_training_statistics(model, stats)  # as every worker does before loading the start weights
+        assert start_from_weights(model, state, stats, mode) == ([] if mode == "keep" else names)
+        started[mode] = model.state_dict()
+    for name in names:
+        assert torch.equal(started["keep"][name], state[name])
+        assert torch.allclose(started["refit"][name], torch.as_tensor(stats.fitted[name]))
+        assert not torch.allclose(started["refit"][name], state[name])
+    # Either way every trained weight is the source's.
+    for name, value in state.items():
+        if name not in names:
+            assert torch.equal(started["keep"][name], value) and torch.equal(started["refit"][name], value)
+
+
+def test_finetune_freeze_flag_reaches_the_first_phase(tmp_path: Path, monkeypatch) -> None:
+    """--freeze A B replaces the recipe's frozen groups, bare --freeze freezes nothing, no flag keeps the recipe's."""
+    import somnray.jobs.cmd_train as cmd_train
+
+    trained = []
+    monkeypatch.setattr(cmd_train, "train_and_report", lambda cfg, source: trained.append(cfg) or 0)
+    write_dataset(tmp_path / "data")
+    source = _bundle(tmp_path / "src")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        data: {{dataset: unset, split: manifest, sequence_length: 21}}
+        model: {{name: coresleep}}
+        storage: {{uri: {tmp_path / 'runs'}, name: ft}}
+        phases:
+          - {{name: finetune, init_from: unset, freeze: [front_end]}}
+        """))
+    common = ["finetune", str(source), "--data", str(tmp_path / "data"), "--recipe", str(recipe)]
+    for flag, frozen in ((["--freeze", "inner_eeg", "heads"], ("inner_eeg", "heads")), (["--freeze"], ()),
+                         ([], ("front_end",))):
+        assert cli.main(common + flag) == 0
+        phase = trained.pop().phases[0]
+        assert phase.freeze == frozen, flag
+        assert phase.init_from == str(source) and phase.model.name == "coresleep_tiny"
+    assert cli.main(common + ["--freeze", "hedas"]) == 1 and not trained

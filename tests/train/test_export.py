@@ -200,5 +200,6 @@ def test_evaluation_puts_each_folds_metrics_in_both_card_files(tmp_path: Path) -
     text = Path(bundle.path, "MODEL_CARD.md").read_text()
     assert "Per fold (Acc / MF1 %, κ):\n\n| Scenario | fold 0 | fold 1 |\n|---|---:|---:|\n" in text
     for s in ("all", "eeg_only"):
-        cells = [f"{100 * m.accuracy:.1f} / {100 * m.macro_f1:.1f}, {m.kappa:.3f}" for m in (metrics[0, s], metrics[1, s])]
+        cells = [f"{100 * m.accuracy:.1f} / {100 * m.macro_f1:.1f}, {m.kappa:.3f}"
+                 for m in (metrics[0, s], metrics[1, s])]
         assert f"| {s} | {cells[0]} | {cells[1]} |" in text

@@ -229,7 +229,8 @@ def test_finetune_from_a_registered_alias_starts_from_its_weights_and_records_th
     card = json.loads((bundle / "model_card.json").read_text())
     assert card["recipe"]["phases"][0]["init_from"] == f"models:/{name}@champion"
     assert card["recipe"]["phases"][0]["source"] == source
-    assert f"models:/{name}@champion = `models:/{name}/2`, weights `{sha[:12]}`" in (bundle / "MODEL_CARD.md").read_text()
+    starts_from = f"models:/{name}@champion = `models:/{name}/2`, weights `{sha[:12]}`"
+    assert starts_from in (bundle / "MODEL_CARD.md").read_text()
 
     tuned = load_bundle(bundle)[0].state_dict()
     heads = set(groups["heads"])

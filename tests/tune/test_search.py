@@ -184,9 +184,9 @@ def test_search_that_logs_to_mlflow_puts_the_winners_bundle_in_a_best_run(
     assert best.data.metrics["train.val_macro_f1"] == pytest.approx(float(row["value"]))
     files = {f.path for f in client.list_artifacts(best.info.run_id, "model")}
     assert files == {"model/model.json", "model/model.pt", "model/MODEL_CARD.md", "model/model_card.json"}
-    logged = json.loads(Path(client.download_artifacts(best.info.run_id, "model/model.json", str(tmp_path))).read_text())
-    local = json.loads((tmp_path / "runs" / "s1" / "best" / "model" / "model.json").read_text())
-    assert logged["weights_sha256"] == local["weights_sha256"]
+    logged = Path(client.download_artifacts(best.info.run_id, "model/model.json", str(tmp_path)))
+    local = tmp_path / "runs" / "s1" / "best" / "model" / "model.json"
+    assert json.loads(logged.read_text())["weights_sha256"] == json.loads(local.read_text())["weights_sha256"]
 
 
 @pytest.mark.integration

@@ -3,10 +3,12 @@
 Examples::
 
     somnray finetune runs/coresleep-shhs --data store/my-lab-<version>
+    somnray finetune models:/coresleep-shhs@champion --data store/my-lab-<version>
     somnray finetune s3://bucket/runs/cim-edf20/model --data store/my-lab-<version> \\
         --freeze maim smccl_heads temporal_cnn --set optim.max_steps=300 --run-uri runs/cim-my-lab
 
-SOURCE_URI is a training run (its ``model/`` bundle) or a bundle folder, local or remote. The
+SOURCE_URI is a training run (its ``model/`` bundle), a bundle folder, local or remote, or a
+registered model version (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``; ``docs/registry.md``). The
 recipe (default: the shipped ``finetune_local.yaml``, for 5-20 labelled nights) is completed
 from the source: its architecture and constructor settings, its window length, and
 ``init_from: SOURCE_URI`` on the recipe's first phase; ``--data`` is the prepared dataset of the
@@ -25,7 +27,7 @@ import argparse
 from importlib import resources
 
 #: One line for ``somnray --help``.
-HELP = "fine-tune a trained model (run or bundle) on new labelled data"
+HELP = "fine-tune a trained model (run, bundle or models:/ registered version) on new labelled data"
 #: The shipped recipe used without ``--recipe``.
 DEFAULT_RECIPE = "finetune_local.yaml"
 
@@ -34,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``somnray finetune``."""
     from somnray.jobs.cli import positive_int
 
-    p.add_argument("source", metavar="SOURCE_URI", help="training run (with model/) or model bundle folder")
+    p.add_argument("source", metavar="SOURCE_URI",
+                   help="training run (with model/), model bundle folder, models:/NAME/VERSION or models:/NAME@ALIAS")
     p.add_argument("--data", required=True, metavar="DATASET_URI", help="prepared dataset of the new nights")
     p.add_argument("--recipe", default=None, metavar="CONFIG",
                    help=f"fine-tuning recipe YAML (default: the shipped {DEFAULT_RECIPE})")

@@ -3,11 +3,12 @@
 A card says what a bundle is and what it may be used for, for a reviewer who opens the folder:
 the architecture and its paper; the training data (dataset version and the SHA-256 of its
 ``manifest.json``, cohort profile and the montage it maps, nights and subjects, class histogram);
-the recipe (every phase, where it started from, what it froze); validation metrics; the
+the recipe (every phase, where it started from — for another model, the exact bundle or
+registered version and its weights' SHA-256 — and what it froze); validation metrics; the
 calibration fitted at export (temperature, ECE before and after on the validation split, the
 ``low_confidence`` threshold and its rule, the reliability table); the metrics per
-missing-modality scenario once ``somnray evaluate`` has scored the run (pooled and per fold, with
-each scenario's calibration error);
+missing-modality scenario once ``somnray evaluate`` has scored the run (pooled, per-fold mean and
+std, and each fold's own metrics, with each scenario's calibration error);
 intended use and limitations; the SHA-256 of the weights; the somnray version.
 
 :func:`model_card` builds the JSON document at export (:mod:`somnray.train.export`),
@@ -93,8 +94,10 @@ def _montage(profile: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _phase_recipe(phase: PhaseConfig) -> dict[str, Any]:
-    return {"name": phase.name, "init_from": phase.init_from, "init_statistics": phase.init_statistics,
+def _phase_recipe(phase: PhaseConfig, source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One phase of the card's recipe; ``source`` is the model it started from, as the run recorded it."""
+    return {"name": phase.name, "init_from": phase.init_from, "source": dict(source) if source else None,
+            "init_statistics": phase.init_statistics,
             "freeze": list(phase.freeze), "model_overrides": dict(phase.model.overrides),
             "optimizer": phase.optim.optimizer, "lr": phase.optim.lr, "group_lr": dict(phase.optim.group_lr),
             "schedule": phase.optim.schedule, "batch_size": phase.optim.batch_size,
@@ -106,6 +109,7 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
                paper: str) -> dict[str, Any]:
     """The ``model_card.json`` document of a freshly exported bundle (no evaluation yet)."""
     profile = data.profile or {}
+    sources = info.extra.get("init_sources") or {}  # other models the phases started from (export)
     return {
         "format": CARD_FORMAT,
         "model": {"name": info.model, "overrides": dict(info.overrides), "paper": paper or None,
@@ -120,7 +124,7 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
             "modalities": list(data.modalities), "nights": dict(data.nights), "subjects": dict(data.subjects),
             "class_histogram": dict(data.class_histogram)},
         "recipe": {"description": cfg.description, "run_uri": info.extra.get("run_uri"),
-                   "exported_phase": phase.name, "phases": [_phase_recipe(p) for p in cfg.phases]},
+                   "exported_phase": phase.name, "phases": [_phase_recipe(p, sources.get(p.name)) for p in cfg.phases]},
         "validation_metrics": dict(info.extra.get("metrics") or {}),
         "calibration": dict(info.calibration or {}),
         "evaluation": None,
@@ -131,18 +135,28 @@ def model_card(info: BundleInfo, cfg: ExperimentConfig, phase: PhaseConfig, data
     }
 
 
+#: The metrics a card keeps of each scenario (pooled and per fold): what its tables show, and F1 per class.
+CARD_METRICS = ("n_epochs", "accuracy", "macro_f1", "kappa", "f1")
+
+
+def _card_metrics(by_scenario: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Scenario → :data:`CARD_METRICS` of a report's metrics (the confusion matrix etc. stay in the report)."""
+    return {s: {k: m.get(k) for k in CARD_METRICS if k in m} for s, m in by_scenario.items()}
+
+
 def with_evaluation(card: Mapping[str, Any], report: Mapping[str, Any]) -> dict[str, Any]:
     """``card`` with an evaluation report (``report.json`` of ``somnray evaluate``) as its evaluation.
 
-    Keeps, per scenario, the pooled metrics and the per-fold mean and std, plus each fold's run,
+    Keeps, per scenario, the pooled metrics and the per-fold mean and std, each fold's run
+    (``folds``) and, in the same order, each fold's own metrics per scenario (``fold_metrics``),
     and per scenario the expected calibration error, calibrated and uncalibrated.
     """
-    pooled = report.get("pooled") or {}
-    keep = ("n_epochs", "accuracy", "macro_f1", "kappa", "f1")
+    folds = report.get("folds") or []
     evaluation = {
         "dataset": report.get("dataset"), "dataset_uri": report.get("dataset_uri"),
-        "stride": report.get("stride"), "folds": [f.get("run") for f in report.get("folds") or []],
-        "pooled": {s: {k: m.get(k) for k in keep if k in m} for s, m in pooled.items()},
+        "stride": report.get("stride"), "folds": [f.get("run") for f in folds],
+        "fold_metrics": [_card_metrics(f.get("metrics") or {}) for f in folds],
+        "pooled": _card_metrics(report.get("pooled") or {}),
         "fold_mean": dict(report.get("fold_mean") or {}), "fold_std": dict(report.get("fold_std") or {}),
         "calibration": {s: {k: c.get(k) for k in ("n_epochs", "ece", "ece_uncalibrated")}
                         for s, c in (report.get("calibration") or {}).items()},
@@ -183,6 +197,29 @@ def _calibration_lines(cal: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _fold_lines(ev: Mapping[str, Any]) -> list[str]:
+    """The card's per-fold table: accuracy / macro-F1 (%) and κ of every fold under every scenario.
+
+    Only with several folds (with one, the pooled row is that fold) and for cards evaluated since
+    the card kept each fold's metrics (``fold_metrics``).
+    """
+    per_fold = ev.get("fold_metrics") or []
+    if len(per_fold) < 2:
+        return []
+    lines = ["", "Per fold (Acc / MF1 %, κ):", "",
+             "| Scenario | " + " | ".join(f"fold {i}" for i in range(len(per_fold))) + " |",
+             "|---|" + "---:|" * len(per_fold)]
+    for name in ev["pooled"]:
+        cells = []
+        for fold in per_fold:
+            m = fold.get(name)
+            kappa = None if m is None else m.get("kappa")
+            cells.append("–" if m is None else f"{_pct(m.get('accuracy'))} / {_pct(m.get('macro_f1'))}, "
+                                               f"{'–' if kappa is None else f'{kappa:.3f}'}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_card(card: Mapping[str, Any]) -> str:
     """``MODEL_CARD.md`` from the card document."""
     m, d, r = card["model"], card["training_data"], card["recipe"]
@@ -213,7 +250,10 @@ def render_card(card: Mapping[str, Any]) -> str:
     for p in r["phases"]:
         lr = f"{p['lr']:g}" + (" (" + ", ".join(f"{g} {v:g}" for g, v in p["group_lr"].items()) + ")"
                                if p["group_lr"] else "")
-        lines.append(f"| {p['name']} | {p['init_from'] or 'scratch'} | {', '.join(p['freeze']) or '–'} | "
+        start = p["init_from"] or "scratch"
+        if p.get("source"):  # the exact weights, whatever the alias or folder holds now
+            start += f" = `{p['source']['checkpoint_uri']}`, weights `{p['source']['weights_sha256'][:12]}`"
+        lines.append(f"| {p['name']} | {start} | {', '.join(p['freeze']) or '–'} | "
                      f"{p['optimizer']} | {lr} | {p['max_steps']} | {p['missing']['kind']} {p['missing']['rate']:g} |")
     val = card.get("validation_metrics") or {}
     kappa = val.get("val_kappa")
@@ -235,6 +275,7 @@ def render_card(card: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | {pm.get('n_epochs')} | {_pct(pm.get('accuracy'))} | {_pct(pm.get('macro_f1'))} | "
                          f"{pm.get('kappa', float('nan')):.3f} | {_pct(mean.get('accuracy'))}±{_pct(std.get('accuracy'))} | "
                          f"{_pct(mean.get('macro_f1'))}±{_pct(std.get('macro_f1'))} |")
+        lines += _fold_lines(ev)
         calibration = ev.get("calibration") or {}
         if calibration:
             lines += ["", "Calibration error per scenario (ECE %, calibrated / uncalibrated): "
@@ -261,5 +302,5 @@ def update_card_evaluation(bundle: StorageLocation, report: Mapping[str, Any]) -
     return True
 
 
-__all__ = ["CARD_FILE", "CARD_JSON_FILE", "INTENDED_USE", "LIMITATIONS", "TrainingData", "card_files",
+__all__ = ["CARD_FILE", "CARD_JSON_FILE", "CARD_METRICS", "INTENDED_USE", "LIMITATIONS", "TrainingData", "card_files",
            "model_card", "render_card", "update_card_evaluation", "with_evaluation"]

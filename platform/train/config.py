@@ -486,8 +486,9 @@ class PhaseConfig(_Strict):
     """One complete training phase: every section resolved.
 
     ``init_from: previous`` initialises the model from the previous phase's best checkpoint;
-    ``init_from: <URI>`` from another trained model: a training run (its ``model/`` bundle) or a
-    bundle folder, local or remote (:mod:`somnray.train.finetune`). ``init_statistics`` says what
+    ``init_from: <URI>`` from another trained model: a training run (its ``model/`` bundle), a
+    bundle folder, local or remote, or a registered model version, ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS`` (:mod:`somnray.train.finetune`). ``init_statistics`` says what
     happens to what the model fits on the training split (spectrogram normalisation, class
     weights) when it starts from other weights: ``keep`` the source's, or ``refit`` them on this
     phase's training split. ``freeze`` names parameter groups (``model.parameter_groups()``)

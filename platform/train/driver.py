@@ -332,7 +332,8 @@ def init_sources(cfg: ExperimentConfig) -> dict[str, Any]:
 def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = None) -> list[PhaseResult]:
     """Run every phase in order; ``init_from: previous`` phases start from the previous best checkpoint,
     ``init_from: <URI>`` phases from another trained model (checked before any phase runs,
-    :func:`somnray.train.finetune.check_source`).
+    :func:`somnray.train.finetune.check_source`; its weights reach the workers through Ray's object
+    store and ``<run>/<phase>/init_source.json`` records which they were).
 
     The resolved config is written to ``<run>/config.yaml`` first; at the end, ``<run>/metrics.json``
     and the model bundle ``<run>/model/`` (from the last phase's best checkpoint). When a phase logs
@@ -357,7 +358,7 @@ def run_experiment(cfg: ExperimentConfig, *, placement_strategy: str | None = No
     tracking = ExperimentTracking(cfg)
     try:
         for phase in cfg.phases:
-            init = sources[phase.name].checkpoint() if phase.name in sources else None
+            init = sources[phase.name].init_weights(storage.join(phase.name)) if phase.name in sources else None
             if phase.init_from == "previous":
                 init = results[-1].checkpoint(storage.storage_options)
                 if init is None:

@@ -5,6 +5,7 @@ A run folder (``<storage.uri>/<storage.name>``) holds, after :func:`somnray.trai
     config.yaml                  the resolved experiment config (every phase complete)
     metrics.json                 {phase: best validation metrics, ...} in phase order
     <phase>/phase_result.json    best checkpoint URI and its metrics
+    <phase>/init_source.json     a phase that started from another model: which weights exactly
     <phase>/checkpoint_*/        Ray Train checkpoints (state/, model.pt, trainer_state.json)
     model/model.pt, model.json   the bundle: the LAST phase's best weights and their provenance
     model/MODEL_CARD.md          its model card, and the card as data (model_card.json)
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 PHASE_RESULT_FILE = "phase_result.json"
+#: The source model a phase started from (``init_from: <URI>``, :mod:`somnray.train.finetune`).
+SOURCE_FILE = "init_source.json"
 #: Training epochs per modality sampled for the bundle's signal summary.
 SUMMARY_EPOCHS = 2048
 #: Training recordings whose footers give the bundle's reading facts and amplitude range (all of
@@ -90,6 +93,22 @@ def read_phase_result(run_uri: str, phase: str, storage_options: Mapping[str, An
         raise ConfigError(loc.uri, [f"phase {phase!r} has no {PHASE_RESULT_FILE}: it has not finished; "
                                     f"rerun the experiment to complete it"])
     return json.loads(loc.read_text())
+
+
+def read_init_sources(run_uri: str, cfg: ExperimentConfig,
+                      storage_options: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Phase name → the recorded source (``<run>/<phase>/init_source.json``) of each phase that has one.
+
+    Phases that started from scratch or from the previous phase have none; so have runs trained
+    before sources were recorded (their config still names ``init_from``).
+    """
+    run = resolve(run_uri, storage_options)
+    out = {}
+    for phase in cfg.phases:
+        loc = run.join(phase.name, SOURCE_FILE)
+        if loc.exists():
+            out[phase.name] = json.loads(loc.read_text())
+    return out
 
 
 def write_run_metrics(run_uri: str, results: Sequence[Any],
@@ -246,8 +265,12 @@ def _load_weights(checkpoint_uri: str, storage_options: Mapping[str, Any] | None
 
 
 def bundle_extra(cfg: ExperimentConfig, phase: PhaseConfig, run_uri: str, result: Mapping[str, Any],
-                 data: TrainingData) -> dict[str, Any]:
-    """Provenance recorded in ``model.json``'s ``extra`` for ``phase`` of a run."""
+                 data: TrainingData, init_sources: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Provenance recorded in ``model.json``'s ``extra`` for ``phase`` of a run.
+
+    ``init_sources`` (:func:`read_init_sources`) is recorded as ``init_sources``: the other models
+    the run's phases started from.
+    """
     metrics = {k: v for k, v in (result.get("metrics") or {}).items() if k.startswith("val_") or k == "step"}
     return {
         "run_uri": run_uri,
@@ -261,6 +284,7 @@ def bundle_extra(cfg: ExperimentConfig, phase: PhaseConfig, run_uri: str, result
         "split": phase.data.split.model_dump(mode="json", exclude_none=True),
         "data_modalities": list(phase.data.modalities) if phase.data.modalities else None,
         "seed": phase.seed,
+        "init_sources": dict(init_sources or {}),
         "somnray_version": somnray_version(),
     }
 
@@ -328,7 +352,7 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
     except RuntimeError as exc:
         raise ConfigError(checkpoint, [f"{WEIGHTS_FILE} does not fit model {phase_cfg.model.name!r}: {exc}"]) from None
     data = training_data(phase_cfg, storage_options)
-    extra = bundle_extra(cfg, phase_cfg, run.uri, result, data)
+    extra = bundle_extra(cfg, phase_cfg, run.uri, result, data, read_init_sources(run.uri, cfg, storage_options))
     calibration = validation_calibration(model, phase_cfg, storage_options=storage_options)
     target = run.join(BUNDLE_DIR)
     kwargs = dict(name=phase_cfg.model.name, overrides=phase_cfg.model.overrides,
@@ -345,5 +369,5 @@ def export_bundle(run_uri: str, phase: str | None = None, *, storage_options: Ma
     return target.uri
 
 
-__all__ = ["METRICS_FILE", "bundle_extra", "export_bundle", "read_phase_result", "read_run_config",
-           "validation_calibration", "write_run_metrics"]
+__all__ = ["METRICS_FILE", "SOURCE_FILE", "bundle_extra", "export_bundle", "read_init_sources", "read_phase_result",
+           "read_run_config", "validation_calibration", "write_run_metrics"]

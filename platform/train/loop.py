@@ -102,7 +102,9 @@ def loop_config(phase: PhaseConfig, modalities: tuple[str, ...], stats: Training
     ``phase_uri`` (``<run>/<phase>``) is where rank 0 writes TensorBoard files and the
     fault-injection marker; ``storage_options`` reach it (resolved on the driver, because workers
     may have started before the driver's environment named the store). ``init_checkpoint`` gives
-    initial weights only (``init_from: previous``); ``continue_from`` another run's checkpoint whose
+    initial weights only: a ``ray.train.Checkpoint`` holding ``model.pt`` (``init_from: previous``)
+    or a ``ray.ObjectRef`` of a ``state_dict`` (``init_from: <URI>``,
+    :meth:`somnray.train.finetune.SourceModel.init_weights`); ``continue_from`` another run's checkpoint whose
     full state this run continues with this phase's hyperparameters (see the module docstring).
     ``mlflow`` is :func:`somnray.train.tracking.mlflow_loop_config` (resolved on the driver, whose
     environment may name the server).
@@ -145,12 +147,47 @@ def _cycle(make: Any) -> Iterator[Mapping[str, torch.Tensor]]:
                                "per worker; lower optim.batch_size or use more recordings")
 
 
-def _load_model_file(checkpoint: Any) -> dict[str, torch.Tensor]:
-    with checkpoint.as_directory() as folder:
+def _initial_weights(init: Any) -> Mapping[str, torch.Tensor]:
+    """The ``state_dict`` a phase starts from: another model's weights the driver put in Ray's object
+    store (``init_from: <URI>``), or the ``model.pt`` of the previous phase's best checkpoint."""
+    import ray
+
+    if isinstance(init, ray.ObjectRef):
+        return ray.get(init)
+    with init.as_directory() as folder:
         path = Path(folder) / MODEL_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{checkpoint.path}: no {MODEL_FILE} in the previous phase's checkpoint")
+            raise FileNotFoundError(f"{init.path}: no {MODEL_FILE} in the previous phase's checkpoint")
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def start_from_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], stats: TrainingStatistics,
+                       init_statistics: str) -> list[str]:
+    """Load the weights a phase starts from into ``model``, then apply ``init_statistics``.
+
+    The weights carry the statistics buffers their model was trained with (spectrogram
+    normalisation, ...). ``keep`` leaves those: the new data are normalised as the source's
+    training data were, which the source's later layers expect. ``refit`` installs ``stats``, the
+    statistics fitted on this phase's own training split, over them.
+
+    Parameters
+    ----------
+    model : SleepStagingModel
+        The phase's freshly built model.
+    state : mapping of str to Tensor
+        The source's (or the previous phase's) ``state_dict``.
+    stats : TrainingStatistics
+        What the model fitted on this phase's training split.
+    init_statistics : {"keep", "refit"}
+        The phase's ``init_statistics``.
+
+    Returns
+    -------
+    list of str
+        The buffers refitted (empty with ``keep``).
+    """
+    model.load_state_dict(state)
+    return apply_training_statistics(model, stats) if init_statistics == "refit" else []
 
 
 def _maybe_inject_fault(phase_uri: str | None, storage_options: Mapping[str, Any], step: int, rank: int) -> None:
@@ -331,11 +368,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and fitted:
         print(f"[{phase.name}] fitted on the training split: {', '.join(fitted)}", flush=True)
     if config.get("init_checkpoint") is not None:
-        # The previous phase's (or another model's) best weights; its statistics buffers come with
-        # them, unless the phase refits them on its own training split.
-        model.load_state_dict(_load_model_file(config["init_checkpoint"]))
-        if phase.init_statistics == "refit":
-            apply_training_statistics(model, stats)
+        start_from_weights(model, _initial_weights(config["init_checkpoint"]), stats, phase.init_statistics)
     if phase.freeze:
         model.freeze(phase.freeze)
     loss_weights = model.resolve_loss_weights(phase.loss_weights)

@@ -483,7 +483,8 @@ def run_trial(config: dict[str, Any], search: Mapping[str, Any]) -> None:
         if done.exists():  # finished before an interruption, or by the donor
             results.append(PhaseResult(**json.loads(done.read_text())))
         else:
-            init = sources[phase.name].checkpoint() if phase.name in sources and continue_from is None else None
+            init = (sources[phase.name].init_weights(gen.folder.join(phase.name))
+                    if phase.name in sources and continue_from is None else None)
             if phase.init_from == "previous" and continue_from is None:
                 init = results[-1].checkpoint(run.storage_options)
                 if init is None:

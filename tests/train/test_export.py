@@ -167,3 +167,39 @@ def test_export_and_load_on_s3(tmp_path: Path, s3_server) -> None:
     model, info = scorer.model, scorer.info
     assert info.extra["run_uri"] == run_uri
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights["finetune"].items())
+
+
+def test_evaluation_puts_each_folds_metrics_in_both_card_files(tmp_path: Path) -> None:
+    """A 2-fold report: model_card.json keeps each fold's metrics per scenario, MODEL_CARD.md a per-fold table."""
+    import numpy as np
+
+    from somnray.core.storage import resolve
+    from somnray.train.card import CARD_METRICS, update_card_evaluation
+    from somnray.train.metrics import compute_metrics
+
+    bundle = resolve(export_bundle(_finished_run(tmp_path)[0]))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (2, 300))
+    metrics = {}  # (fold, scenario) → StagingMetrics, each of its own quality
+    for fold in range(2):
+        for j, scenario in enumerate(("all", "eeg_only")):
+            wrong = rng.random(300) < 0.1 + 0.2 * fold + 0.3 * j
+            metrics[fold, scenario] = compute_metrics(labels[fold], np.where(wrong, (labels[fold] + 1) % 5,
+                                                                             labels[fold]))
+    # As report.json holds them (JSON: tuples become lists).
+    per_fold = json.loads(json.dumps([{s: metrics[i, s].to_dict() for s in ("all", "eeg_only")} for i in range(2)]))
+    report = {"dataset": "d", "dataset_uri": "file:///d", "stride": 5, "calibration": {},
+              "pooled": per_fold[0], "fold_mean": {}, "fold_std": {},
+              "folds": [{"run": f"file:///runs/f{i}", "metrics": per_fold[i]} for i in range(2)]}
+    assert update_card_evaluation(bundle, report)
+    evaluation = json.loads(Path(bundle.path, "model_card.json").read_text())["evaluation"]
+    assert evaluation["folds"] == ["file:///runs/f0", "file:///runs/f1"]
+    assert evaluation["fold_metrics"] == [{s: {k: m[k] for k in CARD_METRICS} for s, m in fold.items()}
+                                          for fold in per_fold]
+    assert set(CARD_METRICS) == {"n_epochs", "accuracy", "macro_f1", "kappa", "f1"}
+    text = Path(bundle.path, "MODEL_CARD.md").read_text()
+    assert "Per fold (Acc / MF1 %, κ):\n\n| Scenario | fold 0 | fold 1 |\n|---|---:|---:|\n" in text
+    for s in ("all", "eeg_only"):
+        cells = [f"{100 * m.accuracy:.1f} / {100 * m.macro_f1:.1f}, {m.kappa:.3f}"
+                 for m in (metrics[0, s], metrics[1, s])]
+        assert f"| {s} | {cells[0]} | {cells[1]} |" in text

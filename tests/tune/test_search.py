@@ -160,6 +160,36 @@ def test_asha_search_writes_leaderboard_plot_and_an_evaluable_best(tmp_path, ray
 
 
 @pytest.mark.integration
+def test_search_that_logs_to_mlflow_puts_the_winners_bundle_in_a_best_run(
+        tmp_path, ray_local, mlflow_server, monkeypatch, capsys) -> None:
+    """logging.mlflow on a 1-trial search: an MLflow run <search>/best holds the winner's bundle and metrics."""
+    from mlflow import MlflowClient
+
+    from somnray.jobs import cmd_tune
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    cfg, space, _ = write_search_inputs(tmp_path)
+    experiment = f"tune-{tmp_path.name[-8:]}"
+    with cfg.open("a") as fh:
+        fh.write(f"logging: {{mlflow: {{tracking_uri: '{mlflow_server.uri}', experiment: {experiment}}}}}\n")
+    assert cmd_tune.main([str(cfg), str(space), "--samples", "1", "--scheduler", "fifo",
+                          "--storage", str(tmp_path / "runs"), "--name", "s1"]) == 0
+    capsys.readouterr()
+    [row] = list(csv.DictReader((tmp_path / "runs" / "s1" / "leaderboard.csv").read_text().splitlines()))
+
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name(experiment)
+    [best] = client.search_runs([exp.experiment_id], "tags.mlflow.runName = 's1/best'")
+    assert best.info.status == "FINISHED" and best.data.params["model"] == "coresleep_tiny"
+    assert best.data.metrics["train.val_macro_f1"] == pytest.approx(float(row["value"]))
+    files = {f.path for f in client.list_artifacts(best.info.run_id, "model")}
+    assert files == {"model/model.json", "model/model.pt", "model/MODEL_CARD.md", "model/model_card.json"}
+    logged = Path(client.download_artifacts(best.info.run_id, "model/model.json", str(tmp_path)))
+    local = tmp_path / "runs" / "s1" / "best" / "model" / "model.json"
+    assert json.loads(logged.read_text())["weights_sha256"] == json.loads(local.read_text())["weights_sha256"]
+
+
+@pytest.mark.integration
 @pytest.mark.slow  # ≈ 2 min: two searches, one killed midway (`make test-slow`)
 def test_interrupted_search_completes_with_resume(tmp_path, ray_local, monkeypatch, capsys) -> None:
     """Kill the driver once a trial has finished; `somnray tune --resume` completes all 4 and keeps it."""

@@ -181,7 +181,10 @@ def test_finetune_freeze_flag_reaches_the_first_phase(tmp_path: Path, monkeypatc
     assert cli.main(common + ["--freeze", "hedas"]) == 1 and not trained
 
 
+# slow: a Ray Train run with MLflow logging (~2 min idle, 5 loaded); the registry's own tests stay
+# in the default tier.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_finetune_from_a_registered_alias_starts_from_its_weights_and_records_the_version(
         tmp_path: Path, ray_local, mlflow_server, monkeypatch, capsys) -> None:
     """somnray finetune models:/NAME@champion: workers start from that version's weights without the

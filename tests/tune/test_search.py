@@ -159,7 +159,10 @@ def test_asha_search_writes_leaderboard_plot_and_an_evaluable_best(tmp_path, ray
     assert Scorer.load(str(search / "best"), device="cpu", precision="fp32").info.model == "coresleep_tiny"
 
 
+# slow: a Tune search with MLflow logging (~1 min idle, 4 loaded); training's MLflow logging is
+# checked in the default tier.
 @pytest.mark.integration
+@pytest.mark.slow
 def test_search_that_logs_to_mlflow_puts_the_winners_bundle_in_a_best_run(
         tmp_path, ray_local, mlflow_server, monkeypatch, capsys) -> None:
     """logging.mlflow on a 1-trial search: an MLflow run <search>/best holds the winner's bundle and metrics."""

@@ -38,62 +38,12 @@ from typing import Any
 from somnray.core.session import free_loopback_port
 
 from .bench_score import _make_bundle, _night
-from .benchreport import BenchResult
+from .benchreport import BenchResult, process_role, process_tree, rss_by_role
 
 #: Seconds the service gets to deploy before the benchmark gives up.
 STARTUP_TIMEOUT_S = 300.0
 #: Seconds the stopped service's processes get to exit before they are reported and killed.
 EXIT_TIMEOUT_S = 30.0
-
-
-def process_role(cmdline: list[str]) -> str:
-    """A short, stable name for a process of the service, from its command line.
-
-    Serve replicas and Ray actors carry their role in their process title (``ray::ServeReplica:
-    somnray:StageModel``); Ray's daemons are named by their executable or module.
-    """
-    if not cmdline:
-        return "other"
-    title = cmdline[0]
-    if title.startswith("ray::"):
-        # The title names the method running now (StageModel.handle_request...): keep the actor.
-        name = title[len("ray::"):].split()[0].rsplit(":", 1)[-1].split(".")[0]
-        return "idle worker" if name == "IDLE" else name
-    if title.startswith("ray-dashboard-"):  # the dashboard's module processes, one per module
-        return "dashboard modules"
-    text = " ".join(cmdline)
-    for marker, role in (("somnray.jobs serve", "somnray serve"), ("gcs_server", "gcs_server"),
-                         ("multiprocessing.forkserver", "dashboard modules"),
-                         ("raylet", "raylet"), ("dashboard/agent.py", "dashboard agent"),
-                         ("runtime_env/agent", "runtime_env agent"), ("dashboard.py", "dashboard"),
-                         ("log_monitor", "log_monitor"), ("monitor.py", "monitor"),
-                         ("default_worker.py", "idle worker")):
-        if marker in text:
-            return role
-    return os.path.basename(title) or "other"
-
-
-def _tree(pid: int) -> list[Any]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _sample(pid: int) -> dict[str, float]:
-    """RSS in MiB per role over the process tree of ``pid`` (several processes of one role add)."""
-    import psutil
-
-    rss: dict[str, float] = defaultdict(float)
-    for proc in _tree(pid):
-        try:
-            rss[process_role(proc.cmdline())] += proc.memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue  # exited between the listing and the read
-    return dict(rss)
 
 
 def _client(url: str, body: bytes, until: float, answers: list, lock: threading.Lock, index: int) -> None:
@@ -137,7 +87,7 @@ def _stop(proc: subprocess.Popen) -> dict[str, Any]:
     """SIGTERM the service; how long it took and which of its processes outlived it (then killed)."""
     import psutil
 
-    started = [p for p in _tree(proc.pid)]
+    started = [p for p in process_tree(proc.pid)]
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     try:
@@ -245,11 +195,11 @@ def run(clients: int = 32, minutes: float = 30.0, *, hours: float = 1.0, model: 
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
-                samples.append({"t": time.monotonic(), "rss_mib": _sample(proc.pid)})
+                samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(proc.pid)})
                 time.sleep(sample_s)
             for t in threads:
                 t.join()
-            samples.append({"t": time.monotonic(), "rss_mib": _sample(proc.pid)})
+            samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(proc.pid)})
         finally:
             stopped = _stop(proc)
         plot(samples, answers, start, out / "soak.png")

@@ -11,12 +11,14 @@ import json
 import os
 import platform
 import re
+import threading
 import time
+from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 #: CPU flags that decide which arithmetic is fast (bf16 and int8 kernels, vector width).
@@ -61,6 +63,95 @@ def stopwatch() -> Iterator[dict[str, float]]:
         yield out
     finally:
         out["s"] = time.perf_counter() - start
+
+
+def process_role(cmdline: list[str]) -> str:
+    """A short, stable name for a process of the service, from its command line.
+
+    Serve replicas and Ray actors carry their role in their process title (``ray::ServeReplica:
+    somnray:StageModel``); Ray's daemons are named by their executable or module.
+    """
+    if not cmdline:
+        return "other"
+    title = cmdline[0]
+    if title.startswith("ray::"):
+        # The title names the method running now (StageModel.handle_request...): keep the actor.
+        name = title[len("ray::"):].split()[0].rsplit(":", 1)[-1].split(".")[0]
+        return "idle worker" if name == "IDLE" else name
+    if title.startswith("ray-dashboard-"):  # the dashboard's module processes, one per module
+        return "dashboard modules"
+    text = " ".join(cmdline)
+    for marker, role in (("somnray.jobs serve", "somnray serve"), ("gcs_server", "gcs_server"),
+                         ("multiprocessing.forkserver", "dashboard modules"),
+                         ("raylet", "raylet"), ("dashboard/agent.py", "dashboard agent"),
+                         ("runtime_env/agent", "runtime_env agent"), ("dashboard.py", "dashboard"),
+                         ("log_monitor", "log_monitor"), ("monitor.py", "monitor"),
+                         ("default_worker.py", "idle worker")):
+        if marker in text:
+            return role
+    return os.path.basename(title) or "other"
+
+
+def process_tree(pid: int) -> list[Any]:
+    """``pid`` and every process it started, alive now (empty once it has exited)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def rss_by_role(pid: int) -> dict[str, float]:
+    """RSS in MiB per role over the process tree of ``pid`` (several processes of one role add)."""
+    import psutil
+
+    rss: dict[str, float] = defaultdict(float)
+    for proc in process_tree(pid):
+        try:
+            rss[process_role(proc.cmdline())] += proc.memory_info().rss / 2**20
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue  # exited between the listing and the read
+    return dict(rss)
+
+
+@contextmanager
+def peak_memory(pid: int | None = None, every_s: float = 0.5) -> Iterator[dict[str, float]]:
+    """``with peak_memory() as m: ...`` then ``m["root_mib"]`` and ``m["total_mib"]``.
+
+    The peak resident memory of process ``pid`` (default: this one, e.g. a cohort's driver) and
+    of its whole tree — for a local Ray instance that includes every daemon and worker it started —
+    sampled every ``every_s`` seconds on a background thread while the block runs.
+    """
+    import psutil
+
+    pid = os.getpid() if pid is None else pid
+    peaks = {"root_mib": 0.0, "total_mib": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            total = 0.0
+            for proc in process_tree(pid):
+                try:
+                    rss = proc.memory_info().rss / 2**20
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue  # exited between the listing and the read
+                total += rss
+                if proc.pid == pid:
+                    peaks["root_mib"] = max(peaks["root_mib"], rss)
+            peaks["total_mib"] = max(peaks["total_mib"], total)
+            if done.wait(every_s):
+                return
+
+    thread = threading.Thread(target=sample, name="peak-memory", daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        done.set()
+        thread.join()
 
 
 @dataclass

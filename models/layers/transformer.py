@@ -38,7 +38,7 @@ class FeedForward(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        self.net = nn.Sequential(nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](),
+        self.net = nn.Sequential(nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](**({"inplace": True} if activation == "relu" else {})),
                                  nn.Dropout(dropout), nn.Linear(d_ff, d_model))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from somnray.jobs import bench_gpu, bench_score
-from somnray.jobs.benchreport import machine_summary
+from somnray.jobs.benchreport import machine_summary, peak_memory
 from somnray.jobs.cli import main
 
 
@@ -108,3 +110,34 @@ def test_gpu_plan_experiment_is_a_valid_training_config(tmp_path):
     [phase] = load_experiment(path).phases
     assert phase.scaling.num_workers == 2 and phase.deepspeed.zero_stage == 2
     assert choose_backend("cuda") == "nccl"
+
+
+def test_sub_manifest_keeps_the_header_and_the_first_nights(tmp_path):
+    """A cohort size reads the first n rows of the synthetic cohort's manifest, header kept; asking
+    for more nights than it lists is an error, not a silently smaller cohort."""
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("psg,hypnogram,subject\na.edf,a.txt,s1\nb.edf,b.txt,s2\nc.edf,c.txt,s3\n")
+    two = bench_score.sub_manifest(manifest, 2)
+    assert two.parent == tmp_path  # relative paths in it still resolve
+    assert two.read_text() == "psg,hypnogram,subject\na.edf,a.txt,s1\nb.edf,b.txt,s2\n"
+    with pytest.raises(ValueError, match="lists 3 nights, fewer than 4"):
+        bench_score.sub_manifest(manifest, 4)
+
+
+def test_peak_memory_counts_the_processes_a_run_starts():
+    """The memory probe sums the whole process tree: a child holding ~200 MB raises the total peak
+    well above this process's own while the driver's figure stays this process's."""
+    hold = "import sys, time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(60)"
+    with peak_memory(every_s=0.05) as mem:
+        child = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline() == "ready\n"
+            own = mem["root_mib"]
+            deadline = time.monotonic() + 30
+            while mem["total_mib"] < own + 190 and time.monotonic() < deadline:
+                time.sleep(0.05)  # wait for a sample taken while the child holds its memory
+        finally:
+            child.kill()
+            child.wait()
+    assert mem["total_mib"] >= mem["root_mib"] + 190
+    assert mem["root_mib"] < mem["total_mib"]

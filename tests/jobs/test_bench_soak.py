@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from somnray.jobs.bench_soak import _result, plot, process_role
+from somnray.jobs.bench_soak import _result, plot
+from somnray.jobs.benchreport import process_role
 
 
 def test_processes_are_named_by_role_whatever_method_runs():

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="windows per batched forward pass across requests (default: 64)")
     parser.add_argument("--model-cpus", type=float, default=0.5, metavar="N",
                         help="CPUs each model replica reserves (default: 0.5)")
+    parser.add_argument("--model-threads", type=int, default=None, metavar="N",
+                        help="torch threads of each model replica on CPU (default: the node's CPUs "
+                             "divided by the model replicas)")
     parser.add_argument("--preprocess-cpus", type=float, default=0.5, metavar="N",
                         help="CPUs each preprocessing replica reserves (default: 0.5)")
     parser.add_argument("--ingress-cpus", type=float, default=0.1, metavar="N",
@@ -110,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         "review_roots": tuple(args.review_roots),
         "default_profile": args.profile, "model_replicas": args.replicas,
         "preprocess_replicas": args.replicas, "max_batch_windows": args.max_batch_windows,
-        "model_num_cpus": args.model_cpus, "preprocess_num_cpus": args.preprocess_cpus,
+        "model_num_cpus": args.model_cpus, "model_threads": args.model_threads,
+        "preprocess_num_cpus": args.preprocess_cpus,
         "ingress_num_cpus": args.ingress_cpus, "cohort_num_cpus": args.cohort_cpus,
         "max_cohort_jobs": args.max_cohort_jobs, "max_concurrent_requests": args.max_concurrent_requests,
         "max_waiting_requests": args.max_waiting_requests,

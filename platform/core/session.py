@@ -166,6 +166,22 @@ def _end(processes: list[Any]) -> None:
     psutil.wait_procs(alive, timeout=EXIT_GRACE_S)
 
 
+def node_cpus() -> float:
+    """CPUs Ray gives the node this process runs on (the machine's count outside a Ray worker).
+
+    A node's ``CPU`` resource is what the cluster was started with (``--num-cpus``, a pod's
+    request), which is what work placed on it should size itself by, not the host's core count.
+    """
+    import ray
+
+    if ray.is_initialized():
+        node_id = ray.get_runtime_context().get_node_id()
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id and node.get("Alive"):
+                return float(node.get("Resources", {}).get("CPU", 1.0))
+    return float(os.cpu_count() or 1)
+
+
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it), for a server somnray starts itself."""
     import socket

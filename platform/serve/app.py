@@ -200,6 +200,10 @@ class Preprocessor:
     """
 
     def __init__(self, config: ServeConfig):
+        import torch
+
+        from somnray.core.session import node_cpus
+        from somnray.scoring.device import scoring_device
         from somnray.scoring.scorer import Scorer
 
         from .inference import ModelSpec
@@ -263,11 +267,18 @@ class StageModel:
     """
 
     def __init__(self, config: ServeConfig):
+        import torch
+
+        from somnray.core.session import node_cpus
+        from somnray.scoring.device import scoring_device
         from somnray.scoring.scorer import Scorer
 
         from .inference import ModelSpec
 
         restrict_replica_ports(config.host)
+        if scoring_device(config.device).type == "cpu":
+            # Sized before the model loads: the scorer's precision probe times the real thread count.
+            torch.set_num_threads(config.model_replica_threads(node_cpus()))
         self.scorer = Scorer.load(config.run_uri, device=config.device, precision=config.precision)
         # Answers name the weights by fingerprint: the bundle's URI is a path on the server.
         self.spec = replace(ModelSpec.of(self.scorer), checkpoint_uri=weights_fingerprint(self.scorer))
@@ -278,11 +289,13 @@ class StageModel:
         self.stats = {"forward_passes": 0, "windows": 0, "max_recordings_in_a_pass": 0}
 
     def describe(self) -> dict[str, Any]:
-        """Model identity and batching counters (for ``/healthz``)."""
+        """Model identity, its threads and batching counters (for ``/healthz``)."""
+        import torch
+
         s = self.scorer
         return {"name": s.info.model, "checkpoint_uri": self.spec.checkpoint_uri, "somnray_version": somnray_version(),
                 "sequence_length": s.length, "modalities": list(s.modalities),
-                "device": str(s.device), "precision": s.precision,
+                "device": str(s.device), "precision": s.precision, "threads": torch.get_num_threads(),
                 "missing_modality_policy": self.spec.policy, "batching": dict(self.stats)}
 
     async def score(self, prepared: PreparedNight | RequestProblem,
@@ -361,6 +374,7 @@ class ModelDescription(BaseModel):
     modalities: list[str] = Field(description="Modalities the model reads, in `availability` order.")
     device: str
     precision: str
+    threads: int = Field(description="torch threads of the model replica answering.")
     missing_modality_policy: str = Field(description="drop | impute | require: what the model does "
                                                      "with a modality a night lacks.")
     batching: dict[str, int] = Field(default_factory=dict,

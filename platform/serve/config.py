@@ -83,7 +83,11 @@ class ServeConfig(BaseModel):
     model_replicas, preprocess_replicas, ingress_replicas : int
         Replicas of each deployment.
     model_num_cpus, model_num_gpus, preprocess_num_cpus, ingress_num_cpus : float
-        Ray resources reserved per replica (scheduling hints; torch sizes its own thread pool).
+        Ray resources reserved per replica (scheduling hints, not limits).
+    model_threads : int, optional
+        torch threads of each model replica on CPU.  None: the CPUs of the replica's node divided
+        by ``model_replicas`` (at least 1) — Ray would otherwise give an actor reserving less than
+        two CPUs one thread, and a night would take as long as on one core however idle the rest.
     device : str
         Torch device of the model replicas (``auto``, ``cpu``, ``cuda``, ``cuda:1``).
     precision : str
@@ -141,6 +145,7 @@ class ServeConfig(BaseModel):
     ingress_replicas: int = Field(default=1, ge=1)
     model_num_cpus: float = Field(default=0.5, ge=0.0)
     model_num_gpus: float = Field(default=0.0, ge=0.0)
+    model_threads: int | None = Field(default=None, ge=1)
     preprocess_num_cpus: float = Field(default=0.5, ge=0.0)
     ingress_num_cpus: float = Field(default=0.1, ge=0.0)
     device: str = "auto"
@@ -241,6 +246,12 @@ class ServeConfig(BaseModel):
     def roots(self) -> StorageRoots:
         """:attr:`storage_roots` as the :class:`~somnray.core.storage.StorageRoots` that check URIs."""
         return StorageRoots(self.storage_roots)
+
+    def model_replica_threads(self, node_cpus: float) -> int:
+        """torch threads of a CPU model replica on a node of ``node_cpus`` CPUs (:attr:`model_threads`)."""
+        if self.model_threads is not None:
+            return self.model_threads
+        return max(1, int(node_cpus // self.model_replicas))
 
     def replica_cpus(self) -> float:
         """CPUs every replica of the service reserves together (the cohort-job registry: none)."""

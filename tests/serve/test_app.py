@@ -237,7 +237,7 @@ def test_sixteen_concurrent_clients_all_succeed(service):
 @pytest.mark.integration
 def test_model_deployment_batches_windows_across_requests(service):
     """Nights sent to the model deployment together share forward passes, and each still gets
-    exactly the probabilities it gets alone."""
+    exactly the probabilities it gets alone; the replica runs on its node's two CPUs."""
     from ray import serve
 
     from somnray.data.profiles import load_profile
@@ -251,7 +251,10 @@ def test_model_deployment_batches_windows_across_requests(service):
     available = np.stack([rec.available[m] for m in model.modalities], axis=1)
     signals = {m: rec.signals[m] for m in model.modalities}
     handle = serve.get_deployment_handle("StageModel", app_name=service.app_name)
-    before = handle.describe.remote().result()["batching"]
+    described = handle.describe.remote().result()
+    # One model replica on the test's 2-CPU node: both cores score, although it reserves 0 CPUs.
+    assert described["threads"] == 2
+    before = described["batching"]
     # Same signals under 4 ids, with different strides: 12 or 111 windows each.
     nights = [PreparedNight(f"b{i}", rec.epoch_index, signals, available) for i in range(4)]
     responses = [handle.score.remote(n, stride) for n, stride in zip(nights, (None, None, None, 1))]
@@ -487,6 +490,7 @@ def test_healthz_and_openapi_describe_the_service(service):
     doc = r.json()
     assert doc["status"] == "ok" and doc["model"]["name"] == "coresleep_tiny"
     assert doc["model"]["sequence_length"] == LENGTH and doc["model"]["modalities"] == ["eeg", "eog"]
+    assert doc["model"]["threads"] == 2  # the test node's two CPUs
     spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
     assert spec["info"]["title"] == "somnray scoring service" and spec["info"]["description"]
     assert {"/healthz", "/v1/score", "/v1/cohorts", "/v1/cohorts/{job_id}"} <= set(spec["paths"])

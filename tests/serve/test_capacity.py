@@ -305,12 +305,27 @@ def test_serve_cli_defaults_are_the_config_defaults():
 
     args = build_parser().parse_args(["serve", "runs/r"])
     fields = ServeConfig.model_fields
-    pairs = {"model_cpus": "model_num_cpus", "preprocess_cpus": "preprocess_num_cpus",
+    pairs = {"model_cpus": "model_num_cpus", "model_threads": "model_threads", "preprocess_cpus": "preprocess_num_cpus",
              "ingress_cpus": "ingress_num_cpus", "cohort_cpus": "cohort_num_cpus",
              "max_cohort_jobs": "max_cohort_jobs", "max_concurrent_requests": "max_concurrent_requests",
              "max_waiting_requests": "max_waiting_requests",
              "max_queued_requests": "ingress_max_queued_requests", "retry_after": "retry_after_s"}
     assert {flag: getattr(args, flag) for flag in pairs} == {f: fields[c].default for f, c in pairs.items()}
+
+
+def test_model_replicas_use_their_nodes_cpus_unless_told():
+    """A CPU model replica gets the node's CPUs divided by the model replicas, at least one thread;
+    --model-threads overrides (Ray alone would give a replica reserving 0.5 CPU one thread)."""
+    default = ServeConfig(run_uri="x")
+    assert default.model_threads is None
+    assert [default.model_replica_threads(cpus) for cpus in (1, 2, 3, 8)] == [1, 2, 3, 8]
+    two = ServeConfig(run_uri="x", model_replicas=2)
+    assert [two.model_replica_threads(cpus) for cpus in (1, 2, 3, 8)] == [1, 1, 1, 4]
+    told = ServeConfig(run_uri="x", model_replicas=2, model_threads=3)
+    assert told.model_replica_threads(8) == 3
+    from somnray.jobs.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "runs/r", "--model-threads", "5"]).model_threads == 5
 
 
 def test_config_refuses_a_zero_queue_limit():

@@ -8,8 +8,10 @@ contestant with ``OMP_NUM_THREADS`` and friends already in its environment, so n
 numba and LightGBM all see the same thread count from their first import — setting them from
 inside a process that has already imported numpy or torch has no effect.
 
-Spec keys: ``kind`` (``somnray`` or ``yasa``), ``psg``, ``repeats``, ``threads``; for somnray
-``bundle`` and ``precision``; for YASA ``channels`` (``{"eeg": label, "eog": label[, "emg": label]}``).
+Spec keys: ``kind`` (``somnray``, ``serve`` or ``yasa``), ``psg``, ``repeats``, ``threads``; for
+somnray ``bundle`` and ``precision``; for serve ``url``, a running ``somnray serve`` whose model
+replica has those threads (the call is the whole HTTP path: upload, EDF read, preprocessing,
+model, answer); for YASA ``channels`` (``{"eeg": label, "eog": label[, "emg": label]}``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ def _somnray(spec: dict[str, Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
     return once, facts
 
 
+def _serve(spec: dict[str, Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
+    import requests
+
+    url = spec["url"]
+    body = open(spec["psg"], "rb").read()  # the client's file, read once: the upload is what is timed
+
+    def once():
+        r = requests.post(f"{url}/v1/score", files={"file": ("night.edf", body)}, timeout=600)
+        r.raise_for_status()
+        return r.json()["stages"]
+
+    model = requests.get(f"{url}/healthz", timeout=30).json()["model"]
+    return once, {"precision": model["precision"], "threads": model["threads"]}
+
+
 def _yasa(spec: dict[str, Any]) -> tuple[Callable[[], Any], dict[str, Any]]:
     import mne
     import yasa
@@ -67,7 +84,7 @@ def _epochs(result: Any) -> int:
 def main(argv: list[str]) -> int:
     """Run the contestant ``argv[0]`` describes and print its timings as one JSON line."""
     spec = json.loads(argv[0])
-    once, facts = (_somnray if spec["kind"] == "somnray" else _yasa)(spec)
+    once, facts = {"somnray": _somnray, "serve": _serve, "yasa": _yasa}[spec["kind"]](spec)
     epochs = _epochs(once())  # warm-up, untimed
     times = []
     for _ in range(int(spec["repeats"])):

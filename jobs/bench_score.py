@@ -19,7 +19,9 @@ The nights are synthetic (real EDF files written by :mod:`somnray.data.synth`), 
 full-size ``coresleep`` (the paper's model, random weights: speed does not depend on them):
 
 1. a Sleep-EDF-like night (EEG Fpz-Cz + EOG horizontal at 100 Hz): somnray in fp32, bf16 and
-   ``auto`` against YASA ``SleepStaging`` on EEG + EOG;
+   ``auto``, and through ``somnray serve`` (``POST /v1/score`` of the EDF, its model replica on the
+   same threads; started before the race and warmed like the others), against YASA
+   ``SleepStaging`` on EEG + EOG;
 2. an SHHS-like night (EEG C4-A1 and EMG at 125 Hz, EOG at 50 Hz): somnray ``auto`` (EEG + EOG)
    against YASA on EEG + EOG and on EEG + EOG + EMG;
 3. **cohort throughput** — :func:`somnray.serve.cohort.score_cohort` with the CLI's defaults on
@@ -36,6 +38,8 @@ pessimistic bound; the tests check ≥ 99 % on every trained architecture.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -48,6 +52,7 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
+from .bench_service import served
 from .benchreport import BenchResult, peak_memory, stopwatch
 
 #: Epochs of the "full night" of the single-night cases (≈ 8.3 h).
@@ -146,14 +151,18 @@ def single_nights(work: Path, *, threads: int, rounds: int, repeats: int, hours:
             label = "+".join(m.upper() for m in channels)
             contestants.append({**base, "kind": "yasa", "name": f"YASA SleepStaging ({label})",
                                 "channels": channels})
-        try:
-            results = race(contestants, rounds=rounds, seed=seed)
-        except RuntimeError as exc:
-            if "No module named 'yasa'" not in str(exc):
-                raise
+        if importlib.util.find_spec("yasa") is None:
             contestants = [c for c in contestants if c["kind"] != "yasa"]
-            results = race(contestants, rounds=rounds, seed=seed)
             facts["yasa"] = "not installed (pip install 'somnray[bench]')"
+        with contextlib.ExitStack() as stack:
+            if profile == "sleep-edf":
+                # The service path, warm: one model replica with the same threads, started before
+                # the race (start-up not timed) and idle while the others run.
+                service = stack.enter_context(served(bundle, ["--model-threads", str(threads)],
+                                                     env=contestant_env(threads)))
+                contestants.append({**base, "kind": "serve", "url": service.url, "precision": "auto",
+                                    "name": "somnray serve POST /v1/score, auto (EEG+EOG)"})
+            results = race(contestants, rounds=rounds, seed=seed)
         for spec in contestants:
             r = results[spec["name"]]
             name = spec["name"]

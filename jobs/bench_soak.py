@@ -25,9 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,16 +32,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from somnray.core.session import free_loopback_port
-
 from .bench_score import _make_bundle, _night
-from .benchreport import BenchResult, process_role, process_tree, rss_by_role
-
-#: Seconds the service gets to deploy before the benchmark gives up.
-STARTUP_TIMEOUT_S = 300.0
-#: Seconds the stopped service's processes get to exit before they are reported and killed.
-EXIT_TIMEOUT_S = 30.0
-
+from .bench_service import EXIT_TIMEOUT_S, served
+from .benchreport import BenchResult, rss_by_role
 
 def _client(url: str, body: bytes, until: float, answers: list, lock: threading.Lock, index: int) -> None:
     import requests
@@ -64,47 +54,6 @@ def _client(url: str, body: bytes, until: float, answers: list, lock: threading.
             with lock:
                 answers.append((t0, status, time.monotonic() - t0))
             n += 1
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log_path: Path) -> None:
-    import requests
-
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"somnray serve exited with status {proc.returncode}: "
-                               f"{log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=10).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"somnray serve did not answer /healthz within {STARTUP_TIMEOUT_S:.0f} s")
-
-
-def _stop(proc: subprocess.Popen) -> dict[str, Any]:
-    """SIGTERM the service; how long it took and which of its processes outlived it (then killed)."""
-    import psutil
-
-    started = [p for p in process_tree(proc.pid)]
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=EXIT_TIMEOUT_S * 4)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    stop_s = time.monotonic() - t0
-    gone, alive = psutil.wait_procs(started, timeout=EXIT_TIMEOUT_S)
-    left = []
-    for p in alive:
-        try:
-            left.append(process_role(p.cmdline()))
-            p.kill()  # a process this benchmark started, by its id
-        except psutil.NoSuchProcess:
-            continue
-    return {"stop_s": stop_s, "left_running": sorted(left)}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -169,46 +118,33 @@ def run(clients: int = 32, minutes: float = 30.0, *, hours: float = 1.0, model: 
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="somnray-soak-"))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Unix socket paths are limited
     try:
         bundle = _make_bundle(work / "bundle", "sleep-edf", model)
         [psg] = _night(work / "night", hours)
         body = Path(psg).read_bytes()
-        port = free_loopback_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOMNRAY_SERVE_TOKEN")}
-        env.update(RAY_TMPDIR=str(ray_tmp), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-        log_path = work / "serve.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "somnray.jobs", "serve", str(bundle),
-                                     "--port", str(port), "--device", "cpu"],
-                                    stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            _wait_ready(url, proc, log_path)
+        with served(bundle) as service:
             answers: list[tuple[float, Any, float]] = []
             samples: list[dict[str, Any]] = []
             lock = threading.Lock()
             start = time.monotonic()
             until = start + minutes * 60
-            threads = [threading.Thread(target=_client, args=(url, body, until, answers, lock, i), daemon=True)
-                       for i in range(clients)]
+            threads = [threading.Thread(target=_client, args=(service.url, body, until, answers, lock, i),
+                                        daemon=True) for i in range(clients)]
             for t in threads:
                 t.start()
             while any(t.is_alive() for t in threads):
-                samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(proc.pid)})
+                samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(service.proc.pid)})
                 time.sleep(sample_s)
             for t in threads:
                 t.join()
-            samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(proc.pid)})
-        finally:
-            stopped = _stop(proc)
+            samples.append({"t": time.monotonic(), "rss_mib": rss_by_role(service.proc.pid)})
+        stopped = service.stopped
         plot(samples, answers, start, out / "soak.png")
         (out / "soak-samples.json").write_text(json.dumps({
             "start": start, "samples": samples,
             "answers": [{"t": t - start, "status": s, "latency_s": d} for t, s, d in answers]}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
     return _result(clients, minutes, hours, model, samples, answers, stopped, out)
 
 

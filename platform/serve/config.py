@@ -285,7 +285,8 @@ class CohortScoringOptions:
     stride : int, optional
         Window stride in epochs (default: the model's window length).
     workers : int, optional
-        Scoring actors (each holds the model); default one per GPU, or half the CPUs.
+        Scoring actors (each holds the model); default one per GPU, or one per CPU (one torch
+        thread each).
     cpus : float, optional
         CPUs the run may hold at once, its read + prepare tasks and its scoring actors together
         (fractions allowed); default: the cluster's.  A service's cohort jobs run on what its

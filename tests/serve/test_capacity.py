@@ -232,14 +232,14 @@ def test_cohort_cpu_share_splits_what_the_replicas_leave():
 
 def test_pool_plan_fits_one_prepare_task_and_the_actors_in_the_budget():
     """A budget below two CPUs is split so that a prepare task and every actor fit in it; two or
-    more CPUs keep a whole CPU for preparing and at most one per actor."""
+    more CPUs keep a whole CPU for preparing, one actor per CPU sharing the rest."""
     from somnray.serve.cohort import _plan_pool
 
     small = _plan_pool(None, 10, {"CPU": 2.0}, cpus=0.45)
     assert small.actors == 1 and small.prepare_cpus + small.actors * small.actor_cpus <= 0.45
     assert small.prepare_cpus > 0 and small.actor_cpus > 0
     plan = _plan_pool(None, 10, {"CPU": 2.0})
-    assert (plan.actors, plan.actor_cpus, plan.prepare_cpus) == (1, 1.0, 1.0)
+    assert (plan.actors, plan.actor_cpus, plan.prepare_cpus) == (2, 0.5, 1.0)
     many = _plan_pool(3, 10, {"CPU": 8.0}, cpus=1.5)
     assert many.prepare_cpus + many.actors * many.actor_cpus <= 1.5
     assert _plan_pool(None, 10, {"CPU": 8.0, "GPU": 2}).actors == 2
@@ -247,10 +247,13 @@ def test_pool_plan_fits_one_prepare_task_and_the_actors_in_the_budget():
 
 def test_cpu_actors_thread_over_the_whole_budget():
     """On CPUs the actors' torch threads use every CPU of the run, the one kept for preparing
-    included (it is busy a few percent of the time); never fewer than one; GPUs keep Ray's."""
+    included (it is busy a few percent of the time): one actor per CPU with one thread by default,
+    fewer actors with more threads each when capped; never fewer than one; GPUs keep Ray's."""
     from somnray.serve.cohort import _plan_pool
 
-    assert _plan_pool(None, 10, {"CPU": 2.0}).threads == 2
+    two = _plan_pool(None, 10, {"CPU": 2.0})
+    assert (two.actors, two.threads) == (2, 1)
+    assert _plan_pool(1, 10, {"CPU": 2.0}).threads == 2
     eight = _plan_pool(None, 10, {"CPU": 8.0})
     assert eight.actors * eight.threads == 8
     assert _plan_pool(None, 10, {"CPU": 2.0}, cpus=0.45).threads == 1

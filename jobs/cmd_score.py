@@ -57,8 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "first usable one; repeat the option per modality), or a JSON object "
                         'such as \'{"eog": {"signal": "E1", "reference": "E2"}}\' for derivations')
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="scoring actors, each holding the model (default: one per GPU, or half "
-                        "the CPUs)")
+                   help="scoring actors, each holding the model (default: one per GPU, or one "
+                        "per CPU with one thread each; fewer where memory is short)")
     p.add_argument("--plots", action="store_true", help="also write hypnogram and cohort PNGs")
     p.add_argument("--stride", type=int, default=None, metavar="N",
                    help="window stride in epochs (default: the model's window length; 1 averages "

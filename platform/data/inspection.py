@@ -412,12 +412,15 @@ def _hypnogram_beside(psg: StorageLocation) -> tuple[StorageLocation, HypnogramR
     :data:`_PAIRING_RULES` in turn; a paired EDF counts only when it is a scoring file.
     """
     beside = files_beside(psg)
+    # A file several rules pair is read once: a PSG beside (not a scoring file) can be large.
+    seen: dict[str, HypnogramReport | None] = {}
     for rule in _PAIRING_RULES:
         for suffix in (*_HYPNOGRAM_SUFFIXES, *_PSG_SUFFIXES):
             for f in paired_beside(psg, rule, _any_case_glob(suffix), beside):
-                hyp = _inspect_hypnogram(f)
-                if hyp is not None:
-                    return f, hyp, rule
+                if f.uri not in seen:
+                    seen[f.uri] = _inspect_hypnogram(f)
+                if seen[f.uri] is not None:
+                    return f, seen[f.uri], rule
     return None
 
 
